@@ -1,0 +1,123 @@
+"""Bridges to ASE calculators, both ways.
+
+* :class:`ASECalculatorPotential`: any ASE calculator as a lamcsp :class:`Potential`, one
+  structure at a time (for oracles and comparisons; it is not batched).
+* :class:`PotentialCalculator`: a lamcsp potential as an ASE calculator, so ASE's optimizers
+  can run on exactly the same model (used to check our optimizers against ASE's).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from ase.calculators.calculator import Calculator, all_changes
+from ase.stress import voigt_6_to_full_3x3_stress
+
+from lamcsp.errors import SetupError
+from lamcsp.potentials.base import Output, Potential
+from lamcsp.relax.state import BatchedState, from_structures, to_atoms
+
+ASE_CALCULATORS: dict[str, Callable[..., Calculator]] = {}
+
+
+def _emt(**kw: Any) -> Calculator:
+    from ase.calculators.emt import EMT
+
+    return EMT(**kw)
+
+
+def _lj(**kw: Any) -> Calculator:
+    from ase.calculators.lj import LennardJones
+
+    return LennardJones(**kw)
+
+
+ASE_CALCULATORS.update({"emt": _emt, "lj": _lj})
+
+
+def make_ase_calculator(name: str, **kwargs: Any) -> Calculator:
+    """An ASE calculator by name (``emt``, ``lj``, or any ``module:Class`` path)."""
+    key = name.lower()
+    if key in ASE_CALCULATORS:
+        return ASE_CALCULATORS[key](**kwargs)
+    if ":" in name:
+        import importlib
+
+        mod, _, cls = name.partition(":")
+        try:
+            return getattr(importlib.import_module(mod), cls)(**kwargs)
+        except (ImportError, AttributeError) as exc:
+            raise SetupError("model", f"cannot import ASE calculator {name!r}: {exc}") from exc
+    raise SetupError(
+        "model",
+        f"unknown ASE calculator {name!r}; known: {', '.join(sorted(ASE_CALCULATORS))}, "
+        "or give a 'package.module:ClassName' path",
+    )
+
+
+class ASECalculatorPotential(Potential):
+    """Any ASE calculator as a :class:`Potential`, evaluated one structure at a time.
+
+    Args:
+        calculator: an ASE calculator instance, or a zero-argument factory returning one.
+        name: backend name for model ids.
+    """
+
+    def __init__(
+        self,
+        calculator: Calculator | Callable[[], Calculator],
+        name: str = "ase",
+        dtype: torch.dtype = torch.float64,
+    ):
+        super().__init__(device="cpu", dtype=dtype)
+        self.calculator = calculator if isinstance(calculator, Calculator) else calculator()
+        self.name = f"ase:{name}"
+
+    def forward(self, state: BatchedState) -> Output:
+        energies, forces, stresses, errors = [], [], [], []
+        for atoms in to_atoms(state):
+            atoms.calc = self.calculator
+            try:
+                energies.append(atoms.get_potential_energy())
+                forces.append(atoms.get_forces())
+                stresses.append(voigt_6_to_full_3x3_stress(atoms.get_stress()))
+                errors.append(None)
+            except Exception as exc:  # an oracle's failure is data, not a crash
+                n = len(atoms)
+                energies.append(np.nan)
+                forces.append(np.full((n, 3), np.nan))
+                stresses.append(np.full((3, 3), np.nan))
+                errors.append(f"{type(exc).__name__}: {exc}")
+        dev, dt = state.device, state.dtype
+        return {
+            "energy": torch.as_tensor(np.array(energies), dtype=dt, device=dev),
+            "forces": torch.as_tensor(np.concatenate(forces), dtype=dt, device=dev),
+            "stress": torch.as_tensor(np.stack(stresses), dtype=dt, device=dev),
+            "errors": errors,
+        }
+
+
+class PotentialCalculator(Calculator):
+    """A lamcsp :class:`Potential` as an ASE calculator (energy, forces, stress)."""
+
+    implemented_properties = ["energy", "free_energy", "forces", "stress"]
+
+    def __init__(self, potential: Potential, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.potential = potential
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        state = from_structures([self.atoms], dtype=self.potential.dtype)
+        out = self.potential(state)
+        e = float(out["energy"][0])
+        s = out["stress"][0].cpu().numpy()
+        self.results = {
+            "energy": e,
+            "free_energy": e,
+            "forces": out["forces"].cpu().numpy().copy(),
+            "stress": np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]]),
+        }

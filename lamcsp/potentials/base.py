@@ -1,0 +1,135 @@
+"""The ``Potential`` seam: one batched call from a :class:`BatchedState` to energies,
+forces and stresses.
+
+Contract of :meth:`Potential.forward` (all tensors on the state's device and dtype):
+
+* ``"energy"``: ``(S,)`` total energy per system, eV;
+* ``"forces"``: ``(N, 3)``, eV/Å, ``-dE/dr``;
+* ``"stress"``: ``(S, 3, 3)``, eV/Å³, ASE's sign convention ``(1/V) dE/dε``
+  (a compressed crystal that wants to expand has a negative stress; its internal pressure
+  is ``-trace/3``);
+* optionally ``"errors"``: a list of ``S`` entries, ``None`` or a short reason for a system the
+  backend could not evaluate (its energy is then NaN).
+
+The enthalpy ``H = E + pV`` is formed by the cell filter, not by potentials.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from lamcsp.errors import SetupError
+from lamcsp.relax.state import BatchedState
+
+Output = dict[str, Any]
+
+
+class Potential(abc.ABC):
+    """A batched interatomic potential.
+
+    Subclasses implement :meth:`forward`; calling the object counts the model calls and
+    accumulates wall time in :attr:`timings` (``"total"`` plus whatever parts the backend
+    reports, e.g. ``"graph"`` and ``"model"``).
+    """
+
+    #: short backend name, used in model ids and error messages
+    name: str = "potential"
+
+    def __init__(self, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float64):
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.n_calls = 0
+        self.n_evaluations = 0
+        self.timings: dict[str, float] = {"total": 0.0}
+
+    @property
+    def model_id(self) -> str:
+        """A string that identifies the model and its parameters (stored with results)."""
+        return self.name
+
+    @property
+    def supported_numbers(self) -> set[int] | None:
+        """Atomic numbers the model covers, or ``None`` for any."""
+        return None
+
+    def check_numbers(self, numbers: Any, field: str = "structures") -> None:
+        """Raise :class:`SetupError` naming the elements this model does not cover."""
+        allowed = self.supported_numbers
+        if allowed is None:
+            return
+        from ase.data import chemical_symbols
+
+        present = {int(z) for z in torch.as_tensor(numbers).flatten().tolist()}
+        missing = sorted(present - allowed)
+        if missing:
+            names = ", ".join(chemical_symbols[z] if 0 < z < 119 else str(z) for z in missing)
+            raise SetupError(
+                field,
+                f"the {self.name} model does not cover element(s) {names}; "
+                f"it covers {len(allowed)} elements (Z in {min(allowed)}..{max(allowed)})",
+            )
+
+    @abc.abstractmethod
+    def forward(self, state: BatchedState) -> Output:
+        """Energies ``(S,)``, forces ``(N, 3)`` and stresses ``(S, 3, 3)`` of a batch."""
+
+    def __call__(self, state: BatchedState) -> Output:
+        t0 = time.perf_counter()
+        out = self.forward(state)
+        self.timings["total"] += time.perf_counter() - t0
+        self.n_calls += 1
+        self.n_evaluations += state.n_systems
+        return out
+
+    def reset_counters(self) -> None:
+        self.n_calls = 0
+        self.n_evaluations = 0
+        self.timings = {k: 0.0 for k in self.timings}
+
+    def _tick(self, key: str, seconds: float) -> None:
+        self.timings[key] = self.timings.get(key, 0.0) + seconds
+
+
+def energy_forces_stress(
+    state: BatchedState,
+    energy_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    *,
+    dtype: torch.dtype | None = None,
+) -> Output:
+    """Forces and stresses of an energy function by one reverse-mode pass.
+
+    ``energy_fn(positions, cell)`` gets positions ``(N, 3)`` and cells ``(S, 3, 3)`` that are
+    deformed by a zero strain ``ε`` (so ``dE/dε`` is the virial) and returns energies
+    ``(S,)``. Forces are ``-dE/dr`` and stresses ``(1/V) dE/dε`` (ASE's convention), both
+    from a single ``torch.autograd.grad`` call without building a double-backward graph.
+
+    Args:
+        state: the batch.
+        energy_fn: the model's energy as a function of the deformed geometry.
+        dtype: compute dtype of the model (the state's when ``None``); results are cast back.
+    """
+    dt = dtype or state.dtype
+    positions = state.positions.detach().to(dt).requires_grad_(True)
+    strain = torch.zeros(
+        (state.n_systems, 3, 3), dtype=dt, device=state.device, requires_grad=True
+    )
+    deform = torch.eye(3, dtype=dt, device=state.device) + strain
+    cell = torch.bmm(state.cell.detach().to(dt), deform)
+    pos = torch.bmm(positions.unsqueeze(1), deform[state.system_idx]).squeeze(1)
+    energy = energy_fn(pos, cell)
+    grad_r, grad_e = torch.autograd.grad(energy.sum(), (positions, strain), allow_unused=True)
+    if grad_r is None:
+        grad_r = torch.zeros_like(positions)
+    if grad_e is None:
+        grad_e = torch.zeros_like(strain)
+    volume = torch.linalg.det(state.cell.detach().to(dt)).abs()
+    return {
+        "energy": energy.detach().to(state.dtype),
+        "forces": (-grad_r).detach().to(state.dtype),
+        "stress": (grad_e / volume[:, None, None]).detach().to(state.dtype),
+    }

@@ -1,0 +1,74 @@
+"""Model specs to potentials: ``chgnet``, ``chgnet:0.3.0``, ``chgnet:PATH``, ``emt``,
+``ase:NAME`` (any ASE calculator by name or ``module:Class``), ``lj``, ``morse``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from lamcsp.device import resolve_device
+from lamcsp.errors import SetupError
+from lamcsp.potentials.base import Potential
+
+
+def _chgnet(arg: str | None, device: str, **kw: Any) -> Potential:
+    from lamcsp.potentials.chgnet import CHGNetPotential
+
+    return CHGNetPotential(model=arg or "0.3.0", device=resolve_device(device), **kw)
+
+
+def _ase(arg: str | None, device: str, **kw: Any) -> Potential:
+    from lamcsp.potentials.ase_calc import ASECalculatorPotential, make_ase_calculator
+
+    if not arg:
+        raise SetupError("model", "ase backend needs a calculator name, e.g. ase:emt")
+    return ASECalculatorPotential(make_ase_calculator(arg, **kw), name=arg)
+
+
+def _emt(arg: str | None, device: str, **kw: Any) -> Potential:
+    return _ase("emt", device, **kw)
+
+
+def _lj(arg: str | None, device: str, **kw: Any) -> Potential:
+    from lamcsp.potentials.pair import LennardJones
+
+    return LennardJones(device=resolve_device(device), **kw)
+
+
+def _morse(arg: str | None, device: str, **kw: Any) -> Potential:
+    from lamcsp.potentials.pair import Morse
+
+    return Morse(device=resolve_device(device), **kw)
+
+
+BACKENDS: dict[str, Callable[..., Potential]] = {
+    "chgnet": _chgnet,
+    "ase": _ase,
+    "emt": _emt,
+    "lj": _lj,
+    "morse": _morse,
+}
+
+
+def load_potential(spec: str = "chgnet", device: str = "auto", **kwargs: Any) -> Potential:
+    """A potential from a model spec ``BACKEND[:ARG]``.
+
+    Args:
+        spec: ``chgnet`` (default: the pretrained 0.3.0 weights shipped in the chgnet
+            package), ``chgnet:PATH`` (a CHGNet checkpoint), ``emt``, ``ase:NAME``,
+            ``lj`` or ``morse`` (parameters as keyword arguments).
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        kwargs: passed to the backend.
+
+    Raises:
+        SetupError: unknown backend, missing model file, or unusable device.
+    """
+    backend, _, arg = spec.partition(":")
+    backend = backend.strip().lower()
+    if backend not in BACKENDS:
+        raise SetupError(
+            "model",
+            f"unknown model backend {backend!r} in {spec!r}; known backends: "
+            f"{', '.join(sorted(BACKENDS))}",
+        )
+    return BACKENDS[backend](arg or None, device, **kwargs)

@@ -1,0 +1,283 @@
+"""The batched relaxer: any number of structures, many per model call.
+
+A :class:`Relaxer` runs an optimizer (``fire`` or ``lbfgs``) through a cell filter (Fréchet
+under a scalar pressure, or fixed cell) on an in-flight batch: after every model call,
+converged, failed and exhausted systems leave and waiting ones join (see
+:mod:`lamcsp.relax.batching`). Results come back in input order.
+
+Converged means the largest generalised force row (atoms and cell, as ASE's filter reports
+it) is below ``fmax``. A system that reaches ``max_steps`` is reported as not converged. A
+system fails, with a reason, on a non-finite energy, force or stress, on a volume per atom
+outside ``volume_bounds`` times its start, or on two atoms closer than ``min_distance``; the
+rest of the batch goes on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from ase import Atoms
+
+from lamcsp.kernels.distances import min_distances
+from lamcsp.optimizers import OPTIMIZERS, make_filter
+from lamcsp.optimizers.filters import RelaxState
+from lamcsp.relax.batching import InFlightBatcher, default_max_atoms
+from lamcsp.relax.state import (
+    EV_PER_A3_PER_GPA,
+    BatchedState,
+    concatenate,
+    from_structures,
+    select,
+)
+
+if TYPE_CHECKING:
+    from lamcsp.potentials.base import Potential
+
+
+@dataclasses.dataclass
+class RelaxResult:
+    """The outcome of relaxing one structure.
+
+    Attributes:
+        atoms: final geometry (the last one reached, for failed and unconverged systems).
+        energy: potential energy, eV. enthalpy: ``E + pV``, eV.
+        pressure_gpa: the external pressure, GPa.
+        converged: True when ``fmax`` was reached.
+        steps: optimizer steps taken (model calls are ``steps + 1``).
+        status: ``"converged"``, ``"max_steps"`` or ``"failed: REASON"``.
+        fmax: final largest generalised force, eV/Å.
+        forces: final forces ``(n, 3)``, eV/Å. stress: final stress ``(3, 3)``, eV/Å³.
+    """
+
+    atoms: Atoms
+    energy: float
+    enthalpy: float
+    pressure_gpa: float
+    converged: bool
+    steps: int
+    status: str
+    fmax: float
+    forces: np.ndarray
+    stress: np.ndarray
+
+    @property
+    def enthalpy_per_atom(self) -> float:
+        return self.enthalpy / len(self.atoms)
+
+    @property
+    def failed(self) -> bool:
+        return self.status.startswith("failed")
+
+
+class Relaxer:
+    """Relax many structures with one potential, batched.
+
+    Args:
+        potential: the model (one batched call per step for all running systems).
+        optimizer: ``"fire"`` (ASE's FIRE) or ``"lbfgs"``.
+        fmax: convergence threshold on the largest generalised force, eV/Å.
+        max_steps: steps before a system is reported as ``max_steps``.
+        relax_cell: relax the cell through the Fréchet filter (else fixed cell).
+        max_atoms: atom budget per model call; from the device when ``None``.
+        optimizer_params: the optimizer's own parameters (ASE names: ``dt``, ``maxstep``...).
+        min_distance: atoms closer than this (Å) fail the system.
+        volume_bounds: allowed range of volume per atom relative to the start.
+        dtype: floating-point dtype of the optimizer state.
+        progress: show a progress bar (``None``: only when stderr is a terminal).
+    """
+
+    def __init__(
+        self,
+        potential: Potential,
+        *,
+        optimizer: str = "fire",
+        fmax: float = 0.05,
+        max_steps: int = 500,
+        relax_cell: bool = True,
+        max_atoms: int | None = None,
+        optimizer_params: dict[str, float] | None = None,
+        min_distance: float = 0.5,
+        volume_bounds: tuple[float, float] = (0.3, 5.0),
+        dtype: torch.dtype = torch.float64,
+        progress: bool | None = None,
+    ):
+        if optimizer not in OPTIMIZERS:
+            from lamcsp.errors import SetupError
+
+            raise SetupError("optimizer", f"unknown optimizer {optimizer!r}; use one of {sorted(OPTIMIZERS)}")
+        self.potential = potential
+        self.optimizer = optimizer
+        self.init_fn, self.step_fn = OPTIMIZERS[optimizer]
+        self.fmax = float(fmax)
+        self.max_steps = int(max_steps)
+        self.filter = make_filter(relax_cell)
+        self.max_atoms = max_atoms
+        self.optimizer_params = dict(optimizer_params or {})
+        self.min_distance = float(min_distance)
+        self.volume_bounds = volume_bounds
+        self.dtype = dtype
+        self.progress = progress
+        self.timings: dict[str, float] = {}
+        self.n_model_calls = 0
+
+    # -- helpers --------------------------------------------------------------------------
+    def _tick(self, key: str, t0: float) -> float:
+        t1 = time.perf_counter()
+        self.timings[key] = self.timings.get(key, 0.0) + t1 - t0
+        return t1
+
+    def _failures(self, state: RelaxState, out: dict[str, Any]) -> list[str | None]:
+        """A reason per system, or None when it is healthy."""
+        reasons: list[str | None] = [None] * state.n_systems
+        errors = out.get("errors") or [None] * state.n_systems
+        sys_idx = state.system_idx
+        bad_f = torch.zeros(state.n_systems, dtype=torch.bool, device=state.device)
+        bad_f = bad_f.index_put((sys_idx,), ~torch.isfinite(out["forces"]).all(-1), accumulate=True)
+        bad_e = ~torch.isfinite(out["energy"])
+        bad_s = ~torch.isfinite(out["stress"]).flatten(1).all(-1)
+        ratio = (state.volume / torch.linalg.det(state.ref_cell).abs()).cpu().numpy()
+        counts = state.n_atoms_per_system.cpu().numpy()
+        dmin = min_distances(
+            state.positions.detach().cpu().numpy(),
+            state.cell.detach().cpu().numpy(),
+            counts,
+            cutoff=max(self.min_distance, 1e-6),
+        )
+        lo, hi = self.volume_bounds
+        bad_e, bad_f, bad_s = bad_e.cpu().numpy(), bad_f.cpu().numpy(), bad_s.cpu().numpy()
+        for k in range(state.n_systems):
+            if errors[k]:
+                reasons[k] = f"model error: {errors[k]}"
+            elif bad_e[k] or bad_f[k] or bad_s[k]:
+                what = [n for n, b in (("energy", bad_e[k]), ("forces", bad_f[k]), ("stress", bad_s[k])) if b]
+                reasons[k] = f"non-finite {'/'.join(what)}"
+            elif not (lo <= ratio[k] <= hi):
+                reasons[k] = f"volume per atom {ratio[k]:.3g}x the start, outside [{lo:g}, {hi:g}]"
+            elif dmin[k] < self.min_distance:
+                reasons[k] = f"atoms {dmin[k]:.3f} A apart, closer than {self.min_distance:g} A"
+        return reasons
+
+    def _new_states(self, structures: Sequence[Atoms], pressures: np.ndarray) -> RelaxState:
+        dev = self.potential.device
+        base = from_structures(structures, pressure_gpa=pressures, device=dev, dtype=self.dtype)
+        return self.init_fn(self.filter.init(base), **self.optimizer_params)
+
+    # -- the loop -------------------------------------------------------------------------
+    def relax(
+        self,
+        structures: Sequence[Any],
+        pressure_gpa: float | Sequence[float] = 0.0,
+    ) -> list[RelaxResult]:
+        """Relax ``structures`` (ASE ``Atoms`` or pymatgen ``Structure``), in input order.
+
+        Args:
+            structures: the structures; any number, any sizes.
+            pressure_gpa: one pressure for all, or one per structure, GPa.
+        """
+        from lamcsp.relax.state import _as_atoms
+
+        atoms_in = [_as_atoms(s) for s in structures]
+        n = len(atoms_in)
+        if n == 0:
+            return []
+        pressures = np.broadcast_to(np.asarray(pressure_gpa, dtype=float), (n,)).copy()
+        self.potential.check_numbers(np.concatenate([a.numbers for a in atoms_in]))
+        budget = self.max_atoms or default_max_atoms(
+            self.potential.device, getattr(self.potential, "bytes_per_atom", None)
+        )
+        batcher = InFlightBatcher([len(a) for a in atoms_in], budget)
+        results: list[RelaxResult | None] = [None] * n
+        show = self.progress if self.progress is not None else sys.stderr.isatty()
+        bar = None
+        if show:
+            from tqdm import tqdm
+
+            bar = tqdm(total=n, desc="relax", unit="struct", file=sys.stderr)
+
+        state: RelaxState | None = None
+        ids: list[int] = []
+        while True:
+            t0 = time.perf_counter()
+            running = 0 if state is None else state.n_atoms
+            join = batcher.take(running)
+            if join:
+                new = self._new_states([atoms_in[i] for i in join], pressures[join])
+                state = new if state is None else concatenate([state, new])
+                ids.extend(join)
+            if state is None:
+                break
+            t0 = self._tick("batching", t0)
+            out = self.potential(state)
+            self.n_model_calls += 1
+            t0 = self._tick("model", t0)
+            state = self.filter.apply(state, out)
+            fmax = state.fmax()
+            reasons = self._failures(state, out)
+            failed = torch.tensor([r is not None for r in reasons], device=state.device)
+            converged = (fmax < self.fmax) & ~failed
+            exhausted = (state.n_steps >= self.max_steps) & ~converged & ~failed
+            finished = (converged | exhausted | failed).cpu().numpy()
+            t0 = self._tick("checks", t0)
+            if finished.any():
+                idx = np.nonzero(finished)[0]
+                done = select(state, idx.tolist())
+                self._record(done, [ids[k] for k in idx], [reasons[k] for k in idx],
+                             converged.cpu().numpy()[idx], fmax.cpu().numpy()[idx], pressures, results)
+                keep = np.nonzero(~finished)[0]
+                ids = [ids[k] for k in keep]
+                state = select(state, keep.tolist()) if len(keep) else None
+                if bar is not None:
+                    bar.update(len(idx))
+            t0 = self._tick("batching", t0)
+            if state is not None:
+                state = self.step_fn(state, self.filter)
+                self._tick("optimizer", t0)
+        if bar is not None:
+            bar.close()
+        return results  # type: ignore[return-value]
+
+    def _record(self, done, ids, reasons, conv, fmax, pressures, results) -> None:
+        from lamcsp.relax.state import to_atoms
+
+        atoms_list = to_atoms(done)
+        energy = done.energy.detach().cpu().numpy()
+        enthalpy = done.enthalpy.detach().cpu().numpy()
+        steps = done.n_steps.cpu().numpy()
+        forces = done.forces.detach().cpu().numpy()
+        stress = done.stress.detach().cpu().numpy()
+        counts = done.n_atoms_per_system.cpu().numpy()
+        bounds = np.concatenate([[0], np.cumsum(counts)])
+        for k, i in enumerate(ids):
+            if reasons[k] is not None:
+                status = f"failed: {reasons[k]}"
+            elif conv[k]:
+                status = "converged"
+            else:
+                status = "max_steps"
+            results[i] = RelaxResult(
+                atoms=atoms_list[k],
+                energy=float(energy[k]),
+                enthalpy=float(enthalpy[k]),
+                pressure_gpa=float(pressures[i]),
+                converged=bool(conv[k]),
+                steps=int(steps[k]),
+                status=status,
+                fmax=float(fmax[k]),
+                forces=forces[bounds[k] : bounds[k + 1]],
+                stress=stress[k],
+            )
+
+
+def relax(structures: Sequence[Any], potential: Potential, **kwargs: Any) -> list[RelaxResult]:
+    """Shortcut: ``Relaxer(potential, **kwargs).relax(structures, pressure_gpa)``."""
+    pressure = kwargs.pop("pressure_gpa", 0.0)
+    return Relaxer(potential, **kwargs).relax(structures, pressure)
+
+
+__all__ = ["EV_PER_A3_PER_GPA", "BatchedState", "RelaxResult", "Relaxer", "relax"]
