@@ -25,8 +25,6 @@ import torch
 from ase import Atoms
 
 from lamcsp.kernels.distances import min_distances
-from lamcsp.optimizers import OPTIMIZERS, make_filter
-from lamcsp.optimizers.filters import RelaxState
 from lamcsp.relax.batching import InFlightBatcher, default_max_atoms
 from lamcsp.relax.state import (
     EV_PER_A3_PER_GPA,
@@ -37,6 +35,7 @@ from lamcsp.relax.state import (
 )
 
 if TYPE_CHECKING:
+    from lamcsp.optimizers.filters import RelaxState
     from lamcsp.potentials.base import Potential
 
 
@@ -107,6 +106,9 @@ class Relaxer:
         dtype: torch.dtype = torch.float64,
         progress: bool | None = None,
     ):
+        # optimizers import lamcsp.relax.state, so they are imported here, not at module load
+        from lamcsp.optimizers import OPTIMIZERS, make_filter
+
         if optimizer not in OPTIMIZERS:
             from lamcsp.errors import SetupError
 

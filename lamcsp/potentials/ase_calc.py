@@ -38,6 +38,16 @@ def _lj(**kw: Any) -> Calculator:
 ASE_CALCULATORS.update({"emt": _emt, "lj": _lj})
 
 
+def known_numbers(name: str) -> set[int] | None:
+    """Elements a named calculator covers, where ASE tells (EMT); ``None`` otherwise."""
+    if name.lower() == "emt":
+        from ase.calculators.emt import parameters
+        from ase.data import atomic_numbers
+
+        return {atomic_numbers[s] for s in parameters}
+    return None
+
+
 def make_ase_calculator(name: str, **kwargs: Any) -> Calculator:
     """An ASE calculator by name (``emt``, ``lj``, or any ``module:Class`` path)."""
     key = name.lower()
@@ -59,22 +69,31 @@ def make_ase_calculator(name: str, **kwargs: Any) -> Calculator:
 
 
 class ASECalculatorPotential(Potential):
-    """Any ASE calculator as a :class:`Potential`, evaluated one structure at a time.
-
-    Args:
-        calculator: an ASE calculator instance, or a zero-argument factory returning one.
-        name: backend name for model ids.
-    """
+    """Any ASE calculator as a :class:`Potential`, evaluated one structure at a time."""
 
     def __init__(
         self,
         calculator: Calculator | Callable[[], Calculator],
         name: str = "ase",
         dtype: torch.dtype = torch.float64,
+        numbers: set[int] | None = None,
     ):
+        """
+        Args:
+            calculator: an ASE calculator instance, or a zero-argument factory returning one.
+            name: calculator name for model ids.
+            dtype: dtype of the returned tensors.
+            numbers: atomic numbers the calculator covers (checked before work), if known.
+        """
         super().__init__(device="cpu", dtype=dtype)
         self.calculator = calculator if isinstance(calculator, Calculator) else calculator()
         self.name = f"ase:{name}"
+        self._numbers = numbers
+
+    @property
+    def supported_numbers(self) -> set[int] | None:
+        """Elements the calculator covers, where known (EMT's parameter table)."""
+        return self._numbers
 
     def forward(self, state: BatchedState) -> Output:
         energies, forces, stresses, errors = [], [], [], []

@@ -18,11 +18,17 @@ def _chgnet(arg: str | None, device: str, **kw: Any) -> Potential:
 
 
 def _ase(arg: str | None, device: str, **kw: Any) -> Potential:
-    from lamcsp.potentials.ase_calc import ASECalculatorPotential, make_ase_calculator
+    from lamcsp.potentials.ase_calc import (
+        ASECalculatorPotential,
+        known_numbers,
+        make_ase_calculator,
+    )
 
     if not arg:
         raise SetupError("model", "ase backend needs a calculator name, e.g. ase:emt")
-    return ASECalculatorPotential(make_ase_calculator(arg, **kw), name=arg)
+    return ASECalculatorPotential(
+        make_ase_calculator(arg, **kw), name=arg, numbers=known_numbers(arg)
+    )
 
 
 def _emt(arg: str | None, device: str, **kw: Any) -> Potential:

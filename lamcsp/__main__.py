@@ -1,0 +1,5 @@
+import sys
+
+from lamcsp.cli import main
+
+sys.exit(main())

@@ -1,0 +1,109 @@
+"""Reading structures (CIF, POSCAR/CONTCAR, extxyz and whatever else ASE reads) and writing
+relaxation results as extxyz frames with lamcsp's documented keys."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+from ase import Atoms
+
+from lamcsp.errors import SetupError
+
+#: keys every relaxed frame carries (``energy`` is ASE's reserved key: after ``ase.io.read``
+#: it is the frame's ``get_potential_energy()``, as the file's ``energy=`` field)
+RESULT_KEYS = ("energy", "enthalpy_per_atom", "pressure_gpa", "spacegroup", "converged", "steps", "status")
+
+
+def _format_for(path: str) -> str | None:
+    name = os.path.basename(path).upper()
+    if name.startswith(("POSCAR", "CONTCAR")) or name.endswith(".VASP"):
+        return "vasp"
+    return None
+
+
+def read_structures(paths: Iterable[str], field: str = "INPUT") -> list[Atoms]:
+    """All frames of all files, in order; each frame's ``info`` gets ``source`` and ``frame``.
+
+    Raises:
+        SetupError: a missing or unreadable file, or a structure that is not 3D periodic.
+    """
+    from ase.io import read
+
+    out: list[Atoms] = []
+    for path in paths:
+        if not os.path.isfile(path):
+            raise SetupError(field, f"no such file {path!r}; give CIF, POSCAR or extxyz files")
+        try:
+            frames = read(path, index=":", format=_format_for(path))
+        except Exception as exc:
+            raise SetupError(
+                field,
+                f"cannot read structures from {path!r} ({type(exc).__name__}: {exc}); "
+                "lamcsp reads CIF, POSCAR/CONTCAR (*.vasp) and extxyz",
+            ) from exc
+        if isinstance(frames, Atoms):
+            frames = [frames]
+        if not frames:
+            raise SetupError(field, f"{path!r} holds no structure")
+        for k, atoms in enumerate(frames):
+            if not atoms.pbc.all() or atoms.cell.rank < 3 or abs(atoms.cell.volume) < 1e-6:
+                raise SetupError(
+                    field,
+                    f"frame {k} of {path!r} is not a 3D periodic crystal (pbc={atoms.pbc.tolist()}, "
+                    f"volume={abs(atoms.cell.volume):.3g} A^3); lamcsp relaxes periodic crystals",
+                )
+            if len(atoms) == 0:
+                raise SetupError(field, f"frame {k} of {path!r} has no atoms")
+            atoms.calc = None
+            atoms.info["source"] = os.path.basename(path)
+            atoms.info["frame"] = k
+            out.append(atoms)
+    return out
+
+
+def spacegroup_number(atoms: Atoms, symprec: float = 0.1) -> int:
+    """International space-group number by spglib (0 when spglib finds none)."""
+    import spglib
+
+    try:
+        data = spglib.get_symmetry_dataset(
+            (np.asarray(atoms.cell), atoms.get_scaled_positions(), atoms.numbers), symprec=symprec
+        )
+    except Exception:  # spglib raises on degenerate cells; the frame still gets written
+        return 0
+    return int(data.number) if data is not None else 0
+
+
+def result_frame(result, info: dict | None = None, symprec: float = 0.1) -> Atoms:
+    """An ``Atoms`` frame for one :class:`~lamcsp.relax.relaxer.RelaxResult`."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    atoms = result.atoms.copy()
+    atoms.info.update(info or {})
+    atoms.info.update(
+        enthalpy_per_atom=float(result.enthalpy_per_atom),
+        pressure_gpa=float(result.pressure_gpa),
+        spacegroup=spacegroup_number(atoms, symprec),
+        converged=bool(result.converged),
+        steps=int(result.steps),
+        status=str(result.status),
+    )
+    s = result.stress
+    atoms.calc = SinglePointCalculator(
+        atoms,
+        energy=float(result.energy),
+        forces=np.asarray(result.forces),
+        stress=np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]]),
+    )
+    return atoms
+
+
+def write_frames(path: str, frames: Sequence[Atoms]) -> None:
+    """Write extxyz atomically (a temporary file renamed into place)."""
+    from ase.io import write
+
+    tmp = f"{path}.tmp"
+    write(tmp, list(frames), format="extxyz")
+    os.replace(tmp, path)
