@@ -65,7 +65,9 @@ def cmd_relax(args: argparse.Namespace) -> int:
     from lamcsp.relax import Relaxer
 
     if not -1000.0 <= args.pressure <= 1000.0:
-        raise SetupError("--pressure", f"{args.pressure} GPa is outside the supported range [-1000, 1000] GPa")
+        raise SetupError(
+            "--pressure", f"{args.pressure} GPa is outside the supported range [-1000, 1000] GPa"
+        )
     structures = read_structures(args.inputs)
     potential = load_potential(args.model, device=args.device)
     relaxer = Relaxer(

@@ -22,7 +22,6 @@ import dataclasses
 from typing import Any, Protocol
 
 import torch
-
 from lamcsp.relax.state import BatchedState, atom_field, system_field
 
 

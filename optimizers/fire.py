@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 
 import torch
-
 from lamcsp.optimizers.common import system_dot
 from lamcsp.optimizers.filters import CellFilter, RelaxState
 from lamcsp.relax.state import atom_field, global_field, system_field

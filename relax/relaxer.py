@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from ase import Atoms
-
 from lamcsp.kernels.distances import min_distances
 from lamcsp.relax.batching import InFlightBatcher, default_max_atoms
 from lamcsp.relax.state import (
@@ -36,6 +35,7 @@ from lamcsp.relax.state import (
 
 if TYPE_CHECKING:
     from lamcsp.optimizers.filters import RelaxState
+
     from lamcsp.potentials.base import Potential
 
 

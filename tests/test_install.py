@@ -17,13 +17,12 @@ PROBE = textwrap.dedent(
     # -S: no site-packages but the venv's own, so the host's install cannot answer for it
     site.addsitedir(sys.argv[1])
     out = {}
-    for name in ["lamcsp", "lamcsp.potentials"] + ["lamcsp." + s for s in %r]:
+    for name in ["lamcsp", "lamcsp.potentials"] + ["lamcsp." + s for s in SUBPACKAGES]:
         spec = importlib.util.find_spec(name)
         out[name] = spec.origin if spec else None
     print(json.dumps(out))
     """
-    % SUBPACKAGES
-)
+).replace("SUBPACKAGES", repr(SUBPACKAGES))
 
 
 @pytest.mark.parametrize("editable", [False, True], ids=["regular", "editable"])

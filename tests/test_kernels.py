@@ -3,7 +3,6 @@
 import numpy as np
 from ase.build import bulk
 from ase.neighborlist import neighbor_list
-
 from lamcsp.kernels.distances import min_distances, min_distances_reference
 
 

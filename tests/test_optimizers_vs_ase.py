@@ -7,13 +7,13 @@ from ase.filters import FrechetCellFilter as AseFrechet
 from ase.optimize import FIRE as AseFIRE
 from ase.optimize import LBFGS as AseLBFGS
 from ase.units import GPa
+from helpers import rattled_fcc
+from lamcsp.optimizers.filters import FrechetCellFilter, expm_frechet_adjoint
+from lamcsp.relax import Relaxer
 from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.io.ase import AseAtomsAdaptor
 
-from helpers import rattled_fcc
-from lamcsp.optimizers.filters import FrechetCellFilter, expm_frechet_adjoint
 from lamcsp.potentials import PotentialCalculator
-from lamcsp.relax import Relaxer
 
 ASE_OPT = {"fire": AseFIRE, "lbfgs": AseLBFGS}
 

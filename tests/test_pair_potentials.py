@@ -5,11 +5,10 @@ from ase.build import bulk
 from ase.calculators.lj import LennardJones as AseLJ
 from ase.calculators.morse import MorsePotential as AseMorse
 from ase.stress import voigt_6_to_full_3x3_stress
-
-from lamcsp.potentials import LennardJones, Morse
+from helpers import EPS_AR, SIG_AR, rattled_fcc
 from lamcsp.relax.state import from_structures
 
-from helpers import EPS_AR, SIG_AR, rattled_fcc
+from lamcsp.potentials import LennardJones, Morse
 
 
 @pytest.mark.parametrize("ours,theirs", [

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 from ase.build import bulk
-
-from lamcsp.potentials.base import Potential
 from lamcsp.relax import Relaxer
 from lamcsp.relax.batching import InFlightBatcher
+
+from lamcsp.potentials.base import Potential
 
 
 def _random_binary_set(n=50, seed=0):

@@ -4,8 +4,6 @@ import numpy as np
 import pytest
 import torch
 from ase.build import bulk
-from pymatgen.core import Lattice, Structure
-
 from lamcsp.relax.state import (
     EV_PER_A3_PER_GPA,
     BatchedState,
@@ -18,6 +16,7 @@ from lamcsp.relax.state import (
     to_atoms,
     to_structures,
 )
+from pymatgen.core import Lattice, Structure
 
 
 def _mixed():
