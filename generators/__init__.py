@@ -1,5 +1,29 @@
-"""Everything that proposes structures (symmetric random, particle swarm, genetic operators).
+"""Everything that proposes structures: symmetric random, particle swarm, genetic operators.
 
-The generators themselves arrive with the generator issue; this package exists so that the
-layout of DESIGN.md (``generators/`` installed as ``lamcsp.generators``) holds from the start.
+The public seam is :class:`Generator` (``propose(n, rng, context) -> list[Candidate]``),
+registered by name and through the ``lamcsp.generators`` entry-point group.
 """
+
+from lamcsp.generators.base import (
+    Candidate,
+    Evaluated,
+    GenerationContext,
+    Generator,
+    WyckoffSite,
+    available_generators,
+    candidates_to_state,
+    get_generator,
+    register,
+)
+
+__all__ = [
+    "Candidate",
+    "Evaluated",
+    "GenerationContext",
+    "Generator",
+    "WyckoffSite",
+    "available_generators",
+    "candidates_to_state",
+    "get_generator",
+    "register",
+]

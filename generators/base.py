@@ -1,0 +1,255 @@
+"""The one representation every generator emits, the generator protocol and its registry.
+
+* :class:`Candidate`: atomic numbers, fractional coordinates and lattice, and where known the
+  space group and the Wyckoff assignment (the symmetry-reduced free parameters), convertible to
+  the relaxer's batch, ASE ``Atoms`` and pymatgen ``Structure``; plain data (``to_dict`` /
+  ``from_dict``) so it can be checkpointed and sent between MPI ranks.
+* :class:`GenerationContext`: what a generator may know about the search (composition,
+  formula units, space groups, distance matrix, target volume, and for evolutionary
+  generators the relaxed population so far).
+* :class:`Generator`: ``propose(n, rng, context) -> list[Candidate]``; registered by name with
+  :func:`register`, and also found through the ``lamcsp.generators`` entry-point group so an
+  installed package can add one that a campaign file names (:func:`get_generator`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from lamcsp.errors import SetupError
+
+if TYPE_CHECKING:
+    from ase import Atoms
+    from pymatgen.core import Structure
+
+    from lamcsp.relax.state import BatchedState
+
+
+@dataclasses.dataclass
+class WyckoffSite:
+    """One occupied Wyckoff orbit of a candidate.
+
+    Attributes:
+        number: atomic number of the species on the orbit.
+        index: index of the Wyckoff position in PyXtal's list for the space group
+            (0 is the general position).
+        label: multiplicity and letter, e.g. ``"4a"``.
+        free: the generating point, fractional ``(3,)``; only the position's free
+            coordinates matter (the others are fixed by the orbit).
+    """
+
+    number: int
+    index: int
+    label: str
+    free: np.ndarray
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"number": int(self.number), "index": int(self.index), "label": self.label,
+                "free": [float(x) for x in self.free]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> WyckoffSite:
+        return cls(int(d["number"]), int(d["index"]), str(d["label"]), np.asarray(d["free"], dtype=float))
+
+
+@dataclasses.dataclass
+class Candidate:
+    """A proposed structure.
+
+    Attributes:
+        numbers: atomic numbers ``(n,)``.
+        frac: fractional coordinates ``(n, 3)``.
+        lattice: lattice vectors as rows ``(3, 3)``, Å.
+        spacegroup: the space group it was built in, if any.
+        wyckoffs: the occupied Wyckoff orbits (symmetry-reduced representation), if known.
+        generator: name of the generator that made it.
+        origin: provenance (parents, particle id, operator...), plain data.
+    """
+
+    numbers: np.ndarray
+    frac: np.ndarray
+    lattice: np.ndarray
+    spacegroup: int | None = None
+    wyckoffs: list[WyckoffSite] | None = None
+    generator: str = ""
+    origin: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.numbers = np.asarray(self.numbers, dtype=np.int64)
+        self.frac = np.asarray(self.frac, dtype=float).reshape(-1, 3)
+        self.lattice = np.asarray(self.lattice, dtype=float).reshape(3, 3)
+
+    @property
+    def n_atoms(self) -> int:
+        return len(self.numbers)
+
+    @property
+    def positions(self) -> np.ndarray:
+        """Cartesian positions ``(n, 3)``, Å."""
+        return self.frac @ self.lattice
+
+    @property
+    def volume(self) -> float:
+        return float(abs(np.linalg.det(self.lattice)))
+
+    def formula(self) -> str:
+        from ase.formula import Formula
+
+        from ase.data import chemical_symbols
+
+        return str(Formula("".join(chemical_symbols[z] for z in self.numbers)).format("hill"))
+
+    def to_atoms(self) -> Atoms:
+        from ase import Atoms
+
+        atoms = Atoms(numbers=self.numbers, scaled_positions=self.frac, cell=self.lattice, pbc=True)
+        atoms.info.update(generator=self.generator)
+        if self.spacegroup is not None:
+            atoms.info["spacegroup"] = int(self.spacegroup)
+        return atoms
+
+    def to_structure(self) -> Structure:
+        from pymatgen.core import Lattice, Structure
+
+        return Structure(Lattice(self.lattice), self.numbers.tolist(), self.frac)
+
+    @classmethod
+    def from_atoms(cls, atoms: Atoms, generator: str = "", **kw: Any) -> Candidate:
+        return cls(atoms.numbers.copy(), atoms.get_scaled_positions(wrap=False), np.asarray(atoms.cell),
+                   generator=generator, **kw)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "numbers": self.numbers.tolist(),
+            "frac": self.frac.tolist(),
+            "lattice": self.lattice.tolist(),
+            "spacegroup": self.spacegroup,
+            "wyckoffs": None if self.wyckoffs is None else [w.to_dict() for w in self.wyckoffs],
+            "generator": self.generator,
+            "origin": self.origin,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Candidate:
+        wy = d.get("wyckoffs")
+        return cls(
+            np.asarray(d["numbers"]), np.asarray(d["frac"]), np.asarray(d["lattice"]),
+            spacegroup=d.get("spacegroup"),
+            wyckoffs=None if wy is None else [WyckoffSite.from_dict(w) for w in wy],
+            generator=d.get("generator", ""),
+            origin=dict(d.get("origin") or {}),
+        )
+
+
+def candidates_to_state(
+    candidates: Sequence[Candidate], pressure_gpa: float | Sequence[float] = 0.0, **kw: Any
+) -> BatchedState:
+    """The relaxer's batch for a list of candidates."""
+    from lamcsp.relax.state import from_structures
+
+    return from_structures([c.to_atoms() for c in candidates], pressure_gpa=pressure_gpa, **kw)
+
+
+@dataclasses.dataclass
+class Evaluated:
+    """A relaxed candidate as evolutionary generators see it: the candidate it came from, the
+    relaxed structure (as a candidate, Lamarckian), and its enthalpy per atom (eV)."""
+
+    candidate: Candidate
+    relaxed: Candidate
+    enthalpy_per_atom: float
+    ok: bool = True
+
+
+@dataclasses.dataclass
+class GenerationContext:
+    """What a generator may know about the search.
+
+    Attributes:
+        composition: atoms per formula unit, e.g. ``{"Mg": 1, "Si": 1, "O": 3}``.
+        formula_units: allowed numbers of formula units per cell.
+        spacegroups: allowed space groups (2-230 by default).
+        pressure_gpa: the pressure of this search, GPa.
+        volume_factor: target volume = this × the sum of the elements' volumes.
+        min_distance: ``(Za, Zb) -> Å`` overrides of the minimum-distance matrix (default
+            ``distance_factor`` × the sum of covalent radii).
+        distance_factor: scale of the default minimum distances.
+        element_volumes: ``Z -> Å³`` overrides of the volumes per atom.
+        population: the relaxed population so far (evolutionary generators).
+        generation: the index of the generation being proposed.
+    """
+
+    composition: dict[str, int]
+    formula_units: list[int] = dataclasses.field(default_factory=lambda: [1])
+    spacegroups: list[int] = dataclasses.field(default_factory=lambda: list(range(2, 231)))
+    pressure_gpa: float = 0.0
+    volume_factor: float = 1.0
+    min_distance: dict[tuple[int, int], float] = dataclasses.field(default_factory=dict)
+    distance_factor: float = 0.7
+    element_volumes: dict[int, float] = dataclasses.field(default_factory=dict)
+    population: list[Evaluated] = dataclasses.field(default_factory=list)
+    generation: int = 0
+
+
+@runtime_checkable
+class Generator(Protocol):
+    """Proposes candidate structures.
+
+    ``name`` is how campaign files refer to it. ``propose`` must use only ``rng`` for
+    randomness (same seed, same candidates) and return at most ``n`` candidates.
+    """
+
+    name: str
+
+    def propose(self, n: int, rng: np.random.Generator, context: GenerationContext) -> list[Candidate]: ...
+
+
+_REGISTRY: dict[str, Callable[..., Generator]] = {}
+ENTRY_POINT_GROUP = "lamcsp.generators"
+
+
+def register(name: str) -> Callable[[Callable[..., Generator]], Callable[..., Generator]]:
+    """Class decorator: make a generator available by ``name``."""
+
+    def deco(factory: Callable[..., Generator]) -> Callable[..., Generator]:
+        _REGISTRY[name] = factory
+        return factory
+
+    return deco
+
+
+def available_generators() -> dict[str, Callable[..., Generator]]:
+    """Built-in and entry-point generators by name (entry points do not shadow built-ins)."""
+    from importlib.metadata import entry_points
+
+    found = dict(_REGISTRY)
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name not in found:
+            found[ep.name] = ep  # loaded lazily by get_generator
+    return found
+
+
+def get_generator(name: str, **options: Any) -> Generator:
+    """A generator instance by name, with its options.
+
+    Raises:
+        SetupError: unknown name (the message lists the known ones), or an entry point that
+            fails to load.
+    """
+    found = available_generators()
+    if name not in found:
+        raise SetupError("generator", f"unknown generator {name!r}; known: {', '.join(sorted(found))}")
+    factory = found[name]
+    if hasattr(factory, "load") and not isinstance(factory, type):
+        try:
+            factory = factory.load()
+        except Exception as exc:
+            raise SetupError("generator", f"generator {name!r} failed to load from its entry point: {exc}") from exc
+    try:
+        return factory(**options)
+    except TypeError as exc:
+        raise SetupError("generator", f"bad options for generator {name!r}: {exc}") from exc
