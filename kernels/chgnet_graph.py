@@ -217,9 +217,7 @@ def build_graph(
     """
     frac, offsets, nmax, lim, cells = _prepare(positions, cells, counts, atom_cutoff)
     # capacity guess: 40 undirected neighbours per atom (grown inside the kernel if short)
-    und, dist = _pairs_kernel(
-        frac, cells, offsets, nmax, lim, float(atom_cutoff), int(40 * frac.shape[0])
-    )
+    und, dist = _pairs_kernel(frac, cells, offsets, nmax, lim, float(atom_cutoff), int(40 * frac.shape[0]))
     center, neighbor, image, distance, d2u, u2d = _directed_from_undirected(und, dist)
     bond_graph = _line_graph_kernel(center, distance, int(frac.shape[0]), float(bond_cutoff))
     return GraphArrays(center, neighbor, image, distance, d2u, u2d, bond_graph)
