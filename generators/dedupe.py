@@ -1,0 +1,431 @@
+"""Duplicate removal: within a population, and against what is already stored.
+
+Cheap test first, expensive test second (pymatgen's ``group_structures`` idea):
+
+1. **composition**: only structures with the same reduced composition can be duplicates
+   (atom counts may differ: a supercell duplicates its primitive cell);
+2. **enthalpy** (optional): two structures whose enthalpies per atom differ by more than
+   ``energy_tol`` are never duplicates;
+3. **fingerprint distance** (numba, :mod:`lamcsp.kernels.fingerprints`): a pair is a candidate
+   duplicate when its distance is under ``sim_threshold`` (CALYPSO's ``SimThreshold``);
+4. **StructureMatcher.fit** on the candidate pairs only, closest first (``use_matcher=False``
+   takes the fingerprint's word instead).
+
+Fingerprints are computed once per structure (:meth:`Deduper.describe` gives
+:class:`Fingerprinted` entries) and kept in a :class:`StoredStructures`, which grows by
+``append``/``extend`` without recomputing anything; both are plain data (``to_dict`` /
+``from_dict``) so they go into checkpoints and across MPI ranks.
+
+Distances, with the pair weights ``w_AB = N_A N_B / Σ N_A N_B`` of Oganov and Valle:
+
+* ``"bcm"`` (default): ``sqrt(Σ_AB w_AB mean_l (Q_l - Q'_l)²)``, in ``[0, 1]``. Default
+  threshold 0.04: on Si and NaCl polymorphs (fcc, hcp, bcc, sc, diamond, lonsdaleite, β-tin,
+  rocksalt, CsCl, zincblende, wurtzite) a 0.1 Å rattle or a 1 % strain stays under 0.04 while
+  distinct polymorphs are at 0.05 (fcc–hcp) and above.
+* ``"ov"``: OV's cosine distance ``0.5 (1 - cos)``, in ``[0, 1]``. Default threshold 0.05: a
+  0.03 Å rattle stays under it; polymorphs sit near 0.1 (fcc–hcp, zincblende–wurtzite) and
+  above, except those with the same first shells (diamond–lonsdaleite: 0.013), which only
+  the matcher tells apart. The narrow Gaussians (σ = 0.03 Å) make it sensitive to strain
+  (1 % gives about 0.1), so it suits relaxed structures.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from lamcsp.generators.base import Candidate
+from lamcsp.kernels.fingerprints import (
+    DEFAULT_LS,
+    bcm_fingerprints,
+    fingerprint_distance_matrix,
+    fingerprint_distances,
+    ov_fingerprints,
+    pair_weights,
+)
+
+from lamcsp.errors import SetupError
+
+if TYPE_CHECKING:
+    from pymatgen.core import Structure
+
+DEFAULT_SIM_THRESHOLD = {"bcm": 0.04, "ov": 0.05}
+_DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {
+    "bcm": {"ls": DEFAULT_LS, "cutoff": 5.0},
+    "ov": {"r_max": 6.0, "delta": 0.08, "sigma": 0.03},
+}
+_METRIC = {"bcm": "euclidean", "ov": "cosine"}
+
+CompositionKey = tuple[tuple[int, int], ...]
+
+
+def composition_key(numbers: Sequence[int]) -> CompositionKey:
+    """Reduced composition as sorted ``((Z, count / gcd), ...)``: equal for a cell and its supercells."""
+    z, n = np.unique(np.asarray(numbers, dtype=np.int64), return_counts=True)
+    g = math.gcd(*(int(x) for x in n)) if len(n) else 1
+    return tuple((int(a), int(b) // g) for a, b in zip(z, n))
+
+
+@dataclasses.dataclass
+class Fingerprinted:
+    """One structure as dedupe sees it (plain data).
+
+    Attributes:
+        numbers: atomic numbers ``(n,)``.
+        frac: fractional coordinates ``(n, 3)``.
+        lattice: lattice vectors as rows ``(3, 3)``, Å.
+        fingerprint: ``(d,)``, computed over the structure's own elements.
+        energy: enthalpy per atom, eV, or ``None`` if unknown.
+    """
+
+    numbers: np.ndarray
+    frac: np.ndarray
+    lattice: np.ndarray
+    fingerprint: np.ndarray
+    energy: float | None = None
+    _structure: Structure | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.numbers = np.asarray(self.numbers, dtype=np.int64).reshape(-1)
+        self.frac = np.asarray(self.frac, dtype=float).reshape(-1, 3)
+        self.lattice = np.asarray(self.lattice, dtype=float).reshape(3, 3)
+        self.fingerprint = np.asarray(self.fingerprint, dtype=float).reshape(-1)
+        self.energy = None if self.energy is None else float(self.energy)
+
+    @property
+    def key(self) -> CompositionKey:
+        return composition_key(self.numbers.tolist())
+
+    def structure(self) -> Structure:
+        """The pymatgen ``Structure`` (built once, on first use)."""
+        if self._structure is None:
+            from pymatgen.core import Lattice, Structure
+
+            self._structure = Structure(Lattice(self.lattice), self.numbers.tolist(), self.frac)
+        return self._structure
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "numbers": self.numbers.tolist(),
+            "frac": self.frac.tolist(),
+            "lattice": self.lattice.tolist(),
+            "fingerprint": self.fingerprint.tolist(),
+            "energy": self.energy,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Fingerprinted:
+        return cls(np.asarray(d["numbers"]), np.asarray(d["frac"]), np.asarray(d["lattice"]),
+                   np.asarray(d["fingerprint"]), d.get("energy"))
+
+
+class StoredStructures:
+    """What is already stored, with fingerprints, grouped by reduced composition.
+
+    ``append``/``extend`` add entries without recomputing any fingerprint; the stacked
+    fingerprint matrix of a composition is rebuilt lazily after it grew.
+
+    Args:
+        signature: the fingerprint settings the entries were made with
+            (:attr:`Deduper.signature`); :meth:`Deduper.against` refuses a store made with
+            other settings. ``None``: not checked.
+        entries: initial entries.
+    """
+
+    def __init__(self, signature: dict[str, Any] | None = None, entries: Sequence[Fingerprinted] = ()):
+        self.signature = signature
+        self.entries: list[Fingerprinted] = []
+        self._groups: dict[CompositionKey, list[int]] = {}
+        self._stacked: dict[CompositionKey, np.ndarray] = {}
+        self.extend(entries)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def append(self, entry: Fingerprinted) -> int:
+        """Add one entry; returns its index."""
+        if not isinstance(entry, Fingerprinted):
+            raise SetupError(
+                "stored", f"entries must be Fingerprinted (from Deduper.describe), got {type(entry).__name__}"
+            )
+        self.entries.append(entry)
+        self._groups.setdefault(entry.key, []).append(len(self.entries) - 1)
+        return len(self.entries) - 1
+
+    def extend(self, entries: Sequence[Fingerprinted]) -> None:
+        for e in entries:
+            self.append(e)
+
+    def group(self, key: CompositionKey) -> tuple[np.ndarray, np.ndarray]:
+        """Indices ``(k,)`` and stacked fingerprints ``(k, d)`` of the entries of one composition."""
+        idx = self._groups.get(key, [])
+        f = self._stacked.get(key)
+        if f is None or len(f) != len(idx):
+            f = np.stack([self.entries[i].fingerprint for i in idx]) if idx else np.zeros((0, 0))
+            self._stacked[key] = f
+        return np.asarray(idx, dtype=np.int64), f
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"signature": self.signature, "entries": [e.to_dict() for e in self.entries]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> StoredStructures:
+        return cls(d.get("signature"), [Fingerprinted.from_dict(e) for e in d.get("entries", [])])
+
+
+class Deduper:
+    """Finds duplicate structures: composition, then fingerprint distance, then StructureMatcher.
+
+    Args:
+        sim_threshold: fingerprint distance under which two structures are candidate
+            duplicates (CALYPSO's ``SimThreshold``); ``None``: :data:`DEFAULT_SIM_THRESHOLD`
+            of the fingerprint (see the module docstring for the scales).
+        fingerprint: ``"bcm"`` (CALYPSO's bond characterization matrix) or ``"ov"``
+            (Oganov–Valle).
+        use_matcher: confirm candidate pairs with pymatgen's ``StructureMatcher``; ``False``
+            takes every pair under the threshold as a duplicate.
+        ltol, stol, angle_tol: ``StructureMatcher`` tolerances (pymatgen's defaults).
+        energy_tol: pairs whose enthalpies per atom differ by more than this (eV/atom) are
+            never duplicates; ``None`` disables the check (it also applies only where both
+            energies are known).
+        fingerprint_options: keyword arguments of the fingerprint function
+            (``bcm_fingerprints``: ``ls``, ``cutoff``; ``ov_fingerprints``: ``r_max``,
+            ``delta``, ``sigma``), over the defaults.
+        matcher_options: further ``StructureMatcher`` keyword arguments.
+
+    Attributes:
+        n_matcher_calls: ``StructureMatcher.fit`` calls made so far (cumulative).
+        n_fingerprint_pairs: pairs compared by fingerprint distance so far (cumulative).
+    """
+
+    def __init__(
+        self,
+        sim_threshold: float | None = None,
+        fingerprint: str = "bcm",
+        use_matcher: bool = True,
+        ltol: float = 0.2,
+        stol: float = 0.3,
+        angle_tol: float = 5.0,
+        energy_tol: float | None = 0.01,
+        fingerprint_options: dict[str, Any] | None = None,
+        matcher_options: dict[str, Any] | None = None,
+    ):
+        if fingerprint not in _DEFAULT_OPTIONS:
+            raise SetupError("fingerprint", f"unknown fingerprint {fingerprint!r}; allowed: 'bcm', 'ov'")
+        if sim_threshold is None:
+            sim_threshold = DEFAULT_SIM_THRESHOLD[fingerprint]
+        if not (isinstance(sim_threshold, (int, float)) and sim_threshold > 0):
+            raise SetupError("sim_threshold", f"must be a number > 0, got {sim_threshold!r}")
+        if energy_tol is not None and not energy_tol >= 0:
+            raise SetupError("energy_tol", f"must be >= 0 eV/atom or None, got {energy_tol!r}")
+        options = dict(_DEFAULT_OPTIONS[fingerprint])
+        unknown = set(fingerprint_options or {}) - set(options)
+        if unknown:
+            raise SetupError(
+                "fingerprint_options",
+                f"unknown options {sorted(unknown)} for {fingerprint!r}; allowed: {sorted(options)}",
+            )
+        options.update(fingerprint_options or {})
+        self.sim_threshold = float(sim_threshold)
+        self.fingerprint = fingerprint
+        self.fingerprint_options = options
+        self.use_matcher = bool(use_matcher)
+        self.energy_tol = None if energy_tol is None else float(energy_tol)
+        self.matcher_options = {"ltol": ltol, "stol": stol, "angle_tol": angle_tol, **(matcher_options or {})}
+        self._matcher: Any = None
+        self.n_matcher_calls = 0
+        self.n_fingerprint_pairs = 0
+
+    @property
+    def signature(self) -> dict[str, Any]:
+        """The fingerprint settings, plain data; stored fingerprints are comparable only under equal ones."""
+        opts = {k: (list(v) if isinstance(v, (tuple, list, np.ndarray)) else v)
+                for k, v in self.fingerprint_options.items()}
+        return {"fingerprint": self.fingerprint, **opts}
+
+    def new_store(self) -> StoredStructures:
+        """An empty :class:`StoredStructures` tagged with this deduper's settings."""
+        return StoredStructures(self.signature)
+
+    # -- describing -------------------------------------------------------------------------
+
+    def describe(
+        self, items: Sequence[Any], energies: Sequence[float | None] | None = None
+    ) -> list[Fingerprinted]:
+        """Fingerprint a list of structures (batched per element set).
+
+        Args:
+            items: ``Candidate``, ASE ``Atoms``, pymatgen ``Structure`` or ``Fingerprinted``
+                (kept as they are, energies aside).
+            energies: enthalpy per atom of each item, eV (``None`` entries allowed).
+
+        Returns:
+            One :class:`Fingerprinted` per item, in order.
+        """
+        energies = self._check_energies(items, energies)
+        out: list[Fingerprinted | None] = [None] * len(items)
+        todo: dict[tuple[int, ...], list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]] = {}
+        for k, item in enumerate(items):
+            if isinstance(item, Fingerprinted):
+                e = item.energy if energies[k] is None else energies[k]
+                out[k] = dataclasses.replace(item, energy=e) if e != item.energy else item
+                continue
+            numbers, frac, lattice = _as_arrays(item, k)
+            todo.setdefault(tuple(sorted(set(numbers.tolist()))), []).append((k, numbers, frac, lattice))
+        fn = bcm_fingerprints if self.fingerprint == "bcm" else ov_fingerprints
+        for elements, group in todo.items():
+            pos = np.concatenate([f @ lat for _, _, f, lat in group])
+            cells = np.stack([lat for *_, lat in group])
+            counts = [len(z) for _, z, _, _ in group]
+            nums = np.concatenate([z for _, z, _, _ in group])
+            fps = fn(pos, cells, counts, nums, list(elements), **self.fingerprint_options)
+            for (k, z, f, lat), fp in zip(group, fps):
+                out[k] = Fingerprinted(z, f, lat, fp, energies[k])
+        return [e for e in out if e is not None]
+
+    # -- deduplicating ----------------------------------------------------------------------
+
+    def unique(
+        self, items: Sequence[Any], energies: Sequence[float | None] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Duplicates within one population.
+
+        Items are taken in order of enthalpy where every item has one (lowest first, so the
+        lowest-enthalpy copy is the one kept), otherwise in the given order; each is compared
+        with the representatives found before it.
+
+        Args:
+            items: as :meth:`describe`.
+            energies: enthalpy per atom of each item, eV.
+
+        Returns:
+            ``(unique_indices, duplicate_of)``: the indices of the representatives, ascending;
+            ``(n,)`` ints, ``-1`` for a representative, else the index of the representative
+            it duplicates.
+        """
+        entries = self.describe(items, energies)
+        n = len(entries)
+        dup = np.full(n, -1, dtype=np.int64)
+        e_all = [e.energy for e in entries]
+        if n and all(e is not None for e in e_all):
+            order = np.argsort(np.asarray(e_all, dtype=float), kind="stable")
+        else:
+            order = np.arange(n)
+        groups: dict[CompositionKey, list[int]] = {}
+        for k in order:
+            groups.setdefault(entries[k].key, []).append(int(k))
+        for members in groups.values():
+            if len(members) < 2:
+                continue
+            F = np.stack([entries[k].fingerprint for k in members])
+            D = fingerprint_distance_matrix(F, self._weights(entries[members[0]]), _METRIC[self.fingerprint])
+            reps: list[int] = []  # positions in `members`
+            for a in range(len(members)):
+                self.n_fingerprint_pairs += len(reps)
+                match = self._first_match(entries[members[a]], [entries[members[r]] for r in reps],
+                                          D[a, reps] if reps else np.zeros(0))
+                if match < 0:
+                    reps.append(a)
+                else:
+                    dup[members[a]] = members[reps[match]]
+        return np.flatnonzero(dup < 0), dup
+
+    def against(
+        self, items: Sequence[Any], stored: StoredStructures | Sequence[Fingerprinted],
+        energies: Sequence[float | None] | None = None,
+    ) -> np.ndarray:
+        """Duplicates of a population among what is stored.
+
+        Args:
+            items: as :meth:`describe` (pass the ``Fingerprinted`` entries to avoid
+                recomputing fingerprints).
+            stored: a :class:`StoredStructures`, or a list of ``Fingerprinted``.
+            energies: enthalpy per atom of each item, eV.
+
+        Returns:
+            ``(n,)`` ints: the index of the stored entry each item duplicates, or ``-1``.
+
+        Raises:
+            SetupError: the store was made with other fingerprint settings.
+        """
+        if not isinstance(stored, StoredStructures):
+            stored = StoredStructures(None, list(stored))
+        if stored.signature is not None and stored.signature != self.signature:
+            raise SetupError("stored", f"fingerprints were made with {stored.signature}, this deduper uses "
+                             f"{self.signature}; recompute them with Deduper.describe")
+        entries = self.describe(items, energies)
+        out = np.full(len(entries), -1, dtype=np.int64)
+        by_key: dict[CompositionKey, list[int]] = {}
+        for k, e in enumerate(entries):
+            by_key.setdefault(e.key, []).append(k)
+        for key, members in by_key.items():
+            idx, G = stored.group(key)
+            if len(idx) == 0:
+                continue
+            F = np.stack([entries[k].fingerprint for k in members])
+            D = fingerprint_distances(F, G, self._weights(entries[members[0]]), _METRIC[self.fingerprint])
+            self.n_fingerprint_pairs += D.size
+            others = [stored.entries[i] for i in idx]
+            for a, k in enumerate(members):
+                match = self._first_match(entries[k], others, D[a])
+                if match >= 0:
+                    out[k] = idx[match]
+        return out
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _weights(self, entry: Fingerprinted) -> np.ndarray:
+        elements = sorted(set(entry.numbers.tolist()))
+        w = pair_weights(elements, entry.numbers)
+        per_pair = len(entry.fingerprint) // len(w)
+        w = np.repeat(w, per_pair)
+        return w / per_pair if self.fingerprint == "bcm" else w
+
+    def _first_match(self, entry: Fingerprinted, others: Sequence[Fingerprinted], dist: np.ndarray) -> int:
+        """Index in ``others`` of the closest one that passes every test, or -1."""
+        close = np.flatnonzero(dist < self.sim_threshold)
+        for c in close[np.argsort(dist[close], kind="stable")]:
+            other = others[c]
+            if (self.energy_tol is not None and entry.energy is not None and other.energy is not None
+                    and abs(entry.energy - other.energy) > self.energy_tol):
+                continue
+            if not self.use_matcher:
+                return int(c)
+            self.n_matcher_calls += 1
+            if self._get_matcher().fit(other.structure(), entry.structure()):
+                return int(c)
+        return -1
+
+    def _get_matcher(self) -> Any:
+        if self._matcher is None:
+            from pymatgen.analysis.structure_matcher import StructureMatcher
+
+            try:
+                self._matcher = StructureMatcher(**self.matcher_options)
+            except TypeError as exc:
+                raise SetupError("matcher_options", f"bad StructureMatcher options: {exc}") from exc
+        return self._matcher
+
+    @staticmethod
+    def _check_energies(items: Sequence[Any], energies: Sequence[float | None] | None) -> list[float | None]:
+        if energies is None:
+            return [None] * len(items)
+        if len(energies) != len(items):
+            raise SetupError("energies", f"need one enthalpy per item ({len(items)}), got {len(energies)}")
+        return [None if e is None else float(e) for e in energies]
+
+
+def _as_arrays(item: Any, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if isinstance(item, Candidate):
+        return item.numbers, item.frac, item.lattice
+    if hasattr(item, "get_scaled_positions") and hasattr(item, "cell"):  # ASE Atoms
+        return (np.asarray(item.numbers, dtype=np.int64), item.get_scaled_positions(wrap=False),
+                np.asarray(item.cell, dtype=float))
+    if hasattr(item, "frac_coords") and hasattr(item, "lattice"):  # pymatgen Structure
+        return (np.asarray(item.atomic_numbers, dtype=np.int64), np.asarray(item.frac_coords, dtype=float),
+                np.asarray(item.lattice.matrix, dtype=float))
+    raise SetupError("items", f"item {k} is a {type(item).__name__}; allowed: Candidate, ase.Atoms, "
+                     "pymatgen Structure, Fingerprinted")

@@ -1,0 +1,146 @@
+"""Dedupe: composition, then fingerprint distance, then StructureMatcher on the close pairs only."""
+
+import numpy as np
+import pytest
+from ase.build import bulk
+from lamcsp.generators.base import Candidate
+from lamcsp.generators.dedupe import Deduper, Fingerprinted, StoredStructures, composition_key
+
+from lamcsp.errors import SetupError
+
+
+def _polymorphs():
+    out = {
+        "diamond": bulk("Si", "diamond", 5.43),
+        "beta-tin": bulk("Si", "bct", a=4.8, c=2.65),
+        "lonsdaleite": bulk("SiSi", "wurtzite", a=3.84, c=6.27),
+        "fcc": bulk("Si", "fcc", 3.85),
+        "bcc": bulk("Si", "bcc", 3.08),
+        "sc": bulk("Si", "sc", 2.53),
+        "rocksalt": bulk("NaCl", "rocksalt", 5.64),
+        "CsCl": bulk("NaCl", "cesiumchloride", 3.4),
+    }
+    for a in out.values():
+        a.wrap()
+    return out
+
+
+def _copies(atoms, rng, seed):
+    """The structure, two 0.01 Å rattles, a permuted 2x1x1 supercell, a rotated, shifted copy."""
+    out = [atoms.copy()]
+    for s in (seed, seed + 1):
+        b = atoms.copy()
+        b.rattle(0.01, seed=s)
+        out.append(b)
+    sup = atoms * (2, 1, 1)
+    out.append(sup[rng.permutation(len(sup))])
+    q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    rot = atoms.copy()
+    rot.set_cell(np.asarray(atoms.cell) @ q.T, scale_atoms=True)
+    rot.translate([0.3, -0.7, 1.1])
+    out.append(rot)
+    return out
+
+
+def _population(seed=0):
+    rng = np.random.default_rng(seed)
+    items, labels = [], []
+    for k, (name, a) in enumerate(_polymorphs().items()):
+        for c in _copies(a, rng, 10 * k):
+            items.append(c)
+            labels.append(name)
+    order = rng.permutation(len(items))
+    return [items[i] for i in order], [labels[i] for i in order]
+
+
+@pytest.mark.parametrize("fingerprint", ["bcm", "ov"])
+def test_unique_finds_copies_and_keeps_polymorphs(fingerprint):
+    items, labels = _population()
+    # mix the input kinds: every third item as a Candidate
+    items = [Candidate.from_atoms(a) if k % 3 == 0 else a for k, a in enumerate(items)]
+    d = Deduper(fingerprint=fingerprint)
+    uniq, dup = d.unique(items)
+    assert sorted(labels[i] for i in uniq) == sorted(set(labels))
+    for k, r in enumerate(dup):
+        rep = k if r < 0 else r
+        assert dup[rep] == -1 and labels[rep] == labels[k]
+    n = len(items)
+    # the cheap tests did their job: the matcher saw about one pair per duplicate
+    assert d.n_matcher_calls >= n - len(uniq)
+    assert d.n_matcher_calls <= 1.5 * n and d.n_matcher_calls < n * n / 20
+
+
+def test_without_matcher_rattled_copies_are_still_duplicates():
+    base = bulk("Si", "diamond", 5.43) * (2, 1, 1)
+    items = [base]
+    for s in range(4):
+        b = base.copy()
+        b.rattle(0.01, seed=s)
+        items.append(b)
+    items.append(bulk("Si", "bct", a=4.8, c=2.65))
+    d = Deduper(use_matcher=False)
+    uniq, dup = d.unique(items)
+    assert list(uniq) == [0, 5] and list(dup) == [-1, 0, 0, 0, 0, -1]
+    assert d.n_matcher_calls == 0
+
+
+def test_composition_first():
+    nacl = bulk("NaCl", "rocksalt", 5.64)
+    kcl = nacl.copy()
+    kcl.numbers[0] = 19  # same structure, other composition
+    d = Deduper(sim_threshold=10.0)  # fingerprint lets everything through; composition does not
+    uniq, _ = d.unique([nacl, kcl])
+    assert list(uniq) == [0, 1] and d.n_matcher_calls == 0
+    assert composition_key([11, 17, 11, 17]) == composition_key([17, 11]) == ((11, 1), (17, 1))
+
+
+def test_energy_tolerance_and_lowest_enthalpy_kept():
+    a = bulk("Si", "diamond", 5.43)
+    b = a.copy()
+    b.rattle(0.01, seed=1)
+    uniq, dup = Deduper().unique([a, b], energies=[-5.0, -5.2])
+    assert list(uniq) == [0, 1] and list(dup) == [-1, -1]
+    uniq, dup = Deduper(energy_tol=None).unique([a, b], energies=[-5.0, -5.2])
+    assert list(uniq) == [1] and list(dup) == [1, -1]  # the lower-enthalpy copy is kept
+    uniq, dup = Deduper().unique([a, b], energies=[-5.0, -5.005])
+    assert list(dup) == [1, -1]
+
+
+def test_against_stored_incrementally():
+    poly = _polymorphs()
+    d = Deduper()
+    store = d.new_store()
+    store.extend(d.describe([poly["diamond"], poly["rocksalt"]], energies=[-5.4, -3.3]))
+    rng = np.random.default_rng(3)
+    new = [_copies(poly["diamond"], rng, 1)[3], poly["beta-tin"], _copies(poly["rocksalt"], rng, 2)[1], poly["fcc"]]
+    entries = d.describe(new)
+    assert list(d.against(entries, store)) == [0, -1, 1, -1]
+    calls = d.n_matcher_calls
+    assert calls == 2
+    # append the new ones (no fingerprint recomputed), then a rattled beta-tin is found
+    for k in np.flatnonzero(d.against(entries, store) < 0):
+        store.append(entries[k])
+    bt = poly["beta-tin"].copy()
+    bt.rattle(0.01, seed=5)
+    assert list(d.against([bt, poly["bcc"]], store)) == [2, -1]
+    # plain data round trip; a plain list of entries works as well
+    back = StoredStructures.from_dict(store.to_dict())
+    assert len(back) == 4 and isinstance(back.entries[0], Fingerprinted)
+    assert list(d.against([bt], back)) == [2]
+    assert list(d.against([bt], back.entries)) == [2]
+    # fingerprints made with other settings are refused
+    with pytest.raises(SetupError):
+        Deduper(fingerprint="ov").against([bt], back)
+
+
+def test_bad_options():
+    with pytest.raises(SetupError):
+        Deduper(fingerprint="soap")
+    with pytest.raises(SetupError):
+        Deduper(sim_threshold=-1)
+    with pytest.raises(SetupError):
+        Deduper(fingerprint_options={"r_max": 5.0})  # an OV option for BCM
+    with pytest.raises(SetupError):
+        Deduper().unique([bulk("Si")], energies=[1.0, 2.0])
+    with pytest.raises(SetupError):
+        Deduper().unique(["not a structure"])
