@@ -375,6 +375,16 @@ class Deduper:
                     out[k] = idx[match]
         return out
 
+    def fingerprint_distance(self, a: Fingerprinted, b: Fingerprinted) -> float:
+        """Fingerprint distance of two entries of the same composition (as compared with
+        ``sim_threshold``); ``inf`` for different compositions."""
+        if a.key != b.key or len(a.fingerprint) != len(b.fingerprint):
+            return float("inf")
+        d = fingerprint_distances(
+            a.fingerprint[None], b.fingerprint[None], self._weights(a), _METRIC[self.fingerprint]
+        )
+        return float(d[0, 0])
+
     # -- internals --------------------------------------------------------------------------
 
     def _weights(self, entry: Fingerprinted) -> np.ndarray:
