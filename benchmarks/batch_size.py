@@ -2,7 +2,7 @@
 (energy, forces, stress) against the batch's atom count, to set the relaxer's default atom
 budget (``lamcsp.relax.batching.CPU_MAX_ATOMS``).
 
-    python benchmarks/batch_size.py [--device cpu] [--threads 2] [--out benchmarks/results/batch_size_cpu.json]
+    python benchmarks/batch_size.py [--device cpu] [--threads 2] [--out FILE]
 
 Prints a table (atoms per call, seconds per call, atoms per second, relative to the best) and
 writes JSON.
@@ -33,10 +33,10 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
+    from lamcsp.relax.state import from_structures
     from structures import benchmark_structures
 
     from lamcsp.potentials import load_potential
-    from lamcsp.relax.state import from_structures
 
     pot = load_potential("chgnet", device=args.device)
     pool = benchmark_structures(64, seed=0)
@@ -67,7 +67,8 @@ def main() -> None:
     print(f"{'atoms':>6} {'structs':>7} {'s/call':>8} {'atoms/s':>9} {'rel':>5}")
     for r in rows:
         r["relative"] = r["atoms_per_s"] / best
-        print(f"{r['atoms']:>6} {r['structures']:>7} {r['s_per_call']:>8.3f} {r['atoms_per_s']:>9.0f} {r['relative']:>5.2f}")
+        print(f"{r['atoms']:>6} {r['structures']:>7} {r['s_per_call']:>8.3f} "
+              f"{r['atoms_per_s']:>9.0f} {r['relative']:>5.2f}")
     out = args.out.format(device=args.device)
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as fh:

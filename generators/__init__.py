@@ -16,6 +16,9 @@ from lamcsp.generators.base import (
     register,
 )
 
+# the built-in generators register themselves on import
+from lamcsp.generators import genetic, swarm, symmetric  # noqa: E402,F401  isort: skip
+
 __all__ = [
     "Candidate",
     "Evaluated",

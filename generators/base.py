@@ -24,9 +24,8 @@ from lamcsp.errors import SetupError
 
 if TYPE_CHECKING:
     from ase import Atoms
-    from pymatgen.core import Structure
-
     from lamcsp.relax.state import BatchedState
+    from pymatgen.core import Structure
 
 
 @dataclasses.dataclass
@@ -97,9 +96,8 @@ class Candidate:
         return float(abs(np.linalg.det(self.lattice)))
 
     def formula(self) -> str:
-        from ase.formula import Formula
-
         from ase.data import chemical_symbols
+        from ase.formula import Formula
 
         return str(Formula("".join(chemical_symbols[z] for z in self.numbers)).format("hill"))
 
@@ -248,7 +246,9 @@ def get_generator(name: str, **options: Any) -> Generator:
         try:
             factory = factory.load()
         except Exception as exc:
-            raise SetupError("generator", f"generator {name!r} failed to load from its entry point: {exc}") from exc
+            raise SetupError(
+                "generator", f"generator {name!r} failed to load from its entry point: {exc}"
+            ) from exc
     try:
         return factory(**options)
     except TypeError as exc:

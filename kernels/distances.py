@@ -100,3 +100,126 @@ def min_distances_reference(positions, cells, counts, cutoff: float = 3.0) -> np
         r[self_img] = np.inf
         out[s] = min(float(cutoff), float(r.min()))
     return out
+
+
+# --- minimum-distance matrix screen (per species pair), for placing atoms one orbit at a time ---
+
+
+@numba.njit(cache=True, fastmath=False)
+def image_range(lattice, cutoff):  # pragma: no cover - jitted
+    """Periodic images to search along each lattice vector so that no distance below
+    ``cutoff`` is missed, for minimum-image-wrapped fractional differences.
+
+    Args:
+        lattice: lattice vectors as rows ``(3, 3)``, Å.
+        cutoff: the largest distance of interest, Å.
+
+    Returns:
+        ``(3,)`` int64: image offsets ``-n..n`` along each vector (``floor(cutoff * |b_k| +
+        1/2)``, ``b_k`` the reciprocal vectors without 2π).
+    """
+    out = np.empty(3, dtype=np.int64)
+    c = lattice
+    vol = abs(
+        c[0, 0] * (c[1, 1] * c[2, 2] - c[1, 2] * c[2, 1])
+        - c[0, 1] * (c[1, 0] * c[2, 2] - c[1, 2] * c[2, 0])
+        + c[0, 2] * (c[1, 0] * c[2, 1] - c[1, 1] * c[2, 0])
+    )
+    for k in range(3):
+        u = c[(k + 1) % 3]
+        w = c[(k + 2) % 3]
+        x = u[1] * w[2] - u[2] * w[1]
+        y = u[2] * w[0] - u[0] * w[2]
+        z = u[0] * w[1] - u[1] * w[0]
+        out[k] = int(np.floor(cutoff * np.sqrt(x * x + y * y + z * z) / vol + 0.5))
+    return out
+
+
+@numba.njit(cache=True, fastmath=False)
+def orbit_clear(frac, species, n_old, n_new, lattice, cut2, nmax):  # pragma: no cover - jitted
+    """Whether atoms ``n_old .. n_old + n_new - 1`` keep the minimum-distance matrix among
+    themselves and against atoms ``0 .. n_old - 1``, all periodic images included (an atom
+    against its own images too). Stops at the first violation.
+
+    Args:
+        frac: fractional coordinates ``(>= n_old + n_new, 3)``.
+        species: species index of each atom ``(>= n_old + n_new,)``, int64.
+        n_old: atoms already accepted (checked only against the new ones).
+        n_new: atoms to check.
+        lattice: lattice vectors as rows ``(3, 3)``, Å.
+        cut2: squared minimum distances between species ``(S, S)``, Å².
+        nmax: images searched along each vector ``(3,)`` (:func:`image_range` of the
+            largest cutoff).
+
+    Returns:
+        ``True`` when no pair is closer than its minimum distance.
+    """
+    c = lattice
+    for i in range(n_old, n_old + n_new):
+        si = species[i]
+        for j in range(i + 1):
+            lim = cut2[si, species[j]]
+            d0 = frac[j, 0] - frac[i, 0]
+            d1 = frac[j, 1] - frac[i, 1]
+            d2 = frac[j, 2] - frac[i, 2]
+            d0 -= np.floor(d0 + 0.5)
+            d1 -= np.floor(d1 + 0.5)
+            d2 -= np.floor(d2 + 0.5)
+            for a in range(-nmax[0], nmax[0] + 1):
+                f0 = d0 + a
+                for b in range(-nmax[1], nmax[1] + 1):
+                    f1 = d1 + b
+                    for k in range(-nmax[2], nmax[2] + 1):
+                        if i == j and a == 0 and b == 0 and k == 0:
+                            continue
+                        f2 = d2 + k
+                        x = f0 * c[0, 0] + f1 * c[1, 0] + f2 * c[2, 0]
+                        y = f0 * c[0, 1] + f1 * c[1, 1] + f2 * c[2, 1]
+                        z = f0 * c[0, 2] + f1 * c[1, 2] + f2 * c[2, 2]
+                        if x * x + y * y + z * z < lim:
+                            return False
+    return True
+
+
+def orbit_clear_reference(frac, species, n_old, n_new, lattice, cut2, nmax=None) -> bool:
+    """Plain NumPy version of :func:`orbit_clear` (the test reference). ``nmax`` is ignored:
+    the images come from the largest cutoff here."""
+    frac = np.asarray(frac, dtype=np.float64)
+    species = np.asarray(species, dtype=np.int64)
+    lattice = np.asarray(lattice, dtype=np.float64)
+    cut2 = np.asarray(cut2, dtype=np.float64)
+    n = n_old + n_new
+    if n_new == 0:
+        return True
+    cutoff = float(np.sqrt(cut2.max()))
+    recip = np.linalg.norm(np.linalg.inv(lattice), axis=0)
+    m = np.floor(cutoff * recip + 0.5).astype(int)
+    images = np.stack(np.meshgrid(*[np.arange(-k, k + 1) for k in m], indexing="ij"), -1).reshape(-1, 3)
+    new = np.arange(n_old, n)
+    d = frac[None, :n, :] - frac[new, None, :]  # (n_new, n, 3)
+    d -= np.floor(d + 0.5)
+    r2 = (((d[:, :, None, :] + images[None, None]) @ lattice) ** 2).sum(-1)  # (n_new, n, images)
+    lim = cut2[species[new][:, None], species[None, :n]]
+    self_pair = new[:, None] == np.arange(n)[None, :]
+    zero = np.all(images == 0, axis=1)
+    r2[self_pair[:, :, None] & zero[None, None, :]] = np.inf
+    # a new atom is checked against every atom of index <= its own (the kernel's triangle)
+    later = np.arange(n)[None, :] > new[:, None]
+    r2[later] = np.inf
+    return bool(np.all(r2 >= lim[:, :, None]))
+
+
+def distance_matrix_ok(frac, species, lattice, cut2) -> bool:
+    """Whether a whole structure keeps the minimum-distance matrix (numba).
+
+    Args:
+        frac: fractional coordinates ``(n, 3)``.
+        species: species index per atom ``(n,)``.
+        lattice: lattice vectors as rows ``(3, 3)``, Å.
+        cut2: squared minimum distances between species ``(S, S)``, Å².
+    """
+    frac = np.ascontiguousarray(frac, dtype=np.float64)
+    lattice = np.ascontiguousarray(lattice, dtype=np.float64)
+    cut2 = np.ascontiguousarray(cut2, dtype=np.float64)
+    nmax = image_range(lattice, float(np.sqrt(cut2.max())))
+    return bool(orbit_clear(frac, np.asarray(species, dtype=np.int64), 0, len(frac), lattice, cut2, nmax))

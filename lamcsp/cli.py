@@ -1,5 +1,5 @@
 """The ``lamcsp`` command line. ``main()`` only parses and dispatches; the work lives in the
-library (:mod:`lamcsp.relax`, :mod:`lamcsp.potentials`)."""
+library (:mod:`lamcsp.relax`, :mod:`lamcsp.potentials`, :mod:`lamcsp.generators`)."""
 
 from __future__ import annotations
 
@@ -56,7 +56,143 @@ def build_parser() -> argparse.ArgumentParser:
                    help="force the progress bar on (default: on when stderr is a terminal)")
     r.add_argument("--no-progress", dest="progress", action="store_false")
     r.set_defaults(func=cmd_relax)
+
+    g = sub.add_parser(
+        "generate",
+        help="generate random symmetric structures (AIRSS buildcell style)",
+        description="Generate N random crystal structures of a composition, each built in a space "
+        "group drawn from --spacegroups with Wyckoff positions that hold the composition, at the "
+        "target volume and respecting the minimum-distance matrix (0.7 x sum of covalent radii), "
+        "and write them as extxyz frames carrying spacegroup (the group requested), generator, "
+        "formula_units and wyckoffs. The same --seed gives the same file.",
+    )
+    g.add_argument("--composition", required=True, metavar="FORMULA",
+                   help="e.g. Si8 or MgSiO3: one formula unit when --formula-units is given, "
+                        "else the whole cell")
+    g.add_argument("--formula-units", default=None, metavar="LIST",
+                   help="formula units per cell: a range 1-4, a list 2,4, or both (default: the "
+                        "composition is the whole cell)")
+    g.add_argument("--spacegroups", default="2-230", metavar="LIST",
+                   help="allowed space groups: ranges and lists, e.g. 1,2,10-20 (default 2-230)")
+    g.add_argument("--generator", default="random", help="generator name (default: random)")
+    g.add_argument("-n", dest="n", type=_positive(int, "-n"), default=1, help="number of structures")
+    g.add_argument("--seed", type=int, default=None,
+                   help="random seed (default: fresh entropy, printed so the run can be repeated)")
+    g.add_argument("-o", "--output", default="generated.extxyz", help="output extxyz file")
+    g.add_argument("--volume-factor", type=_positive(float, "--volume-factor"), default=1.0,
+                   help="target volume = this x the sum of element volumes")
+    g.set_defaults(func=cmd_generate)
     return parser
+
+
+def parse_int_list(text: str, field: str, lo: int, hi: int) -> list[int]:
+    """``"1,2,10-20"`` -> ``[1, 2, 10, ..., 20]`` (sorted, unique), each in ``[lo, hi]``.
+
+    Raises:
+        SetupError: malformed text or a value out of range (names ``field``).
+    """
+    out: set[int] = set()
+    for part in text.replace(" ", "").split(","):
+        if not part:
+            continue
+        try:
+            if "-" in part:
+                a, b = part.split("-", 1)
+                first, last = int(a), int(b)
+            else:
+                first = last = int(part)
+        except ValueError:
+            raise SetupError(
+                field, f"cannot read {part!r}; give positive numbers and ranges such as 1,2,10-20"
+            ) from None
+        if first > last:
+            raise SetupError(field, f"empty range {part!r}; write the smaller number first")
+        if first < lo or last > hi:
+            raise SetupError(field, f"{part!r} is outside the allowed {lo}-{hi}")
+        out.update(range(first, last + 1))
+    if not out:
+        raise SetupError(field, f"no values in {text!r}; give numbers and ranges such as 1,2,10-20")
+    return sorted(out)
+
+
+def parse_formula(text: str, field: str = "--composition") -> dict[str, int]:
+    """``"MgSiO3"`` -> ``{"Mg": 1, "Si": 1, "O": 3}`` (in the order written).
+
+    Raises:
+        SetupError: unreadable formula or unknown element (names ``field``).
+    """
+    from ase.data import chemical_symbols
+    from ase.formula import Formula
+
+    try:
+        counts = Formula(text.strip()).count()
+    except Exception as exc:  # ase raises ValueError and others on malformed formulas
+        raise SetupError(field, f"cannot read formula {text!r} ({exc}); write e.g. Si8 or MgSiO3") from None
+    if not counts:
+        raise SetupError(field, f"formula {text!r} has no atoms; write e.g. Si8 or MgSiO3")
+    for symbol, n in counts.items():
+        if symbol not in chemical_symbols[1:]:
+            raise SetupError(field, f"unknown element {symbol!r} in {text!r}; use chemical symbols, "
+                                    "e.g. Si8 or MgSiO3")
+        if n < 1:
+            raise SetupError(field, f"{symbol} must have a positive count in {text!r}")
+    return {k: int(v) for k, v in counts.items()}
+
+
+#: generator and context fields -> the option that sets them
+_GENERATE_FIELDS = {"composition": "--composition", "spacegroups": "--spacegroups",
+                    "formula_units": "--formula-units", "volume_factor": "--volume-factor",
+                    "generator": "--generator"}
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import secrets
+
+    import numpy as np
+
+    import lamcsp.generators.symmetric  # noqa: F401  (registers "random")
+    from lamcsp.generators import GenerationContext, get_generator
+    from lamcsp.io import write_frames
+
+    composition = parse_formula(args.composition)
+    fus = [1]
+    if args.formula_units is not None:
+        fus = parse_int_list(args.formula_units, "--formula-units", 1, 10_000)
+    spacegroups = parse_int_list(args.spacegroups, "--spacegroups", 1, 230)
+    seed = args.seed if args.seed is not None else secrets.randbits(63)
+    rng = np.random.default_rng(seed)
+    context = GenerationContext(composition=composition, formula_units=fus, spacegroups=spacegroups,
+                                volume_factor=float(args.volume_factor))
+    try:
+        generator = get_generator(args.generator)
+        candidates = generator.propose(args.n, rng, context)
+        for _ in range(5):  # a structure that ran out of attempts is retried, a few times
+            if len(candidates) >= args.n:
+                break
+            more = generator.propose(args.n - len(candidates), rng, context)
+            if not more:
+                break
+            candidates += more
+    except SetupError as exc:
+        raise SetupError(_GENERATE_FIELDS.get(exc.field, exc.field), exc.message) from exc
+    frames = []
+    for c in candidates:
+        atoms = c.to_atoms()
+        atoms.info["spacegroup"] = int(c.spacegroup) if c.spacegroup is not None else 0
+        atoms.info["generator"] = c.generator
+        if "formula_units" in c.origin:
+            atoms.info["formula_units"] = int(c.origin["formula_units"])
+        if c.wyckoffs:
+            from ase.data import chemical_symbols
+
+            atoms.info["wyckoffs"] = ",".join(f"{chemical_symbols[w.number]}:{w.label}" for w in c.wyckoffs)
+        frames.append(atoms)
+    write_frames(args.output, frames)
+    print(f"generated {len(frames)} structure(s) of {args.composition} with {args.generator} "
+          f"(seed {seed}) -> {args.output}")
+    if len(frames) < args.n:
+        print(f"  only {len(frames)} of {args.n}: some structures ran out of attempts", file=sys.stderr)
+    return 0
 
 
 def cmd_relax(args: argparse.Namespace) -> int:

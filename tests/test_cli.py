@@ -17,8 +17,10 @@ INFO_KEYS = {"enthalpy_per_atom", "pressure_gpa", "spacegroup", "converged", "st
 def test_relax_cif_poscar_extxyz_with_chgnet(tmp_path, capsys):
     out = tmp_path / "out.extxyz"
     inputs = [os.path.join(STRUCTS, f) for f in ("Si_diamond_rattled.cif", "POSCAR_NaCl_strained", "mixed.extxyz")]
-    rc = main(["relax", *inputs, "-o", str(out), "--pressure", "1.5", "--max-steps", "300",
-               "--device", "cpu", "--no-progress"])
+    # fmax 0.01: at 0.05 the soft NaCl cell keeps ~0.4 GPa of residual stress (a 1-2 %
+    # orthorhombic strain), enough to read as Fmmm at symprec 0.1
+    rc = main(["relax", *inputs, "-o", str(out), "--pressure", "1.5", "--max-steps", "500",
+               "--fmax", "0.01", "--device", "cpu", "--no-progress"])
     assert rc == 0
     frames = read(out, ":")
     assert len(frames) == 1 + 1 + 3
