@@ -44,6 +44,26 @@ def test_registered_and_plain_data_state(relaxer):
     assert [c.to_dict() for c in a] == [c.to_dict() for c in b]
 
 
+def test_output_valid_and_reproducible(relaxer):
+    """Every swarm candidate has the composition and passes the distance screen; the same
+    seed gives the same candidates generation after generation."""
+    from lamcsp.generators.genetic import min_distance_matrix, passes_screen
+
+    runs = []
+    for _ in range(2):
+        ctx, pso = _context(), ParticleSwarm()
+        run_search(pso, relaxer, ctx, 8, 4, np.random.default_rng(11))
+        runs.append(ctx.population)
+    assert [e.candidate.to_dict() for e in runs[0]] == [e.candidate.to_dict() for e in runs[1]]
+    ops = set()
+    for e in runs[0]:
+        c = e.candidate
+        assert sorted(c.numbers.tolist()) == [10] * 6 + [18] * 3
+        assert passes_screen(c.frac, c.lattice, min_distance_matrix(c.numbers, _context()))
+        ops.add(c.origin.get("operator"))
+    assert ops & {"pso", "pso-migrate", "pso-clone"}  # the swarm really moved particles
+
+
 def test_inertia_falls_linearly():
     pso = ParticleSwarm(w_max=0.9, w_min=0.4, max_generations=11)
     ws = []
