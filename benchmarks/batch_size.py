@@ -40,6 +40,9 @@ def main() -> None:
 
     pot = load_potential("chgnet", device=args.device)
     pool = benchmark_structures(64, seed=0)
+    # the same mixture at every size: a seeded shuffle, then cycle through it
+    order = np.random.default_rng(0).permutation(len(pool))
+    pool = [pool[i] for i in order]
     rows = []
     for target in [int(s) for s in args.sizes.split(",")]:
         chosen, n = [], 0

@@ -13,8 +13,10 @@ from collections.abc import Sequence
 
 import torch
 
-#: Atom budget on the CPU, measured with ``benchmarks/relax_throughput.py`` (CHGNet, 2 cores):
-#: throughput per atom stops improving past a few hundred atoms per call.
+#: Atom budget on the CPU, measured with ``benchmarks/batch_size.py`` (CHGNet, 2 cores, the
+#: relax benchmark's structure mixture): atoms per second peak between about 256 and 512
+#: atoms per call and fall slowly beyond (0.7 of the peak at 1024); more systems in flight
+#: also means fewer model calls.
 CPU_MAX_ATOMS = 512
 
 
