@@ -17,36 +17,66 @@ def _recip_lengths(cells: np.ndarray) -> np.ndarray:
     return np.linalg.norm(inv, axis=-2)
 
 
+@numba.njit(cache=True, inline="always")
+def pair_images(frac, i, j, c, nmax, r2max, buf):  # pragma: no cover - jitted
+    """The periodic images of the pair ``(i, j)`` closer than ``sqrt(r2max)``.
+
+    Writes ``x, y, z, r²`` of ``r_j - r_i + n·cell`` for every lattice vector ``n`` in
+    ``[-nmax, nmax]`` (the self-image ``n = 0`` skipped when ``i == j``) into ``buf`` rows and
+    returns how many. ``buf`` needs ``prod(2·nmax + 1)`` rows. The one image loop shared by the
+    distance, screen and fingerprint kernels.
+    """
+    d0 = frac[j, 0] - frac[i, 0]
+    d1 = frac[j, 1] - frac[i, 1]
+    d2 = frac[j, 2] - frac[i, 2]
+    d0 -= np.floor(d0 + 0.5)
+    d1 -= np.floor(d1 + 0.5)
+    d2 -= np.floor(d2 + 0.5)
+    count = 0
+    for a in range(-nmax[0], nmax[0] + 1):
+        for b in range(-nmax[1], nmax[1] + 1):
+            for k in range(-nmax[2], nmax[2] + 1):
+                if i == j and a == 0 and b == 0 and k == 0:
+                    continue
+                f0 = d0 + a
+                f1 = d1 + b
+                f2 = d2 + k
+                x = f0 * c[0, 0] + f1 * c[1, 0] + f2 * c[2, 0]
+                y = f0 * c[0, 1] + f1 * c[1, 1] + f2 * c[2, 1]
+                z = f0 * c[0, 2] + f1 * c[1, 2] + f2 * c[2, 2]
+                r2 = x * x + y * y + z * z
+                if r2 < r2max:
+                    buf[count, 0] = x
+                    buf[count, 1] = y
+                    buf[count, 2] = z
+                    buf[count, 3] = r2
+                    count += 1
+    return count
+
+
+@numba.njit(cache=True)
+def image_buffer(nmax):  # pragma: no cover - jitted
+    """A ``buf`` for :func:`pair_images` with image ranges ``nmax (S, 3)`` (the largest)."""
+    rows = 1
+    for s in range(nmax.shape[0]):
+        r = (2 * nmax[s, 0] + 1) * (2 * nmax[s, 1] + 1) * (2 * nmax[s, 2] + 1)
+        rows = max(rows, r)
+    return np.empty((rows, 4))
+
+
 @numba.njit(cache=True, fastmath=False)
 def _min_dist_kernel(frac, cells, offsets, nmax, cutoff):  # pragma: no cover - jitted
     n_sys = cells.shape[0]
     out = np.empty(n_sys)
+    buf = image_buffer(nmax)
     for s in range(n_sys):
         c = cells[s]
         best2 = cutoff * cutoff
         start, end = offsets[s], offsets[s + 1]
         for i in range(start, end):
             for j in range(i, end):
-                d0 = frac[j, 0] - frac[i, 0]
-                d1 = frac[j, 1] - frac[i, 1]
-                d2 = frac[j, 2] - frac[i, 2]
-                d0 -= np.floor(d0 + 0.5)
-                d1 -= np.floor(d1 + 0.5)
-                d2 -= np.floor(d2 + 0.5)
-                for a in range(-nmax[s, 0], nmax[s, 0] + 1):
-                    for b in range(-nmax[s, 1], nmax[s, 1] + 1):
-                        for k in range(-nmax[s, 2], nmax[s, 2] + 1):
-                            if i == j and a == 0 and b == 0 and k == 0:
-                                continue
-                            f0 = d0 + a
-                            f1 = d1 + b
-                            f2 = d2 + k
-                            x = f0 * c[0, 0] + f1 * c[1, 0] + f2 * c[2, 0]
-                            y = f0 * c[0, 1] + f1 * c[1, 1] + f2 * c[2, 1]
-                            z = f0 * c[0, 2] + f1 * c[1, 2] + f2 * c[2, 2]
-                            r2 = x * x + y * y + z * z
-                            if r2 < best2:
-                                best2 = r2
+                for t in range(pair_images(frac, i, j, c, nmax[s], best2, buf)):
+                    best2 = min(best2, buf[t, 3])
         out[s] = np.sqrt(best2)
     return out
 

@@ -57,6 +57,7 @@ from collections.abc import Sequence
 
 import numba
 import numpy as np
+from lamcsp.kernels.distances import image_buffer, pair_images
 
 from lamcsp.errors import SetupError
 
@@ -178,6 +179,7 @@ def _bcm_kernel(frac, cells, offsets, numbers, pair_of, n_pairs, rc_pair, nmax, 
     nl = ls.shape[0]
     out = np.zeros((n_sys, n_pairs * nl))
     qre = np.zeros((n_pairs, lmax + 1, lmax + 1))
+    buf = image_buffer(nmax)
     qim = np.zeros((n_pairs, lmax + 1, lmax + 1))
     wsum = np.zeros(n_pairs)
     for s in range(n_sys):
@@ -194,57 +196,41 @@ def _bcm_kernel(frac, cells, offsets, numbers, pair_of, n_pairs, rc_pair, nmax, 
                 rc = rc_pair[p]
                 # Y_lm(-r) = Y_lm(r) for even l: the (j, i) bonds equal the (i, j) ones
                 fac = 1.0 if i == j else 2.0
-                d0 = frac[j, 0] - frac[i, 0]
-                d1 = frac[j, 1] - frac[i, 1]
-                d2 = frac[j, 2] - frac[i, 2]
-                d0 -= np.floor(d0 + 0.5)
-                d1 -= np.floor(d1 + 0.5)
-                d2 -= np.floor(d2 + 0.5)
-                for a in range(-nmax[s, 0], nmax[s, 0] + 1):
-                    for b in range(-nmax[s, 1], nmax[s, 1] + 1):
-                        for k in range(-nmax[s, 2], nmax[s, 2] + 1):
-                            if i == j and a == 0 and b == 0 and k == 0:
-                                continue
-                            f0 = d0 + a
-                            f1 = d1 + b
-                            f2 = d2 + k
-                            x = f0 * c[0, 0] + f1 * c[1, 0] + f2 * c[2, 0]
-                            y = f0 * c[0, 1] + f1 * c[1, 1] + f2 * c[2, 1]
-                            z = f0 * c[0, 2] + f1 * c[1, 2] + f2 * c[2, 2]
-                            r2 = x * x + y * y + z * z
-                            if r2 >= rc * rc or r2 == 0.0:
-                                continue
-                            r = np.sqrt(r2)
-                            w = fac * 0.5 * (np.cos(np.pi * r / rc) + 1.0)
-                            wsum[p] += w
-                            ct = z / r
-                            ux = x / r
-                            uy = y / r
-                            # Y_lm = N_lm P~_l^m(cosθ) (sinθ e^{iφ})^m, with P~ the polynomial part
-                            # of the associated Legendre function: no poles, no trigonometry.
-                            er = 1.0
-                            ei = 0.0
-                            pmm = 1.0
-                            for m in range(lmax + 1):
-                                if m > 0:
-                                    t = er * ux - ei * uy
-                                    ei = er * uy + ei * ux
-                                    er = t
-                                    pmm = -pmm * (2 * m - 1)
-                                p2 = 0.0
-                                p1 = 0.0
-                                for l in range(m, lmax + 1):  # noqa: E741
-                                    if l == m:
-                                        val = pmm
-                                    elif l == m + 1:
-                                        val = ct * (2 * m + 1) * pmm
-                                    else:
-                                        val = (ct * (2 * l - 1) * p1 - (l + m - 1) * p2) / (l - m)
-                                    p2 = p1
-                                    p1 = val
-                                    g = w * norms[l, m] * val
-                                    qre[p, l, m] += g * er
-                                    qim[p, l, m] += g * ei
+                for t in range(pair_images(frac, i, j, c, nmax[s], rc * rc, buf)):
+                    x, y, z, r2 = buf[t, 0], buf[t, 1], buf[t, 2], buf[t, 3]
+                    if r2 == 0.0:
+                        continue
+                    r = np.sqrt(r2)
+                    w = fac * 0.5 * (np.cos(np.pi * r / rc) + 1.0)
+                    wsum[p] += w
+                    ct = z / r
+                    ux = x / r
+                    uy = y / r
+                    # Y_lm = N_lm P~_l^m(cosθ) (sinθ e^{iφ})^m, with P~ the polynomial part
+                    # of the associated Legendre function: no poles, no trigonometry.
+                    er = 1.0
+                    ei = 0.0
+                    pmm = 1.0
+                    for m in range(lmax + 1):
+                        if m > 0:
+                            t = er * ux - ei * uy
+                            ei = er * uy + ei * ux
+                            er = t
+                            pmm = -pmm * (2 * m - 1)
+                        p2 = 0.0
+                        p1 = 0.0
+                        for l in range(m, lmax + 1):  # noqa: E741
+                            if l == m:
+                                val = pmm
+                            elif l == m + 1:
+                                val = ct * (2 * m + 1) * pmm
+                            else:
+                                val = (ct * (2 * l - 1) * p1 - (l + m - 1) * p2) / (l - m)
+                            p2 = p1
+                            p1 = val
+                            g = w * norms[l, m] * val
+                            qre[p, l, m] += g * er
+                            qim[p, l, m] += g * ei
         for p in range(n_pairs):
             if wsum[p] <= 0.0:
                 continue
@@ -358,6 +344,7 @@ def _ov_kernel(frac, cells, offsets, numbers, pair_of, pair_a, pair_b, nmax, r_s
     r2max = r_search * r_search
     zmax = pair_of.shape[0]
     n_el = np.zeros(zmax, dtype=np.int64)
+    buf = image_buffer(nmax)
     for s in range(n_sys):
         c = cells[s]
         vol = abs(
@@ -378,38 +365,22 @@ def _ov_kernel(frac, cells, offsets, numbers, pair_of, pair_a, pair_b, nmax, r_s
                 # for A != B the unordered cell pair stands for exactly one ordered (A, B) pair.
                 fac = 2.0 if (i != j and numbers[i] == numbers[j]) else 1.0
                 norm = fac * vol / (4.0 * np.pi * n_el[pair_a[p]] * n_el[pair_b[p]] * delta)
-                d0 = frac[j, 0] - frac[i, 0]
-                d1 = frac[j, 1] - frac[i, 1]
-                d2 = frac[j, 2] - frac[i, 2]
-                d0 -= np.floor(d0 + 0.5)
-                d1 -= np.floor(d1 + 0.5)
-                d2 -= np.floor(d2 + 0.5)
-                for a in range(-nmax[s, 0], nmax[s, 0] + 1):
-                    for b in range(-nmax[s, 1], nmax[s, 1] + 1):
-                        for k in range(-nmax[s, 2], nmax[s, 2] + 1):
-                            if i == j and a == 0 and b == 0 and k == 0:
-                                continue
-                            f0 = d0 + a
-                            f1 = d1 + b
-                            f2 = d2 + k
-                            x = f0 * c[0, 0] + f1 * c[1, 0] + f2 * c[2, 0]
-                            y = f0 * c[0, 1] + f1 * c[1, 1] + f2 * c[2, 1]
-                            z = f0 * c[0, 2] + f1 * c[1, 2] + f2 * c[2, 2]
-                            r2 = x * x + y * y + z * z
-                            if r2 >= r2max or r2 == 0.0:
-                                continue
-                            r = np.sqrt(r2)
-                            k0 = max(0, int(np.floor((r - _NSIG * sigma) / delta)))
-                            k1 = min(n_bins - 1, int(np.floor((r + _NSIG * sigma) / delta)))
-                            if k0 > k1:
-                                continue
-                            scale = norm / r2
-                            lo = math.erf((k0 * delta - r) * inv_s)
-                            base = p * n_bins
-                            for kb in range(k0, k1 + 1):
-                                hi = math.erf(((kb + 1) * delta - r) * inv_s)
-                                out[s, base + kb] += 0.5 * (hi - lo) * scale
-                                lo = hi
+                for t in range(pair_images(frac, i, j, c, nmax[s], r2max, buf)):
+                    r2 = buf[t, 3]
+                    if r2 == 0.0:
+                        continue
+                    r = np.sqrt(r2)
+                    k0 = max(0, int(np.floor((r - _NSIG * sigma) / delta)))
+                    k1 = min(n_bins - 1, int(np.floor((r + _NSIG * sigma) / delta)))
+                    if k0 > k1:
+                        continue
+                    scale = norm / r2
+                    lo = math.erf((k0 * delta - r) * inv_s)
+                    base = p * n_bins
+                    for kb in range(k0, k1 + 1):
+                        hi = math.erf(((kb + 1) * delta - r) * inv_s)
+                        out[s, base + kb] += 0.5 * (hi - lo) * scale
+                        lo = hi
         for p in range(n_pairs):
             if n_el[pair_a[p]] > 0 and n_el[pair_b[p]] > 0:
                 for kb in range(n_bins):

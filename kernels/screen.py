@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from lamcsp.kernels.distances import image_buffer, pair_images
 
 from lamcsp.errors import SetupError
 
@@ -55,6 +56,7 @@ def _screen_kernel(frac, cells, offsets, numbers, dmin, nmax, r_search, ratio_ca
     n_sys = cells.shape[0]
     out = np.empty(n_sys)
     r2max = r_search * r_search
+    buf = image_buffer(nmax)
     for s in range(n_sys):
         c = cells[s]
         worst = ratio_cap
@@ -64,28 +66,10 @@ def _screen_kernel(frac, cells, offsets, numbers, dmin, nmax, r_search, ratio_ca
                 dm = dmin[numbers[i], numbers[j]]
                 if dm <= 0.0:
                     continue
-                d0 = frac[j, 0] - frac[i, 0]
-                d1 = frac[j, 1] - frac[i, 1]
-                d2 = frac[j, 2] - frac[i, 2]
-                d0 -= np.floor(d0 + 0.5)
-                d1 -= np.floor(d1 + 0.5)
-                d2 -= np.floor(d2 + 0.5)
-                for a in range(-nmax[s, 0], nmax[s, 0] + 1):
-                    for b in range(-nmax[s, 1], nmax[s, 1] + 1):
-                        for k in range(-nmax[s, 2], nmax[s, 2] + 1):
-                            if i == j and a == 0 and b == 0 and k == 0:
-                                continue
-                            f0 = d0 + a
-                            f1 = d1 + b
-                            f2 = d2 + k
-                            x = f0 * c[0, 0] + f1 * c[1, 0] + f2 * c[2, 0]
-                            y = f0 * c[0, 1] + f1 * c[1, 1] + f2 * c[2, 1]
-                            z = f0 * c[0, 2] + f1 * c[1, 2] + f2 * c[2, 2]
-                            r2 = x * x + y * y + z * z
-                            if r2 < r2max:
-                                q = np.sqrt(r2) / dm
-                                if q < worst:
-                                    worst = q
+                for t in range(pair_images(frac, i, j, c, nmax[s], r2max, buf)):
+                    q = np.sqrt(buf[t, 3]) / dm
+                    if q < worst:
+                        worst = q
         out[s] = worst
     return out
 

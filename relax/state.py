@@ -223,31 +223,27 @@ def from_structures(
     )
 
 
+def _per_system(state: BatchedState) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """``(numbers, positions, cell)`` NumPy arrays of each system, in batch order."""
+    pos = state.positions.detach().cpu().numpy()
+    num = state.numbers.detach().cpu().numpy()
+    cell = state.cell.detach().cpu().numpy()
+    bounds = np.concatenate([[0], np.cumsum(state.n_atoms_per_system.cpu().numpy())])
+    return [(num[b:e], pos[b:e], cell[i]) for i, (b, e) in enumerate(zip(bounds[:-1], bounds[1:]))]
+
+
 def to_atoms(state: BatchedState) -> list[Atoms]:
     """One ASE ``Atoms`` (periodic in 3D) per system, in batch order."""
     from ase import Atoms
 
-    pos = state.positions.detach().cpu().numpy()
-    num = state.numbers.detach().cpu().numpy()
-    cell = state.cell.detach().cpu().numpy()
-    counts = state.n_atoms_per_system.cpu().numpy()
-    bounds = np.concatenate([[0], np.cumsum(counts)])
-    return [
-        Atoms(numbers=num[b:e], positions=pos[b:e], cell=cell[i], pbc=True)
-        for i, (b, e) in enumerate(zip(bounds[:-1], bounds[1:]))
-    ]
+    return [Atoms(numbers=num, positions=pos, cell=cell, pbc=True) for num, pos, cell in _per_system(state)]
 
 
 def to_structures(state: BatchedState) -> list[Structure]:
     """One pymatgen ``Structure`` per system, in batch order."""
     from pymatgen.core import Lattice, Structure
 
-    pos = state.positions.detach().cpu().numpy()
-    num = state.numbers.detach().cpu().numpy()
-    cell = state.cell.detach().cpu().numpy()
-    counts = state.n_atoms_per_system.cpu().numpy()
-    bounds = np.concatenate([[0], np.cumsum(counts)])
     return [
-        Structure(Lattice(cell[i]), num[b:e].tolist(), pos[b:e], coords_are_cartesian=True)
-        for i, (b, e) in enumerate(zip(bounds[:-1], bounds[1:]))
+        Structure(Lattice(cell), num.tolist(), pos, coords_are_cartesian=True)
+        for num, pos, cell in _per_system(state)
     ]
