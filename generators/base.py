@@ -220,11 +220,12 @@ def register(name: str) -> Callable[[Callable[..., Generator]], Callable[..., Ge
     return deco
 
 
-def available_generators() -> dict[str, Callable[..., Generator]]:
-    """Built-in and entry-point generators by name (entry points do not shadow built-ins)."""
+def available_generators() -> dict[str, Any]:
+    """Built-in factories and entry points (loaded lazily by :func:`get_generator`) by
+    name; entry points do not shadow built-ins."""
     from importlib.metadata import entry_points
 
-    found = dict(_REGISTRY)
+    found: dict[str, Any] = dict(_REGISTRY)
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name not in found:
             found[ep.name] = ep  # loaded lazily by get_generator

@@ -152,8 +152,9 @@ class Particle:
         def arr(a: list[float] | None) -> np.ndarray | None:
             return None if a is None else np.asarray(a, dtype=float)
 
-        return cls(int(d["pid"]), d["template"], arr(d["x"]), arr(d["v"]), arr(d["best_x"]),
-                   float(d["best_h"]), arr(d["best_fp"]), int(d["stagnant"]), int(d["evaluated"]))
+        return cls(int(d["pid"]), d["template"], np.asarray(d["x"], dtype=float),
+                   np.asarray(d["v"], dtype=float), arr(d["best_x"]), float(d["best_h"]),
+                   arr(d["best_fp"]), int(d["stagnant"]), int(d["evaluated"]))
 
 
 def template_key(template: dict[str, Any]) -> tuple:
@@ -411,8 +412,10 @@ class ParticleSwarm:
         it (position: the leader's best plus a random velocity of up to ``v_max``)."""
         from lamcsp.generators.symmetric import from_vector
 
-        leader = self._neighbourhood_best(p)
+        leader = self._neighbourhood_best(p)  # only particles with a best are leaders
+        assert p.best_x is not None  # only particles with a best are moved
         if leader is not None and template_key(leader.template) != template_key(p.template):
+            assert leader.best_x is not None
             p.template = dict(leader.template)
             p.x = leader.best_x.copy()
             p.best_x, p.best_h, p.best_fp = leader.best_x.copy(), leader.best_h, leader.best_fp
@@ -433,7 +436,8 @@ class ParticleSwarm:
         else:
             w = self.inertia()
             cog = self._difference(p.best_x, p.x, n_lat)
-            soc = self._difference(leader.best_x, p.x, n_lat) if leader is not None else np.zeros_like(p.x)
+            soc = (self._difference(leader.best_x, p.x, n_lat)
+                   if leader is not None and leader.best_x is not None else np.zeros_like(p.x))
             v = w * p.v + self.c1 * rng.random(p.x.size) * cog + self.c2 * rng.random(p.x.size) * soc
             vmax = self.v_max * scale
             v = np.clip(v, -vmax, vmax)
@@ -494,6 +498,8 @@ class ParticleSwarm:
 
         template = self._candidate_of(best.template)
         n_lat = self._n_lattice(best.template)
+        if best.best_x is None:
+            return None
         for _ in range(4):
             x = best.best_x.copy()
             x[n_lat:] += rng.normal(0.0, 2 * self.turbulence, x.size - n_lat)

@@ -68,9 +68,8 @@ def spacegroup_number(atoms: Atoms, symprec: float = 0.1) -> int:
     import spglib
 
     try:
-        data = spglib.get_symmetry_dataset(
-            (np.asarray(atoms.cell), atoms.get_scaled_positions(), atoms.numbers), symprec=symprec
-        )
+        cell = (atoms.cell.tolist(), atoms.get_scaled_positions().tolist(), atoms.numbers.tolist())
+        data = spglib.get_symmetry_dataset(cell, symprec=symprec)
     except Exception:  # spglib raises on degenerate cells; the frame still gets written
         return 0
     return int(data.number) if data is not None else 0

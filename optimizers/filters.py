@@ -22,7 +22,7 @@ import dataclasses
 from typing import Any, Protocol
 
 import torch
-from lamcsp.relax.state import BatchedState, atom_field, system_field
+from lamcsp.relax.state import ATOM, SYSTEM, BatchedState
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -40,16 +40,16 @@ class RelaxState(BatchedState):
         n_steps: optimizer steps taken by each system ``(S,)``.
     """
 
-    ref_cell: torch.Tensor = system_field()
-    cell_x: torch.Tensor = system_field()
-    cell_factor: torch.Tensor = system_field()
-    energy: torch.Tensor = system_field()
-    enthalpy: torch.Tensor = system_field()
-    stress: torch.Tensor = system_field()
-    cell_gforce: torch.Tensor = system_field()
-    n_steps: torch.Tensor = system_field()
-    forces: torch.Tensor = atom_field()
-    atom_gforce: torch.Tensor = atom_field()
+    ref_cell: torch.Tensor = dataclasses.field(metadata=SYSTEM)
+    cell_x: torch.Tensor = dataclasses.field(metadata=SYSTEM)
+    cell_factor: torch.Tensor = dataclasses.field(metadata=SYSTEM)
+    energy: torch.Tensor = dataclasses.field(metadata=SYSTEM)
+    enthalpy: torch.Tensor = dataclasses.field(metadata=SYSTEM)
+    stress: torch.Tensor = dataclasses.field(metadata=SYSTEM)
+    cell_gforce: torch.Tensor = dataclasses.field(metadata=SYSTEM)
+    n_steps: torch.Tensor = dataclasses.field(metadata=SYSTEM)
+    forces: torch.Tensor = dataclasses.field(metadata=ATOM)
+    atom_gforce: torch.Tensor = dataclasses.field(metadata=ATOM)
 
     def fmax(self) -> torch.Tensor:
         """Largest generalised force row per system ``(S,)``, as ASE's filters report it."""

@@ -19,7 +19,7 @@ import dataclasses
 import torch
 from lamcsp.optimizers.common import system_dot
 from lamcsp.optimizers.filters import CellFilter, RelaxState
-from lamcsp.relax.state import atom_field, global_field, system_field
+from lamcsp.relax.state import ATOM, GLOBAL, SYSTEM
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -27,12 +27,12 @@ class FireState(RelaxState):
     """:class:`RelaxState` plus FIRE's velocities ``(N, 3)`` and ``(S, 3, 3)``, time step
     ``dt (S,)``, mixing ``a (S,)`` and ``n_pos (S,)`` (steps since the last uphill move)."""
 
-    velocities: torch.Tensor = atom_field()
-    cell_velocities: torch.Tensor = system_field()
-    dt: torch.Tensor = system_field()
-    a: torch.Tensor = system_field()
-    n_pos: torch.Tensor = system_field()
-    params: dict = global_field(default_factory=dict)
+    velocities: torch.Tensor = dataclasses.field(metadata=ATOM)
+    cell_velocities: torch.Tensor = dataclasses.field(metadata=SYSTEM)
+    dt: torch.Tensor = dataclasses.field(metadata=SYSTEM)
+    a: torch.Tensor = dataclasses.field(metadata=SYSTEM)
+    n_pos: torch.Tensor = dataclasses.field(metadata=SYSTEM)
+    params: dict = dataclasses.field(default_factory=dict, metadata=GLOBAL)
 
 
 DEFAULTS = dict(

@@ -18,7 +18,7 @@ import dataclasses
 import torch
 from lamcsp.optimizers.common import system_dot, system_max_row_norm
 from lamcsp.optimizers.filters import CellFilter, RelaxState
-from lamcsp.relax.state import atom_field, global_field, system_field
+from lamcsp.relax.state import ATOM, GLOBAL, SYSTEM
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -27,16 +27,16 @@ class LbfgsState(RelaxState):
     ``(N, m, 3)`` and cell ``(S, m, 3, 3)``, ``rho (S, m)`` (zero where empty), and the
     previous generalised coordinates and forces."""
 
-    s_atoms: torch.Tensor = atom_field()
-    y_atoms: torch.Tensor = atom_field()
-    x0_atoms: torch.Tensor = atom_field()
-    f0_atoms: torch.Tensor = atom_field()
-    s_cell: torch.Tensor = system_field()
-    y_cell: torch.Tensor = system_field()
-    x0_cell: torch.Tensor = system_field()
-    f0_cell: torch.Tensor = system_field()
-    rho: torch.Tensor = system_field()
-    params: dict = global_field(default_factory=dict)
+    s_atoms: torch.Tensor = dataclasses.field(metadata=ATOM)
+    y_atoms: torch.Tensor = dataclasses.field(metadata=ATOM)
+    x0_atoms: torch.Tensor = dataclasses.field(metadata=ATOM)
+    f0_atoms: torch.Tensor = dataclasses.field(metadata=ATOM)
+    s_cell: torch.Tensor = dataclasses.field(metadata=SYSTEM)
+    y_cell: torch.Tensor = dataclasses.field(metadata=SYSTEM)
+    x0_cell: torch.Tensor = dataclasses.field(metadata=SYSTEM)
+    f0_cell: torch.Tensor = dataclasses.field(metadata=SYSTEM)
+    rho: torch.Tensor = dataclasses.field(metadata=SYSTEM)
+    params: dict = dataclasses.field(default_factory=dict, metadata=GLOBAL)
 
 
 DEFAULTS = dict(maxstep=0.2, memory=100, damping=1.0, alpha=70.0)

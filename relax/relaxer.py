@@ -152,12 +152,12 @@ class Relaxer:
             cutoff=max(self.min_distance, 1e-6),
         )
         lo, hi = self.volume_bounds
-        bad_e, bad_f, bad_s = bad_e.cpu().numpy(), bad_f.cpu().numpy(), bad_s.cpu().numpy()
+        be, bf, bs = bad_e.cpu().numpy(), bad_f.cpu().numpy(), bad_s.cpu().numpy()
         for k in range(state.n_systems):
             if errors[k]:
                 reasons[k] = f"model error: {errors[k]}"
-            elif bad_e[k] or bad_f[k] or bad_s[k]:
-                what = [n for n, b in (("energy", bad_e[k]), ("forces", bad_f[k]), ("stress", bad_s[k])) if b]
+            elif be[k] or bf[k] or bs[k]:
+                what = [n for n, b in (("energy", be[k]), ("forces", bf[k]), ("stress", bs[k])) if b]
                 reasons[k] = f"non-finite {'/'.join(what)}"
             elif not (lo <= ratio[k] <= hi):
                 reasons[k] = f"volume per atom {ratio[k]:.3g}x the start, outside [{lo:g}, {hi:g}]"

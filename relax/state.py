@@ -31,6 +31,12 @@ EV_PER_A3_PER_GPA = 1.0 / 160.21766208
 S = TypeVar("S", bound="BatchedState")
 
 
+#: field metadata of the three scopes: ``dataclasses.field(metadata=ATOM)`` and so on
+ATOM: dict[str, str] = {"scope": "atom"}
+SYSTEM: dict[str, str] = {"scope": "system"}
+GLOBAL: dict[str, str] = {"scope": "global"}
+
+
 def atom_field(**kwargs: Any) -> Any:
     """A dataclass field whose first dimension runs over atoms."""
     return dataclasses.field(metadata={"scope": "atom"}, **kwargs)
@@ -58,11 +64,11 @@ class BatchedState:
         system_idx: index of the system each atom belongs to, ``(N,)``, int64, sorted.
     """
 
-    positions: torch.Tensor = atom_field()
-    numbers: torch.Tensor = atom_field()
-    system_idx: torch.Tensor = atom_field()
-    cell: torch.Tensor = system_field()
-    pressure: torch.Tensor = system_field()
+    positions: torch.Tensor = dataclasses.field(metadata=ATOM)
+    numbers: torch.Tensor = dataclasses.field(metadata=ATOM)
+    system_idx: torch.Tensor = dataclasses.field(metadata=ATOM)
+    cell: torch.Tensor = dataclasses.field(metadata=SYSTEM)
+    pressure: torch.Tensor = dataclasses.field(metadata=SYSTEM)
 
     # ---- derived quantities -------------------------------------------------------------
     @property

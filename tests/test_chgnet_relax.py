@@ -8,10 +8,9 @@ from ase.build import bulk
 from ase.filters import FrechetCellFilter
 from ase.optimize import FIRE
 from ase.units import GPa
+from lamcsp.relax import Relaxer
 from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.io.ase import AseAtomsAdaptor
-
-from lamcsp.relax import Relaxer
 
 
 @pytest.fixture(scope="module")

@@ -96,7 +96,10 @@ class ASECalculatorPotential(Potential):
         return self._numbers
 
     def forward(self, state: BatchedState) -> Output:
-        energies, forces, stresses, errors = [], [], [], []
+        energies: list[float] = []
+        forces: list[np.ndarray] = []
+        stresses: list[np.ndarray] = []
+        errors: list[str | None] = []
         for atoms in to_atoms(state):
             atoms.calc = self.calculator
             try:

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 
 import torch
 
+from lamcsp.errors import SetupError
 from lamcsp.potentials.base import Output, Potential, energy_forces_stress
 from lamcsp.potentials.neighbors import periodic_pairs
 from lamcsp.relax.state import BatchedState
@@ -27,7 +28,7 @@ def _pair_table(
     table: dict[PairKey, float] = {}
     keys = list(values)
     if keys and all(isinstance(k, int) for k in keys):
-        per_el = {int(k): float(v) for k, v in values.items()}  # type: ignore[misc]
+        per_el = {int(k): float(v) for k, v in values.items() if isinstance(k, int)}
         for a in per_el:
             for b in per_el:
                 if mixing == "geometric":
@@ -36,7 +37,9 @@ def _pair_table(
                     table[(a, b)] = 0.5 * (per_el[a] + per_el[b])
         return table
     for k, v in values.items():
-        a, b = k  # type: ignore[misc]
+        if isinstance(k, int):
+            raise SetupError(name, "give the parameter per element or per pair, not mixed")
+        a, b = k
         table[(int(a), int(b))] = float(v)
         table[(int(b), int(a))] = float(v)
     return table
