@@ -82,6 +82,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--volume-factor", type=_positive(float, "--volume-factor"), default=1.0,
                    help="target volume = this x the sum of element volumes")
     g.set_defaults(func=cmd_generate)
+
+    v = sub.add_parser(
+        "validate",
+        help="check a campaign file and summarise it",
+        description="Read CAMPAIGN (YAML), validate every field against the campaign schema "
+        "(docs/campaign_reference.md) and print a short summary. A bad field is reported by its "
+        "dotted path with what is allowed (exit status 2).",
+    )
+    v.add_argument("campaign", metavar="CAMPAIGN", help="campaign YAML file")
+    v.set_defaults(func=cmd_validate)
     return parser
 
 
@@ -192,6 +202,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
           f"(seed {seed}) -> {args.output}")
     if len(frames) < args.n:
         print(f"  only {len(frames)} of {args.n}: some structures ran out of attempts", file=sys.stderr)
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from lamcsp.campaign import load_campaign
+
+    campaign = load_campaign(args.campaign)
+    print(f"{args.campaign}: valid")
+    print(campaign.summary())
     return 0
 
 
