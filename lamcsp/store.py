@@ -1,0 +1,310 @@
+"""The store: relaxed structures in an ASE database, and an atomic checkpoint of the search.
+
+Results go to an ASE database in the run directory (``run_dir/results.db``, SQLite; a
+``postgresql://...`` URL is passed to :func:`ase.db.connect` as is), so ``ase db results.db``
+lists and filters them. Every row carries the relaxed geometry, the final energy, forces and
+stress as its calculator results, and these key values:
+
+``key`` (the caller's idempotency key, e.g. ``"g3-c7"``), ``pressure_gpa``, ``enthalpy``,
+``enthalpy_per_atom``, ``spacegroup``, ``generation``, ``generator``, ``converged``, ``status``,
+``steps``, ``unique``, ``duplicate_of`` (row id, ``0`` for none: ASE key values cannot be
+``None``) and ``model_id``.
+
+``formula`` and ``energy`` are reserved names in ASE (not allowed as key values): they are the
+row's own columns, ``row.formula`` and ``row.energy``, and select as usual
+(``ase db results.db formula=Ar4``, ``energy<-3``).
+
+Crash safety. ASE's SQLite backend writes one row (the system and all its key values) in one
+transaction that commits before :meth:`ResultStore.add` returns, so a ``kill -9`` at any moment
+leaves either no row or the whole row. ASE's ``.lock`` file is not used (the database locks
+itself); a stale one left by a killed writer would otherwise block every later write.
+:meth:`ResultStore.add` with a key already stored returns the stored row's id and writes
+nothing; a resumed campaign that re-adds the results of a generation therefore stores
+none twice and loses none that were committed.
+
+The checkpoint of the search state (swarm, RNG states, counters) is JSON written to a temporary
+file in the same directory, flushed and fsynced, then moved over the old one with
+:func:`os.replace` (atomic on POSIX), and the directory is fsynced; a reader sees the old
+checkpoint or the new one, never a partial file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from lamcsp.errors import SetupError
+
+if TYPE_CHECKING:
+    from ase.db.row import AtomsRow
+
+    from lamcsp.relax.relaxer import RelaxResult
+
+__all__ = [
+    "CHECKPOINT_VERSION",
+    "ResultStore",
+    "plain",
+    "read_checkpoint",
+    "rng_from_state",
+    "rng_state",
+    "write_checkpoint",
+]
+
+DB_NAME = "results.db"
+CHECKPOINT_FORMAT = "lamcsp-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+def _is_url(url: str) -> bool:
+    return "://" in url
+
+
+class ResultStore:
+    """Relaxed structures in an ASE database.
+
+    Args:
+        run_dir: the run directory; the SQLite database is ``run_dir/results.db``.
+        url: a database URL (``postgresql://user:pw@host/db``) or a path, instead of the
+            default file. Anything :func:`ase.db.connect` takes.
+    """
+
+    def __init__(self, run_dir: str | Path, url: str | None = None):
+        import ase.db
+
+        self.run_dir = Path(run_dir)
+        if url is None:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.url = str(self.run_dir / DB_NAME)
+        else:
+            self.url = url
+        try:
+            # No ASE lock file: SQLite/PostgreSQL lock by themselves, and a lock file left by a
+            # process killed with -9 while writing would block every later write forever.
+            self.db = ase.db.connect(self.url, append=True, use_lock_file=False)
+        except Exception as exc:  # malformed URL, missing driver, unreadable file
+            raise SetupError("store", f"cannot open the results database {self.url!r}: {exc}") from exc
+
+    def __repr__(self) -> str:
+        return f"ResultStore({self.url!r})"
+
+    # -- writing -------------------------------------------------------------------------
+
+    def add(
+        self,
+        result: RelaxResult,
+        *,
+        key: str,
+        generation: int,
+        generator: str,
+        model_id: str,
+        spacegroup: int,
+        unique: bool,
+        duplicate_of: int | None,
+        extra: dict[str, Any] | None = None,
+    ) -> int:
+        """Store one relaxed structure; return its row id.
+
+        ``key`` is the idempotency key: if a row with this key is stored already, its id is
+        returned and nothing is written. ``extra`` adds more key values (plain scalars).
+        One call is one database transaction.
+        """
+        _check_key(key)
+        existing = self.row_id(key)
+        if existing is not None:
+            return existing
+
+        from ase.calculators.singlepoint import SinglePointCalculator
+        from ase.stress import full_3x3_to_voigt_6_stress
+
+        atoms = result.atoms.copy()
+        stress = np.asarray(result.stress, dtype=float)
+        if stress.shape == (3, 3):
+            stress = full_3x3_to_voigt_6_stress(stress)
+        atoms.calc = SinglePointCalculator(
+            atoms,
+            energy=float(result.energy),
+            forces=np.asarray(result.forces, dtype=float).reshape(len(atoms), 3),
+            stress=stress,
+        )
+        kvp: dict[str, Any] = {
+            "key": key,
+            "pressure_gpa": float(result.pressure_gpa),
+            "enthalpy": float(result.enthalpy),
+            "enthalpy_per_atom": float(result.enthalpy_per_atom),
+            "spacegroup": int(spacegroup),
+            "generation": int(generation),
+            "generator": str(generator),
+            "converged": bool(result.converged),
+            "status": str(result.status),
+            "steps": int(result.steps),
+            "final_fmax": float(result.fmax),
+            "unique": bool(unique),
+            "duplicate_of": 0 if duplicate_of is None else int(duplicate_of),
+            "model_id": str(model_id),
+        }
+        for name, value in (extra or {}).items():
+            if name in kvp:
+                raise SetupError("extra", f"key value {name!r} is set by the store itself")
+            kvp[name] = plain(value)
+        try:
+            return int(self.db.write(atoms, key_value_pairs=kvp))
+        except ValueError as exc:  # ASE's check of key names and values
+            raise SetupError("extra", f"cannot store these key values: {exc}") from exc
+
+    def mark_duplicate(self, row_id: int, of: int) -> None:
+        """Mark row ``row_id`` as a duplicate of row ``of``."""
+        self.db.update(int(row_id), unique=False, duplicate_of=int(of))
+
+    # -- reading -------------------------------------------------------------------------
+
+    def row_id(self, key: str) -> int | None:
+        """The id of the row stored under ``key``, or ``None``."""
+        for row in self.db.select(key=key, limit=1, include_data=False):
+            return int(row.id)
+        return None
+
+    def keys(self) -> set[str]:
+        """The idempotency keys of all stored rows."""
+        return {row.key for row in self.db.select("key", include_data=False)}
+
+    def rows(self, *selection: Any, **kv: Any) -> list[AtomsRow]:
+        """Rows matching an ASE selection (``store.rows(unique=True, generation=3)``)."""
+        return list(self.db.select(*selection, **kv))
+
+    def count(self, *selection: Any, **kv: Any) -> int:
+        return int(self.db.count(*selection, **kv))
+
+
+def _check_key(key: str) -> None:
+    from ase.db.core import str_represents
+
+    if not isinstance(key, str) or not key or any(str_represents(key, t) for t in (bool, int, float)):
+        raise SetupError("key", f"an idempotency key must be a non-numeric string like 'g3-c7', got {key!r}")
+
+
+# -- plain data ------------------------------------------------------------------------------
+
+
+def plain(obj: Any) -> Any:
+    """``obj`` as JSON-ready plain data: numpy scalars and arrays, tuples, paths converted.
+
+    Objects with a ``to_dict()`` method are written as its result. Anything else raises
+    :class:`TypeError`.
+    """
+    if obj is None or isinstance(obj, (bool, str)):
+        return obj
+    if isinstance(obj, (int, float)):
+        return obj
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return plain(obj.tolist())
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            if not isinstance(k, str):
+                raise TypeError(f"checkpoint dict keys must be strings, got {k!r}")
+            out[k] = plain(v)
+        return out
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    if hasattr(obj, "to_dict"):
+        return plain(obj.to_dict())
+    raise TypeError(f"not plain data: {type(obj).__name__}")
+
+
+# -- checkpoint ------------------------------------------------------------------------------
+
+
+def write_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """Write ``state`` to ``path`` atomically (temp file, fsync, :func:`os.replace`, fsync dir)."""
+    path = Path(path)
+    directory = path.parent
+    directory.mkdir(parents=True, exist_ok=True)
+    text = json.dumps({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "state": plain(state)})
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(directory)
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        dfd = os.open(directory, os.O_RDONLY)
+    except OSError:  # platforms without directory fds
+        return
+    try:
+        os.fsync(dfd)
+    except OSError:
+        pass
+    finally:
+        os.close(dfd)
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any] | None:
+    """The state stored at ``path``, or ``None`` if there is no checkpoint."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    try:
+        doc = json.loads(text)
+    except ValueError as exc:
+        raise SetupError("checkpoint", f"{path} is not a readable checkpoint (invalid JSON: {exc})") from exc
+    if not (isinstance(doc, dict) and doc.get("format") == CHECKPOINT_FORMAT
+            and isinstance(doc.get("state"), dict)):
+        raise SetupError("checkpoint", f"{path} is not a lamcsp checkpoint")
+    if doc.get("version") != CHECKPOINT_VERSION:
+        raise SetupError(
+            "checkpoint",
+            f"{path} has checkpoint version {doc.get('version')!r}; "
+            f"this lamcsp reads version {CHECKPOINT_VERSION}",
+        )
+    return doc["state"]
+
+
+# -- RNG state -------------------------------------------------------------------------------
+
+_BIT_GENERATORS = ("PCG64", "PCG64DXSM", "Philox", "SFC64", "MT19937")
+
+
+def rng_state(rng: np.random.Generator) -> dict[str, Any]:
+    """The full state of ``rng`` as plain data (restore it with :func:`rng_from_state`)."""
+    return plain(rng.bit_generator.state)
+
+
+def rng_from_state(d: dict[str, Any]) -> np.random.Generator:
+    """A generator in exactly the state ``d`` (from :func:`rng_state`)."""
+    name = d.get("bit_generator") if isinstance(d, dict) else None
+    if name not in _BIT_GENERATORS:
+        raise SetupError(
+            "checkpoint", f"unknown RNG bit generator {name!r}; allowed: {', '.join(_BIT_GENERATORS)}"
+        )
+    bg = getattr(np.random, name)()
+    state = dict(d)
+    if name == "MT19937":
+        state["state"] = {**state["state"], "key": np.asarray(state["state"]["key"], dtype=np.uint32)}
+    bg.state = state
+    return np.random.Generator(bg)
