@@ -357,6 +357,19 @@ def _point_group(sg: int) -> np.ndarray:
     return np.ascontiguousarray(np.unique(rots, axis=0))
 
 
+@numba.njit(cache=True, inline="always")
+def _wrapped_norm2(d0, d1, d2, lattice):  # pragma: no cover - jitted
+    """Squared Cartesian length of the fractional difference ``(d0, d1, d2)`` wrapped to the
+    nearest lattice image (per component, enough for the small tolerances it is used with)."""
+    d0 -= np.rint(d0)
+    d1 -= np.rint(d1)
+    d2 -= np.rint(d2)
+    x = d0 * lattice[0, 0] + d1 * lattice[1, 0] + d2 * lattice[2, 0]
+    y = d0 * lattice[0, 1] + d1 * lattice[1, 1] + d2 * lattice[2, 1]
+    z = d0 * lattice[0, 2] + d1 * lattice[1, 2] + d2 * lattice[2, 2]
+    return x * x + y * y + z * z
+
+
 @numba.njit(cache=True)
 def _maps(frac, species, lattice, w, t, symprec2):  # pragma: no cover - jitted
     """Whether ``x -> w x + t`` maps every atom onto an atom of its species (within symprec)."""
@@ -369,16 +382,7 @@ def _maps(frac, species, lattice, w, t, symprec2):  # pragma: no cover - jitted
         for k in range(n):
             if species[k] != species[i]:
                 continue
-            d0 = y0 - frac[k, 0]
-            d1 = y1 - frac[k, 1]
-            d2 = y2 - frac[k, 2]
-            d0 -= np.rint(d0)
-            d1 -= np.rint(d1)
-            d2 -= np.rint(d2)
-            x = d0 * lattice[0, 0] + d1 * lattice[1, 0] + d2 * lattice[2, 0]
-            y = d0 * lattice[0, 1] + d1 * lattice[1, 1] + d2 * lattice[2, 1]
-            z = d0 * lattice[0, 2] + d1 * lattice[1, 2] + d2 * lattice[2, 2]
-            if x * x + y * y + z * z < symprec2:
+            if _wrapped_norm2(y0 - frac[k, 0], y1 - frac[k, 1], y2 - frac[k, 2], lattice) < symprec2:
                 found = True
                 break
         if not found:
@@ -476,16 +480,8 @@ def _extra_symmetry(frac, species, lattice, pg_rots, centring, symprec):  # prag
             t[r] = frac[j, r] - frac[a0, r]
         known = False
         for c in range(centring.shape[0]):
-            d0 = t[0] - centring[c, 0]
-            d1 = t[1] - centring[c, 1]
-            d2 = t[2] - centring[c, 2]
-            d0 -= np.rint(d0)
-            d1 -= np.rint(d1)
-            d2 -= np.rint(d2)
-            x = d0 * lattice[0, 0] + d1 * lattice[1, 0] + d2 * lattice[2, 0]
-            y = d0 * lattice[0, 1] + d1 * lattice[1, 1] + d2 * lattice[2, 1]
-            z = d0 * lattice[0, 2] + d1 * lattice[1, 2] + d2 * lattice[2, 2]
-            if x * x + y * y + z * z < s2:
+            if _wrapped_norm2(t[0] - centring[c, 0], t[1] - centring[c, 1], t[2] - centring[c, 2],
+                              lattice) < s2:
                 known = True
                 break
         if not known and _maps(frac, species, lattice, eye, t, s2):

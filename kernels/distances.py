@@ -184,30 +184,12 @@ def orbit_clear(frac, species, n_old, n_new, lattice, cut2, nmax):  # pragma: no
     Returns:
         ``True`` when no pair is closer than its minimum distance.
     """
-    c = lattice
+    buf = np.empty(((2 * nmax[0] + 1) * (2 * nmax[1] + 1) * (2 * nmax[2] + 1), 4))
     for i in range(n_old, n_old + n_new):
         si = species[i]
         for j in range(i + 1):
-            lim = cut2[si, species[j]]
-            d0 = frac[j, 0] - frac[i, 0]
-            d1 = frac[j, 1] - frac[i, 1]
-            d2 = frac[j, 2] - frac[i, 2]
-            d0 -= np.floor(d0 + 0.5)
-            d1 -= np.floor(d1 + 0.5)
-            d2 -= np.floor(d2 + 0.5)
-            for a in range(-nmax[0], nmax[0] + 1):
-                f0 = d0 + a
-                for b in range(-nmax[1], nmax[1] + 1):
-                    f1 = d1 + b
-                    for k in range(-nmax[2], nmax[2] + 1):
-                        if i == j and a == 0 and b == 0 and k == 0:
-                            continue
-                        f2 = d2 + k
-                        x = f0 * c[0, 0] + f1 * c[1, 0] + f2 * c[2, 0]
-                        y = f0 * c[0, 1] + f1 * c[1, 1] + f2 * c[2, 1]
-                        z = f0 * c[0, 2] + f1 * c[1, 2] + f2 * c[2, 2]
-                        if x * x + y * y + z * z < lim:
-                            return False
+            if pair_images(frac, i, j, lattice, nmax, cut2[si, species[j]], buf) > 0:
+                return False
     return True
 
 
