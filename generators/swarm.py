@@ -240,6 +240,7 @@ class ParticleSwarm:
             "next_proposal": self.next_proposal,
             "pending": {str(k): v for k, v in self.pending.items()},
             "seen": sorted(self.seen),
+            "swarm_size": self.swarm_size,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -249,6 +250,8 @@ class ParticleSwarm:
         self.next_proposal = int(state["next_proposal"])
         self.pending = {int(k): int(v) for k, v in state["pending"].items()}
         self.seen = set(int(s) for s in state["seen"])
+        if state.get("swarm_size") is not None:  # fixed by the first generation when not given
+            self.swarm_size = int(state["swarm_size"])
 
     # ---- helpers -------------------------------------------------------------------------------
     @property

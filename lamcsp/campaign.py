@@ -65,6 +65,11 @@ class SystemSpec:
     spacegroups: tuple[int, ...] = _field(
         factory=lambda: tuple(range(2, 231)), type="list or ranges `\"2-230\"`",
         doc="space groups random structures are drawn from (1-230)")
+    references: dict[str, str] = _field(
+        factory=dict, type="{element: structure file}",
+        doc="elemental reference structures (CIF, POSCAR, extxyz; relative to the campaign file), "
+            "relaxed at every pressure, for formation enthalpies; elements without one are "
+            "searched as end members of a variable composition")
 
     @property
     def elements(self) -> list[str]:
@@ -98,6 +103,10 @@ class ModelSpec:
     head: str | None = _field(type="str or null", doc="model head, for multi-head models")
     device: str = _field("auto", type="`auto`, `cpu`, `cuda` or `cuda:N`",
                          doc="where the model runs")
+    options: dict[str, Any] = _field(
+        factory=dict, type="mapping",
+        doc="keyword arguments of the backend, e.g. `{epsilon: {Ar: 0.0104}, sigma: {Ar: 3.4}}` "
+            "for `lj`; `{calculator: NAME}` names the ASE calculator of `ase`")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,6 +159,11 @@ class ReportSpec:
     top_n: int = _field(10, type="int ≥ 1", doc="structures listed (lowest enthalpy first)")
     write_cif: bool = _field(True, type="bool", doc="write the listed structures as CIF files")
     symprec: float = _field(0.1, type="number > 0", doc="spglib tolerance for reported space groups")
+    scan_points: int = _field(
+        7, type="int ≥ 2", doc="pressures of the enthalpy-vs-pressure scan of the best polymorphs "
+                               "(evenly spaced over the campaign's pressures; with 2 or more pressures)")
+    scan_top: int = _field(3, type="int ≥ 1",
+                           doc="polymorphs per composition and pressure re-relaxed in that scan")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -419,7 +433,29 @@ def _parse_variable(value: Any, field: str) -> dict[str, tuple[int, int]]:
     return out
 
 
-def _parse_system(raw: Any) -> SystemSpec:
+def _parse_references(value: Any, elements: list[str], base_dir: str) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise SetupError("system.references", "must be a mapping {element: structure file}, got "
+                                              f"{_type_name(value)} {value!r}")
+    out: dict[str, str] = {}
+    for symbol, path in value.items():
+        where = f"system.references.{symbol}"
+        _element(symbol, where)
+        if symbol not in elements:
+            raise SetupError(where, f"{symbol} is not an element of the system ({', '.join(elements)})")
+        if not isinstance(path, str) or not path:
+            raise SetupError(where, f"must be a structure file path, got {_type_name(path)} {path!r}")
+        full = os.path.normpath(os.path.join(base_dir, os.path.expanduser(path)))
+        if not os.path.isfile(full):
+            raise SetupError(where, f"structure file {full} does not exist (paths are relative to "
+                                    "the campaign file)")
+        out[symbol] = full
+    return out
+
+
+def _parse_system(raw: Any, base_dir: str = ".") -> SystemSpec:
     d = _keys(raw, SystemSpec, "system")
     composition = variable = None
     if d.get("composition") is not None and d.get("variable") is not None:
@@ -460,8 +496,11 @@ def _parse_system(raw: Any) -> SystemSpec:
                                                  f"[{lo:g}, {hi:g}] GPa")
         pressures.append(x)
     sgs = _int_ranges(d.get("spacegroups", "2-230"), "system.spacegroups", 1, 230, "2-230")
+    elements = list(composition or variable or {})
+    references = _parse_references(d.get("references"), elements, base_dir)
     return SystemSpec(composition=composition, formula_units=fus, variable=variable,
-                      max_atoms=max_atoms, pressures=tuple(pressures), spacegroups=sgs)
+                      max_atoms=max_atoms, pressures=tuple(pressures), spacegroups=sgs,
+                      references=references)
 
 
 def _parse_generators(raw: Any) -> tuple[GeneratorSpec, ...]:
@@ -524,7 +563,10 @@ def _parse_model(raw: Any, base_dir: str) -> ModelSpec:
     device = d.get("device", "auto")
     if not isinstance(device, str) or not _DEVICE_RE.match(device):
         raise SetupError("model.device", f"{device!r} is not allowed; allowed: auto, cpu, cuda, cuda:N")
-    return ModelSpec(backend=str(backend), path=path, head=head, device=device)
+    options = d.get("options") or {}
+    if not isinstance(options, Mapping) or not all(isinstance(k, str) for k in options):
+        raise SetupError("model.options", f"must be a mapping of option names to values, got {options!r}")
+    return ModelSpec(backend=str(backend), path=path, head=head, device=device, options=dict(options))
 
 
 def _parse_relax(raw: Any) -> RelaxSpec:
@@ -572,6 +614,8 @@ def _parse_report(raw: Any) -> ReportSpec:
         top_n=_int(d.get("top_n", rd.top_n), "report.top_n", 1),
         write_cif=_bool(d.get("write_cif", rd.write_cif), "report.write_cif"),
         symprec=_float(d.get("symprec", rd.symprec), "report.symprec", positive=True),
+        scan_points=_int(d.get("scan_points", rd.scan_points), "report.scan_points", 2),
+        scan_top=_int(d.get("scan_top", rd.scan_top), "report.scan_top", 1),
     )
 
 
@@ -621,7 +665,7 @@ def parse_campaign(raw: Any, source: str = "<campaign>", base_dir: str | None = 
     return Campaign(
         name=name,
         seed=_opt_int(d.get("seed"), "seed", 0),
-        system=_parse_system(d.get("system")),
+        system=_parse_system(d.get("system"), base_dir),
         generators=_parse_generators(d.get("generators")),
         population=_int(d.get("population", 12), "population", 1),
         generations=generations,

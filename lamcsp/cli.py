@@ -92,6 +92,48 @@ def build_parser() -> argparse.ArgumentParser:
     )
     v.add_argument("campaign", metavar="CAMPAIGN", help="campaign YAML file")
     v.set_defaults(func=cmd_validate)
+
+    s = sub.add_parser(
+        "search",
+        help="run a structure-search campaign",
+        description="Run the campaign in CAMPAIGN (YAML): generations of propose, screen, batched "
+        "relax, dedupe and store, for every composition and pressure, until its budget or "
+        "stopping rule; then write the report. Results go to an ASE database in the run "
+        "directory (`ase db RUN/results.db`), with a checkpoint after every generation: after a "
+        "crash or kill, the same command with --resume continues where it stopped.",
+    )
+    s.add_argument("campaign", metavar="CAMPAIGN", help="campaign YAML file")
+    s.add_argument("--resume", action="store_true",
+                   help="continue the run in the output directory from its checkpoint")
+    s.add_argument("-o", "--output", default=None, metavar="RUN",
+                   help="run directory (default: the campaign's `output`, else runs/<name>)")
+    s.add_argument("--db", default=None, metavar="URL",
+                   help="database URL (e.g. postgresql://user:pw@host/db) instead of RUN/results.db")
+    s.add_argument("--quiet", action="store_true", help="no progress lines")
+    s.set_defaults(func=cmd_search)
+
+    rp = sub.add_parser(
+        "report",
+        help="write the report of a run (hulls, phase diagrams, enthalpy vs pressure, convergence)",
+        description="Write RUN/report/report.html and summary.json: the convex hull at every "
+        "pressure with the energy above hull of every unique structure, phase-diagram, "
+        "enthalpy-vs-pressure and convergence plots, and the top structures as CIF and POSCAR.",
+    )
+    rp.add_argument("run", metavar="RUN", help="run directory")
+    rp.add_argument("-o", "--output", default=None, metavar="DIR", help="report directory (default RUN/report)")
+    rp.set_defaults(func=cmd_report)
+
+    ex = sub.add_parser(
+        "export",
+        help="write the best structures of a run as files",
+        description="Write the N lowest-enthalpy unique structures of every pressure of RUN as CIF, "
+        "POSCAR or extxyz files in DIR.",
+    )
+    ex.add_argument("run", metavar="RUN", help="run directory")
+    ex.add_argument("--top", type=_positive(int, "--top"), default=10, metavar="N")
+    ex.add_argument("--format", default="cif", choices=["cif", "poscar", "extxyz"])
+    ex.add_argument("-o", "--output", required=True, metavar="DIR", help="output directory")
+    ex.set_defaults(func=cmd_export)
     return parser
 
 
@@ -211,6 +253,36 @@ def cmd_validate(args: argparse.Namespace) -> int:
     campaign = load_campaign(args.campaign)
     print(f"{args.campaign}: valid")
     print(campaign.summary())
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from lamcsp.campaign import load_campaign
+    from lamcsp.search import Search
+
+    campaign = load_campaign(args.campaign)
+    search = Search(campaign, args.output, resume=args.resume, db_url=args.db,
+                    progress=False if args.quiet else None)
+    state = search.run()
+    n = search.store.count(role="search")
+    print(f"search {campaign.name!r} done: {state['generation']} generation(s), {n} relaxations stored "
+          f"in {search.store.url}; report in {search.run_dir / 'report' / 'report.html'}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from lamcsp.report import write_report
+
+    path = write_report(args.run, out_dir=args.output)
+    print(f"report: {path}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from lamcsp.report import export
+
+    paths = export(args.run, top=args.top, fmt=args.format, out_dir=args.output)
+    print(f"exported {len(paths)} file(s) to {args.output}")
     return 0
 
 

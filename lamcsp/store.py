@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lamcsp.errors import SetupError
+from lamcsp.faults import fault
 
 if TYPE_CHECKING:
     from ase.db.row import AtomsRow
@@ -106,12 +107,14 @@ class ResultStore:
         unique: bool,
         duplicate_of: int | None,
         extra: dict[str, Any] | None = None,
+        data: dict[str, Any] | None = None,
     ) -> int:
         """Store one relaxed structure; return its row id.
 
         ``key`` is the idempotency key: if a row with this key is stored already, its id is
-        returned and nothing is written. ``extra`` adds more key values (plain scalars).
-        One call is one database transaction.
+        returned and nothing is written. ``extra`` adds more key values (plain scalars);
+        ``data`` is stored as the row's data (plain data, e.g. the candidate it came from).
+        One call is one database transaction (unless inside :meth:`transaction`).
         """
         _check_key(key)
         existing = self.row_id(key)
@@ -152,13 +155,32 @@ class ResultStore:
                 raise SetupError("extra", f"key value {name!r} is set by the store itself")
             kvp[name] = plain(value)
         try:
-            return int(self.db.write(atoms, key_value_pairs=kvp))
+            if getattr(self.db, "connection", None) is not None:  # inside transaction(): caller commits
+                return int(self.db.write(atoms, key_value_pairs=kvp, data=plain(data or {})))
+            with self.db:  # one transaction
+                row_id = int(self.db.write(atoms, key_value_pairs=kvp, data=plain(data or {})))
+                fault("store-write")
+            return row_id
         except ValueError as exc:  # ASE's check of key names and values
             raise SetupError("extra", f"cannot store these key values: {exc}") from exc
 
     def mark_duplicate(self, row_id: int, of: int) -> None:
         """Mark row ``row_id`` as a duplicate of row ``of``."""
         self.db.update(int(row_id), unique=False, duplicate_of=int(of))
+
+    def update(self, row_id: int, **kv: Any) -> None:
+        """Set key values of one row."""
+        self.db.update(int(row_id), **{k: plain(v) for k, v in kv.items()})
+
+    def transaction(self) -> Any:
+        """A context manager in which every write is one transaction: all of them commit at
+        the end, or none (an exception or a kill inside rolls all back)::
+
+            with store.transaction():
+                store.update(3, unique=False, duplicate_of=1)
+                store.update(1, unique=True, duplicate_of=0)
+        """
+        return self.db  # ASE's SQLite and PostgreSQL databases are such context managers
 
     # -- reading -------------------------------------------------------------------------
 
@@ -239,6 +261,7 @@ def write_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
+        fault("checkpoint-write")
         os.replace(tmp, path)
     except BaseException:
         try:

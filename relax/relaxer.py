@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -175,12 +175,15 @@ class Relaxer:
         self,
         structures: Sequence[Any],
         pressure_gpa: float | Sequence[float] = 0.0,
+        on_result: Callable[[int, RelaxResult], None] | None = None,
     ) -> list[RelaxResult]:
         """Relax ``structures`` (ASE ``Atoms`` or pymatgen ``Structure``), in input order.
 
         Args:
             structures: the structures; any number, any sizes.
             pressure_gpa: one pressure for all, or one per structure, GPa.
+            on_result: called as ``on_result(index, result)`` as soon as each structure
+                finishes (converged, failed or out of steps), e.g. to store it at once.
         """
         from lamcsp.relax.state import _as_atoms
 
@@ -231,6 +234,9 @@ class Relaxer:
                 done = select(state, idx.tolist())
                 self._record(done, [ids[k] for k in idx], [reasons[k] for k in idx],
                              converged.cpu().numpy()[idx], fmax.cpu().numpy()[idx], pressures, results)
+                if on_result is not None:
+                    for k in idx:
+                        on_result(ids[k], results[ids[k]])  # type: ignore[arg-type]
                 keep = np.nonzero(~finished)[0]
                 ids = [ids[k] for k in keep]
                 state = select(state, keep.tolist()) if len(keep) else None

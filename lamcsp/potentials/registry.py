@@ -78,3 +78,29 @@ def load_potential(spec: str = "chgnet", device: str = "auto", **kwargs: Any) ->
             f"{', '.join(sorted(BACKENDS))}",
         )
     return BACKENDS[backend](arg or None, device, **kwargs)
+
+
+def load_model(spec: Any) -> Potential:
+    """The potential of a campaign's ``model`` section (:class:`lamcsp.campaign.ModelSpec`).
+
+    ``backend`` and ``path`` make the spec string (``chgnet:PATH``); ``options`` are the
+    backend's keyword arguments (``calculator`` names the ASE calculator of ``ase``).
+
+    Raises:
+        SetupError: as :func:`load_potential`, or options the backend does not take, named
+            ``model.options``.
+    """
+    options = dict(spec.options)
+    if spec.backend == "ase":
+        name = options.pop("calculator", None)
+        if not name:
+            raise SetupError("model.options.calculator", "the ase backend needs a calculator name, "
+                                                         "e.g. {calculator: emt}")
+        text = f"ase:{name}"
+    else:
+        text = spec.backend + (f":{spec.path}" if spec.path else "")
+    try:
+        return load_potential(text, device=spec.device, **options)
+    except TypeError as exc:
+        raise SetupError("model.options", f"the {spec.backend} backend does not take these options "
+                                          f"({exc})") from None

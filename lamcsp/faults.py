@@ -1,0 +1,29 @@
+"""Fault injection for the crash-safety tests: ``LAMCSP_FAULT=POINT:N`` kills this process with
+SIGKILL the N-th time it reaches ``POINT`` (1 when ``:N`` is left out).
+
+Points: ``relaxed`` (a relaxation finished, before it is stored), ``store-write`` (inside the
+transaction that writes a row, before it commits), ``dedupe-write`` (inside the transaction of a
+generation's duplicate flags, after its first update), ``checkpoint-write`` (the new checkpoint
+is written to its temporary file but not yet moved over the old one). Without the variable,
+:func:`fault` does nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+_counts: dict[str, int] = {}
+
+
+def fault(point: str) -> None:
+    """Kill this process with SIGKILL if ``LAMCSP_FAULT`` asks for it at this point now."""
+    spec = os.environ.get("LAMCSP_FAULT")
+    if not spec:
+        return
+    name, _, n = spec.partition(":")
+    if name != point:
+        return
+    _counts[point] = _counts.get(point, 0) + 1
+    if _counts[point] == int(n or 1):
+        os.kill(os.getpid(), signal.SIGKILL)

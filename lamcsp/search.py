@@ -1,0 +1,748 @@
+"""The campaign loop: ``lamcsp search campaign.yaml [--resume]``.
+
+A campaign is split into *search units*, one per (composition, pressure): a fixed composition
+gives one unit per pressure; a variable composition gives one unit per reduced composition in
+its ranges (all cells of that composition up to ``system.max_atoms``; pure-element end members
+are always searched, unless a reference structure file is given for that element) and pressure.
+Each unit has its own generators (named in the campaign, sharing ``population`` by their
+``share``), its own relaxed population (what evolutionary generators see), and its own
+deduplication; every unit proposes ``population`` structures per generation.
+
+One generation, for all active units together::
+
+    propose (each generator, its own RNG)  ->  screen (kernels.screen: minimum distances)
+    -> relax (one batched relaxer call over all units and pressures; each result is stored
+       in the database as soon as it finishes)
+    -> dedupe (per unit: within the generation, then against what is stored; one transaction)
+    -> fold back (populations, best enthalpies, swarm updates on the next propose)
+    -> checkpoint (atomic)
+
+A unit stops when its best enthalpy per atom has not dropped by more than
+``stop.min_improvement`` for ``stop.patience`` generations; the campaign stops when every unit
+has stopped, after ``generations``, or when ``max_relaxations`` is spent.
+
+Determinism and resume. The RNG of generator *i* of unit *u* in generation *g* is derived from
+the campaign seed as ``SeedSequence(seed, spawn_key=(u, i, g))``, so no RNG state needs saving.
+The checkpoint (``checkpoint.json``, written atomically after every generation) holds the next
+generation, the relaxations spent, and per unit the best-enthalpy history, the patience counter,
+the generators' ``state_dict()`` and the database ids of its stored representatives. Rows are
+keyed ``u{unit}-g{generation}-c{candidate}``. ``--resume`` reads the checkpoint, rebuilds the
+populations and representatives from the database, and re-runs the generation that was
+interrupted: the same candidates are proposed again; those already in the database are read
+back, not relaxed again (so no stored relaxation is lost and none is stored twice); the rest
+are relaxed; deduplication is recomputed (idempotent). A kill between the dedupe transaction
+and the checkpoint leaves rows whose flags the rerun writes again, unchanged.
+
+After the loop: with two or more pressures, the ``report.scan_top`` best polymorphs of every
+composition at every pressure are re-relaxed on a grid of ``report.scan_points`` pressures
+(rows with ``role=scan``) for the enthalpy-vs-pressure report; then the report is written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+import numpy as np
+
+from lamcsp.errors import SetupError
+from lamcsp.faults import fault
+
+if TYPE_CHECKING:
+    from ase import Atoms
+
+    from lamcsp.campaign import Campaign
+    from lamcsp.generators.base import Candidate, GenerationContext, Generator
+    from lamcsp.generators.dedupe import Deduper, StoredStructures
+    from lamcsp.potentials.base import Potential
+    from lamcsp.relax.relaxer import RelaxResult
+    from lamcsp.store import ResultStore
+
+CHECKPOINT_NAME = "checkpoint.json"
+CAMPAIGN_COPY = "campaign.yaml"
+#: campaign fields that may change between a run and its ``--resume`` (budget and reporting)
+RESUMABLE_CHANGES = ("generations", "max_relaxations", "stop", "report")
+
+
+# --------------------------------------------------------------------------------- units
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchUnit:
+    """One (composition, pressure) of a campaign.
+
+    Attributes:
+        index: position in the campaign's unit list (part of row keys and RNG spawn keys).
+        composition: atoms per formula unit (reduced for variable compositions).
+        formula_units: allowed formula units per cell.
+        pressure_gpa: the pressure, GPa; ``pressure_index`` its position in the campaign.
+    """
+
+    index: int
+    composition: dict[str, int]
+    formula_units: tuple[int, ...]
+    pressure_gpa: float
+    pressure_index: int
+
+    @property
+    def reduced_formula(self) -> str:
+        from pymatgen.core import Composition
+
+        return Composition(self.composition).reduced_formula
+
+    @property
+    def label(self) -> str:
+        return f"{self.reduced_formula} @ {self.pressure_gpa:g} GPa"
+
+
+def variable_compositions(
+    variable: dict[str, tuple[int, int]], max_atoms: int, references: Sequence[str] = ()
+) -> list[tuple[dict[str, int], tuple[int, ...]]]:
+    """Every reduced composition of a variable-composition system with its formula units.
+
+    Cells hold ``lo..hi`` atoms of each element and ``1..max_atoms`` in all. Pure-element end
+    members (needed for formation enthalpies) are added with ``1..min(max_atoms, max(hi, 4))``
+    atoms when the ranges exclude them, unless ``references`` names the element.
+    """
+    elements = list(variable)
+    groups: dict[tuple[int, ...], set[int]] = {}
+    for counts in itertools.product(*(range(lo, hi + 1) for lo, hi in variable.values())):
+        total = sum(counts)
+        if total == 0 or total > max_atoms:
+            continue
+        g = math.gcd(*counts)
+        groups.setdefault(tuple(c // g for c in counts), set()).add(g)
+    for i, el in enumerate(elements):
+        pure = tuple(int(k == i) for k in range(len(elements)))
+        if pure not in groups and el not in references:
+            top = min(max_atoms, max(variable[el][1], 4))
+            groups[pure] = set(range(1, top + 1))
+    out = []
+    for red, fus in groups.items():
+        comp = {el: n for el, n in zip(elements, red) if n}
+        out.append((comp, tuple(sorted(fus))))
+    out.sort(key=lambda cf: (len(cf[0]), tuple(-cf[0].get(el, 0) for el in elements)))
+    return out
+
+
+def search_units(campaign: Campaign) -> list[SearchUnit]:
+    """The campaign's units: every composition at every pressure (pressure-major order)."""
+    s = campaign.system
+    if s.composition is not None:
+        fus = tuple(f for f in s.formula_units
+                    if s.max_atoms is None or f * sum(s.composition.values()) <= s.max_atoms)
+        comps = [(dict(s.composition), fus)]
+    else:
+        assert s.variable is not None and s.max_atoms is not None
+        comps = variable_compositions(s.variable, s.max_atoms, list(s.references))
+    units = []
+    for j, p in enumerate(s.pressures):
+        for comp, fus in comps:
+            units.append(SearchUnit(len(units), comp, fus, float(p), j))
+    return units
+
+
+def generator_counts(shares: Sequence[float], population: int) -> list[int]:
+    """Structures per generator: ``population`` split by ``shares``, largest remainders first."""
+    raw = [s * population for s in shares]
+    counts = [int(math.floor(x)) for x in raw]
+    order = sorted(range(len(raw)), key=lambda i: (-(raw[i] - counts[i]), i))
+    for i in order[: population - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
+def unit_rng(seed: int, unit: int, generator: int, generation: int) -> np.random.Generator:
+    """The RNG of one generator of one unit in one generation (derived from the seed)."""
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(unit, generator, generation)))
+
+
+# --------------------------------------------------------------------------------- executor
+
+
+class SerialExecutor:
+    """Relaxes structures in this process with one batched :class:`~lamcsp.relax.Relaxer`.
+
+    The executor seam: ``relax(structures, pressures, on_result)`` returns results in input
+    order and calls ``on_result(index, result)`` as each one finishes.
+    """
+
+    def __init__(self, potential: Potential, **relaxer_options: Any):
+        from lamcsp.relax import Relaxer
+
+        self.relaxer = Relaxer(potential, **relaxer_options)
+
+    def relax(self, structures: Sequence[Atoms], pressures: Sequence[float],
+              on_result: Callable[[int, RelaxResult], None] | None = None) -> list[RelaxResult]:
+        return self.relaxer.relax(list(structures), list(pressures), on_result=on_result)
+
+
+# --------------------------------------------------------------------------------- state
+
+
+@dataclasses.dataclass
+class UnitState:
+    """What a unit carries from one generation to the next."""
+
+    unit: SearchUnit
+    generators: list[tuple[str, float, Generator]]
+    context: GenerationContext
+    stored: StoredStructures
+    stored_rows: list[int] = dataclasses.field(default_factory=list)
+    best: float = math.inf
+    history: list[float] = dataclasses.field(default_factory=list)
+    stagnant: int = 0
+    active: bool = True
+    relaxed: int = 0
+    failed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "best": None if not math.isfinite(self.best) else self.best,
+            "history": [None if not math.isfinite(h) else h for h in self.history],
+            "stagnant": self.stagnant,
+            "active": self.active,
+            "relaxed": self.relaxed,
+            "failed": self.failed,
+            "stored_rows": list(self.stored_rows),
+            "generators": [g.state_dict() if hasattr(g, "state_dict") else None
+                           for _, _, g in self.generators],
+        }
+
+
+@dataclasses.dataclass
+class Progress:
+    """One line per unit and generation, to a stream (stderr by default)."""
+
+    stream: TextIO | None = None
+    start: float = dataclasses.field(default_factory=time.perf_counter)
+
+    def write(self, text: str) -> None:
+        out = self.stream if self.stream is not None else sys.stderr
+        print(text, file=out, flush=True)
+
+    def generation(self, g: int, total: int | None, units: list[UnitState], n_unique: dict[int, int],
+                   spent: int) -> None:
+        head = f"generation {g + 1}" + (f"/{total}" if total else "")
+        self.write(f"{head}  ({spent} relaxations, {time.perf_counter() - self.start:.0f} s)")
+        for u in units:
+            best = f"{u.best:.4f} eV/atom" if math.isfinite(u.best) else "-"
+            state = "" if u.active else "  [stopped]"
+            self.write(f"  {u.unit.label:<24} relaxed {u.relaxed:5d}  unique {n_unique.get(u.unit.index, 0):5d}"
+                       f"  failed {u.failed:4d}  best H {best}{state}")
+
+
+# --------------------------------------------------------------------------------- the search
+
+
+class Search:
+    """A campaign run in ``run_dir`` (see the module docstring).
+
+    Args:
+        campaign: the validated campaign.
+        run_dir: output directory (default ``campaign.output_dir``).
+        potential: the model; loaded from ``campaign.model`` when ``None``.
+        resume: continue the run in ``run_dir`` from its checkpoint.
+        progress: where progress lines go (``None``: stderr; ``False``: nowhere).
+        executor: relaxes structures (default: :class:`SerialExecutor`).
+        db_url: a database URL instead of ``run_dir/results.db``.
+    """
+
+    def __init__(self, campaign: Campaign, run_dir: str | Path | None = None, *,
+                 potential: Potential | None = None, resume: bool = False,
+                 progress: TextIO | bool | None = None, executor: Any = None,
+                 db_url: str | None = None):
+        self.campaign = campaign
+        self.run_dir = Path(run_dir if run_dir is not None else campaign.output_dir)
+        self.resume = resume
+        self._check_run_dir(db_url)
+        self.seed = campaign.seed
+        if resume:
+            self._check_same_campaign()
+        else:
+            if self.seed is None:
+                self.seed = int(np.random.SeedSequence().entropy % (2**63))
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._write_campaign_copy()
+        from lamcsp.store import ResultStore
+
+        self.store: ResultStore = ResultStore(self.run_dir, url=db_url)
+        self._potential = potential
+        self._executor = executor
+        self.progress = None if progress is False else Progress(None if progress in (None, True) else progress)
+        self.units = search_units(campaign)
+        self.generation = 0
+        self.spent = 0
+        self.done = False
+
+    # -- setup ----------------------------------------------------------------------------
+    def _check_run_dir(self, db_url: str | None) -> None:
+        ckpt = self.run_dir / CHECKPOINT_NAME
+        has_results = ckpt.exists() or (self.run_dir / CAMPAIGN_COPY).exists() or (
+            db_url is None and (self.run_dir / "results.db").exists())
+        if has_results and not self.resume:
+            raise SetupError("output", f"{self.run_dir} already holds a run; pass --resume to continue "
+                                       "it, or choose another output directory (nothing was changed)")
+        if self.resume and not (self.run_dir / CAMPAIGN_COPY).exists():
+            raise SetupError("--resume", f"{self.run_dir} holds no run to resume ({CAMPAIGN_COPY} "
+                                         "missing); start it without --resume")
+
+    @property
+    def potential(self) -> Potential:
+        if self._potential is None:
+            from lamcsp.potentials.registry import load_model
+
+            self._potential = load_model(self.campaign.model)
+        return self._potential
+
+    @property
+    def executor(self) -> Any:
+        if self._executor is None:
+            r = self.campaign.relax
+            self._executor = SerialExecutor(self.potential, optimizer=r.optimizer, fmax=r.fmax,
+                                            max_steps=r.max_steps, max_atoms=r.max_atoms,
+                                            progress=False)
+        return self._executor
+
+    def _deduper(self) -> Deduper:
+        from lamcsp.generators.dedupe import Deduper
+
+        d = self.campaign.dedupe
+        return Deduper(sim_threshold=d.sim_threshold, fingerprint=d.fingerprint, use_matcher=d.use_matcher,
+                       ltol=d.ltol, stol=d.stol, angle_tol=d.angle_tol, energy_tol=d.energy_tol)
+
+    def _new_unit_state(self, unit: SearchUnit) -> UnitState:
+        from lamcsp.generators import get_generator
+        from lamcsp.generators.base import GenerationContext
+
+        gens = [(g.name, g.share, get_generator(g.name, **g.options)) for g in self.campaign.generators]
+        ctx = GenerationContext(composition=dict(unit.composition), formula_units=list(unit.formula_units),
+                                spacegroups=list(self.campaign.system.spacegroups),
+                                pressure_gpa=unit.pressure_gpa)
+        return UnitState(unit, gens, ctx, self.deduper.new_store())
+
+    def _write_campaign_copy(self) -> None:
+        import yaml
+
+        data = self.campaign.to_dict()
+        data["seed"] = self.seed
+        text = "# the campaign of this run (seed filled in); lamcsp search --resume checks it\n"
+        text += yaml.safe_dump(data, sort_keys=False)
+        tmp = self.run_dir / f".{CAMPAIGN_COPY}.tmp"
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, self.run_dir / CAMPAIGN_COPY)
+
+    def _check_same_campaign(self) -> None:
+        import yaml
+
+        with open(self.run_dir / CAMPAIGN_COPY, encoding="utf-8") as fh:
+            old = yaml.safe_load(fh)
+        new = self.campaign.to_dict()
+        new["seed"] = self.seed if self.seed is not None else old.get("seed")
+        for key in new:
+            if key in RESUMABLE_CHANGES:
+                continue
+            if _canonical(old.get(key)) != _canonical(new[key]):
+                raise SetupError(key, f"differs from the run being resumed in {self.run_dir} "
+                                      f"(was {old.get(key)!r}); only {', '.join(RESUMABLE_CHANGES)} may "
+                                      "change on --resume")
+        self.seed = int(old["seed"])
+
+    # -- the loop -------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        """Run (or resume) the campaign to its end; write the report. Returns the final
+        checkpoint state."""
+        from lamcsp.store import read_checkpoint
+
+        self.deduper = self._deduper()
+        self.unit_states = [self._new_unit_state(u) for u in self.units]
+        state = read_checkpoint(self.run_dir / CHECKPOINT_NAME) if self.resume else None
+        if state is not None:
+            self._restore(state)
+            self.done = not self._budget_left()
+        if self.progress and not self.done:
+            self.progress.write(self.campaign.summary().replace(
+                "seed: fresh", f"seed: {self.seed} (fresh)") + f"\n  units: {len(self.units)}; run "
+                f"directory: {self.run_dir}" + (f"; resuming at generation {self.generation + 1}"
+                                               if state is not None else ""))
+        if not self.done:
+            self._relax_references()
+        while not self.done and self._budget_left():
+            self.run_generation(self.generation)
+            self.generation += 1
+            self.done = not self._budget_left()
+            self._checkpoint()
+        if not self.done:
+            self.done = True
+            self._checkpoint()
+        self.pressure_scan()
+        self.write_report()
+        return self.state_dict()
+
+    def _budget_left(self) -> bool:
+        c = self.campaign
+        if c.generations is not None and self.generation >= c.generations:
+            return False
+        if c.max_relaxations is not None and self.spent >= c.max_relaxations:
+            return False
+        return any(u.active for u in self.unit_states)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"seed": self.seed, "generation": self.generation, "spent": self.spent, "done": self.done,
+                "units": [u.to_dict() for u in self.unit_states]}
+
+    def _checkpoint(self) -> None:
+        from lamcsp.store import write_checkpoint
+
+        write_checkpoint(self.run_dir / CHECKPOINT_NAME, self.state_dict())
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        """Back to the state after the last completed generation (see the module docstring)."""
+        from lamcsp.generators.base import Candidate, Evaluated
+
+        if len(state.get("units", [])) != len(self.unit_states):
+            raise SetupError("checkpoint", "the checkpoint does not match this campaign's units")
+        self.generation = int(state["generation"])
+        self.spent = int(state["spent"])
+        self.done = bool(state.get("done", False))
+        by_unit: dict[int, list[Any]] = {}
+        for row in self.store.rows(role="search"):
+            if row.generation < self.generation:
+                by_unit.setdefault(int(row.unit), []).append(row)
+        for us, d in zip(self.unit_states, state["units"]):
+            us.best = math.inf if d["best"] is None else float(d["best"])
+            us.history = [math.inf if h is None else float(h) for h in d["history"]]
+            us.stagnant, us.active = int(d["stagnant"]), bool(d["active"])
+            us.relaxed, us.failed = int(d["relaxed"]), int(d["failed"])
+            for (_, _, gen), gs in zip(us.generators, d["generators"]):
+                if gs is not None:
+                    gen.load_state_dict(gs)
+            rows = sorted(by_unit.get(us.unit.index, []), key=lambda r: (r.generation, r.candidate))
+            for row in rows:
+                ok = _row_ok(row)
+                h = float(row.enthalpy_per_atom) if ok else math.inf
+                us.context.population.append(Evaluated(
+                    Candidate.from_dict(row.data["candidate"]), Candidate.from_atoms(row.toatoms()), h, ok))
+            us.stored_rows = [int(i) for i in d["stored_rows"]]
+            if us.stored_rows:
+                got = {int(r.id): r for r in self.store.rows(role="search", unit=us.unit.index, unique=True)}
+                rows = [got[i] if i in got else self.store.db.get(id=i) for i in us.stored_rows]
+                us.stored.extend(self.deduper.describe([r.toatoms() for r in rows],
+                                                       [float(r.enthalpy_per_atom) for r in rows]))
+
+    # -- one generation -------------------------------------------------------------------
+    def propose(self, g: int) -> list[tuple[UnitState, int, Candidate]]:
+        """Every active unit's candidates of generation ``g`` that pass the distance screen,
+        as ``(unit, candidate index, candidate)``, within the relaxation budget."""
+        pop = self.campaign.population
+        out: list[tuple[UnitState, int, Candidate]] = []
+        for us in self.unit_states:
+            if not us.active:
+                continue
+            us.context.generation = g
+            counts = generator_counts([s for _, s, _ in us.generators], pop)
+            cands: list[Candidate] = []
+            for gi, ((name, _, gen), n) in enumerate(zip(us.generators, counts)):
+                if n == 0:
+                    continue
+                got = list(gen.propose(n, unit_rng(self.seed, us.unit.index, gi, g), us.context))[:n]
+                for c in got:
+                    c.generator = name
+                cands.extend(got)
+            keep = screen(cands, us.context)
+            out.extend((us, k, c) for k, c in enumerate(cands) if keep[k])
+        if self.campaign.max_relaxations is not None:
+            out = out[: max(0, self.campaign.max_relaxations - self.spent)]
+        return out
+
+    def run_generation(self, g: int) -> None:
+        from lamcsp.generators.base import Candidate, Evaluated
+        from lamcsp.io import spacegroup_number
+
+        todo = self.propose(g)
+        keys = [f"u{us.unit.index}-g{g}-c{k}" for us, k, _ in todo]
+        results: list[Any] = [None] * len(todo)
+        row_ids: list[int | None] = [None] * len(todo)
+        for i, key in enumerate(keys):
+            row = self._row(key)
+            if row is not None:
+                results[i], row_ids[i] = _result_of_row(row), int(row.id)
+        symprec = self.campaign.report.symprec
+
+        def store_one(j: int, result: RelaxResult) -> None:
+            fault("relaxed")
+            i = pending[j]
+            us, k, cand = todo[i]
+            results[i] = result
+            row_ids[i] = self.store.add(
+                result, key=keys[i], generation=g, generator=cand.generator, model_id=self.potential.model_id,
+                spacegroup=spacegroup_number(result.atoms, symprec) if not result.failed else 0,
+                unique=False, duplicate_of=None,
+                extra={"role": "search", "unit": us.unit.index, "candidate": k, "deduped": False,
+                       "reduced_formula": _reduced(result.atoms)},
+                data={"candidate": cand.to_dict()})
+
+        pending = [i for i in range(len(todo)) if results[i] is None]
+        if pending:
+            self.executor.relax([todo[i][2].to_atoms() for i in pending],
+                                [todo[i][0].unit.pressure_gpa for i in pending], on_result=store_one)
+        self.spent += len(todo)
+
+        # dedupe per unit, one transaction for all flags of this generation
+        updates: dict[int, dict[str, Any]] = {}
+        for us in self.unit_states:
+            idx = [i for i in range(len(todo)) if todo[i][0] is us]
+            if not idx:
+                continue
+            self._dedupe_unit(us, [results[i] for i in idx], [row_ids[i] for i in idx], updates)
+            for i in idx:
+                r = results[i]
+                ok = _result_ok(r)
+                us.context.population.append(Evaluated(
+                    todo[i][2], Candidate.from_atoms(r.atoms), float(r.enthalpy_per_atom) if ok else math.inf, ok))
+                us.relaxed += 1
+                us.failed += int(not ok)
+            self._update_best(us, [results[i] for i in idx])
+        with self.store.transaction():
+            for rid, kv in sorted(updates.items()):
+                self.store.update(rid, **kv)
+                fault("dedupe-write")
+        for us in self.unit_states:
+            if us.active and not any(t[0] is us for t in todo):
+                self._update_best(us, [])
+        if self.progress:
+            n_unique = {us.unit.index: len(us.stored_rows) for us in self.unit_states}
+            self.progress.generation(g, self.campaign.generations, self.unit_states, n_unique, self.spent)
+
+    def _row(self, key: str) -> Any:
+        for row in self.store.db.select(key=key, limit=1):
+            return row
+        return None
+
+    def _dedupe_unit(self, us: UnitState, results: list[RelaxResult], rows: list[int | None],
+                     updates: dict[int, dict[str, Any]]) -> None:
+        ok = [j for j, r in enumerate(results) if _result_ok(r)]
+        for j, r in enumerate(results):
+            if j not in ok:
+                updates[rows[j]] = {"unique": False, "duplicate_of": 0, "deduped": True}
+        if not ok:
+            return
+        energies = [float(results[j].enthalpy_per_atom) for j in ok]
+        entries = self.deduper.describe([results[j].atoms for j in ok], energies)
+        reps, dup = self.deduper.unique(entries)
+        match = self.deduper.against([entries[r] for r in reps], us.stored)
+        final: dict[int, int] = {}  # position in `ok` -> row id it stands for
+        for r, m in zip(reps, match):
+            rid = rows[ok[r]]
+            if m < 0:
+                us.stored.append(entries[r])
+                us.stored_rows.append(rid)
+                final[r] = rid
+                updates[rid] = {"unique": True, "duplicate_of": 0, "deduped": True}
+                continue
+            old = us.stored_rows[m]
+            old_h = us.stored.entries[m].energy
+            if old_h is not None and entries[r].energy < old_h:  # the new copy is lower: it represents
+                _replace(us.stored, int(m), entries[r])
+                us.stored_rows[m] = rid
+                final[r] = rid
+                updates[rid] = {"unique": True, "duplicate_of": 0, "deduped": True}
+                updates[old] = {"unique": False, "duplicate_of": rid, "deduped": True}
+                for row in self.store.rows(duplicate_of=old):
+                    updates[int(row.id)] = {**updates.get(int(row.id), {}), "duplicate_of": rid}
+            else:
+                final[r] = old
+                updates[rid] = {"unique": False, "duplicate_of": old, "deduped": True}
+        for a, d in enumerate(dup):
+            if d >= 0:
+                updates[rows[ok[a]]] = {"unique": False, "duplicate_of": final[int(d)], "deduped": True}
+
+    def _update_best(self, us: UnitState, results: list[RelaxResult]) -> None:
+        hs = [float(r.enthalpy_per_atom) for r in results if _result_ok(r)]
+        new = min(hs) if hs else math.inf
+        if new < us.best - self.campaign.stop.min_improvement:
+            us.stagnant = 0
+        else:
+            us.stagnant += 1
+        us.best = min(us.best, new)
+        us.history.append(us.best)
+        patience = self.campaign.stop.patience
+        if patience is not None and us.stagnant >= patience:
+            us.active = False
+
+    # -- references, pressure scan, report ---------------------------------------------------
+    def _relax_references(self) -> None:
+        refs = self.campaign.system.references
+        if not refs:
+            return
+        from lamcsp.io import read_structures, spacegroup_number
+
+        todo = []
+        for el, path in refs.items():
+            atoms = read_structures([path], field=f"system.references.{el}")[0]
+            if set(atoms.get_chemical_symbols()) != {el}:
+                raise SetupError(f"system.references.{el}", f"{path} holds {atoms.get_chemical_formula()}, "
+                                                            f"not pure {el}")
+            for j, p in enumerate(self.campaign.system.pressures):
+                key = f"ref-{el}-p{j}"
+                if self.store.row_id(key) is None:
+                    todo.append((key, atoms, float(p)))
+        if not todo:
+            return
+        model_id = self.potential.model_id
+        symprec = self.campaign.report.symprec
+
+        def store_one(i: int, result: RelaxResult) -> None:
+            self.store.add(result, key=todo[i][0], generation=-1, generator="reference", model_id=model_id,
+                           spacegroup=spacegroup_number(result.atoms, symprec), unique=_result_ok(result),
+                           duplicate_of=None, extra={"role": "reference", "unit": -1, "candidate": -1,
+                                                     "deduped": True, "reduced_formula": _reduced(result.atoms)})
+
+        self.executor.relax([a for _, a, _ in todo], [p for *_, p in todo], on_result=store_one)
+
+    def pressure_scan(self) -> int:
+        """Re-relax the best polymorphs over a pressure grid (two or more pressures only);
+        returns the number of scan rows written."""
+        pressures = self.campaign.system.pressures
+        if len(pressures) < 2:
+            return 0
+        spec = self.campaign.report
+        grid = sorted(set(np.round(np.linspace(min(pressures), max(pressures), spec.scan_points), 6).tolist())
+                      | {round(float(p), 6) for p in pressures})
+        picked: dict[tuple[str, int], Any] = {}
+        for us in self.unit_states:
+            rows = sorted((self.store.db.get(id=i) for i in us.stored_rows),
+                          key=lambda r: r.enthalpy_per_atom)
+            taken = 0
+            for row in rows:
+                if taken == spec.scan_top:
+                    break
+                tag = (row.reduced_formula, int(row.spacegroup))
+                if tag in picked:  # the same polymorph, found at another pressure
+                    continue
+                picked[tag] = row
+                taken += 1
+        todo = []
+        for row in sorted(picked.values(), key=lambda r: r.id):
+            for j, p in enumerate(grid):
+                key = f"scan-{row.key}-p{j}"
+                if self.store.row_id(key) is None:
+                    todo.append((key, row, p))
+        if not todo:
+            return 0
+        if self.progress:
+            self.progress.write(f"pressure scan: {len(picked)} polymorphs x {len(grid)} pressures")
+        model_id = self.potential.model_id
+        symprec = spec.symprec
+
+        def store_one(i: int, result: RelaxResult) -> None:
+            key, row, _ = todo[i]
+            self.store.add(result, key=key, generation=-2, generator="scan", model_id=model_id,
+                           spacegroup=spacegroup_number(result.atoms, symprec) if _result_ok(result) else 0,
+                           unique=False, duplicate_of=None,
+                           extra={"role": "scan", "unit": int(row.unit), "candidate": -1, "deduped": True,
+                                  "polymorph": int(row.id), "reduced_formula": row.reduced_formula})
+
+        from lamcsp.io import spacegroup_number
+
+        self.executor.relax([r.toatoms() for _, r, _ in todo], [p for *_, p in todo], on_result=store_one)
+        return len(todo)
+
+    def write_report(self) -> Path | None:
+        from lamcsp.report import write_report
+
+        path = write_report(self.run_dir, spec=self.campaign.report)
+        if self.progress:
+            self.progress.write(f"report: {path}")
+        return path
+
+
+# --------------------------------------------------------------------------------- helpers
+
+
+def screen(candidates: Sequence[Candidate], context: GenerationContext) -> np.ndarray:
+    """Which candidates keep every pair of atoms at least the context's minimum distance apart
+    (``kernels.screen.distance_screen``), one batched call."""
+    from ase.data import covalent_radii
+
+    from lamcsp.kernels.screen import distance_screen
+
+    if not candidates:
+        return np.zeros(0, dtype=bool)
+    zmax = max(int(c.numbers.max()) for c in candidates)
+    dmin = np.zeros((zmax + 1, zmax + 1))
+    zs = sorted({int(z) for c in candidates for z in c.numbers})
+    for a in zs:
+        for b in zs:
+            d = context.min_distance.get((a, b), context.min_distance.get((b, a)))
+            dmin[a, b] = d if d is not None else context.distance_factor * (covalent_radii[a] + covalent_radii[b])
+    # a little slack: generators place atoms at exactly the minimum distance
+    keep, _ = distance_screen(np.concatenate([c.positions for c in candidates]),
+                              np.stack([c.lattice for c in candidates]),
+                              np.array([c.n_atoms for c in candidates]),
+                              np.concatenate([c.numbers for c in candidates]), dmin * 0.999)
+    return keep
+
+
+def _replace(stored: StoredStructures, index: int, entry: Any) -> None:
+    stored.entries[index] = entry
+    stored._stacked.pop(entry.key, None)
+
+
+def _reduced(atoms: Atoms) -> str:
+    from pymatgen.core import Composition
+
+    return Composition(atoms.get_chemical_formula()).reduced_formula
+
+
+def _result_ok(r: RelaxResult) -> bool:
+    return not r.failed and bool(np.isfinite(r.enthalpy_per_atom))
+
+
+def _row_ok(row: Any) -> bool:
+    return not str(row.status).startswith("failed") and bool(np.isfinite(row.enthalpy_per_atom))
+
+
+def _result_of_row(row: Any) -> RelaxResult:
+    """A stored row as the :class:`RelaxResult` it was written from."""
+    from lamcsp.relax.relaxer import RelaxResult
+
+    atoms = row.toatoms()
+    stress = row.get("stress")
+    if stress is not None:
+        from ase.stress import voigt_6_to_full_3x3_stress
+
+        stress = voigt_6_to_full_3x3_stress(np.asarray(stress))
+    atoms.calc = None
+    return RelaxResult(atoms=atoms, energy=float(row.energy), enthalpy=float(row.enthalpy),
+                       pressure_gpa=float(row.pressure_gpa), converged=bool(row.converged),
+                       steps=int(row.steps), status=str(row.status), fmax=float(row.final_fmax),
+                       forces=np.asarray(row.get("forces")), stress=stress)
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _canonical(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def run_search(campaign: Campaign, run_dir: str | Path | None = None, **kwargs: Any) -> Search:
+    """Run a campaign to its end (see :class:`Search`); returns the finished search."""
+    s = Search(campaign, run_dir, **kwargs)
+    s.run()
+    return s
+
+
+__all__ = ["SearchUnit", "Search", "SerialExecutor", "run_search", "search_units", "variable_compositions",
+           "generator_counts", "unit_rng", "screen"]
