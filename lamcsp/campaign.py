@@ -65,6 +65,13 @@ class SystemSpec:
     spacegroups: tuple[int, ...] = _field(
         factory=lambda: tuple(range(2, 231)), type="list or ranges `\"2-230\"`",
         doc="space groups random structures are drawn from (1-230)")
+    distance_factor: float = _field(
+        0.7, type="number > 0",
+        doc="minimum interatomic distance of generated structures, as a fraction of the sum of "
+            "covalent radii (AIRSS MINSEP, CALYPSO DistanceOfIon)")
+    volume_factor: float = _field(
+        1.0, type="number > 0",
+        doc="target volume of generated structures, as a multiple of the sum of the elements' volumes")
     references: dict[str, str] = _field(
         factory=dict, type="{element: structure file}",
         doc="elemental reference structures (CIF, POSCAR, extxyz; relative to the campaign file), "
@@ -500,6 +507,10 @@ def _parse_system(raw: Any, base_dir: str = ".") -> SystemSpec:
     references = _parse_references(d.get("references"), elements, base_dir)
     return SystemSpec(composition=composition, formula_units=fus, variable=variable,
                       max_atoms=max_atoms, pressures=tuple(pressures), spacegroups=sgs,
+                      distance_factor=_float(d.get("distance_factor", 0.7), "system.distance_factor",
+                                             positive=True),
+                      volume_factor=_float(d.get("volume_factor", 1.0), "system.volume_factor",
+                                           positive=True),
                       references=references)
 
 

@@ -120,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
         "enthalpy-vs-pressure and convergence plots, and the top structures as CIF and POSCAR.",
     )
     rp.add_argument("run", metavar="RUN", help="run directory")
-    rp.add_argument("-o", "--output", default=None, metavar="DIR", help="report directory (default RUN/report)")
+    rp.add_argument("-o", "--output", default=None, metavar="DIR",
+                    help="report directory (default RUN/report)")
     rp.set_defaults(func=cmd_report)
 
     ex = sub.add_parser(

@@ -93,9 +93,7 @@ class SearchUnit:
 
     @property
     def reduced_formula(self) -> str:
-        from pymatgen.core import Composition
-
-        return Composition(self.composition).reduced_formula
+        return _reduced_formula(self.composition)
 
     @property
     def label(self) -> str:
@@ -235,7 +233,8 @@ class Progress:
         for u in units:
             best = f"{u.best:.4f} eV/atom" if math.isfinite(u.best) else "-"
             state = "" if u.active else "  [stopped]"
-            self.write(f"  {u.unit.label:<24} relaxed {u.relaxed:5d}  unique {n_unique.get(u.unit.index, 0):5d}"
+            unique = n_unique.get(u.unit.index, 0)
+            self.write(f"  {u.unit.label:<24} relaxed {u.relaxed:5d}  unique {unique:5d}"
                        f"  failed {u.failed:4d}  best H {best}{state}")
 
 
@@ -276,7 +275,8 @@ class Search:
         self.store: ResultStore = ResultStore(self.run_dir, url=db_url)
         self._potential = potential
         self._executor = executor
-        self.progress = None if progress is False else Progress(None if progress in (None, True) else progress)
+        stream = None if progress in (None, True, False) else progress
+        self.progress = None if progress is False else Progress(stream)
         self.units = search_units(campaign)
         self.generation = 0
         self.spent = 0
@@ -325,7 +325,9 @@ class Search:
         gens = [(g.name, g.share, get_generator(g.name, **g.options)) for g in self.campaign.generators]
         ctx = GenerationContext(composition=dict(unit.composition), formula_units=list(unit.formula_units),
                                 spacegroups=list(self.campaign.system.spacegroups),
-                                pressure_gpa=unit.pressure_gpa)
+                                pressure_gpa=unit.pressure_gpa,
+                                distance_factor=self.campaign.system.distance_factor,
+                                volume_factor=self.campaign.system.volume_factor)
         return UnitState(unit, gens, ctx, self.deduper.new_store())
 
     def _write_campaign_copy(self) -> None:
@@ -505,8 +507,8 @@ class Search:
             for i in idx:
                 r = results[i]
                 ok = _result_ok(r)
-                us.context.population.append(Evaluated(
-                    todo[i][2], Candidate.from_atoms(r.atoms), float(r.enthalpy_per_atom) if ok else math.inf, ok))
+                h = float(r.enthalpy_per_atom) if ok else math.inf
+                us.context.population.append(Evaluated(todo[i][2], Candidate.from_atoms(r.atoms), h, ok))
                 us.relaxed += 1
                 us.failed += int(not ok)
             self._update_best(us, [results[i] for i in idx])
@@ -529,7 +531,7 @@ class Search:
     def _dedupe_unit(self, us: UnitState, results: list[RelaxResult], rows: list[int | None],
                      updates: dict[int, dict[str, Any]]) -> None:
         ok = [j for j, r in enumerate(results) if _result_ok(r)]
-        for j, r in enumerate(results):
+        for j in range(len(results)):
             if j not in ok:
                 updates[rows[j]] = {"unique": False, "duplicate_of": 0, "deduped": True}
         if not ok:
@@ -600,10 +602,11 @@ class Search:
         symprec = self.campaign.report.symprec
 
         def store_one(i: int, result: RelaxResult) -> None:
+            extra = {"role": "reference", "unit": -1, "candidate": -1, "deduped": True,
+                     "reduced_formula": _reduced(result.atoms)}
             self.store.add(result, key=todo[i][0], generation=-1, generator="reference", model_id=model_id,
                            spacegroup=spacegroup_number(result.atoms, symprec), unique=_result_ok(result),
-                           duplicate_of=None, extra={"role": "reference", "unit": -1, "candidate": -1,
-                                                     "deduped": True, "reduced_formula": _reduced(result.atoms)})
+                           duplicate_of=None, extra=extra)
 
         self.executor.relax([a for _, a, _ in todo], [p for *_, p in todo], on_result=store_one)
 
@@ -682,7 +685,9 @@ def screen(candidates: Sequence[Candidate], context: GenerationContext) -> np.nd
     for a in zs:
         for b in zs:
             d = context.min_distance.get((a, b), context.min_distance.get((b, a)))
-            dmin[a, b] = d if d is not None else context.distance_factor * (covalent_radii[a] + covalent_radii[b])
+            if d is None:
+                d = context.distance_factor * (covalent_radii[a] + covalent_radii[b])
+            dmin[a, b] = d
     # a little slack: generators place atoms at exactly the minimum distance
     keep, _ = distance_screen(np.concatenate([c.positions for c in candidates]),
                               np.stack([c.lattice for c in candidates]),
@@ -696,10 +701,20 @@ def _replace(stored: StoredStructures, index: int, entry: Any) -> None:
     stored._stacked.pop(entry.key, None)
 
 
-def _reduced(atoms: Atoms) -> str:
+def _reduced_formula(composition: Any) -> str:
+    """pymatgen's reduced formula (its warning about noble gases without electronegativity,
+    which only affects the order of elements, is silenced)."""
+    import warnings
+
     from pymatgen.core import Composition
 
-    return Composition(atoms.get_chemical_formula()).reduced_formula
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return Composition(composition).reduced_formula
+
+
+def _reduced(atoms: Atoms) -> str:
+    return _reduced_formula(atoms.get_chemical_formula())
 
 
 def _result_ok(r: RelaxResult) -> bool:

@@ -8,7 +8,9 @@ stresses come from one autograd pass through :func:`energy_forces_stress`.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
+import numpy as np
 import torch
 
 from lamcsp.errors import SetupError
@@ -22,9 +24,16 @@ PairKey = tuple[int, int]
 def _pair_table(
     values: float | Mapping[PairKey, float] | Mapping[int, float], mixing: str, name: str
 ) -> dict[PairKey, float] | float:
-    """Normalise a parameter given as a scalar, per element (mixed) or per pair."""
+    """Normalise a parameter given as a scalar, per element (mixed) or per pair.
+
+    Elements are atomic numbers or symbols; pairs are ``(Za, Zb)`` tuples or ``"Ar-Kr"``
+    strings (so a campaign file can give them).
+    """
     if isinstance(values, (int, float)):
         return float(values)
+    if not isinstance(values, Mapping):
+        raise SetupError(name, f"give a number, a mapping per element or per pair, got {values!r}")
+    values = {_pair_key(k, name): v for k, v in values.items()}
     table: dict[PairKey, float] = {}
     keys = list(values)
     if keys and all(isinstance(k, int) for k in keys):
@@ -43,6 +52,26 @@ def _pair_table(
         table[(int(a), int(b))] = float(v)
         table[(int(b), int(a))] = float(v)
     return table
+
+
+def _pair_key(key: Any, name: str) -> Any:
+    """An element (int) or pair (tuple of ints) from an int, symbol, tuple or ``"A-B"``."""
+    from ase.data import atomic_numbers
+
+    def z(x: Any) -> int:
+        if isinstance(x, (int, np.integer)):
+            return int(x)
+        if isinstance(x, str) and x in atomic_numbers:
+            return atomic_numbers[x]
+        raise SetupError(name, f"unknown element {x!r} in the {name} parameters")
+
+    if isinstance(key, str) and "-" in key:
+        a, _, b = key.partition("-")
+        return (z(a), z(b))
+    if isinstance(key, (tuple, list)):
+        a, b = key
+        return (z(a), z(b))
+    return z(key)
 
 
 class PairPotential(Potential):

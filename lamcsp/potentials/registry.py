@@ -14,7 +14,11 @@ from lamcsp.potentials.base import Potential
 def _chgnet(arg: str | None, device: str, **kw: Any) -> Potential:
     from lamcsp.potentials.chgnet import CHGNetPotential
 
-    return CHGNetPotential(model=arg or "0.3.0", device=resolve_device(device), **kw)
+    version = kw.pop("version", None)  # a pretrained version by name, e.g. {version: "0.2.0"}
+    if arg and version:
+        raise SetupError("model.options.version", f"give a model file ({arg}) or a version "
+                                                  f"({version}), not both")
+    return CHGNetPotential(model=arg or version or "0.3.0", device=resolve_device(device), **kw)
 
 
 def _ase(arg: str | None, device: str, **kw: Any) -> Potential:

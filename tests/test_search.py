@@ -1,0 +1,260 @@
+"""The campaign loop: units, budgets, an end-to-end search with an analytic potential, kill -9
+and --resume, and the quickstart with CHGNet."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import ase.db
+import numpy as np
+import pytest
+import yaml
+from helpers import EPS_AR, SIG_AR
+from pymatgen.core import Composition
+
+from lamcsp.campaign import parse_campaign
+from lamcsp.errors import SetupError
+from lamcsp.search import Search, generator_counts, search_units, variable_compositions
+
+ROOT = Path(__file__).resolve().parents[1]
+
+AR_CAMPAIGN = {
+    "name": "ar-lj",
+    "seed": 7,
+    "system": {"composition": "Ar", "formula_units": "1-4", "pressures": [0.0]},
+    "generators": [{"name": "random", "share": 0.5}, {"name": "pso", "share": 0.5}],
+    "population": 8,
+    "generations": 4,
+    "stop": {"patience": None},
+    "model": {"backend": "lj", "device": "cpu", "options": {"epsilon": EPS_AR, "sigma": SIG_AR}},
+    "relax": {"fmax": 0.01, "max_steps": 300},
+}
+
+
+def _write(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+def _lamcsp(*args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    full = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", **(env or {})}
+    out = subprocess.run([sys.executable, "-m", "lamcsp", *args], capture_output=True, text=True, env=full)
+    if check and out.returncode != 0:
+        raise AssertionError(f"lamcsp {' '.join(args)} -> {out.returncode}\n{out.stdout}\n{out.stderr}")
+    return out
+
+
+def _state(run: Path) -> tuple[dict, dict]:
+    """Rows by key (row ids replaced by keys) and the checkpoint, for comparing two runs."""
+    db = ase.db.connect(str(run / "results.db"), use_lock_file=False)
+    rows = list(db.select())
+    id2key = {r.id: r.key for r in rows}
+    out = {}
+    for r in rows:
+        h = r.enthalpy_per_atom
+        out[r.key] = (None if not math.isfinite(h) else round(h, 9), r.role, r.unique,
+                      id2key.get(r.duplicate_of), r.spacegroup, r.status, r.generation, r.formula,
+                      tuple(np.round(r.toatoms().cell.lengths(), 6)))
+    ckpt = json.loads((run / "checkpoint.json").read_text())["state"]
+    for u in ckpt["units"]:
+        u["stored_rows"] = [id2key[i] for i in u["stored_rows"]]
+    return out, ckpt
+
+
+# ----------------------------------------------------------------------------------- units
+
+
+def test_variable_compositions_cover_the_ranges_with_end_members():
+    comps = variable_compositions({"Mg": (1, 2), "O": (1, 2)}, max_atoms=4)
+    found = {tuple(sorted(c.items())): fus for c, fus in comps}
+    # cells with 1-2 Mg and 1-2 O: MgO (x1, x2), MgO2, Mg2O; plus the pure end members
+    assert found[(("Mg", 1), ("O", 1))] == (1, 2)
+    assert found[(("Mg", 1), ("O", 2))] == (1,)
+    assert found[(("Mg", 2), ("O", 1))] == (1,)
+    assert found[(("Mg", 1),)] == (1, 2, 3, 4)
+    assert found[(("O", 1),)] == (1, 2, 3, 4)
+    assert len(found) == 5
+    # a reference file replaces the end-member search of that element
+    with_ref = variable_compositions({"Mg": (1, 2), "O": (1, 2)}, max_atoms=4, references=["O"])
+    assert (("O", 1),) not in {tuple(sorted(c.items())) for c, _ in with_ref}
+    # a range that includes zero gives the end member from the ranges themselves
+    zero = dict((tuple(sorted(c.items())), f) for c, f in variable_compositions({"A": (0, 3), "B": (0, 1)}, 3))
+    assert zero[(("A", 1),)] == (1, 2, 3) and zero[(("B", 1),)] == (1,)
+
+
+def test_units_are_compositions_times_pressures_and_budget_split():
+    c = parse_campaign({"system": {"variable": {"Mg": [0, 1], "O": [0, 1]}, "max_atoms": 2,
+                                   "pressures": [0, 50]}, "model": {"backend": "lj"}})
+    units = search_units(c)
+    assert len(units) == 6  # Mg, O, MgO at two pressures
+    assert [u.pressure_gpa for u in units] == [0.0] * 3 + [50.0] * 3
+    assert [u.index for u in units] == list(range(6))
+    assert generator_counts([0.4, 0.6], 12) == [5, 7]
+    assert generator_counts([1 / 3] * 3, 10) == [4, 3, 3]
+    assert sum(generator_counts([0.2, 0.3, 0.5], 7)) == 7
+
+
+# ----------------------------------------------------------------------------------- end to end
+
+
+def _fcc_enthalpy() -> float:
+    from ase.build import bulk
+    from lamcsp.relax import Relaxer
+
+    from lamcsp.potentials.pair import LennardJones
+
+    lj = LennardJones(epsilon=EPS_AR, sigma=SIG_AR)
+    res = Relaxer(lj, fmax=1e-4, max_steps=2000).relax([bulk("Ar", "fcc", 5.3)])[0]
+    return res.enthalpy_per_atom
+
+
+@pytest.fixture(scope="module")
+def ar_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ar")
+    camp = _write(tmp / "ar.yaml", AR_CAMPAIGN)
+    out = _lamcsp("search", str(camp), "-o", str(tmp / "run"))
+    return tmp / "run", camp, out
+
+
+def test_search_finds_close_packed_lj_argon_and_stores_everything(ar_run):
+    run, _, out = ar_run
+    assert "generation 4/4" in out.stderr  # live progress
+    db = ase.db.connect(str(run / "results.db"), use_lock_file=False)
+    rows = list(db.select(role="search"))
+    assert len(rows) == 4 * 8  # every relaxation stored, once
+    assert len({r.key for r in rows}) == len(rows)
+    unique = [r for r in rows if r.unique]
+    assert unique and all(r.duplicate_of == 0 for r in unique)
+    ids = {r.id for r in unique}
+    assert all(r.duplicate_of in ids for r in rows if not r.unique and not r.status.startswith("failed"))
+    best = min(unique, key=lambda r: r.enthalpy_per_atom)
+    # the LJ ground state is close packed: 12 neighbours at the nearest distance
+    atoms = best.toatoms().repeat(3)
+    d = atoms.get_all_distances(mic=True)[0][1:]
+    assert np.sum(d < d.min() * 1.05) == 12
+    assert best.enthalpy_per_atom == pytest.approx(_fcc_enthalpy(), abs=2e-4)
+    # the report came with the search
+    summary = json.loads((run / "report" / "summary.json").read_text())
+    top = summary["pressures"][0]["compositions"]["Ar"][0]
+    assert top["db_id"] == best.id
+    assert (run / "report" / "report.html").exists()
+
+
+def test_existing_run_is_kept_and_resume_needs_the_same_campaign(ar_run, tmp_path):
+    run, camp, _ = ar_run
+    before = _state(run)
+    again = _lamcsp("search", str(camp), "-o", str(run), check=False)
+    assert again.returncode == 2 and "output" in again.stderr and "--resume" in again.stderr
+    changed = _write(tmp_path / "changed.yaml", {**AR_CAMPAIGN, "population": 9})
+    bad = _lamcsp("search", str(changed), "-o", str(run), "--resume", check=False)
+    assert bad.returncode == 2 and "population" in bad.stderr
+    assert _state(run) == before  # nothing lost, nothing added
+    # resuming a finished run adds nothing
+    _lamcsp("search", str(camp), "-o", str(run), "--resume")
+    assert _state(run) == before
+
+
+@pytest.mark.parametrize("faults", [["relaxed:13"], ["store-write:20"], ["dedupe-write:3"],
+                                    ["checkpoint-write:2"], ["relaxed:5", "relaxed:9"]])
+def test_kill_9_then_resume_equals_an_uninterrupted_run(ar_run, tmp_path, faults):
+    ref, camp, _ = ar_run
+    run = tmp_path / "run"
+    args = ["search", str(camp), "-o", str(run)]
+    for i, f in enumerate(faults):
+        killed = _lamcsp(*args, *(["--resume"] if i else []), env={"LAMCSP_FAULT": f}, check=False)
+        assert killed.returncode == -9, killed.stderr  # SIGKILL at the fault point
+    _lamcsp(*args, "--resume")
+    assert _state(run) == _state(ref)
+
+
+def test_multi_pressure_search_scans_polymorphs(tmp_path):
+    data = {**AR_CAMPAIGN, "name": "ar-p", "generations": 2, "population": 6,
+            "system": {"composition": "Ar", "formula_units": "1-2", "pressures": [0.0, 2.0]},
+            "report": {"scan_points": 3, "scan_top": 2}}
+    camp = _write(tmp_path / "p.yaml", data)
+    _lamcsp("search", str(camp), "-o", str(tmp_path / "run"))
+    db = ase.db.connect(str(tmp_path / "run" / "results.db"), use_lock_file=False)
+    search = list(db.select(role="search"))
+    assert {round(r.pressure_gpa, 6) for r in search} == {0.0, 2.0}
+    scans = list(db.select(role="scan"))
+    assert scans and {round(r.pressure_gpa, 6) for r in scans} == {0.0, 1.0, 2.0}
+    for r in scans:  # each scan row re-relaxes a stored unique polymorph
+        assert db.get(id=r.polymorph).unique
+    # enthalpy rises with pressure for every polymorph (dH/dp = V > 0)
+    by_poly: dict[int, list] = {}
+    for r in scans:
+        by_poly.setdefault(r.polymorph, []).append((r.pressure_gpa, r.enthalpy_per_atom))
+    for curve in by_poly.values():
+        hs = [h for _, h in sorted(curve)]
+        assert all(b > a for a, b in zip(hs, hs[1:]))
+
+
+def test_variable_composition_search_has_formation_enthalpies(tmp_path):
+    """A binary LJ mixture whose unlike pairs bind twice as strongly: compounds lie below the
+    line between the elements, the end members sit on the hull at zero."""
+    data = {**AR_CAMPAIGN, "name": "arkr", "generations": 2, "population": 6,
+            "system": {"variable": {"Ar": [0, 2], "Kr": [0, 2]}, "max_atoms": 4},
+            "model": {"backend": "lj", "device": "cpu",
+                      "options": {"epsilon": {"Ar-Ar": 0.0104, "Kr-Kr": 0.014, "Ar-Kr": 0.025},
+                                  "sigma": {"Ar": 3.4, "Kr": 3.65}}}}
+    camp = _write(tmp_path / "v.yaml", data)
+    _lamcsp("search", str(camp), "-o", str(tmp_path / "run"))
+    summary = json.loads((tmp_path / "run" / "report" / "summary.json").read_text())
+    p0 = summary["pressures"][0]
+    assert p0["hull_kind"] == "phase_diagram"
+    arkr = Composition("ArKr").reduced_formula  # pymatgen's element order
+    assert {"Ar", "Kr", arkr} <= set(p0["compositions"])
+    ends = [h for h in p0["hull"] if h["reduced_formula"] in ("Ar", "Kr")]
+    assert len(ends) == 2 and all(abs(h["formation_enthalpy_per_atom"]) < 1e-9 for h in ends)
+    best_arkr = p0["compositions"][arkr][0]
+    assert best_arkr["formation_enthalpy_per_atom"] < -0.005  # strongly bound compound
+    for entries in p0["compositions"].values():
+        assert all(e["e_above_hull"] >= -1e-9 for e in entries)
+
+
+def test_bad_campaign_inputs_name_the_field(tmp_path):
+    missing_ref = {**AR_CAMPAIGN, "system": {"composition": "Ar", "references": {"Ar": "nope.cif"}}}
+    with pytest.raises(SetupError) as e:
+        parse_campaign(missing_ref, base_dir=str(tmp_path))
+    assert e.value.field == "system.references.Ar"
+    alien = {**AR_CAMPAIGN, "system": {"composition": "Ar", "references": {"Kr": "x.cif"}}}
+    with pytest.raises(SetupError) as e:
+        parse_campaign(alien, base_dir=str(tmp_path))
+    assert e.value.field == "system.references.Kr"
+    opts = {**AR_CAMPAIGN, "model": {"backend": "lj", "options": [1, 2]}}
+    with pytest.raises(SetupError) as e:
+        parse_campaign(opts)
+    assert e.value.field == "model.options"
+    c = parse_campaign({**AR_CAMPAIGN, "model": {"backend": "lj", "options": {"bogus": 1}}})
+    with pytest.raises(SetupError) as e:
+        _ = Search(c, tmp_path / "run").potential
+    assert e.value.field == "model.options"
+    cli = _lamcsp("search", str(_write(tmp_path / "bad.yaml", {**AR_CAMPAIGN, "population": 0})),
+                  "-o", str(tmp_path / "bad"), check=False)
+    assert cli.returncode == 2 and "population" in cli.stderr and "Traceback" not in cli.stderr
+    assert not (tmp_path / "bad").exists()
+
+
+# ----------------------------------------------------------------------------------- quickstart
+
+
+@pytest.mark.slow
+def test_quickstart_with_chgnet_finds_diamond_silicon(tmp_path):
+    from ase.build import bulk
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    run = tmp_path / "qs"
+    _lamcsp("search", str(ROOT / "campaigns" / "quickstart.yaml"), "-o", str(run),
+            env={"OMP_NUM_THREADS": str(os.cpu_count() or 1)})
+    summary = json.loads((run / "report" / "summary.json").read_text())
+    best = summary["pressures"][0]["compositions"]["Si"][0]
+    db = ase.db.connect(str(run / "results.db"), use_lock_file=False)
+    found = AseAtomsAdaptor.get_structure(db.get(id=best["db_id"]).toatoms())
+    diamond = AseAtomsAdaptor.get_structure(bulk("Si", "diamond", 5.43))
+    assert StructureMatcher().fit(found, diamond), f"lowest structure is space group {best['spacegroup']}"
