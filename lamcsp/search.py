@@ -281,6 +281,7 @@ class Search:
         self.generation = 0
         self.spent = 0
         self.done = False
+        self.warned: set[tuple[int, str]] = set()
 
     # -- setup ----------------------------------------------------------------------------
     def _check_run_dir(self, db_url: str | None) -> None:
@@ -445,6 +446,7 @@ class Search:
         as ``(unit, candidate index, candidate)``, within the relaxation budget."""
         pop = self.campaign.population
         out: list[tuple[UnitState, int, Candidate]] = []
+        errors: list[tuple[UnitState, str, SetupError]] = []
         for us in self.unit_states:
             if not us.active:
                 continue
@@ -454,12 +456,26 @@ class Search:
             for gi, ((name, _, gen), n) in enumerate(zip(us.generators, counts)):
                 if n == 0:
                     continue
-                got = list(gen.propose(n, unit_rng(self.seed, us.unit.index, gi, g), us.context))[:n]
+                try:
+                    got = list(gen.propose(n, unit_rng(self.seed, us.unit.index, gi, g), us.context))[:n]
+                except SetupError as exc:  # this composition cannot be built by this generator
+                    errors.append((us, name, exc))
+                    got = []
                 for c in got:
                     c.generator = name
                 cands.extend(got)
             keep = screen(cands, us.context)
             out.extend((us, k, c) for k, c in enumerate(cands) if keep[k])
+        if errors and not out:  # nothing at all can be built: a campaign error, not bad luck
+            exc = errors[0][2]
+            raise SetupError(exc.field, f"no generator could build a structure of {errors[0][0].unit.label} "
+                                        f"({errors[0][1]}): {exc.message}")
+        for us, name, exc in errors:
+            if (us.unit.index, name) not in self.warned:
+                self.warned.add((us.unit.index, name))
+                if self.progress:
+                    self.progress.write(f"  warning: {name} built nothing for {us.unit.label} in generation "
+                                        f"{g + 1} ({exc.field}: {exc.message})")
         if self.campaign.max_relaxations is not None:
             out = out[: max(0, self.campaign.max_relaxations - self.spent)]
         return out
