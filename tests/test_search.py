@@ -258,3 +258,39 @@ def test_quickstart_with_chgnet_finds_diamond_silicon(tmp_path):
     found = AseAtomsAdaptor.get_structure(db.get(id=best["db_id"]).toatoms())
     diamond = AseAtomsAdaptor.get_structure(bulk("Si", "diamond", 5.43))
     assert StructureMatcher().fit(found, diamond), f"lowest structure is space group {best['spacegroup']}"
+
+
+def test_reference_files_replace_end_member_search_and_hull_matches_pymatgen(tmp_path):
+    """Kr comes from a structure file (relaxed at every pressure), Ar is searched; the hull in
+    summary.json equals pymatgen's PhaseDiagram built here straight from the database."""
+    from ase.build import bulk
+    from ase.io import write
+    from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
+
+    write(tmp_path / "kr.cif", bulk("Kr", "fcc", 5.7))
+    data = {**AR_CAMPAIGN, "name": "arkr-ref", "generations": 2, "population": 5,
+            "system": {"variable": {"Ar": [1, 2], "Kr": [1, 2]}, "max_atoms": 3,
+                       "pressures": [0.0, 1.0], "references": {"Kr": "kr.cif"}},
+            "model": {"backend": "lj", "device": "cpu",
+                      "options": {"epsilon": {"Ar-Ar": 0.0104, "Kr-Kr": 0.014, "Ar-Kr": 0.025},
+                                  "sigma": {"Ar": 3.4, "Kr": 3.65}}},
+            "report": {"scan_points": 2}}
+    camp = _write(tmp_path / "r.yaml", data)
+    _lamcsp("search", str(camp), "-o", str(tmp_path / "run"))
+    db = ase.db.connect(str(tmp_path / "run" / "results.db"), use_lock_file=False)
+    refs = list(db.select(role="reference"))
+    assert sorted(round(r.pressure_gpa, 6) for r in refs) == [0.0, 1.0]
+    assert all(r.formula == "Kr" for r in refs)
+    assert not [r for r in db.select(role="search") if r.formula.startswith("Kr") and "Ar" not in r.formula]
+    summary = json.loads((tmp_path / "run" / "report" / "summary.json").read_text())
+    for block in summary["pressures"]:
+        p = block["pressure_gpa"]
+        rows = [r for r in db.select() if abs(r.pressure_gpa - p) < 1e-6 and r.role in ("search", "reference")
+                and r.unique and not r.status.startswith("failed")]
+        pd = PhaseDiagram([PDEntry(Composition(r.formula), r.enthalpy, attribute=r.id) for r in rows])
+        assert block["hull_kind"] == "phase_diagram"
+        assert sorted(h["db_id"] for h in block["hull"]) == sorted(e.attribute for e in pd.stable_entries)
+        by_id = {e.attribute: e for e in pd.all_entries}
+        for entries in block["compositions"].values():
+            for e in entries:
+                assert e["e_above_hull"] == pytest.approx(pd.get_e_above_hull(by_id[e["db_id"]]), abs=1e-9)
