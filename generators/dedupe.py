@@ -159,6 +159,14 @@ class StoredStructures:
         for e in entries:
             self.append(e)
 
+    def replace(self, index: int, entry: Fingerprinted) -> None:
+        """Put ``entry`` in the place of entry ``index`` (same composition: a lower-enthalpy
+        copy of the same structure becomes its representative)."""
+        if entry.key != self.entries[index].key:
+            raise SetupError("stored", "a replacement must have the composition of the entry it replaces")
+        self.entries[index] = entry
+        self._stacked.pop(entry.key, None)
+
     def group(self, key: CompositionKey) -> tuple[np.ndarray, np.ndarray]:
         """Indices ``(k,)`` and stacked fingerprints ``(k, d)`` of the entries of one composition."""
         idx = self._groups.get(key, [])

@@ -568,7 +568,7 @@ class Search:
             old = us.stored_rows[m]
             old_h = us.stored.entries[m].energy
             if old_h is not None and entries[r].energy < old_h:  # the new copy is lower: it represents
-                _replace(us.stored, int(m), entries[r])
+                us.stored.replace(int(m), entries[r])
                 us.stored_rows[m] = rid
                 final[r] = rid
                 updates[rid] = {"unique": True, "duplicate_of": 0, "deduped": True}
@@ -710,11 +710,6 @@ def screen(candidates: Sequence[Candidate], context: GenerationContext) -> np.nd
                               np.array([c.n_atoms for c in candidates]),
                               np.concatenate([c.numbers for c in candidates]), dmin * 0.999)
     return keep
-
-
-def _replace(stored: StoredStructures, index: int, entry: Any) -> None:
-    stored.entries[index] = entry
-    stored._stacked.pop(entry.key, None)
 
 
 def _reduced_formula(composition: Any) -> str:
