@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 from ase import Atoms
@@ -61,6 +62,19 @@ def read_structures(paths: Iterable[str], field: str = "INPUT") -> list[Atoms]:
             atoms.info["frame"] = k
             out.append(atoms)
     return out
+
+
+def reduced_formula(composition: Any) -> str:
+    """pymatgen's reduced formula of a formula or ``{element: count}`` (``"Si8"`` -> ``"Si"``,
+    elements in pymatgen's electronegativity order). Its warning about noble gases without an
+    electronegativity, which only affects that order, is silenced."""
+    import warnings
+
+    from pymatgen.core import Composition
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return Composition(composition).reduced_formula
 
 
 def spacegroup_number(atoms: Atoms, symprec: float = 0.1) -> int:

@@ -35,6 +35,7 @@ from urllib.parse import quote
 
 from lamcsp.campaign import ReportSpec, load_campaign
 from lamcsp.errors import SetupError
+from lamcsp.io import reduced_formula
 
 if TYPE_CHECKING:
     from ase import Atoms
@@ -91,19 +92,13 @@ def _number(value: Any) -> float:
     return float("nan") if value is None else float(value)
 
 
-def _reduced(formula: str) -> str:
-    from pymatgen.core import Composition
-
-    return Composition(formula).reduced_formula
-
-
 def _record(row: Any) -> Record:
     enthalpy = _number(row.get("enthalpy"))
     per_atom = row.get("enthalpy_per_atom")
     return Record(
         db_id=int(row.id),
         formula=str(row.formula),
-        reduced_formula=str(row.get("reduced_formula") or _reduced(row.formula)),
+        reduced_formula=str(row.get("reduced_formula") or reduced_formula(row.formula)),
         role=str(row.get("role", "search")),
         pressure=_pressure(row.get("pressure_gpa", 0.0)),
         enthalpy=enthalpy,

@@ -93,7 +93,9 @@ class SearchUnit:
 
     @property
     def reduced_formula(self) -> str:
-        return _reduced_formula(self.composition)
+        from lamcsp.io import reduced_formula
+
+        return reduced_formula(self.composition)
 
     @property
     def label(self) -> str:
@@ -435,8 +437,7 @@ class Search:
                     Candidate.from_dict(row.data["candidate"]), Candidate.from_atoms(row.toatoms()), h, ok))
             us.stored_rows = [int(i) for i in d["stored_rows"]]
             if us.stored_rows:
-                got = {int(r.id): r for r in self.store.rows(role="search", unit=us.unit.index, unique=True)}
-                rows = [got[i] if i in got else self.store.db.get(id=i) for i in us.stored_rows]
+                rows = self._rows_by_id(us.stored_rows)
                 us.stored.extend(self.deduper.describe([r.toatoms() for r in rows],
                                                        [float(r.enthalpy_per_atom) for r in rows]))
 
@@ -482,30 +483,24 @@ class Search:
 
     def run_generation(self, g: int) -> None:
         from lamcsp.generators.base import Candidate, Evaluated
-        from lamcsp.io import spacegroup_number
 
         todo = self.propose(g)
         keys = [f"u{us.unit.index}-g{g}-c{k}" for us, k, _ in todo]
+        stored = {r.key: r for r in self.store.rows(role="search", generation=g, include_data=False)}
         results: list[Any] = [None] * len(todo)
         row_ids: list[int | None] = [None] * len(todo)
         for i, key in enumerate(keys):
-            row = self._row(key)
-            if row is not None:
-                results[i], row_ids[i] = _result_of_row(row), int(row.id)
-        symprec = self.campaign.report.symprec
+            if key in stored:  # relaxed before an interruption: read back, not relaxed again
+                results[i], row_ids[i] = _result_of_row(stored[key]), int(stored[key].id)
 
         def store_one(j: int, result: RelaxResult) -> None:
             fault("relaxed")
             i = pending[j]
             us, k, cand = todo[i]
             results[i] = result
-            row_ids[i] = self.store.add(
-                result, key=keys[i], generation=g, generator=cand.generator, model_id=self.potential.model_id,
-                spacegroup=spacegroup_number(result.atoms, symprec) if not result.failed else 0,
-                unique=False, duplicate_of=None,
-                extra={"role": "search", "unit": us.unit.index, "candidate": k, "deduped": False,
-                       "reduced_formula": _reduced(result.atoms)},
-                data={"candidate": cand.to_dict()})
+            row_ids[i] = self._add_row(result, keys[i], role="search", generation=g, generator=cand.generator,
+                                       unit=us.unit.index, candidate=k, deduped=False,
+                                       data={"candidate": cand.to_dict()})
 
         pending = [i for i in range(len(todo)) if results[i] is None]
         if pending:
@@ -539,10 +534,23 @@ class Search:
             n_unique = {us.unit.index: len(us.stored_rows) for us in self.unit_states}
             self.progress.generation(g, self.campaign.generations, self.unit_states, n_unique, self.spent)
 
-    def _row(self, key: str) -> Any:
-        for row in self.store.db.select(key=key, limit=1):
-            return row
-        return None
+    def _add_row(self, result: RelaxResult, key: str, *, role: str, generation: int, generator: str,
+                 unit: int, candidate: int = -1, unique: bool = False, deduped: bool = True,
+                 extra: dict[str, Any] | None = None, data: dict[str, Any] | None = None) -> int:
+        """Store one relaxation (space group and reduced formula computed here); its row id."""
+        from lamcsp.io import reduced_formula, spacegroup_number
+
+        ok = _result_ok(result)
+        return self.store.add(
+            result, key=key, generation=generation, generator=generator, model_id=self.potential.model_id,
+            spacegroup=spacegroup_number(result.atoms, self.campaign.report.symprec) if ok else 0,
+            unique=unique and ok, duplicate_of=None, data=data,
+            extra={"role": role, "unit": unit, "candidate": candidate, "deduped": deduped,
+                   "reduced_formula": reduced_formula(result.atoms.get_chemical_formula()), **(extra or {})})
+
+    def _rows_by_id(self, ids: Sequence[int]) -> list[Any]:
+        """Rows by id, in the order given (primary-key lookups)."""
+        return [self.store.db.get(id=int(i)) for i in ids]
 
     def _dedupe_unit(self, us: UnitState, results: list[RelaxResult], rows: list[int | None],
                      updates: dict[int, dict[str, Any]]) -> None:
@@ -600,7 +608,7 @@ class Search:
         refs = self.campaign.system.references
         if not refs:
             return
-        from lamcsp.io import read_structures, spacegroup_number
+        from lamcsp.io import read_structures
 
         todo = []
         for el, path in refs.items():
@@ -614,15 +622,10 @@ class Search:
                     todo.append((key, atoms, float(p)))
         if not todo:
             return
-        model_id = self.potential.model_id
-        symprec = self.campaign.report.symprec
 
         def store_one(i: int, result: RelaxResult) -> None:
-            extra = {"role": "reference", "unit": -1, "candidate": -1, "deduped": True,
-                     "reduced_formula": _reduced(result.atoms)}
-            self.store.add(result, key=todo[i][0], generation=-1, generator="reference", model_id=model_id,
-                           spacegroup=spacegroup_number(result.atoms, symprec), unique=_result_ok(result),
-                           duplicate_of=None, extra=extra)
+            self._add_row(result, todo[i][0], role="reference", generation=-1, generator="reference",
+                          unit=-1, unique=True)
 
         self.executor.relax([a for _, a, _ in todo], [p for *_, p in todo], on_result=store_one)
 
@@ -637,8 +640,7 @@ class Search:
                       | {round(float(p), 6) for p in pressures})
         picked: dict[tuple[str, int], Any] = {}
         for us in self.unit_states:
-            rows = sorted((self.store.db.get(id=i) for i in us.stored_rows),
-                          key=lambda r: r.enthalpy_per_atom)
+            rows = sorted(self._rows_by_id(us.stored_rows), key=lambda r: r.enthalpy_per_atom)
             taken = 0
             for row in rows:
                 if taken == spec.scan_top:
@@ -658,18 +660,11 @@ class Search:
             return 0
         if self.progress:
             self.progress.write(f"pressure scan: {len(picked)} polymorphs x {len(grid)} pressures")
-        model_id = self.potential.model_id
-        symprec = spec.symprec
 
         def store_one(i: int, result: RelaxResult) -> None:
             key, row, _ = todo[i]
-            self.store.add(result, key=key, generation=-2, generator="scan", model_id=model_id,
-                           spacegroup=spacegroup_number(result.atoms, symprec) if _result_ok(result) else 0,
-                           unique=False, duplicate_of=None,
-                           extra={"role": "scan", "unit": int(row.unit), "candidate": -1, "deduped": True,
-                                  "polymorph": int(row.id), "reduced_formula": row.reduced_formula})
-
-        from lamcsp.io import spacegroup_number
+            self._add_row(result, key, role="scan", generation=-2, generator="scan", unit=int(row.unit),
+                          extra={"polymorph": int(row.id)})
 
         self.executor.relax([r.toatoms() for _, r, _ in todo], [p for *_, p in todo], on_result=store_one)
         return len(todo)
@@ -710,22 +705,6 @@ def screen(candidates: Sequence[Candidate], context: GenerationContext) -> np.nd
                               np.array([c.n_atoms for c in candidates]),
                               np.concatenate([c.numbers for c in candidates]), dmin * 0.999)
     return keep
-
-
-def _reduced_formula(composition: Any) -> str:
-    """pymatgen's reduced formula (its warning about noble gases without electronegativity,
-    which only affects the order of elements, is silenced)."""
-    import warnings
-
-    from pymatgen.core import Composition
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return Composition(composition).reduced_formula
-
-
-def _reduced(atoms: Atoms) -> str:
-    return _reduced_formula(atoms.get_chemical_formula())
 
 
 def _result_ok(r: RelaxResult) -> bool:
