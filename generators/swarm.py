@@ -108,14 +108,35 @@ def project_to_template(template: Candidate, relaxed: Candidate, tol: float = 0.
     from lamcsp.generators.base import WyckoffSite
     from lamcsp.generators.symmetric import from_vector, to_vector
 
+    from lamcsp.generators.symmetric import centring_transform, primitive_indices
+
     if relaxed.n_atoms != template.n_atoms or not np.array_equal(relaxed.numbers, template.numbers):
         return None
-    sites, start = [], 0
+    # index (in the relaxed cell) of each orbit's first atom; a primitive cell of a centred group
+    # keeps the first atom of each centring class, in conventional order (symmetric.to_primitive)
+    starts, start = [], 0
     for w in template.wyckoffs or []:
-        mult = int("".join(ch for ch in w.label if ch.isdigit()))
-        sites.append(WyckoffSite(w.number, w.index, w.label, relaxed.frac[start].copy()))
-        start += mult
-    shaped = Candidate(relaxed.numbers, relaxed.frac, relaxed.lattice, spacegroup=template.spacegroup,
+        starts.append(start)
+        start += int("".join(ch for ch in w.label if ch.isdigit()))
+    frac, lattice = relaxed.frac, relaxed.lattice
+    tr = centring_transform(int(template.spacegroup)) if template.origin.get("cell") == "primitive" else None
+    if tr is not None:
+        conv = from_vector(template, to_vector(template), reduce=False)
+        where = {int(c): p for p, c in enumerate(primitive_indices(conv.frac, int(template.spacegroup)))}
+        starts = [where[s] for s in starts]
+        frac, lattice = relaxed.frac @ tr[0], tr[1] @ relaxed.lattice
+    sites = []
+    for w, s in zip(template.wyckoffs or [], starts):
+        point = frac[s]
+        if tr is not None:  # the centring image of the atom nearest the template's generating point
+            from lamcsp.generators.wyckoff import space_group
+
+            images = point + space_group(int(template.spacegroup)).centring
+            d = images - np.asarray(w.free)
+            d -= np.round(d)
+            point = images[int(np.argmin((d**2).sum(axis=1)))]
+        sites.append(WyckoffSite(w.number, w.index, w.label, point.copy()))
+    shaped = Candidate(relaxed.numbers, relaxed.frac, lattice, spacegroup=template.spacegroup,
                        wyckoffs=sites, generator=template.generator)
     projected = from_vector(template, to_vector(shaped))
     diff = projected.frac - relaxed.frac
@@ -269,13 +290,15 @@ class ParticleSwarm:
     @staticmethod
     def _template_of(c: Candidate) -> dict[str, Any]:
         return {"spacegroup": int(c.spacegroup), "wyckoffs": [w.to_dict() for w in c.wyckoffs],
-                "numbers": c.numbers.tolist(), "lattice": c.lattice.tolist(), "frac": c.frac.tolist()}
+                "numbers": c.numbers.tolist(), "lattice": c.lattice.tolist(), "frac": c.frac.tolist(),
+                "cell": c.origin.get("cell", "conventional")}
 
     @staticmethod
     def _candidate_of(template: dict[str, Any]) -> Candidate:
         return Candidate.from_dict({"numbers": template["numbers"], "frac": template["frac"],
                                     "lattice": template["lattice"], "spacegroup": template["spacegroup"],
-                                    "wyckoffs": template["wyckoffs"], "generator": "pso"})
+                                    "wyckoffs": template["wyckoffs"], "generator": "pso",
+                                    "origin": {"cell": template.get("cell", "conventional")}})
 
     def _n_lattice(self, template: dict[str, Any]) -> int:
         return n_lattice_params(int(template["spacegroup"]))

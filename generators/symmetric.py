@@ -99,6 +99,9 @@ SITE_TRIES = 10
 LATTICES_PER_ASSIGNMENT = 8
 #: Wyckoff assignments drawn for one space group before it is redrawn
 ASSIGNMENTS_PER_GROUP = 10
+#: extra ``max_attempts`` budgets for the first structure of a call before the request is
+#: declared impossible
+FIRST_FAILURE_RETRIES = 9
 #: spglib tolerance of the final check, Å
 SYMPREC = 0.01
 #: densest packing of equal spheres (Kepler): no cell can hold more
@@ -627,6 +630,78 @@ def _compiled(sg: int, assignment: tuple[tuple[int, int], ...], species: tuple[i
     return _Compiled(sg, assignment, species)
 
 
+# --- primitive cells of centred groups ----------------------------------------------------------
+
+
+@functools.cache
+def centring_transform(sg: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(M, M⁻¹)`` for a centred space group (``None`` for a primitive one): the rows of ``M``
+    are a primitive cell's vectors in the conventional cell's fractional coordinates, so the
+    primitive lattice is ``M @ conventional`` and fractional coordinates map as
+    ``x_primitive = x_conventional @ M⁻¹``.
+
+    ``M`` is the first triple of centring translations and unit vectors (centring vectors
+    first) whose volume is ``1/k`` for ``k`` centring translations: ``F`` gives the three
+    face vectors, ``R`` (hexagonal axes) the two centring vectors and ``b``.
+    """
+    import itertools
+
+    centring = space_group(sg).centring
+    k = len(centring)
+    if k == 1:
+        return None
+    vectors = [np.asarray(t, dtype=float) for t in centring[1:]] + list(np.eye(3))
+    for trio in itertools.combinations(vectors, 3):
+        m = np.array(trio)
+        if abs(abs(np.linalg.det(m)) - 1.0 / k) < 1e-9:
+            if np.linalg.det(m) < 0:
+                m[2] = -m[2]
+            return m, np.linalg.inv(m)
+    raise RuntimeError(f"space group {sg}: no primitive cell from centring {centring.tolist()}")
+
+
+def primitive_indices(frac: np.ndarray, sg: int) -> np.ndarray:
+    """Indices of the conventional atoms ``frac`` that the primitive cell keeps: the first atom
+    of each set of atoms related by the centring translations of ``sg``, in order."""
+    tr = centring_transform(sg)
+    if tr is None:
+        return np.arange(len(frac))
+    xp = np.mod(np.asarray(frac) @ tr[1], 1.0)
+    keep: list[int] = []
+    for i in range(len(xp)):
+        if not any(np.abs((d := xp[i] - xp[j]) - np.round(d)).max() < 1e-6 for j in keep):
+            keep.append(i)
+    return np.asarray(keep, dtype=np.int64)
+
+
+def to_primitive(frac: np.ndarray, lattice: np.ndarray, sg: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A conventional cell of centred group ``sg`` as its primitive cell: ``(kept atom indices,
+    fractional coordinates (wrapped), lattice)`` (see :func:`centring_transform`)."""
+    tr = centring_transform(sg)
+    if tr is None:
+        return np.arange(len(frac)), np.asarray(frac, dtype=float), np.asarray(lattice, dtype=float)
+    keep = primitive_indices(frac, sg)
+    k = len(space_group(sg).centring)
+    if len(keep) * k != len(frac):
+        raise RuntimeError(f"space group {sg}: {len(frac)} conventional atoms gave {len(keep)} primitive ones")
+    return keep, np.mod(np.asarray(frac)[keep] @ tr[1], 1.0), tr[0] @ np.asarray(lattice)
+
+
+def conventional_lattice(candidate: Candidate) -> np.ndarray:
+    """The conventional lattice of a symmetric candidate (its own, unless it was emitted as a
+    primitive cell: ``origin["cell"] == "primitive"``)."""
+    if candidate.origin.get("cell") == "primitive" and candidate.spacegroup is not None:
+        tr = centring_transform(int(candidate.spacegroup))
+        if tr is not None:
+            return tr[1] @ candidate.lattice
+    return candidate.lattice
+
+
+def centring_multiplicity(sg: int) -> int:
+    """Lattice points per conventional cell of ``sg`` (1 P, 2 A/B/C/I, 3 R, 4 F)."""
+    return len(space_group(sg).centring)
+
+
 # --- element data -----------------------------------------------------------------------------
 
 
@@ -703,13 +778,17 @@ class _Plan:
         if not (isinstance(vf, (int, float)) and math.isfinite(vf) and vf > 0):
             raise SetupError("volume_factor", f"must be a positive number, got {vf!r}")
 
-        # (Z, [space groups holding Z formula units])
+        # (Z, [space groups holding Z formula units]); in primitive cells a centred group's
+        # conventional cell holds Z x (its lattice points) formula units
+        cell = gen.cell
         self.choices: list[tuple[int, list[int]]] = []
         for fu in sorted({int(z) for z in fus}):
-            counts = [n * fu for n in per_fu.values()]
-            ok = [sg for sg in sgs if can_hold(sg, counts)]
+            ok = [sg for sg in sgs
+                  if can_hold(sg, [n * fu * (centring_multiplicity(sg) if cell == "primitive" else 1)
+                                   for n in per_fu.values()])]
             if ok:
                 self.choices.append((fu, ok))
+        self.cell = cell
         if not self.choices:
             formula = "".join(f"{_symbol(z)}{n}" for z, n in per_fu.items())
             raise SetupError(
@@ -781,16 +860,20 @@ class SymmetricRandom:
 
     Args:
         spacegroups: allowed space groups (default: ``context.spacegroups``).
-        formula_units: allowed formula units per conventional cell (default:
-            ``context.formula_units``).
+        formula_units: allowed formula units per cell (default: ``context.formula_units``).
         volume_factor: target volume = this × the sum of element volumes (default:
             ``context.volume_factor``).
         max_attempts: lattices drawn per structure before giving up on it. When the first
-            structure of a call fails, the request is taken as impossible and
+            structure of a call fails ``1 + FIRST_FAILURE_RETRIES`` times, the request is taken as impossible and
             :class:`~lamcsp.errors.SetupError` is raised; later failures are skipped (fewer
             than ``n`` candidates are returned).
         verify: check every structure's space group with spglib (``symprec=0.01``) and
             redraw it when it differs.
+        cell: ``"primitive"`` (default): formula units count the primitive cell, so a centred
+            group (A, B, C, I: 2 lattice points, R: 3, F: 4) builds its conventional cell with
+            that many times the formula units and emits the primitive cell (``origin["cell"] ==
+            "primitive"``; rocksalt NaCl is a 2-atom Fm-3m candidate); ``"conventional"``:
+            formula units count the conventional cell (PyXtal's ``numIons``), as emitted.
     """
 
     name = "random"
@@ -802,7 +885,11 @@ class SymmetricRandom:
         volume_factor: float | None = None,
         max_attempts: int = 200,
         verify: bool = True,
+        cell: str = "primitive",
     ):
+        if cell not in ("primitive", "conventional"):
+            raise SetupError("cell", f"must be 'primitive' or 'conventional', got {cell!r}")
+        self.cell = cell
         if (isinstance(max_attempts, bool) or not isinstance(max_attempts, (int, np.integer))
                 or max_attempts < 1):
             raise SetupError("max_attempts", f"must be a positive integer, got {max_attempts!r}")
@@ -839,6 +926,12 @@ class SymmetricRandom:
         for _ in range(int(n)):
             tally = {"lattices": 0, "placed": 0, "symmetry": 0}
             cand = self._one(plan, rng, tally)
+            for _ in range(FIRST_FAILURE_RETRIES if not out else 0):
+                if cand is not None:
+                    break
+                # before calling the request impossible, give it more tries: small cells of
+                # many species often land in a larger group (AB3 in 4 atoms)
+                cand = self._one(plan, rng, tally)
             if cand is not None:
                 out.append(cand)
                 continue
@@ -872,7 +965,9 @@ class SymmetricRandom:
         while left > 0:
             fu, sgs = plan.choices[int(rng.integers(len(plan.choices)))]
             sg = sgs[int(rng.integers(len(sgs)))]
-            counts = {z: n * fu for z, n in plan.per_fu.items()}
+            lattice_points = centring_multiplicity(sg) if plan.cell == "primitive" else 1
+            conv_fu = fu * lattice_points
+            counts = {z: n * conv_fu for z, n in plan.per_fu.items()}
             for _ in range(ASSIGNMENTS_PER_GROUP):
                 if left <= 0:
                     break
@@ -881,7 +976,7 @@ class SymmetricRandom:
                 frac = np.empty((comp.n_atoms, 3))
                 points = np.zeros((len(comp.site_mult), 3))
                 params = np.empty(6)
-                used = _build(rng, comp.code, plan.volume_per_fu * fu, comp.ops, comp.site_start,
+                used = _build(rng, comp.code, plan.volume_per_fu * conv_fu, comp.ops, comp.site_start,
                               comp.site_mult, comp.site_dof, comp.site_species, comp.order, plan.cut2,
                               plan.cutmax, SITE_TRIES, min(LATTICES_PER_ASSIGNMENT, left),
                               frac, points, params)
@@ -907,8 +1002,14 @@ class SymmetricRandom:
                 self.stats["built"] += 1
                 sites = [WyckoffSite(z, i, lab, points[s].copy())
                          for s, (z, i, lab) in enumerate(zip(comp.site_numbers, comp.indices, comp.labels))]
-                return Candidate(comp.numbers.copy(), frac, lattice, spacegroup=sg, wyckoffs=sites,
-                                 generator=self.name, origin={"formula_units": fu})
+                origin: dict[str, Any] = {"formula_units": fu}
+                numbers = comp.numbers.copy()
+                if lattice_points > 1:
+                    keep, frac, lattice = to_primitive(frac, lattice, sg)
+                    numbers = numbers[keep]
+                    origin["cell"] = "primitive"
+                return Candidate(numbers, frac, lattice, spacegroup=sg, wyckoffs=sites,
+                                 generator=self.name, origin=origin)
         return None
 
 
@@ -950,15 +1051,17 @@ def to_vector(candidate: Candidate) -> np.ndarray:
         ``(k,)``: lattice parameters (Å), then the free fractional coordinates of each site.
     """
     comp = _template_compiled(candidate)
-    lat = lattice_params(LATTICE_TYPES[comp.code], candidate.lattice)
+    lat = lattice_params(LATTICE_TYPES[comp.code], conventional_lattice(candidate))
     coords = [np.asarray(w.free, dtype=np.float64)[list(axes)]
               for w, axes in zip(candidate.wyckoffs or [], comp.free_axes)]
     return np.concatenate([lat, *coords]) if coords else lat
 
 
-def from_vector(template: Candidate, vector: np.ndarray) -> Candidate:
+def from_vector(template: Candidate, vector: np.ndarray, reduce: bool = True) -> Candidate:
     """A candidate with the space group and Wyckoff assignment of ``template`` and the lattice
-    and free coordinates of ``vector``.
+    and free coordinates of ``vector``; a primitive cell where ``template`` is one
+    (``origin["cell"] == "primitive"``), unless ``reduce`` is false (then the conventional cell,
+    atoms as in the full orbits).
 
     The generating points are kept as given (not wrapped); the atoms' fractional coordinates
     are wrapped into [0, 1). Atoms come site by site, each orbit in the position's operation
@@ -993,6 +1096,13 @@ def from_vector(template: Candidate, vector: np.ndarray) -> Candidate:
                      for r in range(3)]
         sites.append(WyckoffSite(z, idx, lab, points[s].copy()))
     frac = _orbits(comp.ops, comp.site_start, comp.site_mult, points)
-    return Candidate(comp.numbers.copy(), frac, lattice, spacegroup=comp.sg, wyckoffs=sites,
-                     generator=template.generator, origin=dict(template.origin))
+    numbers = comp.numbers.copy()
+    if template.origin.get("cell") == "primitive" and reduce:
+        keep, frac, lattice = to_primitive(frac, lattice, comp.sg)
+        numbers = numbers[keep]
+    origin = dict(template.origin)
+    if not reduce:
+        origin.pop("cell", None)
+    return Candidate(numbers, frac, lattice, spacegroup=comp.sg, wyckoffs=sites,
+                     generator=template.generator, origin=origin)
 

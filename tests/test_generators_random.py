@@ -157,7 +157,9 @@ def test_outputs_pass_distance_screen_and_composition(composition, fus):
         assert orbit_clear_reference(c.frac, species, 0, c.n_atoms, c.lattice, cut2)
         assert c.volume == pytest.approx(target * fu, rel=1e-9)
         assert c.generator == "random" and c.spacegroup is not None
-        assert sum(space_group(c.spacegroup).positions[w.index].multiplicity for w in c.wyckoffs) == c.n_atoms
+        # primitive cells (the default): a centred group's orbits fill k primitive cells
+        k = len(space_group(c.spacegroup).centring) if c.origin.get("cell") == "primitive" else 1
+        assert sum(space_group(c.spacegroup).positions[w.index].multiplicity for w in c.wyckoffs) == k * c.n_atoms
         assert np.all((c.frac >= 0) & (c.frac < 1))
 
 
@@ -246,14 +248,15 @@ def test_options_override_context():
 
 
 def test_composition_no_group_can_hold():
-    gen = sym.SymmetricRandom(spacegroups=[14, 62, 225])  # smallest orbits 2, 4, 4
+    # smallest orbits 2, 4, 4 in the conventional cell; in a primitive cell Fm-3m holds one atom
+    gen = sym.SymmetricRandom(spacegroups=[14, 62, 225], cell="conventional")
     with deadline(10), pytest.raises(SetupError) as err:
         gen.propose(2, np.random.default_rng(0), GenerationContext(composition={"Si": 1}))
     assert err.value.field == "spacegroups" and "Si1" in err.value.message
 
 
 def test_group_that_holds_only_higher_symmetry():
-    gen = sym.SymmetricRandom(spacegroups=[229])  # Si8 only on 8c: always Pm-3m
+    gen = sym.SymmetricRandom(spacegroups=[229], cell="conventional")  # Si8 only on 8c: always Pm-3m
     with deadline(20), pytest.raises(SetupError) as err:
         gen.propose(2, np.random.default_rng(0), GenerationContext(composition={"Si": 8}))
     assert err.value.field == "spacegroups"
@@ -292,7 +295,7 @@ def test_bad_input(kw, field):
 def test_vector_round_trip_is_exact():
     rng = np.random.default_rng(4)
     ctx = GenerationContext(composition={"Mg": 1, "Si": 1, "O": 3}, formula_units=[1, 2, 4])
-    cands = sym.SymmetricRandom().propose(40, rng, ctx)
+    cands = sym.SymmetricRandom(cell="conventional").propose(40, rng, ctx)
     seen = set()
     for c in cands:
         v = sym.to_vector(c)
@@ -307,6 +310,42 @@ def test_vector_round_trip_is_exact():
         # a moved particle keeps (at least) its group
         assert _spglib_number(sym.from_vector(c, v + rng.normal(0.0, 0.005, len(v)))) == c.spacegroup
     assert len(seen) >= 4
+
+
+def test_primitive_cells_of_centred_groups():
+    """Formula units count the primitive cell: 2-atom NaCl in Fm-3m is rocksalt; every centred
+    candidate is a primitive cell of its group whose vector round trip holds to rounding and
+    which projects onto its own template (the centring image nearest each generating point)."""
+    from lamcsp.generators.swarm import project_to_template
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+    from pymatgen.core import Lattice, Structure
+
+    rng = np.random.default_rng(11)
+    nacl = sym.SymmetricRandom(spacegroups=[225]).propose(
+        3, rng, GenerationContext(composition={"Na": 1, "Cl": 1}))
+    rocksalt = Structure.from_spacegroup(225, Lattice.cubic(5.6), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    for c in nacl:
+        assert c.n_atoms == 2 and c.origin["cell"] == "primitive" and _spglib_number(c) == 225
+        assert StructureMatcher().fit(c.to_structure(), rocksalt)
+    centred = 0
+    for comp, fus in [({"Mg": 1, "Si": 1, "O": 3}, [1, 2]), ({"Pu": 1, "Al": 2}, [2]), ({"Si": 1}, [2, 4])]:
+        for c in sym.SymmetricRandom().propose(60, rng, GenerationContext(composition=comp, formula_units=fus)):
+            k = len(space_group(c.spacegroup).centring)
+            assert c.n_atoms == sum(comp.values()) * c.origin["formula_units"]
+            assert _spglib_number(c) == c.spacegroup
+            if k == 1:
+                assert "cell" not in c.origin
+                continue
+            centred += 1
+            assert c.origin["cell"] == "primitive"
+            assert abs(np.linalg.det(sym.conventional_lattice(c))) == pytest.approx(k * c.volume, rel=1e-12)
+            back = sym.from_vector(c, sym.to_vector(c))
+            assert np.allclose(back.frac, c.frac, atol=1e-12) and np.allclose(back.lattice, c.lattice, atol=1e-12)
+            conv = sym.from_vector(c, sym.to_vector(c), reduce=False)
+            assert conv.n_atoms == k * c.n_atoms and _spglib_number(conv) == c.spacegroup
+            same = project_to_template(c, Candidate(c.numbers, c.frac, c.lattice))
+            assert same is not None and np.allclose(same.frac, c.frac, atol=1e-9)
+    assert centred >= 30
 
 
 def test_lattice_params_round_trip_and_rotation():
