@@ -146,6 +146,11 @@ class DedupeSpec:
     energy_tol: float | None = _field(
         0.01, type="number > 0 or null",
         doc="duplicates differ by less than this enthalpy, eV/atom (null: no energy test)")
+    before_relax: bool = _field(
+        True, type="bool",
+        doc="CALYPSO's similarity screen: a new candidate that duplicates (at equal volume per "
+            "atom) a structure already relaxed, or the start of one, is not relaxed but replaced "
+            "by a new symmetric random structure")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,8 +206,10 @@ class Campaign:
                               doc="random seed (null: fresh entropy, recorded in the run)")
     system: SystemSpec = _field(factory=SystemSpec, type="section", doc="what to search")
     generators: tuple[GeneratorSpec, ...] = _field(
-        factory=lambda: (GeneratorSpec(),), type="list of generator entries",
-        doc="structure generators and their shares")
+        factory=lambda: (GeneratorSpec("random", 0.5), GeneratorSpec("pso", 0.5)),
+        type="list of generator entries",
+        doc="structure generators and their shares (default: symmetric random and the particle "
+            "swarm, half each; the swarm itself draws 40% of its share as new random structures)")
     population: int = _field(12, type="int ≥ 1", doc="structures relaxed per generation")
     generations: int | None = _field(
         10, type="int ≥ 1 or null", doc="generations at most (give this or `max_relaxations`)")
@@ -605,6 +612,7 @@ def _parse_dedupe(raw: Any) -> DedupeSpec:
         angle_tol=_float(d.get("angle_tol", dd.angle_tol), "dedupe.angle_tol", positive=True),
         energy_tol=_opt_float(d.get("energy_tol", dd.energy_tol), "dedupe.energy_tol",
                                positive=True),
+        before_relax=_bool(d.get("before_relax", dd.before_relax), "dedupe.before_relax"),
     )
 
 
@@ -729,7 +737,7 @@ def _default_text(f: dataclasses.Field) -> str:
     else:  # pragma: no cover - every field has a default
         return ""
     if isinstance(value, tuple) and value and all(isinstance(v, GeneratorSpec) for v in value):
-        return "`[{name: random, share: 1.0}]`"
+        return "`[{name: random, share: 0.5}, {name: pso, share: 0.5}]`"
     if isinstance(value, tuple) and len(value) > 2 and all(isinstance(v, int) for v in value) \
             and list(value) == list(range(value[0], value[-1] + 1)):
         return f'`"{value[0]}-{value[-1]}"`'

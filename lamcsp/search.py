@@ -159,6 +159,12 @@ def generator_counts(shares: Sequence[float], population: int) -> list[int]:
     return counts
 
 
+#: rounds of new random candidates that replace screened duplicates (dedupe.before_relax)
+TOP_UP_ROUNDS = 4
+#: the spawn key "generator" index of the top-up random stream
+TOP_UP_STREAM = 1000
+
+
 def unit_rng(seed: int, unit: int, generator: int, generation: int) -> np.random.Generator:
     """The RNG of one generator of one unit in one generation (derived from the seed)."""
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(unit, generator, generation)))
@@ -202,9 +208,18 @@ class UnitState:
     active: bool = True
     relaxed: int = 0
     failed: int = 0
+    #: candidates not relaxed because they duplicate what ``seen`` holds (dedupe.before_relax)
+    screened: int = 0
+    #: every relaxed structure and its start, at the unit's volume per atom (not checkpointed:
+    #: rebuilt from the database on resume)
+    seen: StoredStructures | None = None
+    #: why the unit stopped, where it did not simply run out of budget or patience
+    note: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "screened": self.screened,
+            "note": self.note,
             "best": None if not math.isfinite(self.best) else self.best,
             "history": [None if not math.isfinite(h) else h for h in self.history],
             "stagnant": self.stagnant,
@@ -234,10 +249,11 @@ class Progress:
         self.write(f"{head}  ({spent} relaxations, {time.perf_counter() - self.start:.0f} s)")
         for u in units:
             best = f"{u.best:.4f} eV/atom" if math.isfinite(u.best) else "-"
-            state = "" if u.active else "  [stopped]"
+            state = "" if u.active else f"  [stopped{': ' + u.note if u.note else ''}]"
             unique = n_unique.get(u.unit.index, 0)
+            screened = f"  screened {u.screened:4d}" if u.screened else ""
             self.write(f"  {u.unit.label:<24} relaxed {u.relaxed:5d}  unique {unique:5d}"
-                       f"  failed {u.failed:4d}  best H {best}{state}")
+                       f"  failed {u.failed:4d}{screened}  best H {best}{state}")
 
 
 # --------------------------------------------------------------------------------- the search
@@ -331,7 +347,36 @@ class Search:
                                 pressure_gpa=unit.pressure_gpa,
                                 distance_factor=self.campaign.system.distance_factor,
                                 volume_factor=self.campaign.system.volume_factor)
-        return UnitState(unit, gens, ctx, self.deduper.new_store())
+        seen = self.deduper.new_store() if self.campaign.dedupe.before_relax else None
+        return UnitState(unit, gens, ctx, self.deduper.new_store(), seen=seen)
+
+    # -- the similarity screen before relaxation (dedupe.before_relax) ---------------------------
+    def _at_unit_volume(self, us: UnitState, items: Sequence[Candidate | Atoms]) -> list[Candidate]:
+        """Structures scaled to the unit's target volume per atom (fingerprints depend on scale)."""
+        from lamcsp.generators.base import Candidate
+        from lamcsp.generators.symmetric import default_element_volume
+
+        out = []
+        for it in items:
+            c = it if isinstance(it, Candidate) else Candidate.from_atoms(it)
+            v0 = us.context.volume_factor * float(np.mean([default_element_volume(int(z)) for z in c.numbers]))
+            scale = (v0 * c.n_atoms / c.volume) ** (1.0 / 3.0)
+            out.append(Candidate(c.numbers, c.frac, c.lattice * scale))
+        return out
+
+    def _remember(self, us: UnitState, items: Sequence[Candidate | Atoms]) -> None:
+        if us.seen is not None and items:
+            us.seen.extend(self.deduper.describe(self._at_unit_volume(us, items)))
+
+    def _screen_seen(self, us: UnitState, cands: list[Candidate]) -> list[bool]:
+        """Which of ``cands`` are new: no duplicate among the earlier ones of the list or what
+        the unit has seen (structure matcher at equal volume per atom, no energy test)."""
+        if us.seen is None or not cands:
+            return [True] * len(cands)
+        entries = self.deduper.describe(self._at_unit_volume(us, cands))
+        _, dup = self.deduper.unique(entries)
+        known = self.deduper.against(entries, us.seen)
+        return [bool(d < 0 and k < 0) for d, k in zip(dup, known)]
 
     def _write_campaign_copy(self) -> None:
         import yaml
@@ -361,9 +406,16 @@ class Search:
         self.seed = int(old["seed"])
 
     # -- the loop -------------------------------------------------------------------------
-    def run(self) -> dict[str, Any]:
+    def run(self, *, until: Callable[[Search], bool] | None = None, report: bool = True) -> dict[str, Any]:
         """Run (or resume) the campaign to its end; write the report. Returns the final
-        checkpoint state."""
+        checkpoint state.
+
+        Args:
+            until: called after every generation (once its checkpoint is written); a true
+                answer ends the search there, as a spent budget would (the CSP benchmark
+                stops a run once the target is found).
+            report: run the pressure scan and write the report at the end.
+        """
         from lamcsp.store import read_checkpoint
 
         self.deduper = self._deduper()
@@ -382,13 +434,14 @@ class Search:
         while not self.done and self._budget_left():
             self.run_generation(self.generation)
             self.generation += 1
-            self.done = not self._budget_left()
+            self.done = not self._budget_left() or bool(until is not None and until(self))
             self._checkpoint()
         if not self.done:
             self.done = True
             self._checkpoint()
-        self.pressure_scan()
-        self.write_report()
+        if report:
+            self.pressure_scan()
+            self.write_report()
         return self.state_dict()
 
     def _budget_left(self) -> bool:
@@ -435,6 +488,9 @@ class Search:
                 h = float(row.enthalpy_per_atom) if ok else math.inf
                 us.context.population.append(Evaluated(
                     Candidate.from_dict(row.data["candidate"]), Candidate.from_atoms(row.toatoms()), h, ok))
+            self._remember(us, [e.candidate for e in us.context.population]
+                           + [e.relaxed for e in us.context.population if e.ok])
+            us.screened, us.note = int(d.get("screened", 0)), str(d.get("note", ""))
             us.stored_rows = [int(i) for i in d["stored_rows"]]
             if us.stored_rows:
                 rows = self._rows_by_id(us.stored_rows)
@@ -466,6 +522,11 @@ class Search:
                     c.generator = name
                 cands.extend(got)
             keep = screen(cands, us.context)
+            if us.seen is not None:
+                keep = self._top_up(us, g, cands, keep, errors)
+            if not any(keep) and us.seen is not None and not any(e[0] is us for e in errors):
+                us.active = False
+                us.note = "every new candidate duplicated one already relaxed"
             out.extend((us, k, c) for k, c in enumerate(cands) if keep[k])
         if errors and not out:  # nothing at all can be built: a campaign error, not bad luck
             exc = errors[0][2]
@@ -480,6 +541,41 @@ class Search:
         if self.campaign.max_relaxations is not None:
             out = out[: max(0, self.campaign.max_relaxations - self.spent)]
         return out
+
+    def _top_up(self, us: UnitState, g: int, cands: list[Candidate], keep: np.ndarray,
+                errors: list[tuple[UnitState, str, SetupError]]) -> list[bool]:
+        """CALYPSO's similarity screen (``dedupe.before_relax``): candidates that duplicate a
+        structure the unit has relaxed (or started from), or an earlier candidate, are dropped
+        and replaced by new symmetric random structures (appended to ``cands``), in up to
+        ``TOP_UP_ROUNDS`` rounds; returns the new keep mask."""
+        from lamcsp.generators import get_generator
+
+        ok = [bool(k) for k in keep]
+        new = self._screen_seen(us, [c for c, k in zip(cands, ok) if k])
+        it = iter(new)
+        ok = [k and next(it) for k in ok]
+        us.screened += sum(1 for c, k in zip(cands, keep) if k) - sum(ok)
+        random = get_generator("random")
+        rng = unit_rng(self.seed, us.unit.index, TOP_UP_STREAM, g)
+        for _ in range(TOP_UP_ROUNDS):
+            missing = self.campaign.population - sum(ok)
+            if missing <= 0:
+                break
+            try:
+                extra = list(random.propose(missing, rng, us.context))[:missing]
+            except SetupError as exc:
+                errors.append((us, "random", exc))
+                break
+            for c in extra:
+                c.generator = "random"
+            fit = screen(extra, us.context)
+            kept = [c for c, f in zip(extra, fit) if f]
+            fresh = self._screen_seen(us, [c for c, k in zip(cands, ok) if k] + kept)[sum(ok):]
+            us.screened += len(kept) - sum(fresh)
+            for c, f in zip(extra, fit):
+                cands.append(c)
+                ok.append(bool(f) and (fresh.pop(0) if f else False))
+        return ok
 
     def run_generation(self, g: int) -> None:
         from lamcsp.generators.base import Candidate, Evaluated
@@ -522,6 +618,7 @@ class Search:
                 us.context.population.append(Evaluated(todo[i][2], Candidate.from_atoms(r.atoms), h, ok))
                 us.relaxed += 1
                 us.failed += int(not ok)
+            self._remember(us, [todo[i][2] for i in idx] + [results[i].atoms for i in idx if _result_ok(results[i])])
             self._update_best(us, [results[i] for i in idx])
         with self.store.transaction():
             for rid, kv in sorted(updates.items()):

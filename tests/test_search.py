@@ -294,3 +294,42 @@ def test_reference_files_replace_end_member_search_and_hull_matches_pymatgen(tmp
         for entries in block["compositions"].values():
             for e in entries:
                 assert e["e_above_hull"] == pytest.approx(pd.get_e_above_hull(by_id[e["db_id"]]), abs=1e-9)
+
+
+def _inputs_by_generation(run: Path) -> list[tuple[int, object, object]]:
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    from lamcsp.generators.base import Candidate
+
+    db = ase.db.connect(str(run / "results.db"), use_lock_file=False)
+    out = []
+    for r in sorted(db.select(role="search"), key=lambda r: (r.generation, r.candidate)):
+        start = Candidate.from_dict(r.data["candidate"]).to_structure()
+        out.append((r.generation, start, AseAtomsAdaptor.get_structure(r.toatoms())))
+    return out
+
+
+def test_similarity_screen_before_relaxation(tmp_path):
+    """dedupe.before_relax (default): no structure is relaxed whose start duplicates the start
+    or the relaxed result of an earlier relaxation; the same run without the screen relaxes
+    such duplicates (2-3 atom argon cells, where random draws repeat)."""
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    strict = StructureMatcher(ltol=0.05, stol=0.05, angle_tol=1.0)  # near-identical only
+    raw = {**AR_CAMPAIGN, "system": {"composition": "Ar", "formula_units": "2-3"},
+           "generators": [{"name": "random", "share": 1.0}], "population": 10, "generations": 3}
+    runs = {}
+    for screen in (True, False):
+        campaign = parse_campaign({**raw, "dedupe": {"before_relax": screen}})
+        search = Search(campaign, tmp_path / f"screen-{screen}", progress=False)
+        state = search.run(report=False)
+        rows = _inputs_by_generation(tmp_path / f"screen-{screen}")
+        repeats = 0
+        for k, (g, start, _) in enumerate(rows):
+            earlier = [s for _, s, _ in rows[:k]] + [r for gg, _, r in rows[:k] if gg < g]
+            repeats += any(strict.fit(start, e) for e in earlier)
+        runs[screen] = (repeats, state["units"][0]["screened"], len(rows))
+    (rep_on, screened_on, n_on), (rep_off, screened_off, n_off) = runs[True], runs[False]
+    assert rep_on == 0 and screened_on > 0
+    assert rep_off > 0 and screened_off == 0
+    assert n_on == n_off == 30  # the screen replaces what it drops

@@ -1,0 +1,613 @@
+"""CSP success benchmark: does lamcsp find known crystal structures, and with fewer
+relaxations than random search?
+
+For every target structure (default: the 60 MP-20 test structures of
+``benchmarks/data/mp20_small.json``; or any CIF/POSCAR files and folders):
+
+1. the reference is relaxed with the benchmark's model and relaxer (its own minimum is what
+   the model can find);
+2. every method runs a lamcsp search (:class:`lamcsp.search.Search`) on the target's
+   composition and atom count (``--formula-units same``: the reference's formula units;
+   ``upto``: 1 to that many) at 0 GPa, with the same budget of relaxations, seed, relaxer and
+   model;
+3. success (CSPBench's rule): one of the 5 lowest-enthalpy unique structures of the run
+   matches the relaxed reference by pymatgen's ``StructureMatcher(ltol=0.2, stol=0.3,
+   angle_tol=5)``, both symmetrised first (``SpacegroupAnalyzer(symprec=0.1)
+   .get_refined_structure()``).
+
+Recorded per run: success; the relaxations spent until the first relaxed structure (duplicate
+or not) that matches the reference, and the wall time until then; the energy distance (the
+run's best enthalpy per atom minus the relaxed reference's: negative when the model prefers
+another structure); and, for a failed run, why: ``model_prefers_other`` (at least 5 unique
+structures lie below the reference, so it could not be among the top 5 even if found),
+``found_not_top5`` (found, but fewer than 5 structures lie below the reference, so a duplicate
+representative that does not match took its place) or ``not_reached`` (the search never
+produced it within the budget). ``found`` says separately whether any relaxation matched.
+
+Methods (each a campaign's ``generators``; the rest of the campaign is lamcsp's defaults):
+
+* ``lamcsp``: lamcsp's default generator mix (what a campaign without ``generators`` gets);
+* ``random``: pure symmetric random search (AIRSS / PyXtal style): a space group drawn
+  uniformly among those that can hold the composition, Wyckoff sites, random free coordinates;
+* ``random_p1``: random search without symmetry (space group 1 only);
+* ``pso``: CALYPSO-style particle swarm alone (with its own share of random structures);
+* ``ga``: the genetic generator (USPEX-style heredity, lattice mutation, permutation).
+
+Every run keeps its lamcsp run directory under ``--out``/runs and writes its record as soon as
+it ends, so a rerun skips finished runs and resumes an interrupted one (``lamcsp search
+--resume``). ``--stop-at-match`` ends a run after the first generation whose lowest-enthalpy
+structure is the target (faster; it could only leave the top 5 if 5 lower structures were found
+later; the record says so). Runs where the model prefers other structures use the whole budget.
+
+Usage::
+
+    python benchmarks/csp_success.py --subset smoke --budget 60 --seeds 1      # CI smoke run
+    python benchmarks/csp_success.py --subset "nsites<=6" --budget 300 --seeds 2
+    python benchmarks/csp_success.py --subset ids:mp-23231,mp-1183691 --methods lamcsp,random
+    python benchmarks/csp_success.py --targets my_cifs/ --model chgnet --device cuda
+
+Outputs in ``--out`` (default ``benchmarks/results/csp_success``): ``csp_success.json`` (config,
+one record per target × method × seed, summaries), ``success_vs_relaxations.png`` and a table on
+stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_TARGETS = HERE / "data" / "mp20_small.json"
+#: the CI smoke run: three small, quick targets (rocksalt AgBr, hexagonal CrN and AlAg)
+SMOKE_IDS = ("mp-23231", "mp-1183691", "mp-1228901")
+METHODS = ("lamcsp", "random", "random_p1", "pso", "ga")
+DEFAULT_METHODS = ("lamcsp", "random", "random_p1", "ga")
+TOP_K = 5
+MATCHER = {"ltol": 0.2, "stol": 0.3, "angle_tol": 5.0}
+SYMPREC = 0.1
+#: relaxed structures farther than this from the reference's enthalpy (eV/atom) are not
+#: compared with the StructureMatcher (a matching structure relaxed by the same relaxer lies
+#: within a few meV/atom of it)
+ENERGY_WINDOW = 0.05
+#: "below the reference": more than this under it, eV/atom (relaxation noise at fmax 0.05)
+BELOW_TOL = 0.002
+
+
+# --------------------------------------------------------------------------------- targets
+
+
+class Target:
+    """One known structure: id, formula, space group, pymatgen structure."""
+
+    def __init__(self, ident: str, structure: Any, spacegroup: int | None = None, source: str = ""):
+        self.id = ident
+        self.structure = structure
+        self.spacegroup = spacegroup
+        self.source = source
+
+    @property
+    def nsites(self) -> int:
+        return len(self.structure)
+
+    @property
+    def composition(self) -> dict[str, int]:
+        """The reduced composition, as element -> count."""
+        comp, _ = self.structure.composition.get_reduced_composition_and_factor()
+        return {el.symbol: int(round(n)) for el, n in comp.items()}
+
+    @property
+    def formula_units(self) -> int:
+        return int(round(self.structure.composition.get_reduced_composition_and_factor()[1]))
+
+    @property
+    def formula(self) -> str:
+        return self.structure.composition.reduced_formula
+
+
+def load_targets(paths: Sequence[str]) -> list[Target]:
+    """Targets from JSON lists (the MP-20 format: material_id, cif, spacegroup) and
+    structure files or folders of them (CIF, POSCAR, extxyz: anything ASE reads)."""
+    from pymatgen.core import Structure
+
+    out: list[Target] = []
+    for p in paths:
+        path = Path(p)
+        if path.is_dir():
+            files = sorted(f for f in path.iterdir() if f.is_file())
+            out.extend(load_targets([str(f) for f in files]))
+        elif path.suffix == ".json":
+            for d in json.loads(path.read_text()):
+                s = Structure.from_str(d["cif"], fmt="cif")
+                out.append(Target(str(d["material_id"]), s, d.get("spacegroup"), str(path)))
+        else:
+            from pymatgen.io.ase import AseAtomsAdaptor
+
+            from lamcsp.io import read_structures
+
+            for i, atoms in enumerate(read_structures([str(path)], field="--targets")):
+                ident = path.stem if i == 0 else f"{path.stem}-{i}"
+                out.append(Target(ident, AseAtomsAdaptor.get_structure(atoms), None, str(path)))
+    return out
+
+
+def select(targets: list[Target], subset: str | None) -> list[Target]:
+    """``--subset``: ``smoke``; ``nsites<=N`` (or ``<N``, ``==N``); ``ids:ID,ID``; ``first:N``;
+    several joined by ``;`` (all must hold, in order)."""
+    if not subset:
+        return targets
+    for part in (p.strip() for p in subset.split(";") if p.strip()):
+        if part == "smoke":
+            by_id = {t.id: t for t in targets}
+            missing = [i for i in SMOKE_IDS if i not in by_id]
+            if missing:
+                raise SystemExit(f"--subset smoke: targets {missing} are not in the target list")
+            targets = [by_id[i] for i in SMOKE_IDS]
+        elif m := re.fullmatch(r"nsites\s*(<=|<|==|>=|>)\s*(\d+)", part):
+            op, n = m.group(1), int(m.group(2))
+            cmp: dict[str, Callable[[int], bool]] = {
+                "<=": lambda k: k <= n, "<": lambda k: k < n, "==": lambda k: k == n,
+                ">=": lambda k: k >= n, ">": lambda k: k > n}
+            targets = [t for t in targets if cmp[op](t.nsites)]
+        elif part.startswith("ids:"):
+            want = [i.strip() for i in part[4:].split(",") if i.strip()]
+            by_id = {t.id: t for t in targets}
+            missing = [i for i in want if i not in by_id]
+            if missing:
+                raise SystemExit(f"--subset: unknown target ids {missing}")
+            targets = [by_id[i] for i in want]
+        elif part.startswith("first:"):
+            targets = targets[: int(part[6:])]
+        else:
+            raise SystemExit(f"--subset: cannot read {part!r}; use smoke, nsites<=N, ids:A,B or first:N")
+    return targets
+
+
+# --------------------------------------------------------------------------------- matching
+
+
+def symmetrized(structure: Any) -> Any:
+    """The structure refined to its space group at ``symprec=0.1`` (itself where spglib fails)."""
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    try:
+        return SpacegroupAnalyzer(structure, symprec=SYMPREC).get_refined_structure()
+    except Exception:  # spglib finds no cell: compare the structure as it is
+        return structure
+
+
+class Reference:
+    """A relaxed reference and a matcher against it (symmetrised once)."""
+
+    def __init__(self, structure: Any, enthalpy_per_atom: float, spacegroup: int):
+        from pymatgen.analysis.structure_matcher import StructureMatcher
+
+        self.structure = structure
+        self.enthalpy_per_atom = enthalpy_per_atom
+        self.spacegroup = spacegroup
+        self.sym = symmetrized(structure)
+        self.matcher = StructureMatcher(**MATCHER)
+        self.calls = 0
+
+    def matches(self, structure: Any, enthalpy_per_atom: float | None = None) -> bool:
+        if enthalpy_per_atom is not None and abs(enthalpy_per_atom - self.enthalpy_per_atom) > ENERGY_WINDOW:
+            return False
+        if structure.composition.reduced_composition != self.structure.composition.reduced_composition:
+            return False
+        self.calls += 1
+        return bool(self.matcher.fit(self.sym, symmetrized(structure)))
+
+
+def relax_reference(target: Target, potential: Any, relax: Any, cache: Path) -> Reference:
+    """The target relaxed with the benchmark's model and relaxer (cached in ``cache``)."""
+    from pymatgen.core import Structure
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    from lamcsp.io import spacegroup_number
+    from lamcsp.relax import Relaxer
+
+    if cache.exists():
+        d = json.loads(cache.read_text())
+        return Reference(Structure.from_dict(d["structure"]), d["enthalpy_per_atom"], d["spacegroup"])
+    relaxer = Relaxer(potential, optimizer=relax.optimizer, fmax=relax.fmax, max_steps=relax.max_steps,
+                      max_atoms=relax.max_atoms, progress=False)
+    (res,) = relaxer.relax([AseAtomsAdaptor.get_atoms(target.structure)], [0.0])
+    s = AseAtomsAdaptor.get_structure(res.atoms)
+    ref = Reference(s, float(res.enthalpy_per_atom), spacegroup_number(res.atoms, SYMPREC))
+    d = {"structure": s.as_dict(), "enthalpy_per_atom": ref.enthalpy_per_atom, "spacegroup": ref.spacegroup,
+         "converged": bool(res.converged), "steps": int(res.steps),
+         "matches_input": bool(ref.matches(target.structure))}
+    _write_json(cache, d)
+    return ref
+
+
+# --------------------------------------------------------------------------------- methods
+
+
+def method_generators(method: str) -> list[dict[str, Any]] | None:
+    """The ``generators`` list of a method's campaign (``None``: lamcsp's default)."""
+    if method == "lamcsp":
+        return None
+    if method in ("random", "random_p1"):
+        return [{"name": "random", "share": 1.0}]
+    if method == "pso":
+        return [{"name": "pso", "share": 1.0}]
+    if method == "ga":
+        return [{"name": "ga", "share": 1.0}]
+    raise SystemExit(f"--methods: unknown method {method!r}; use some of {', '.join(METHODS)}")
+
+
+def campaign_for(target: Target, method: str, seed: int, args: argparse.Namespace) -> Any:
+    from lamcsp.campaign import parse_campaign
+
+    fu = target.formula_units
+    system: dict[str, Any] = {"composition": target.composition,
+                              "formula_units": fu if args.formula_units == "same" else f"1-{fu}",
+                              "pressures": 0.0}
+    if method == "random_p1":
+        system["spacegroups"] = [1]
+    baseline = method in ("random", "random_p1")
+    raw: dict[str, Any] = {
+        "name": f"{target.id}-{method}-s{seed}", "seed": seed, "system": system,
+        "population": args.population, "generations": None, "max_relaxations": args.budget,
+        "stop": {"patience": None}, "model": _model_section(args), "report": {"top_n": TOP_K},
+        # the baselines relax every structure they draw (AIRSS, PyXtal); lamcsp's methods keep
+        # its default similarity screen before relaxation
+        "dedupe": {"before_relax": False} if baseline else {},
+    }
+    gens = method_generators(method)
+    if gens is not None:
+        raw["generators"] = gens
+    return parse_campaign(raw, source=f"benchmark campaign {raw['name']}")
+
+
+def _model_section(args: argparse.Namespace) -> dict[str, Any]:
+    backend, _, rest = args.model.partition(":")
+    section: dict[str, Any] = {"backend": backend, "device": args.device}
+    if rest:
+        if backend == "chgnet" and re.fullmatch(r"\d+\.\d+\.\d+", rest):
+            section["options"] = {"version": rest}
+        else:
+            section["path"] = rest
+    return section
+
+
+# --------------------------------------------------------------------------------- one run
+
+
+def evaluate(run_dir: Path, ref: Reference) -> dict[str, Any]:
+    """Success, first match, energy distance and failure reason of a finished (or stopped) run."""
+    from ase.db.core import T2000, YEAR
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    from lamcsp.store import ResultStore
+
+    store = ResultStore(run_dir)
+    rows = sorted(store.rows(role="search", include_data=False),
+                  key=lambda r: (r.generation, r.unit, r.candidate))
+    ok = [r for r in rows if not str(r.status).startswith("failed") and math.isfinite(r.enthalpy_per_atom)]
+    ok_ids = {int(r.id) for r in ok}
+    unique = sorted((r for r in ok if r.get("unique")), key=lambda r: r.enthalpy_per_atom)
+    top = unique[:TOP_K]
+
+    def match(r: Any) -> bool:
+        return ref.matches(AseAtomsAdaptor.get_structure(r.toatoms()), float(r.enthalpy_per_atom))
+
+    top_match = [i for i, r in enumerate(top) if match(r)]
+    first = None
+    for n, r in enumerate(rows, start=1):
+        if int(r.id) in ok_ids and match(r):
+            first = (n, r)
+            break
+    start = json.loads((run_dir / "bench_run.json").read_text())["start"] if (run_dir / "bench_run.json").exists() else None
+    best = unique[0].enthalpy_per_atom if unique else math.nan
+    n_below = sum(1 for r in unique if r.enthalpy_per_atom < ref.enthalpy_per_atom - BELOW_TOL)
+    success = bool(top_match)
+    reason = None
+    if not success:
+        if n_below >= TOP_K:
+            reason = "model_prefers_other"
+        elif first is not None:
+            reason = "found_not_top5"
+        else:
+            reason = "not_reached"
+    rec: dict[str, Any] = {
+        "success": success,
+        "rank": (top_match[0] + 1) if success else None,
+        "relaxations": len(rows),
+        "failed_relaxations": len(rows) - len(ok),
+        "unique": len(unique),
+        "found": first is not None,
+        "relaxations_to_match": first[0] if first else None,
+        "seconds_to_match": (first[1].ctime * YEAR + T2000 - start) if first and start else None,
+        "best_enthalpy_per_atom": best,
+        "energy_distance": best - ref.enthalpy_per_atom if unique else None,
+        "n_below_reference": n_below,
+        "top_spacegroups": [int(r.spacegroup) for r in top],
+        "reason": reason,
+    }
+    return rec
+
+
+def run_one(target: Target, method: str, seed: int, ref: Reference, potential: Any,
+            args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    from lamcsp.search import Search
+    from lamcsp.store import ResultStore
+
+    run_dir = out / "runs" / target.id / f"{method}-s{seed}"
+    record_path = run_dir / "bench_record.json"
+    if record_path.exists():
+        return json.loads(record_path.read_text())
+    campaign = campaign_for(target, method, seed, args)
+    resume = (run_dir / "campaign.yaml").exists()
+    meta = run_dir / "bench_run.json"
+    t0 = time.time()
+    if not resume:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _write_json(meta, {"start": t0, "elapsed": 0.0})
+    prior = json.loads(meta.read_text())["elapsed"] if meta.exists() else 0.0
+
+    def found(search: Search) -> bool:
+        # after each generation: stop once the target is the lowest unique structure so far (a
+        # later generation would need 5 distinct lower structures to push it out of the top 5)
+        store: ResultStore = search.store
+        rows = sorted(store.rows(role="search", unique=True, include_data=False),
+                      key=lambda r: r.enthalpy_per_atom)[:1]
+        return any(ref.matches(AseAtomsAdaptor.get_structure(r.toatoms()), float(r.enthalpy_per_atom))
+                   for r in rows)
+
+    search = Search(campaign, run_dir, potential=potential, resume=resume, progress=False)
+    search.run(until=found if args.stop_at_match else None, report=False)
+    elapsed = prior + time.time() - t0
+    _write_json(meta, {**json.loads(meta.read_text()), "elapsed": elapsed})
+    rec = {"target": target.id, "formula": target.formula, "nsites": target.nsites,
+           "spacegroup": target.spacegroup, "method": method, "seed": seed,
+           **evaluate(run_dir, ref), "seconds": elapsed, "stopped_at_match": bool(args.stop_at_match),
+           "resumed": resume}
+    _write_json(record_path, rec)
+    return rec
+
+
+# --------------------------------------------------------------------------------- summary
+
+
+def summarize(records: list[dict[str, Any]], methods: Sequence[str], budget: int) -> dict[str, Any]:
+    """Per method: success rate over runs and over targets, median relaxations and seconds to
+    the first match over successful runs, failure reasons; and each method's median against
+    pure symmetric random search's, on its own hits and on the runs both hit."""
+    out: dict[str, Any] = {}
+    by = {m: [r for r in records if r["method"] == m] for m in methods}
+    for m, rs in by.items():
+        if not rs:
+            continue
+        hits = [r for r in rs if r["success"]]
+        targets = sorted({r["target"] for r in rs})
+        reasons: dict[str, int] = {}
+        for r in rs:
+            if r["reason"]:
+                reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
+        out[m] = {
+            "runs": len(rs), "hits": len(hits), "success_rate": len(hits) / len(rs),
+            "targets": len(targets),
+            "targets_found_any_seed": sum(any(r["success"] for r in rs if r["target"] == t) for t in targets),
+            "median_relaxations_to_match": _median([r["relaxations_to_match"] for r in hits]),
+            "median_seconds_to_match": _median([r["seconds_to_match"] for r in hits]),
+            "relaxations_spent": sum(r["relaxations"] for r in rs),
+            "seconds": sum(r["seconds"] for r in rs),
+            "failure_reasons": reasons,
+        }
+    if "random" in out:
+        base = {(r["target"], r["seed"]): r for r in by["random"]}
+        for m in out:
+            own = out[m]["median_relaxations_to_match"]
+            ref = out["random"]["median_relaxations_to_match"]
+            out[m]["median_ratio_vs_random"] = own / ref if own and ref else None
+            both = [(r["relaxations_to_match"], base[(r["target"], r["seed"])]["relaxations_to_match"])
+                    for r in by[m] if r["success"] and (r["target"], r["seed"]) in base
+                    and base[(r["target"], r["seed"])]["success"]]
+            if both:
+                a, b = _median([x for x, _ in both]), _median([y for _, y in both])
+                out[m]["common_hits"] = len(both)
+                out[m]["median_ratio_vs_random_common"] = a / b if a and b else None
+    return out
+
+
+def _median(xs: Sequence[float | None]) -> float | None:
+    v = [float(x) for x in xs if x is not None]
+    return statistics.median(v) if v else None
+
+
+def print_table(records: list[dict[str, Any]], summary: dict[str, Any], methods: Sequence[str],
+                targets: list[Target], seeds: Sequence[int]) -> None:
+    w = max(12, *(len(f"{t.id} {t.formula}") for t in targets))
+    head = f"{'target':<{w}} {'sites':>5} {'sg':>4} {'E_ref':>8} " + " ".join(f"{m:>16}" for m in methods)
+    print(head)
+    print("-" * len(head))
+    refs = {r["target"]: r for r in records}
+    for t in targets:
+        cells = []
+        for m in methods:
+            rs = [r for r in records if r["target"] == t.id and r["method"] == m]
+            if not rs:
+                cells.append(f"{'-':>16}")
+                continue
+            hits = [r for r in rs if r["success"]]
+            med = _median([r["relaxations_to_match"] for r in hits])
+            ed = _median([r["energy_distance"] for r in rs])
+            txt = f"{len(hits)}/{len(rs)}" + (f" @{med:.0f}" if med is not None else "")
+            if not hits and ed is not None:
+                txt += f" {1000 * ed:+.0f}meV"
+            cells.append(f"{txt:>16}")
+        e_ref = refs.get(t.id, {}).get("reference_enthalpy_per_atom")
+        e_txt = f"{e_ref:8.3f}" if e_ref is not None else f"{'':>8}"
+        print(f"{t.id + ' ' + t.formula:<{w}} {t.nsites:>5} {t.spacegroup or '':>4} {e_txt} " + " ".join(cells))
+    print()
+    print("cells: hits/runs @median relaxations to the first match; failed: median energy distance "
+          "(best found - relaxed reference, meV/atom)")
+    print()
+    print(f"{'method':<10} {'success':>9} {'targets':>8} {'med relax':>10} {'vs random':>10} "
+          f"{'(common)':>9} {'med s':>7} {'relax':>7} {'s':>7}  failures")
+    for m, s in summary.items():
+        ratio = s.get("median_ratio_vs_random")
+        common = s.get("median_ratio_vs_random_common")
+        print(f"{m:<10} {s['hits']:>3}/{s['runs']:<3} {100 * s['success_rate']:3.0f}% "
+              f"{s['targets_found_any_seed']:>3}/{s['targets']:<3} "
+              f"{_fmt(s['median_relaxations_to_match'], '.0f'):>10} {_fmt(ratio, '.2f'):>10} "
+              f"{_fmt(common, '.2f'):>9} {_fmt(s['median_seconds_to_match'], '.1f'):>7} "
+              f"{s['relaxations_spent']:>7} {s['seconds']:>7.0f}  "
+              + ", ".join(f"{k} {v}" for k, v in sorted(s["failure_reasons"].items())))
+
+
+def _fmt(x: float | None, spec: str) -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def plot(records: list[dict[str, Any]], methods: Sequence[str], budget: int, path: Path) -> None:
+    """Success rate (over runs) against relaxations spent, one curve per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    xs = np.arange(0, budget + 1)
+    for m in methods:
+        rs = [r for r in records if r["method"] == m]
+        if not rs:
+            continue
+        firsts = np.array([r["relaxations_to_match"] for r in rs if r["success"]], dtype=float)
+        ys = [(firsts <= x).sum() / len(rs) for x in xs]
+        ax.step(xs, ys, where="post", label=f"{m} ({len(firsts)}/{len(rs)})")
+    ax.set_xlabel("relaxations spent")
+    ax.set_ylabel("success rate (top-5 match)")
+    ax.set_ylim(0, 1)
+    ax.set_xlim(0, budget)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------------- main
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=float))
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--targets", nargs="+", default=[str(DEFAULT_TARGETS)],
+                    help="JSON target lists (MP-20 format) and/or CIF/POSCAR files or folders")
+    ap.add_argument("--subset", default=None,
+                    help="smoke | nsites<=N | ids:ID,ID | first:N (join with ';')")
+    ap.add_argument("--budget", type=int, default=300, help="relaxations per run (default 300)")
+    ap.add_argument("--seeds", default="2",
+                    help="N (seeds 1..N) or a comma list of seeds (default 2)")
+    ap.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                    help=f"comma list of {', '.join(METHODS)} (default {','.join(DEFAULT_METHODS)})")
+    ap.add_argument("--model", default="chgnet",
+                    help="chgnet (pretrained 0.3.0), chgnet:VERSION, chgnet:PATH, emt, lj... (default chgnet)")
+    ap.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    ap.add_argument("--population", type=int, default=None,
+                    help="structures per generation (default: lamcsp's campaign default)")
+    ap.add_argument("--formula-units", choices=("same", "upto"), default="same",
+                    help="same: the reference's formula units; upto: 1 to that many")
+    ap.add_argument("--stop-at-match", action="store_true",
+                    help="end a run once the target is its lowest structure (faster)")
+    ap.add_argument("--out", default=str(HERE / "results" / "csp_success"), help="output folder")
+    args = ap.parse_args(argv)
+    warnings.filterwarnings("ignore")  # pymatgen's CIF rounding notes, spglib deprecations
+
+    from lamcsp.campaign import Campaign
+
+    defaults = Campaign()
+    if args.population is None:
+        args.population = defaults.population
+    seeds = (list(range(1, int(args.seeds) + 1)) if args.seeds.isdigit()
+             else [int(s) for s in args.seeds.split(",") if s.strip()])
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    for m in methods:
+        method_generators(m)
+    targets = select(load_targets(args.targets), args.subset)
+    if not targets:
+        raise SystemExit("no targets selected")
+    out = Path(args.out)
+    (out / "refs").mkdir(parents=True, exist_ok=True)
+
+    import torch
+
+    from lamcsp.potentials.registry import load_model
+
+    campaign0 = campaign_for(targets[0], methods[0], seeds[0], args)
+    potential = load_model(campaign0.model)
+    default_gens = ", ".join(f"{g.name} {g.share:g}" for g in defaults.generators)
+    print(f"csp_success: {len(targets)} targets x {len(methods)} methods x {len(seeds)} seeds, budget "
+          f"{args.budget} relaxations, population {args.population}, model {potential.model_id} on "
+          f"{args.device}; lamcsp default generators: {default_gens}", flush=True)
+    records: list[dict[str, Any]] = []
+    t_start = time.time()
+    for ti, t in enumerate(targets):
+        ref = relax_reference(t, potential, campaign0.relax, out / "refs" / f"{t.id}.json")
+        for m in methods:
+            for seed in seeds:
+                try:
+                    rec = run_one(t, m, seed, ref, potential, args, out)
+                except Exception as exc:  # a run that cannot start or crashes: recorded, not fatal
+                    rec = {"target": t.id, "formula": t.formula, "nsites": t.nsites, "spacegroup": t.spacegroup,
+                           "method": m, "seed": seed, "success": False, "reason": "error",
+                           "error": f"{type(exc).__name__}: {exc}", "relaxations": 0, "seconds": 0.0,
+                           "relaxations_to_match": None, "seconds_to_match": None, "energy_distance": None,
+                           "rank": None}
+                rec["reference_enthalpy_per_atom"] = ref.enthalpy_per_atom
+                rec["reference_spacegroup"] = ref.spacegroup
+                records.append(rec)
+                status = (f"hit at {rec['relaxations_to_match']} (rank {rec['rank']})" if rec["success"]
+                          else f"error: {rec['error']}" if rec["reason"] == "error"
+                          else f"miss: {rec['reason']} (dE {_fmt(rec['energy_distance'] and 1000 * rec['energy_distance'], '+.0f')} meV/atom)")
+                print(f"[{ti + 1}/{len(targets)}] {t.id} {t.formula} ({t.nsites} sites, sg {t.spacegroup}) "
+                      f"{m} seed {seed}: {status}, {rec['relaxations']} relaxations, {rec['seconds']:.0f} s",
+                      flush=True)
+    summary = summarize(records, methods, args.budget)
+    print()
+    print_table(records, summary, methods, targets, seeds)
+    result = {
+        "config": {"targets": args.targets, "subset": args.subset, "n_targets": len(targets),
+                   "budget": args.budget, "seeds": seeds, "methods": methods, "model": potential.model_id,
+                   "device": args.device, "population": args.population, "formula_units": args.formula_units,
+                   "stop_at_match": args.stop_at_match, "lamcsp_default_generators": default_gens,
+                   "matcher": MATCHER, "symprec": SYMPREC, "top_k": TOP_K},
+        "machine": {"python": platform.python_version(), "torch": torch.__version__,
+                    "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
+                    "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+                    "loadavg": os.getloadavg()},
+        "seconds": time.time() - t_start,
+        "summary": summary,
+        "records": records,
+    }
+    _write_json(out / "csp_success.json", result)
+    plot(records, methods, args.budget, out / "success_vs_relaxations.png")
+    print(f"\nwrote {out / 'csp_success.json'} and {out / 'success_vs_relaxations.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""The CSP success benchmark's smoke run (3 two-atom MP-20 targets, CHGNet, a small budget):
+what CI runs of ``benchmarks/csp_success.py``. It checks that the known structures are found,
+that the records say why a run failed, and that a rerun reads every finished run back."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "csp_success.py"
+FIELDS = {"target", "method", "seed", "success", "rank", "relaxations", "relaxations_to_match",
+          "seconds_to_match", "energy_distance", "reason", "found", "seconds", "n_below_reference"}
+
+
+def _run(out: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, str(SCRIPT), "--subset", "smoke", "--budget", "48", "--seeds", "1",
+           "--methods", "lamcsp,random", "--population", "12", "--out", str(out)]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return res
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("csp")
+    first = _run(out)
+    return out, first, json.loads((out / "csp_success.json").read_text())
+
+
+def test_smoke_run_finds_the_known_structures(smoke):
+    out, first, result = smoke
+    records = result["records"]
+    assert len(records) == 6 and all(FIELDS <= set(r) for r in records)
+    assert {r["target"] for r in records} == {"mp-23231", "mp-1183691", "mp-1228901"}
+    for r in records:
+        assert r["relaxations"] <= 48
+        if r["success"]:
+            # a hit is a structure among the 5 lowest that matches the relaxed reference
+            assert 1 <= r["rank"] <= 5 and 1 <= r["relaxations_to_match"] <= r["relaxations"]
+            assert r["reason"] is None and r["found"]
+            assert abs(r["energy_distance"]) < 0.05
+        else:
+            assert r["reason"] in ("model_prefers_other", "found_not_top5", "not_reached")
+            if r["reason"] == "model_prefers_other":
+                assert r["energy_distance"] < 0 and r["n_below_reference"] >= 5
+    hits = [r for r in records if r["method"] == "lamcsp" and r["success"]]
+    assert len(hits) >= 2, [(r["target"], r["reason"], r["energy_distance"]) for r in records]
+    summary = result["summary"]
+    assert summary["lamcsp"]["runs"] == 3 and summary["lamcsp"]["hits"] == len(hits)
+    assert (out / "success_vs_relaxations.png").stat().st_size > 1000
+    assert "lamcsp" in first.stdout and "vs random" in first.stdout
+
+
+def test_reference_relaxation_matches_its_input(smoke):
+    out, _, _ = smoke
+    for ident in ("mp-23231", "mp-1183691", "mp-1228901"):
+        ref = json.loads((out / "refs" / f"{ident}.json").read_text())
+        assert ref["converged"] and ref["matches_input"]
+
+
+def test_rerun_reads_every_finished_run_back(smoke):
+    out, _, result = smoke
+    dbs = sorted(out.glob("runs/*/*/results.db"))
+    assert len(dbs) == 6
+    before = {p: p.stat().st_mtime_ns for p in dbs}
+    again = _run(out)
+    assert {p: p.stat().st_mtime_ns for p in dbs} == before  # nothing relaxed or stored again
+    second = json.loads((out / "csp_success.json").read_text())
+    key = lambda r: (r["target"], r["method"], r["seed"])  # noqa: E731
+    assert sorted(map(key, second["records"])) == sorted(map(key, result["records"]))
+    for a, b in zip(sorted(result["records"], key=key), sorted(second["records"], key=key)):
+        assert a["success"] == b["success"] and a["relaxations_to_match"] == b["relaxations_to_match"]
+    assert "[1/3]" in again.stdout
