@@ -156,11 +156,12 @@ def select(targets: list[Target], subset: str | None) -> list[Target]:
                 raise SystemExit(f"--subset smoke: targets {missing} are not in the target list")
             targets = [by_id[i] for i in SMOKE_IDS]
         elif m := re.fullmatch(r"nsites\s*(<=|<|==|>=|>)\s*(\d+)", part):
-            op, n = m.group(1), int(m.group(2))
-            cmp: dict[str, Callable[[int], bool]] = {
-                "<=": lambda k: k <= n, "<": lambda k: k < n, "==": lambda k: k == n,
-                ">=": lambda k: k >= n, ">": lambda k: k > n}
-            targets = [t for t in targets if cmp[op](t.nsites)]
+            import operator
+
+            ops: dict[str, Callable[[int, int], bool]] = {
+                "<=": operator.le, "<": operator.lt, "==": operator.eq, ">=": operator.ge, ">": operator.gt}
+            op, n = ops[m.group(1)], int(m.group(2))
+            targets = [t for t in targets if op(t.nsites, n)]
         elif part.startswith("ids:"):
             want = [i.strip() for i in part[4:].split(",") if i.strip()]
             by_id = {t.id: t for t in targets}
@@ -212,11 +213,11 @@ class Reference:
 
 def relax_reference(target: Target, potential: Any, relax: Any, cache: Path) -> Reference:
     """The target relaxed with the benchmark's model and relaxer (cached in ``cache``)."""
+    from lamcsp.relax import Relaxer
     from pymatgen.core import Structure
     from pymatgen.io.ase import AseAtomsAdaptor
 
     from lamcsp.io import spacegroup_number
-    from lamcsp.relax import Relaxer
 
     if cache.exists():
         d = json.loads(cache.read_text())
@@ -311,7 +312,8 @@ def evaluate(run_dir: Path, ref: Reference) -> dict[str, Any]:
         if int(r.id) in ok_ids and match(r):
             first = (n, r)
             break
-    start = json.loads((run_dir / "bench_run.json").read_text())["start"] if (run_dir / "bench_run.json").exists() else None
+    meta = run_dir / "bench_run.json"
+    start = json.loads(meta.read_text())["start"] if meta.exists() else None
     best = unique[0].enthalpy_per_atom if unique else math.nan
     n_below = sum(1 for r in unique if r.enthalpy_per_atom < ref.enthalpy_per_atom - BELOW_TOL)
     success = bool(top_match)
@@ -454,7 +456,8 @@ def print_table(records: list[dict[str, Any]], summary: dict[str, Any], methods:
             cells.append(f"{txt:>16}")
         e_ref = refs.get(t.id, {}).get("reference_enthalpy_per_atom")
         e_txt = f"{e_ref:8.3f}" if e_ref is not None else f"{'':>8}"
-        print(f"{t.id + ' ' + t.formula:<{w}} {t.nsites:>5} {t.spacegroup or '':>4} {e_txt} " + " ".join(cells))
+        name = f"{t.id} {t.formula}"
+        print(f"{name:<{w}} {t.nsites:>5} {t.spacegroup or '':>4} {e_txt} " + " ".join(cells))
     print()
     print("cells: hits/runs @median relaxations to the first match; failed: median energy distance "
           "(best found - relaxed reference, meV/atom)")
@@ -525,7 +528,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                     help=f"comma list of {', '.join(METHODS)} (default {','.join(DEFAULT_METHODS)})")
     ap.add_argument("--model", default="chgnet",
-                    help="chgnet (pretrained 0.3.0), chgnet:VERSION, chgnet:PATH, emt, lj... (default chgnet)")
+                    help="chgnet (pretrained 0.3.0), chgnet:VERSION, chgnet:PATH, emt, lj... "
+                         "(default chgnet)")
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     ap.add_argument("--population", type=int, default=None,
                     help="structures per generation (default: lamcsp's campaign default)")
@@ -572,17 +576,19 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     rec = run_one(t, m, seed, ref, potential, args, out)
                 except Exception as exc:  # a run that cannot start or crashes: recorded, not fatal
-                    rec = {"target": t.id, "formula": t.formula, "nsites": t.nsites, "spacegroup": t.spacegroup,
-                           "method": m, "seed": seed, "success": False, "reason": "error",
+                    rec = {"target": t.id, "formula": t.formula, "nsites": t.nsites,
+                           "spacegroup": t.spacegroup, "method": m, "seed": seed, "success": False,
+                           "reason": "error",
                            "error": f"{type(exc).__name__}: {exc}", "relaxations": 0, "seconds": 0.0,
                            "relaxations_to_match": None, "seconds_to_match": None, "energy_distance": None,
                            "rank": None}
                 rec["reference_enthalpy_per_atom"] = ref.enthalpy_per_atom
                 rec["reference_spacegroup"] = ref.spacegroup
                 records.append(rec)
+                de = rec["energy_distance"]
                 status = (f"hit at {rec['relaxations_to_match']} (rank {rec['rank']})" if rec["success"]
                           else f"error: {rec['error']}" if rec["reason"] == "error"
-                          else f"miss: {rec['reason']} (dE {_fmt(rec['energy_distance'] and 1000 * rec['energy_distance'], '+.0f')} meV/atom)")
+                          else f"miss: {rec['reason']} (dE {_fmt(de and 1000 * de, '+.0f')} meV/atom)")
                 print(f"[{ti + 1}/{len(targets)}] {t.id} {t.formula} ({t.nsites} sites, sg {t.spacegroup}) "
                       f"{m} seed {seed}: {status}, {rec['relaxations']} relaxations, {rec['seconds']:.0f} s",
                       flush=True)

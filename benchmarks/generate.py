@@ -138,7 +138,8 @@ def run_lamcsp(per_fu: dict[str, int], fu: int, n: int, seed: int) -> dict[str, 
 
     ctx = GenerationContext(composition=per_fu, formula_units=[fu], spacegroups=list(range(2, 231)),
                             distance_factor=DISTANCE_FACTOR)
-    SymmetricRandom(volume_factor=PYXTAL_FACTOR, cell="conventional").propose(50, np.random.default_rng(seed + 1), ctx)  # warm-up
+    SymmetricRandom(volume_factor=PYXTAL_FACTOR, cell="conventional").propose(  # warm-up
+        50, np.random.default_rng(seed + 1), ctx)
     gen = SymmetricRandom(volume_factor=PYXTAL_FACTOR, cell="conventional")
     t0 = time.perf_counter()
     cands = gen.propose(n, np.random.default_rng(seed), ctx)

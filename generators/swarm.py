@@ -106,9 +106,7 @@ def project_to_template(template: Candidate, relaxed: Candidate, tol: float = 0.
     more than ``tol`` (fractional) from the symmetrised ones, or another composition).
     """
     from lamcsp.generators.base import WyckoffSite
-    from lamcsp.generators.symmetric import from_vector, to_vector
-
-    from lamcsp.generators.symmetric import centring_transform, primitive_indices
+    from lamcsp.generators.symmetric import centring_transform, from_vector, primitive_indices, to_vector
 
     if relaxed.n_atoms != template.n_atoms or not np.array_equal(relaxed.numbers, template.numbers):
         return None

@@ -683,7 +683,8 @@ def to_primitive(frac: np.ndarray, lattice: np.ndarray, sg: int) -> tuple[np.nda
     keep = primitive_indices(frac, sg)
     k = len(space_group(sg).centring)
     if len(keep) * k != len(frac):
-        raise RuntimeError(f"space group {sg}: {len(frac)} conventional atoms gave {len(keep)} primitive ones")
+        raise RuntimeError(f"space group {sg}: {len(frac)} conventional atoms gave {len(keep)} "
+                           "primitive ones")
     return keep, np.mod(np.asarray(frac)[keep] @ tr[1], 1.0), tr[0] @ np.asarray(lattice)
 
 
@@ -864,8 +865,8 @@ class SymmetricRandom:
         volume_factor: target volume = this × the sum of element volumes (default:
             ``context.volume_factor``).
         max_attempts: lattices drawn per structure before giving up on it. When the first
-            structure of a call fails ``1 + FIRST_FAILURE_RETRIES`` times, the request is taken as impossible and
-            :class:`~lamcsp.errors.SetupError` is raised; later failures are skipped (fewer
+            structure of a call fails ``1 + FIRST_FAILURE_RETRIES`` times, the request is taken
+            as impossible and :class:`~lamcsp.errors.SetupError` is raised; later failures are skipped (fewer
             than ``n`` candidates are returned).
         verify: check every structure's space group with spglib (``symprec=0.01``) and
             redraw it when it differs.

@@ -359,7 +359,8 @@ class Search:
         out = []
         for it in items:
             c = it if isinstance(it, Candidate) else Candidate.from_atoms(it)
-            v0 = us.context.volume_factor * float(np.mean([default_element_volume(int(z)) for z in c.numbers]))
+            v0 = us.context.volume_factor * float(np.mean([default_element_volume(int(z))
+                                                           for z in c.numbers]))
             scale = (v0 * c.n_atoms / c.volume) ** (1.0 / 3.0)
             out.append(Candidate(c.numbers, c.frac, c.lattice * scale))
         return out
@@ -618,7 +619,8 @@ class Search:
                 us.context.population.append(Evaluated(todo[i][2], Candidate.from_atoms(r.atoms), h, ok))
                 us.relaxed += 1
                 us.failed += int(not ok)
-            self._remember(us, [todo[i][2] for i in idx] + [results[i].atoms for i in idx if _result_ok(results[i])])
+            self._remember(us, [todo[i][2] for i in idx]
+                           + [results[i].atoms for i in idx if _result_ok(results[i])])
             self._update_best(us, [results[i] for i in idx])
         with self.store.transaction():
             for rid, kv in sorted(updates.items()):

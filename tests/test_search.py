@@ -297,9 +297,8 @@ def test_reference_files_replace_end_member_search_and_hull_matches_pymatgen(tmp
 
 
 def _inputs_by_generation(run: Path) -> list[tuple[int, object, object]]:
-    from pymatgen.io.ase import AseAtomsAdaptor
-
     from lamcsp.generators.base import Candidate
+    from pymatgen.io.ase import AseAtomsAdaptor
 
     db = ase.db.connect(str(run / "results.db"), use_lock_file=False)
     out = []
