@@ -569,29 +569,31 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.device}; lamcsp default generators: {default_gens}", flush=True)
     records: list[dict[str, Any]] = []
     t_start = time.time()
-    for ti, t in enumerate(targets):
-        ref = relax_reference(t, potential, campaign0.relax, out / "refs" / f"{t.id}.json")
-        for m in methods:
-            for seed in seeds:
-                try:
-                    rec = run_one(t, m, seed, ref, potential, args, out)
-                except Exception as exc:  # a run that cannot start or crashes: recorded, not fatal
-                    rec = {"target": t.id, "formula": t.formula, "nsites": t.nsites,
-                           "spacegroup": t.spacegroup, "method": m, "seed": seed, "success": False,
-                           "reason": "error",
-                           "error": f"{type(exc).__name__}: {exc}", "relaxations": 0, "seconds": 0.0,
-                           "relaxations_to_match": None, "seconds_to_match": None, "energy_distance": None,
-                           "rank": None}
-                rec["reference_enthalpy_per_atom"] = ref.enthalpy_per_atom
-                rec["reference_spacegroup"] = ref.spacegroup
-                records.append(rec)
-                de = rec["energy_distance"]
-                status = (f"hit at {rec['relaxations_to_match']} (rank {rec['rank']})" if rec["success"]
-                          else f"error: {rec['error']}" if rec["reason"] == "error"
-                          else f"miss: {rec['reason']} (dE {_fmt(de and 1000 * de, '+.0f')} meV/atom)")
-                print(f"[{ti + 1}/{len(targets)}] {t.id} {t.formula} ({t.nsites} sites, sg {t.spacegroup}) "
-                      f"{m} seed {seed}: {status}, {rec['relaxations']} relaxations, {rec['seconds']:.0f} s",
-                      flush=True)
+    refs: dict[str, Reference] = {}
+    # seeds outermost, so that an interrupted benchmark has every target for the first seeds
+    for seed, (ti, t), m in ((s, tt, m) for s in seeds for tt in enumerate(targets) for m in methods):
+        if t.id not in refs:
+            refs[t.id] = relax_reference(t, potential, campaign0.relax, out / "refs" / f"{t.id}.json")
+        ref = refs[t.id]
+        try:
+            rec = run_one(t, m, seed, ref, potential, args, out)
+        except Exception as exc:  # a run that cannot start or crashes: recorded, not fatal
+            rec = {"target": t.id, "formula": t.formula, "nsites": t.nsites,
+                   "spacegroup": t.spacegroup, "method": m, "seed": seed, "success": False,
+                   "reason": "error",
+                   "error": f"{type(exc).__name__}: {exc}", "relaxations": 0, "seconds": 0.0,
+                   "relaxations_to_match": None, "seconds_to_match": None, "energy_distance": None,
+                   "rank": None}
+        rec["reference_enthalpy_per_atom"] = ref.enthalpy_per_atom
+        rec["reference_spacegroup"] = ref.spacegroup
+        records.append(rec)
+        de = rec["energy_distance"]
+        status = (f"hit at {rec['relaxations_to_match']} (rank {rec['rank']})" if rec["success"]
+                  else f"error: {rec['error']}" if rec["reason"] == "error"
+                  else f"miss: {rec['reason']} (dE {_fmt(de and 1000 * de, '+.0f')} meV/atom)")
+        print(f"[{ti + 1}/{len(targets)}] {t.id} {t.formula} ({t.nsites} sites, sg {t.spacegroup}) "
+              f"{m} seed {seed}: {status}, {rec['relaxations']} relaxations, {rec['seconds']:.0f} s",
+              flush=True)
     summary = summarize(records, methods, args.budget)
     print()
     print_table(records, summary, methods, targets, seeds)

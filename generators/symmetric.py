@@ -699,8 +699,23 @@ def conventional_lattice(candidate: Candidate) -> np.ndarray:
 
 
 def centring_multiplicity(sg: int) -> int:
-    """Lattice points per conventional cell of ``sg`` (1 P, 2 A/B/C/I, 3 R, 4 F)."""
-    return len(space_group(sg).centring)
+    """Lattice points per conventional cell of ``sg`` (1 P, 2 A/B/C/I, 3 R, 4 F), from the
+    first letter of its symbol (without loading the group's Wyckoff tables)."""
+    return _CENTRING_POINTS[_lattice_letters()[int(sg)]]
+
+
+_CENTRING_POINTS = {"P": 1, "A": 2, "B": 2, "C": 2, "I": 2, "R": 3, "F": 4}
+
+
+@functools.cache
+def _lattice_letters() -> dict[int, str]:
+    import spglib
+
+    letters: dict[int, str] = {}
+    for hall in range(1, 531):
+        t = spglib.get_spacegroup_type(hall)
+        letters.setdefault(int(t.number), str(t.international_short)[0])
+    return letters
 
 
 # --- element data -----------------------------------------------------------------------------

@@ -526,7 +526,7 @@ def _parse_generators(raw: Any) -> tuple[GeneratorSpec, ...]:
     from lamcsp.generators import available_generators, get_generator
 
     if raw is None:
-        raw = [{}]
+        return Campaign().generators
     if not isinstance(raw, (list, tuple)) or not raw:
         raise SetupError("generators", "must be a non-empty list of entries such as "
                                        "{name: random, share: 0.4}")

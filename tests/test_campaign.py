@@ -60,7 +60,9 @@ def test_defaults_and_forms():
     c = parse_campaign({"system": {"composition": {"Mg": 1, "O": 1}, "formula_units": [1, 2, 4],
                                    "pressures": [0, 25.5]}})
     assert c.system.formula_units == (1, 2, 4) and c.system.pressures == (0.0, 25.5)
-    assert c.generators[0].name == "random" and c.generators[0].share == 1.0
+    # no `generators`: the documented default mix (the dataclass default, not a parser default)
+    assert [(g.name, g.share) for g in c.generators] == [("random", 0.5), ("pso", 0.5)]
+    assert c.generators == Campaign().generators
     assert c.system.spacegroups == tuple(range(2, 231))
     v = parse_campaign({"system": {"variable": {"Mg": [1, 2], "O": [1, 3]}, "max_atoms": 10}})
     assert v.system.variable == {"Mg": (1, 2), "O": (1, 3)} and v.system.composition is None
