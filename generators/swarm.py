@@ -106,7 +106,13 @@ def project_to_template(template: Candidate, relaxed: Candidate, tol: float = 0.
     more than ``tol`` (fractional) from the symmetrised ones, or another composition).
     """
     from lamcsp.generators.base import WyckoffSite
-    from lamcsp.generators.symmetric import centring_transform, from_vector, primitive_indices, to_vector
+    from lamcsp.generators.symmetric import (
+        centring_transform,
+        from_vector,
+        is_primitive_cell,
+        primitive_indices,
+        to_vector,
+    )
 
     if relaxed.n_atoms != template.n_atoms or not np.array_equal(relaxed.numbers, template.numbers):
         return None
@@ -116,13 +122,13 @@ def project_to_template(template: Candidate, relaxed: Candidate, tol: float = 0.
     for w in template.wyckoffs or []:
         starts.append(start)
         start += int("".join(ch for ch in w.label if ch.isdigit()))
-    frac, lattice = relaxed.frac, relaxed.lattice
-    tr = centring_transform(int(template.spacegroup)) if template.origin.get("cell") == "primitive" else None
+    frac = relaxed.frac
+    tr = centring_transform(int(template.spacegroup)) if is_primitive_cell(template) else None
     if tr is not None:
         conv = from_vector(template, to_vector(template), reduce=False)
         where = {int(c): p for p, c in enumerate(primitive_indices(conv.frac, int(template.spacegroup)))}
         starts = [where[s] for s in starts]
-        frac, lattice = relaxed.frac @ tr[0], tr[1] @ relaxed.lattice
+        frac = relaxed.frac @ tr[0]  # conventional fractional coordinates
     sites = []
     for w, s in zip(template.wyckoffs or [], starts):
         point = frac[s]
@@ -134,7 +140,8 @@ def project_to_template(template: Candidate, relaxed: Candidate, tol: float = 0.
             d -= np.round(d)
             point = images[int(np.argmin((d**2).sum(axis=1)))]
         sites.append(WyckoffSite(w.number, w.index, w.label, point.copy()))
-    shaped = Candidate(relaxed.numbers, relaxed.frac, lattice, spacegroup=template.spacegroup,
+    # the relaxed cell as it is: to_vector reads a primitive cell's conventional lattice itself
+    shaped = Candidate(relaxed.numbers, relaxed.frac, relaxed.lattice, spacegroup=template.spacegroup,
                        wyckoffs=sites, generator=template.generator)
     projected = from_vector(template, to_vector(shaped))
     diff = projected.frac - relaxed.frac
@@ -475,7 +482,7 @@ class ParticleSwarm:
             if passes_distances(cand, context):
                 p.v = v * (0.5**attempt)
                 p.x = x
-                cand.origin = {"operator": "pso-migrate" if migrated else "pso",
+                cand.origin = {**cand.origin, "operator": "pso-migrate" if migrated else "pso",
                                "leader": None if leader is None else leader.pid}
                 return cand
         p.stagnant += 1
@@ -531,7 +538,7 @@ class ParticleSwarm:
             x = clamp_vector(template, x)
             cand = from_vector(template, x)
             if passes_distances(cand, context):
-                cand.origin = {"operator": "pso-clone", "leader": best.pid}
+                cand.origin = {**cand.origin, "operator": "pso-clone", "leader": best.pid}
                 p = Particle(self.next_pid, self._template_of(cand), x, np.zeros_like(x))
                 self.next_pid += 1
                 return p, cand

@@ -688,10 +688,24 @@ def to_primitive(frac: np.ndarray, lattice: np.ndarray, sg: int) -> tuple[np.nda
     return keep, np.mod(np.asarray(frac)[keep] @ tr[1], 1.0), tr[0] @ np.asarray(lattice)
 
 
+def is_primitive_cell(candidate: Candidate) -> bool:
+    """Whether a symmetric candidate of a centred group holds its primitive cell: fewer atoms
+    than its Wyckoff orbits fill (by the centring multiplicity); read from the atoms, not from
+    ``origin``, which evolutionary generators rewrite."""
+    if candidate.spacegroup is None or not candidate.wyckoffs:
+        return False
+    k = centring_multiplicity(int(candidate.spacegroup))
+    if k == 1:
+        return False
+    data = space_group(int(candidate.spacegroup))
+    full = sum(data.positions[w.index].multiplicity for w in candidate.wyckoffs)
+    return candidate.n_atoms * k == full
+
+
 def conventional_lattice(candidate: Candidate) -> np.ndarray:
-    """The conventional lattice of a symmetric candidate (its own, unless it was emitted as a
-    primitive cell: ``origin["cell"] == "primitive"``)."""
-    if candidate.origin.get("cell") == "primitive" and candidate.spacegroup is not None:
+    """The conventional lattice of a symmetric candidate (its own, unless it holds the
+    primitive cell of a centred group)."""
+    if is_primitive_cell(candidate):
         tr = centring_transform(int(candidate.spacegroup))
         if tr is not None:
             return tr[1] @ candidate.lattice
@@ -1076,7 +1090,7 @@ def to_vector(candidate: Candidate) -> np.ndarray:
 def from_vector(template: Candidate, vector: np.ndarray, reduce: bool = True) -> Candidate:
     """A candidate with the space group and Wyckoff assignment of ``template`` and the lattice
     and free coordinates of ``vector``; a primitive cell where ``template`` is one
-    (``origin["cell"] == "primitive"``), unless ``reduce`` is false (then the conventional cell,
+    (:func:`is_primitive_cell`), unless ``reduce`` is false (then the conventional cell,
     atoms as in the full orbits).
 
     The generating points are kept as given (not wrapped); the atoms' fractional coordinates
@@ -1113,11 +1127,14 @@ def from_vector(template: Candidate, vector: np.ndarray, reduce: bool = True) ->
         sites.append(WyckoffSite(z, idx, lab, points[s].copy()))
     frac = _orbits(comp.ops, comp.site_start, comp.site_mult, points)
     numbers = comp.numbers.copy()
-    if template.origin.get("cell") == "primitive" and reduce:
+    primitive = is_primitive_cell(template)
+    if primitive and reduce:
         keep, frac, lattice = to_primitive(frac, lattice, comp.sg)
         numbers = numbers[keep]
     origin = dict(template.origin)
-    if not reduce:
+    if primitive and reduce:
+        origin["cell"] = "primitive"
+    else:
         origin.pop("cell", None)
     return Candidate(numbers, frac, lattice, spacegroup=comp.sg, wyckoffs=sites,
                      generator=template.generator, origin=origin)

@@ -262,11 +262,13 @@ def test_group_that_holds_only_higher_symmetry():
     assert err.value.field == "spacegroups"
 
 
-@pytest.mark.parametrize("d", [10.0, 3.0])  # rejected up front (packing bound) / after max_attempts
-def test_distances_that_cannot_fit(d):
+# rejected up front (packing bound) / after the attempts (just under the bound, where only
+# conventional cells are tried)
+@pytest.mark.parametrize(("d", "cell"), [(10.0, "primitive"), (3.1, "conventional")])
+def test_distances_that_cannot_fit(d, cell):
     ctx = GenerationContext(composition={"Si": 8}, min_distance={(14, 14): d})
     with deadline(20), pytest.raises(SetupError) as err:
-        sym.SymmetricRandom().propose(3, np.random.default_rng(0), ctx)
+        sym.SymmetricRandom(cell=cell).propose(3, np.random.default_rng(0), ctx)
     assert err.value.field == "min_distance"
     assert f"{d:.2f}" in err.value.message
 
