@@ -353,14 +353,17 @@ class Search:
     # -- the similarity screen before relaxation (dedupe.before_relax) ---------------------------
     def _at_unit_volume(self, us: UnitState, items: Sequence[Candidate | Atoms]) -> list[Candidate]:
         """Structures scaled to the unit's target volume per atom (fingerprints depend on scale)."""
+        from ase.data import atomic_numbers
+
         from lamcsp.generators.base import Candidate
         from lamcsp.generators.symmetric import default_element_volume
 
+        comp = us.unit.composition  # every structure of a unit has it: one volume per atom
+        volume = sum(n * default_element_volume(int(atomic_numbers[el])) for el, n in comp.items())
+        v0 = us.context.volume_factor * volume / sum(comp.values())
         out = []
         for it in items:
             c = it if isinstance(it, Candidate) else Candidate.from_atoms(it)
-            v0 = us.context.volume_factor * float(np.mean([default_element_volume(int(z))
-                                                           for z in c.numbers]))
             scale = (v0 * c.n_atoms / c.volume) ** (1.0 / 3.0)
             out.append(Candidate(c.numbers, c.frac, c.lattice * scale))
         return out
