@@ -519,7 +519,9 @@ def plot(records: list[dict[str, Any]], methods: Sequence[str], budget: int, pat
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    # one temporary name per process: two benchmark processes (say one per seed, --seeds 1, and
+    # --seeds 2,) may share --out and write the same reference at once
+    tmp = path.with_suffix(f"{path.suffix}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(data, indent=1, default=float))
     os.replace(tmp, path)
 
