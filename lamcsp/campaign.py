@@ -197,6 +197,25 @@ class FinetuneSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class ParallelSpec:
+    """How `mpiexec -n N lamcsp search` shares the relaxations out (ignored on one rank).
+    Rank 0 coordinates (generation, dedupe, database, checkpoint); every rank's relax worker
+    runs in a child process and pulls batches; results do not depend on these settings, so
+    they may change on `--resume`."""
+
+    coordinator_relaxes: bool = _field(
+        True, type="bool", doc="rank 0 also relaxes (in its own worker process), beside coordinating")
+    batch_size: int | None = _field(
+        type="int ≥ 1 or null",
+        doc="structures per batch sent to a worker (null: the generation split in about four "
+            "batches per worker, so that fast workers take more)")
+    threads: int | None = _field(
+        type="int ≥ 1 or null",
+        doc="torch threads per CPU worker (null: the node's cores over its ranks; "
+            "`OMP_NUM_THREADS` when set)")
+
+
+@dataclasses.dataclass(frozen=True)
 class Campaign:
     """One structure search: what, with which generators and model, for how long."""
 
@@ -222,6 +241,8 @@ class Campaign:
     output: str | None = _field(type="path or null",
                                 doc="output directory (null: `runs/<name>`)")
     report: ReportSpec = _field(factory=ReportSpec, type="section", doc="report options")
+    parallel: ParallelSpec = _field(factory=ParallelSpec, type="section",
+                                    doc="MPI runs: who relaxes, batch size, threads")
     finetune: FinetuneSpec = _field(factory=FinetuneSpec, type="section",
                                     doc="reserved for the fine-tune loop")
 
@@ -261,7 +282,8 @@ class Campaign:
 
 SECTIONS: dict[str, type] = {
     "system": SystemSpec, "generators[]": GeneratorSpec, "model": ModelSpec, "relax": RelaxSpec,
-    "dedupe": DedupeSpec, "stop": StopSpec, "report": ReportSpec, "finetune": FinetuneSpec,
+    "dedupe": DedupeSpec, "stop": StopSpec, "report": ReportSpec, "parallel": ParallelSpec,
+    "finetune": FinetuneSpec,
 }
 
 
@@ -638,6 +660,15 @@ def _parse_report(raw: Any) -> ReportSpec:
     )
 
 
+def _parse_parallel(raw: Any) -> ParallelSpec:
+    d = _keys(raw, ParallelSpec, "parallel")
+    return ParallelSpec(
+        coordinator_relaxes=_bool(d.get("coordinator_relaxes", True), "parallel.coordinator_relaxes"),
+        batch_size=_opt_int(d.get("batch_size"), "parallel.batch_size", 1),
+        threads=_opt_int(d.get("threads"), "parallel.threads", 1),
+    )
+
+
 def _parse_finetune(raw: Any) -> FinetuneSpec:
     d = _keys(raw, FinetuneSpec, "finetune")
     fd = FinetuneSpec()
@@ -695,6 +726,7 @@ def parse_campaign(raw: Any, source: str = "<campaign>", base_dir: str | None = 
         dedupe=_parse_dedupe(d.get("dedupe")),
         output=output,
         report=_parse_report(d.get("report")),
+        parallel=_parse_parallel(d.get("parallel")),
         finetune=_parse_finetune(d.get("finetune")),
     )
 

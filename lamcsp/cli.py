@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from lamcsp import __version__
-from lamcsp.errors import SetupError
+from lamcsp.errors import SetupError, WorkerError
 
 
 def _positive(kind: type, name: str):
@@ -258,13 +258,31 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from lamcsp.campaign import load_campaign
+    from lamcsp.parallel import MPIExecutor, mpi_world, worker_main
     from lamcsp.search import Search
 
-    campaign = load_campaign(args.campaign)
-    search = Search(campaign, args.output, resume=args.resume, db_url=args.db,
-                    progress=False if args.quiet else None)
-    state = search.run()
+    comm = mpi_world()  # None: one process, the serial executor
+    if comm is not None and comm.Get_rank() != 0:
+        return worker_main(comm)
+    executor = MPIExecutor(comm) if comm is not None else None
+    try:  # under MPI, whatever happens on rank 0, the workers are stopped
+        campaign = load_campaign(args.campaign)
+        potential = None
+        if executor is not None:
+            executor.configure(campaign)
+            from lamcsp.potentials.registry import load_model
+
+            # the coordinator needs the model's id and element list, not its speed: on the CPU
+            potential = load_model(dataclasses.replace(campaign.model, device="cpu"))
+        search = Search(campaign, args.output, resume=args.resume, db_url=args.db, potential=potential,
+                        executor=executor, progress=False if args.quiet else None)
+        state = search.run()
+    finally:
+        if executor is not None:
+            executor.close()
     n = search.store.count(role="search")
     print(f"search {campaign.name!r} done: {state['generation']} generation(s), {n} relaxations stored "
           f"in {search.store.url}; report in {search.run_dir / 'report' / 'report.html'}")
@@ -330,11 +348,22 @@ def cmd_relax(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command != "search":
+        from lamcsp.parallel import launcher_rank
+
+        if launcher_rank() != 0:  # under mpiexec only `search` uses the other ranks
+            return 0
     try:
         return int(args.func(args) or 0)
     except SetupError as exc:
         print(f"lamcsp {args.command}: error in {exc.field}: {exc.message}", file=sys.stderr)
         return 2
+    except WorkerError as exc:
+        last = exc.detail.strip().splitlines()[-3:] if exc.detail else []
+        print(f"lamcsp {args.command}: {exc.message}. The campaign stopped; every result stored so far "
+              "is kept, and the same command with --resume continues from the last checkpoint."
+              + ("".join(f"\n  {line}" for line in last) if last else ""), file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"lamcsp {args.command}: interrupted", file=sys.stderr)
         return 130

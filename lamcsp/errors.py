@@ -30,3 +30,22 @@ class SetupError(LamcspError, ValueError):
 
 class CalculationError(LamcspError, RuntimeError):
     """A calculation on one item failed (the batch and the campaign go on)."""
+
+
+class WorkerError(LamcspError, RuntimeError):
+    """A parallel worker raised or died; the campaign stops (what was stored stays; ``--resume``
+    continues).
+
+    Args:
+        rank: the MPI rank of the worker.
+        held: labels of the structures (or items) it held.
+        message: one paragraph naming the rank and what it held.
+        detail: the worker's traceback, where it raised.
+    """
+
+    def __init__(self, rank: int, held: list[str], message: str, detail: str = ""):
+        self.rank = rank
+        self.held = held
+        self.message = message
+        self.detail = detail
+        super().__init__(message)

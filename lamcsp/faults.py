@@ -4,8 +4,10 @@ SIGKILL the N-th time it reaches ``POINT`` (1 when ``:N`` is left out).
 Points: ``relaxed`` (a relaxation finished, before it is stored), ``store-write`` (inside the
 transaction that writes a row, before it commits), ``dedupe-write`` (inside the transaction of a
 generation's duplicate flags, after its first update), ``checkpoint-write`` (the new checkpoint
-is written to its temporary file but not yet moved over the old one). Without the variable,
-:func:`fault` does nothing.
+is written to its temporary file but not yet moved over the old one), ``worker-relaxed`` (a
+parallel relax worker sent a result). With ``LAMCSP_FAULT_RANK=R`` only the processes of MPI rank
+R (``LAMCSP_RANK``, set in relax workers) count. Without ``LAMCSP_FAULT``, :func:`fault` does
+nothing.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ def fault(point: str) -> None:
         return
     name, _, n = spec.partition(":")
     if name != point:
+        return
+    rank = os.environ.get("LAMCSP_FAULT_RANK")
+    if rank is not None and rank != os.environ.get("LAMCSP_RANK", "0"):
         return
     _counts[point] = _counts.get(point, 0) + 1
     if _counts[point] == int(n or 1):

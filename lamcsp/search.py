@@ -54,6 +54,7 @@ import numpy as np
 
 from lamcsp.errors import SetupError
 from lamcsp.faults import fault
+from lamcsp.parallel import SerialExecutor
 
 if TYPE_CHECKING:
     from ase import Atoms
@@ -68,7 +69,7 @@ if TYPE_CHECKING:
 CHECKPOINT_NAME = "checkpoint.json"
 CAMPAIGN_COPY = "campaign.yaml"
 #: campaign fields that may change between a run and its ``--resume`` (budget and reporting)
-RESUMABLE_CHANGES = ("generations", "max_relaxations", "stop", "report")
+RESUMABLE_CHANGES = ("generations", "max_relaxations", "stop", "report", "parallel")
 
 
 # --------------------------------------------------------------------------------- units
@@ -173,21 +174,7 @@ def unit_rng(seed: int, unit: int, generator: int, generation: int) -> np.random
 # --------------------------------------------------------------------------------- executor
 
 
-class SerialExecutor:
-    """Relaxes structures in this process with one batched :class:`~lamcsp.relax.Relaxer`.
-
-    The executor seam: ``relax(structures, pressures, on_result)`` returns results in input
-    order and calls ``on_result(index, result)`` as each one finishes.
-    """
-
-    def __init__(self, potential: Potential, **relaxer_options: Any):
-        from lamcsp.relax import Relaxer
-
-        self.relaxer = Relaxer(potential, **relaxer_options)
-
-    def relax(self, structures: Sequence[Atoms], pressures: Sequence[float],
-              on_result: Callable[[int, RelaxResult], None] | None = None) -> list[RelaxResult]:
-        return self.relaxer.relax(list(structures), list(pressures), on_result=on_result)
+# the executors live in lamcsp.parallel (SerialExecutor is re-exported here)
 
 
 # --------------------------------------------------------------------------------- state
@@ -324,10 +311,9 @@ class Search:
     @property
     def executor(self) -> Any:
         if self._executor is None:
-            r = self.campaign.relax
-            self._executor = SerialExecutor(self.potential, optimizer=r.optimizer, fmax=r.fmax,
-                                            max_steps=r.max_steps, max_atoms=r.max_atoms,
-                                            progress=False)
+            from lamcsp.parallel import make_executor
+
+            self._executor = make_executor(self.campaign, self.potential)
         return self._executor
 
     def _deduper(self) -> Deduper:
@@ -605,7 +591,8 @@ class Search:
         pending = [i for i in range(len(todo)) if results[i] is None]
         if pending:
             self.executor.relax([todo[i][2].to_atoms() for i in pending],
-                                [todo[i][0].unit.pressure_gpa for i in pending], on_result=store_one)
+                                [todo[i][0].unit.pressure_gpa for i in pending], on_result=store_one,
+                                labels=[keys[i] for i in pending])
         self.spent += len(todo)
 
         # dedupe per unit, one transaction for all flags of this generation

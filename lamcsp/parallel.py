@@ -1,0 +1,567 @@
+"""Executors: where batches of work run. Serial in this process, or across MPI ranks.
+
+The seam is :meth:`map`: a :class:`Task` (an importable factory and its plain-data spec) is
+applied to a list of plain-data items, and ``on_result(index, result)`` is called as each
+result arrives. ``relax(structures, pressures, on_result)`` is the relaxation task on top of it;
+oracle labelling (the fine-tune loop) is another task on the same executor.
+
+MPI (``mpiexec -n N lamcsp search campaign.yaml``, or ``srun``):
+
+* Rank 0 is the coordinator. It runs the campaign loop (generation, dedupe, database,
+  checkpoint); nothing else writes files.
+* Every rank, rank 0 too unless ``parallel.coordinator_relaxes`` is false, runs one *relax
+  worker* in a child process (multiprocessing ``spawn``; the child never touches MPI). So the
+  coordinator keeps serving other ranks while its own worker relaxes, and a worker that dies
+  (killed, out of memory, a crash in native code) leaves its rank alive to report it.
+* Work goes out in batches (``parallel.batch_size``; default: about two per worker and
+  call). Each worker holds at most two batches (one running, one waiting), and gets the next
+  when it finishes one, so fast workers take more and a slow one never stalls the others.
+* Results stream back one structure at a time and are stored as they arrive.
+* A worker that raises, or dies, stops the campaign with :class:`~lamcsp.errors.WorkerError`
+  naming the rank and the structures it held; every result stored so far stays, and
+  ``--resume`` (under MPI or not) continues from the last checkpoint.
+* A worker binds GPU ``local_rank % n_gpus`` when GPUs exist; on CPUs it uses
+  ``parallel.threads`` torch threads, else ``OMP_NUM_THREADS``, else the cores it may run on
+  divided by the ranks on its node (all of them when the launcher bound it to fewer cores).
+
+Without mpi4py, or on one rank, :class:`SerialExecutor` runs: the campaign file is the same.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import math
+import os
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from lamcsp.errors import SetupError, WorkerError
+from lamcsp.faults import fault
+
+if TYPE_CHECKING:
+    from ase import Atoms
+
+    from lamcsp.potentials.base import Potential
+    from lamcsp.relax.relaxer import RelaxResult
+
+#: batches a worker holds at once (one running, the rest waiting)
+PREFETCH = 2
+#: batches per worker in one ``map`` call, when ``batch_size`` is not set
+BATCHES_PER_WORKER = 2
+#: how long an idle loop waits for a message, seconds
+POLL = 0.002
+_TAG = 11
+#: environment variables that say this process was started by an MPI launcher, and the world size
+_LAUNCHER_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MV2_COMM_WORLD_SIZE",
+                       "SLURM_STEP_NUM_TASKS")
+
+
+# --------------------------------------------------------------------------------- tasks
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """A kind of work, as plain data: ``target`` names an importable factory
+    (``"package.module:name"``); ``factory(spec, worker)`` returns a callable
+    ``run(items, emit)`` that calls ``emit(j, result)`` for each of its items (plain data in,
+    plain data out). Workers build it once and keep it (a loaded model) for later batches."""
+
+    target: str
+    spec: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return self.target + json.dumps(self.spec, sort_keys=True, default=str)
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerInfo:
+    """Where a worker runs: its MPI rank, its rank on its node, and the ranks on its node."""
+
+    rank: int = 0
+    local_rank: int = 0
+    local_size: int = 1
+
+
+def _load_target(target: str) -> Callable[..., Any]:
+    module, _, name = target.partition(":")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        raise SetupError("task", f"cannot import the task factory {target!r} ({exc})") from None
+
+
+def cpu_threads(requested: int | None, local_size: int) -> int:
+    """Torch threads for one CPU worker: ``requested``, else ``OMP_NUM_THREADS``, else the
+    cores this process may use over the ranks on its node (all of them when the launcher has
+    bound it to a subset of the node)."""
+    if requested:
+        return int(requested)
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if allowed < (os.cpu_count() or allowed):
+        return max(1, allowed)
+    return max(1, allowed // max(1, local_size))
+
+
+def worker_device(requested: str, worker: WorkerInfo) -> str:
+    """The device of a worker: ``cuda:(local_rank % n_gpus)`` for ``auto``/``cuda`` where GPUs
+    exist; else what was asked."""
+    if requested in ("auto", "cuda"):
+        import torch
+
+        if torch.cuda.is_available():
+            return f"cuda:{worker.local_rank % torch.cuda.device_count()}"
+        return "cpu" if requested == "auto" else requested
+    return requested
+
+
+class RelaxTask:
+    """The relaxation task: items ``{"atoms": atoms_to_dict(a), "pressure": GPa}``, results
+    ``RelaxResult.to_dict()``. Spec: ``model`` (a campaign ``model`` section as a dict),
+    ``relaxer`` (Relaxer options), ``threads`` (torch threads on a CPU, or null)."""
+
+    def __init__(self, spec: dict[str, Any], worker: WorkerInfo):
+        import torch
+
+        from lamcsp.campaign import ModelSpec
+        from lamcsp.potentials.registry import load_model
+        from lamcsp.relax import Relaxer
+
+        model = ModelSpec(**spec["model"])
+        model = dataclasses.replace(model, device=worker_device(model.device, worker))
+        if not model.device.startswith("cuda"):
+            torch.set_num_threads(cpu_threads(spec.get("threads"), worker.local_size))
+        self.potential: Potential = load_model(model)
+        self.relaxer = Relaxer(self.potential, progress=False, **spec.get("relaxer", {}))
+
+    def __call__(self, items: Sequence[dict[str, Any]], emit: Callable[[int, Any], None]) -> None:
+        from lamcsp.relax.relaxer import atoms_from_dict
+
+        def done(j: int, result: RelaxResult) -> None:
+            emit(j, result.to_dict())
+            fault("worker-relaxed")
+
+        self.relaxer.relax([atoms_from_dict(it["atoms"]) for it in items],
+                           [float(it["pressure"]) for it in items], on_result=done)
+
+
+def relax_task(campaign: Any) -> Task:
+    """The relaxation task of a campaign (its model and relax sections)."""
+    r = campaign.relax
+    return Task("lamcsp.parallel:RelaxTask", {
+        "model": dataclasses.asdict(campaign.model),
+        "relaxer": {"optimizer": r.optimizer, "fmax": r.fmax, "max_steps": r.max_steps,
+                    "max_atoms": r.max_atoms},
+        "threads": campaign.parallel.threads,
+    })
+
+
+# --------------------------------------------------------------------------------- serial
+
+
+class SerialExecutor:
+    """Everything in this process: relaxation with one batched :class:`~lamcsp.relax.Relaxer`
+    on ``potential``; other tasks built here and kept.
+
+    The executor seam: ``relax(structures, pressures, on_result, labels)`` returns results in
+    input order and calls ``on_result(index, result)`` as each one finishes; ``map(task, items,
+    on_result, labels)`` does the same for any :class:`Task`.
+    """
+
+    def __init__(self, potential: Potential, **relaxer_options: Any):
+        from lamcsp.relax import Relaxer
+
+        self.relaxer = Relaxer(potential, **relaxer_options)
+        self._tasks: dict[str, Any] = {}
+        self.n_workers = 1
+
+    def relax(self, structures: Sequence[Atoms], pressures: Sequence[float],
+              on_result: Callable[[int, RelaxResult], None] | None = None,
+              labels: Sequence[str] | None = None) -> list[RelaxResult]:
+        return self.relaxer.relax(list(structures), list(pressures), on_result=on_result)
+
+    def map(self, task: Task, items: Sequence[Any], on_result: Callable[[int, Any], None] | None = None,
+            labels: Sequence[str] | None = None) -> list[Any]:
+        if task.key not in self._tasks:
+            self._tasks[task.key] = _load_target(task.target)(task.spec, WorkerInfo())
+        out: list[Any] = [None] * len(items)
+
+        def emit(j: int, result: Any) -> None:
+            out[j] = result
+            if on_result is not None:
+                on_result(j, result)
+
+        self._tasks[task.key](list(items), emit)
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+# --------------------------------------------------------------------------------- workers
+
+
+def _child_main(conn: Any, worker: WorkerInfo) -> None:
+    """The relax worker process: runs batches sent by its rank, one at a time."""
+    os.environ["LAMCSP_RANK"] = str(worker.rank)
+    tasks: dict[str, Any] = {}
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return
+        if msg[0] == "stop":
+            return
+        _, bid, target, spec, items = msg
+        task = Task(target, spec)
+        try:
+            if task.key not in tasks:
+                tasks[task.key] = _load_target(target)(spec, worker)
+            tasks[task.key](items, lambda j, result: conn.send(("result", bid, j, result)))
+            conn.send(("done", bid))
+        except BaseException as exc:  # noqa: BLE001 - reported to the coordinator, which stops
+            text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+            conn.send(("error", bid, text, traceback.format_exc()))
+
+
+class LocalWorker:
+    """One relax worker process and the batches waiting for it (at most one is in the child at a
+    time, so neither side of the pipe can block the other)."""
+
+    def __init__(self, worker: WorkerInfo):
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=_child_main, args=(child, worker), daemon=True,
+                                   name=f"lamcsp-worker-{worker.rank}")
+        self.process.start()
+        child.close()
+        self.queue: deque[tuple[Any, ...]] = deque()
+        self.running: int | None = None
+
+    def submit(self, msg: tuple[Any, ...]) -> None:
+        self.queue.append(msg)
+        self._feed()
+
+    def _feed(self) -> None:
+        if self.running is None and self.queue:
+            msg = self.queue.popleft()
+            self.running = msg[1]
+            self.conn.send(msg)
+
+    def poll(self, timeout: float = 0.0) -> list[tuple[Any, ...]]:
+        """Messages from the child (``result``, ``done``, ``error``; ``died`` when it is gone)."""
+        out: list[tuple[Any, ...]] = []
+        try:
+            ready = self.conn.poll(timeout)
+            while ready:
+                msg = self.conn.recv()
+                out.append(msg)
+                if msg[0] in ("done", "error"):
+                    self.running = None
+                ready = self.conn.poll()
+        except (EOFError, OSError):
+            pass
+        if not self.process.is_alive() and not any(m[0] in ("error", "died") for m in out):
+            self.process.join(1.0)
+            out.append(("died", self.running, _exit_text(self.process.exitcode)))
+            self.running = None
+            self.queue.clear()
+            return out
+        self._feed()
+        return out
+
+    def close(self) -> None:
+        if self.process.is_alive():
+            if self.running is None:
+                try:
+                    self.conn.send(("stop",))
+                except OSError:
+                    pass
+                self.process.join(10.0)
+            if self.process.is_alive():
+                self.process.terminate()
+                self.process.join(5.0)
+        self.conn.close()
+
+
+def _exit_text(code: int | None) -> str:
+    if code is None:
+        return "exited"
+    if code < 0:
+        import signal
+
+        try:
+            return f"killed by signal {-code} ({signal.Signals(-code).name})"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with status {code}"
+
+
+# --------------------------------------------------------------------------------- MPI
+
+
+def launcher_size() -> int:
+    """The number of ranks an MPI launcher (mpiexec, srun) started, from its environment; 1
+    when there is none. Nothing is imported."""
+    for var in _LAUNCHER_SIZE_VARS:
+        value = os.environ.get(var, "")
+        if value.isdigit():
+            return int(value)
+    return 1
+
+
+def launcher_rank() -> int:
+    """This process's rank according to its MPI launcher's environment (0 without one)."""
+    for var in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "MV2_COMM_WORLD_RANK", "SLURM_PROCID"):
+        value = os.environ.get(var, "")
+        if value.isdigit():
+            return int(value)
+    return 0
+
+
+def mpi_world() -> Any:
+    """``MPI.COMM_WORLD`` when this process is one of two or more MPI ranks; ``None`` when it
+    runs alone (no launcher, or one rank), so the serial executor runs.
+
+    Raises:
+        SetupError: a launcher started several ranks but mpi4py is not installed (each rank
+            would run the whole campaign in the same directory).
+    """
+    size = launcher_size()
+    if size <= 1:
+        return None
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        raise SetupError("mpi", f"this process is one of {size} MPI ranks, but mpi4py is not installed, "
+                                "so every rank would run the whole campaign; install it with "
+                                "`pip install lamcsp[mpi]` (or mpi4py built against your cluster's "
+                                "MPI), or run without mpiexec") from None
+    comm = MPI.COMM_WORLD
+    return comm if comm.Get_size() > 1 else None
+
+
+def _local(comm: Any) -> WorkerInfo:
+    from mpi4py import MPI
+
+    node = comm.Split_type(MPI.COMM_TYPE_SHARED, key=comm.Get_rank())
+    info = WorkerInfo(comm.Get_rank(), node.Get_rank(), node.Get_size())
+    node.Free()
+    return info
+
+
+def worker_main(comm: Any) -> int:
+    """The loop of a rank other than 0: run the batches the coordinator sends, in a child
+    process, and stream the results back, until told to stop."""
+    from mpi4py import MPI
+
+    info = _local(comm)
+    local: LocalWorker | None = None
+    sends: list[Any] = []
+    gone = False
+    status = MPI.Status()
+    while True:
+        busy = False
+        while comm.Iprobe(source=0, tag=_TAG, status=status):
+            msg = comm.recv(source=0, tag=_TAG)
+            busy = True
+            if msg[0] == "stop":
+                if local is not None:
+                    local.close()
+                sends.append(comm.isend(("bye",), dest=0, tag=_TAG))
+                MPI.Request.Waitall(sends)
+                return 0
+            if gone:
+                continue
+            if local is None:
+                local = LocalWorker(info)
+            local.submit(msg)
+        if local is not None and not gone:
+            for m in local.poll(0.0 if busy else POLL):
+                sends.append(comm.isend(m, dest=0, tag=_TAG))
+                gone = gone or m[0] == "died"
+        else:
+            time.sleep(POLL)
+        sends = [r for r in sends if not r.Test()]
+
+
+class MPIExecutor:
+    """The coordinator's executor (rank 0 of ``comm``); see the module docstring.
+
+    Args:
+        comm: the communicator (``mpi_world()``); ranks 1.. run :func:`worker_main`.
+        coordinator_relaxes: rank 0 runs a relax worker too.
+        batch_size: items per batch (default: about ``BATCHES_PER_WORKER`` per worker and call).
+    """
+
+    def __init__(self, comm: Any, *, coordinator_relaxes: bool = True, batch_size: int | None = None):
+        self.comm = comm
+        self.size = comm.Get_size()
+        self.coordinator_relaxes = coordinator_relaxes
+        self.batch_size = batch_size
+        self.task: Task | None = None
+        self._local: LocalWorker | None = None
+        self._info = _local(comm)
+        self._sends: list[Any] = []
+        self._closed = False
+        self.busy_seconds = 0.0  # the coordinator's own time inside map, outside waiting
+
+    def configure(self, campaign: Any) -> None:
+        """Take the campaign's relaxation task and parallel settings."""
+        self.task = relax_task(campaign)
+        self.coordinator_relaxes = campaign.parallel.coordinator_relaxes
+        self.batch_size = campaign.parallel.batch_size
+
+    @property
+    def slots(self) -> list[int]:
+        return ([0] if self.coordinator_relaxes else []) + list(range(1, self.size))
+
+    @property
+    def n_workers(self) -> int:
+        return len(self.slots)
+
+    def relax(self, structures: Sequence[Atoms], pressures: Sequence[float],
+              on_result: Callable[[int, RelaxResult], None] | None = None,
+              labels: Sequence[str] | None = None) -> list[RelaxResult]:
+        from lamcsp.relax.relaxer import RelaxResult, atoms_to_dict
+
+        if self.task is None:
+            raise RuntimeError("MPIExecutor.relax before configure(campaign)")
+        results: list[Any] = [None] * len(structures)
+
+        def got(i: int, d: dict[str, Any]) -> None:
+            results[i] = RelaxResult.from_dict(d)
+            if on_result is not None:
+                on_result(i, results[i])
+
+        items = [{"atoms": atoms_to_dict(a), "pressure": float(p)} for a, p in zip(structures, pressures)]
+        self.map(self.task, items, got, labels=labels)
+        return results
+
+    def map(self, task: Task, items: Sequence[Any], on_result: Callable[[int, Any], None] | None = None,
+            labels: Sequence[str] | None = None) -> list[Any]:
+        from mpi4py import MPI
+
+        n = len(items)
+        out: list[Any] = [None] * n
+        if n == 0:
+            return out
+        slots = self.slots
+        if not slots:
+            raise SetupError("parallel.coordinator_relaxes", "false on a single rank leaves no worker; "
+                                                             "run on two or more ranks, or set it true")
+        if 0 in slots and self._local is None:
+            self._local = LocalWorker(self._info)
+        bs = self.batch_size or max(1, math.ceil(n / (BATCHES_PER_WORKER * len(slots))))
+        batches = deque(list(range(s, min(n, s + bs))) for s in range(0, n, bs))
+        index: dict[int, list[int]] = {}
+        held: dict[int, dict[int, set[int]]] = {s: {} for s in slots}
+        status = MPI.Status()
+        next_bid = 0
+
+        def dispatch(slot: int) -> None:
+            nonlocal next_bid
+            while batches and len(held[slot]) < PREFETCH:
+                idx = batches.popleft()
+                bid, next_bid = next_bid, next_bid + 1
+                index[bid], held[slot][bid] = idx, set(idx)
+                msg = ("run", bid, task.target, task.spec, [items[i] for i in idx])
+                if slot == 0:
+                    assert self._local is not None
+                    self._local.submit(msg)
+                else:
+                    self._sends.append(self.comm.isend(msg, dest=slot, tag=_TAG))
+
+        def handle(slot: int, msg: tuple[Any, ...]) -> None:
+            kind, bid = msg[0], msg[1]
+            if kind == "result":
+                i = index[bid][msg[2]]
+                held[slot][bid].discard(i)
+                out[i] = msg[3]
+                if on_result is not None:
+                    on_result(i, msg[3])
+            elif kind == "done":
+                held[slot].pop(bid, None)
+                dispatch(slot)
+            elif kind in ("error", "died"):
+                names = [str(labels[i]) if labels is not None else f"item {i}"
+                         for b in sorted(held[slot]) for i in sorted(held[slot][b])]
+                what = f"raised {msg[2]}" if kind == "error" else f"died ({msg[2]})"
+                raise WorkerError(slot, names, f"the relax worker of rank {slot} {what} while it held "
+                                  f"{', '.join(names) or 'no structure'}", detail=msg[3] if kind == "error" else "")
+
+        for s in slots:
+            dispatch(s)
+        while any(held[s] for s in slots):
+            t0 = time.perf_counter()
+            busy = False
+            while self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=_TAG, status=status):
+                src = status.Get_source()
+                msg = self.comm.recv(source=src, tag=_TAG)
+                busy = True
+                if msg[0] != "bye" and src in held:
+                    handle(src, msg)
+            if self._local is not None and 0 in slots:
+                msgs = self._local.poll(0.0)
+                for msg in msgs:
+                    handle(0, msg)
+                busy = busy or bool(msgs)
+            self._sends = [r for r in self._sends if not r.Test()]
+            if busy:
+                self.busy_seconds += time.perf_counter() - t0
+            elif self._local is not None and 0 in slots:
+                self._local.conn.poll(POLL)
+            else:
+                time.sleep(POLL)
+        return out
+
+    def close(self) -> None:
+        """Stop every worker (their children too) and wait for them to say goodbye."""
+        if self._closed:
+            return
+        self._closed = True
+        from mpi4py import MPI
+
+        if self._local is not None:
+            self._local.close()
+        for r in range(1, self.size):
+            self._sends.append(self.comm.isend(("stop",), dest=r, tag=_TAG))
+        waiting = set(range(1, self.size))
+        status = MPI.Status()
+        deadline = time.monotonic() + 60.0
+        while waiting and time.monotonic() < deadline:
+            if self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=_TAG, status=status):
+                src = status.Get_source()
+                if self.comm.recv(source=src, tag=_TAG)[0] == "bye":
+                    waiting.discard(src)
+            else:
+                time.sleep(POLL)
+        self._sends = [r for r in self._sends if not r.Test()]
+        for r in self._sends:
+            r.Cancel()
+
+
+def make_executor(campaign: Any, potential: Potential | None = None, comm: Any = None) -> Any:
+    """The executor for a campaign: :class:`MPIExecutor` when ``comm`` has two or more ranks,
+    else :class:`SerialExecutor` on ``potential``."""
+    if comm is not None and comm.Get_size() > 1:
+        ex = MPIExecutor(comm)
+        ex.configure(campaign)
+        return ex
+    if potential is None:
+        from lamcsp.potentials.registry import load_model
+
+        potential = load_model(campaign.model)
+    r = campaign.relax
+    return SerialExecutor(potential, optimizer=r.optimizer, fmax=r.fmax, max_steps=r.max_steps,
+                          max_atoms=r.max_atoms, progress=False)
