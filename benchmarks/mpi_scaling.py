@@ -1,0 +1,273 @@
+"""MPI scaling: relaxation throughput at 1 and 2 ranks, and the coordinator's own time.
+
+Part 1, throughput. The same candidates (symmetric random structures of ``--system``, seed
+fixed) are relaxed with CHGNet on the CPU, one torch thread per rank:
+
+* 1 rank: the serial executor (what ``lamcsp search`` runs on one rank);
+* N ranks: ``mpiexec -n N`` with :class:`lamcsp.parallel.MPIExecutor` (rank 0 coordinates and
+  relaxes in its own worker process, as a campaign does).
+
+Parallel efficiency = rate(N) / (N * rate(1)). The model is loaded and warmed up before the
+clock starts on every rank.
+
+Part 2, the coordinator. One generation of a real :class:`lamcsp.search.Search` with a
+population of 10^3 and of 10^4 structures, against a store that already holds ``--store-rows``
+rows (default 10^5) and a unit that has already seen ``--seen`` distinct structures. Relaxation
+is replaced by an instant stand-in (the candidate with a random energy), so everything timed is
+the coordinator's: proposing (generators and the similarity screen), the store writes (one row
+per result, as they arrive), dedupe, and the checkpoint. ``docs/mpi_scaling.md`` turns these
+times and the measured per-batch relaxation times into a model of a generation at 64 GPU ranks.
+
+Usage::
+
+    python benchmarks/mpi_scaling.py                       # both parts, default sizes
+    python benchmarks/mpi_scaling.py --part throughput --candidates 64
+    python benchmarks/mpi_scaling.py --part coordinator --populations 1000,10000
+
+Writes ``benchmarks/results/mpi_scaling.json`` and prints tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "benchmarks" / "results" / "mpi_scaling.json"
+
+
+def _campaign(system: str, population: int = 12, threads: int = 1, backend: str = "chgnet") -> Any:
+    from lamcsp.campaign import parse_campaign
+
+    return parse_campaign({
+        "name": "mpi-scaling", "seed": 11,
+        "system": {"composition": system, "formula_units": "1-2", "pressures": 0.0},
+        "population": population, "generations": 1, "stop": {"patience": None},
+        "model": {"backend": backend, "device": "cpu"},
+        "parallel": {"threads": threads},
+    })
+
+
+def candidates(system: str, n: int, seed: int = 5) -> list[Any]:
+    from lamcsp.generators.base import GenerationContext
+    from lamcsp.generators.symmetric import SymmetricRandom
+
+    c = _campaign(system)
+    ctx = GenerationContext(composition=dict(c.system.composition), formula_units=[1, 2],
+                            spacegroups=list(c.system.spacegroups), pressure_gpa=0.0)
+    rng = np.random.default_rng(seed)
+    return [cand.to_atoms() for cand in SymmetricRandom().propose(n, rng, ctx)]
+
+
+# ----------------------------------------------------------------------- part 1: throughput
+
+
+def relax_part(args: argparse.Namespace) -> None:
+    """Runs on every rank (under mpiexec) or alone; rank 0 prints one JSON line."""
+    import torch
+
+    from lamcsp.parallel import MPIExecutor, make_executor, mpi_world, worker_main
+
+    comm = mpi_world()
+    if comm is not None and comm.Get_rank() != 0:
+        sys.exit(worker_main(comm))
+    torch.set_num_threads(1)
+    campaign = _campaign(args.system, threads=1)
+    structs = candidates(args.system, args.candidates)
+    warm = candidates(args.system, 4, seed=99)
+    if comm is None:
+        ex = make_executor(campaign)
+        ranks = 1
+    else:
+        ex = MPIExecutor(comm)
+        ex.configure(campaign)
+        ranks = comm.Get_size()
+    try:
+        # warm-up: every worker loads the model and relaxes something before the clock starts
+        for _ in range(2):
+            ex.relax(warm * max(1, ranks), [0.0] * (len(warm) * max(1, ranks)))
+        t0 = time.perf_counter()
+        res = ex.relax(structs, [0.0] * len(structs))
+        dt = time.perf_counter() - t0
+    finally:
+        ex.close()
+    steps = int(sum(r.steps for r in res))
+    print("RESULT " + json.dumps({"ranks": ranks, "structures": len(structs), "seconds": dt,
+                                  "relaxations_per_s": len(structs) / dt, "steps": steps,
+                                  "converged": int(sum(r.converged for r in res))}), flush=True)
+
+
+def throughput(args: argparse.Namespace) -> list[dict[str, Any]]:
+    mpiexec = str(Path(sys.executable).parent / "mpiexec")
+    if not os.path.exists(mpiexec):
+        mpiexec = shutil.which("mpiexec") or "mpiexec"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    rows = []
+    for ranks in args.ranks:
+        cmd = [sys.executable, __file__, "--relax-part", "--system", args.system,
+               "--candidates", str(args.candidates)]
+        if ranks > 1:
+            cmd = [mpiexec, "-n", str(ranks), *cmd]
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        line = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
+        if out.returncode != 0 or not line:
+            raise SystemExit(f"{' '.join(cmd)} failed:\n{out.stdout}\n{out.stderr}")
+        rows.append(json.loads(line[0][7:]))
+    base = rows[0]["relaxations_per_s"]
+    print(f"\nthroughput: {args.candidates} {args.system} candidates, CHGNet on the CPU, 1 torch thread per rank")
+    print(f"{'ranks':>5} {'seconds':>9} {'relax/s':>9} {'speed-up':>9} {'efficiency':>10}")
+    for r in rows:
+        r["speedup"] = r["relaxations_per_s"] / base
+        r["efficiency"] = r["speedup"] / r["ranks"]
+        print(f"{r['ranks']:>5} {r['seconds']:>9.1f} {r['relaxations_per_s']:>9.2f} {r['speedup']:>9.2f} "
+              f"{r['efficiency']:>10.1%}")
+    return rows
+
+
+# ----------------------------------------------------------------------- part 2: coordinator
+
+
+class InstantExecutor:
+    """Relaxation replaced by the candidate itself with a random energy (coordinator timing)."""
+
+    def __init__(self, seed: int = 0):
+        self.rng = np.random.default_rng(seed)
+        self.seconds = 0.0
+
+    def relax(self, structures: Any, pressures: Any, on_result: Any = None, labels: Any = None) -> list[Any]:
+        from lamcsp.relax.relaxer import RelaxResult
+
+        out = []
+        for i, (a, p) in enumerate(zip(structures, pressures)):
+            t0 = time.perf_counter()
+            e = float(self.rng.normal(-3.0, 0.3)) * len(a)
+            r = RelaxResult(a.copy(), e, e, float(p), True, 10, "converged", 0.01,
+                            np.zeros((len(a), 3)), np.zeros((3, 3)))
+            self.seconds += time.perf_counter() - t0
+            out.append(r)
+            if on_result is not None:
+                on_result(i, r)
+        return out
+
+
+def _prefill(db_path: Path, rows: int, pool: list[Any]) -> float:
+    from lamcsp.relax.relaxer import RelaxResult
+    from lamcsp.store import ResultStore
+
+    store = ResultStore(db_path.parent, url=str(db_path))
+    rng = np.random.default_rng(1)
+    t0 = time.perf_counter()
+    with store.transaction():
+        for i in range(rows):
+            a = pool[i % len(pool)]
+            e = float(rng.normal(-3.0, 0.3)) * len(a)
+            r = RelaxResult(a, e, e, 0.0, True, 10, "converged", 0.01, np.zeros((len(a), 3)), np.zeros((3, 3)))
+            store.add(r, key=f"old-{i}", generation=0, generator="random", model_id="prefill", spacegroup=1,
+                      unique=False, duplicate_of=None, extra={"role": "search", "unit": 0})
+    return time.perf_counter() - t0
+
+
+def coordinator(args: argparse.Namespace) -> list[dict[str, Any]]:
+    from lamcsp.potentials.registry import load_potential
+    from lamcsp.search import Search
+
+    tmp = Path(tempfile.mkdtemp(prefix="lamcsp-coord-"))
+    rows: list[dict[str, Any]] = []
+    try:
+        pool = candidates(args.system, args.seen, seed=3)
+        db = tmp / "store.db"
+        t_fill = _prefill(db, args.store_rows, pool)
+        print(f"\nprefilled a store of {args.store_rows} rows in {t_fill:.0f} s; the unit has seen {len(pool)} "
+              "structures")
+        for pop in args.populations:
+            shutil.copy(db, tmp / f"store-{pop}.db")
+            camp = _campaign(args.system, population=pop, backend="lj")
+            lj = load_potential("lj", device="cpu", epsilon=0.01, sigma=3.0)
+            search = Search(camp, tmp / f"run-{pop}", potential=lj, executor=InstantExecutor(),
+                            progress=False, db_url=str(tmp / f"store-{pop}.db"))
+            search.deduper = search._deduper()
+            search.unit_states = [search._new_unit_state(u) for u in search.units]
+            for us in search.unit_states:  # what the unit has seen and stored before
+                search._remember(us, pool)
+                us.stored.extend(search.deduper.describe(pool))
+            timers: dict[str, float] = {"propose": 0.0, "store": 0.0, "dedupe": 0.0}
+
+            def timed(name: str, fn: Any) -> Any:
+                def wrapper(*a: Any, **k: Any) -> Any:
+                    t0 = time.perf_counter()
+                    try:
+                        return fn(*a, **k)
+                    finally:
+                        timers[name] += time.perf_counter() - t0
+                return wrapper
+
+            search.propose = timed("propose", search.propose)  # type: ignore[method-assign]
+            search._add_row = timed("store", search._add_row)  # type: ignore[method-assign]
+            search._dedupe_unit = timed("dedupe", search._dedupe_unit)  # type: ignore[method-assign]
+            t0 = time.perf_counter()
+            search.run_generation(0)
+            total = time.perf_counter() - t0
+            t1 = time.perf_counter()
+            search.generation = 1
+            search._checkpoint()
+            timers["checkpoint"] = time.perf_counter() - t1
+            relax_stub = search.executor.seconds
+            row = {"population": pop, "store_rows": args.store_rows, "seen": len(pool),
+                   "total_s": total - relax_stub + timers["checkpoint"], **{f"{k}_s": v for k, v in timers.items()}}
+            row["other_s"] = row["total_s"] - sum(timers.values())
+            row["serial_s"] = row["total_s"] - timers["store"]  # store writes overlap relaxation
+            rows.append(row)
+            search.store.close() if hasattr(search.store, "close") else None
+        print(f"\ncoordinator time per generation ({args.system}, store of {args.store_rows} rows)")
+        print(f"{'population':>10} {'propose':>8} {'store':>8} {'dedupe':>8} {'ckpt':>6} {'other':>6} "
+              f"{'total':>8} {'serial':>8}  (seconds)")
+        for r in rows:
+            print(f"{r['population']:>10} {r['propose_s']:>8.2f} {r['store_s']:>8.2f} {r['dedupe_s']:>8.2f} "
+                  f"{r['checkpoint_s']:>6.2f} {r['other_s']:>6.2f} {r['total_s']:>8.2f} {r['serial_s']:>8.2f}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--part", choices=("all", "throughput", "coordinator"), default="all")
+    ap.add_argument("--system", default="MgSiO3", help="composition of the candidates (default MgSiO3)")
+    ap.add_argument("--candidates", type=int, default=64, help="structures relaxed per throughput run")
+    ap.add_argument("--ranks", default="1,2", help="rank counts to time (the first is the reference)")
+    ap.add_argument("--populations", default="1000,10000")
+    ap.add_argument("--store-rows", type=int, default=100_000)
+    ap.add_argument("--seen", type=int, default=2000, help="structures the unit has seen before")
+    ap.add_argument("--relax-part", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--out", default=str(OUT))
+    args = ap.parse_args()
+    args.ranks = [int(x) for x in args.ranks.split(",")]
+    args.populations = [int(x) for x in args.populations.split(",")]
+    if args.relax_part:
+        relax_part(args)
+        return
+    out = Path(args.out)
+    data: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {}
+    data["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
+    if args.part in ("all", "throughput"):
+        data["throughput"] = {"system": args.system, "candidates": args.candidates, "rows": throughput(args)}
+    if args.part in ("all", "coordinator"):
+        data["coordinator"] = {"system": args.system, "rows": coordinator(args)}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(data, indent=1))
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()
