@@ -125,7 +125,8 @@ def throughput(args: argparse.Namespace) -> list[dict[str, Any]]:
             raise SystemExit(f"{' '.join(cmd)} failed:\n{out.stdout}\n{out.stderr}")
         rows.append(json.loads(line[0][7:]))
     base = rows[0]["relaxations_per_s"]
-    print(f"\nthroughput: {args.candidates} {args.system} candidates, CHGNet on the CPU, 1 torch thread per rank")
+    print(f"\nthroughput: {args.candidates} {args.system} candidates, CHGNet on the CPU, "
+          "1 torch thread per rank")
     print(f"{'ranks':>5} {'seconds':>9} {'relax/s':>9} {'speed-up':>9} {'efficiency':>10}")
     for r in rows:
         r["speedup"] = r["relaxations_per_s"] / base
@@ -163,6 +164,7 @@ class InstantExecutor:
 
 def _prefill(db_path: Path, rows: int, pool: list[Any]) -> float:
     from lamcsp.relax.relaxer import RelaxResult
+
     from lamcsp.store import ResultStore
 
     store = ResultStore(db_path.parent, url=str(db_path))
@@ -172,7 +174,8 @@ def _prefill(db_path: Path, rows: int, pool: list[Any]) -> float:
         for i in range(rows):
             a = pool[i % len(pool)]
             e = float(rng.normal(-3.0, 0.3)) * len(a)
-            r = RelaxResult(a, e, e, 0.0, True, 10, "converged", 0.01, np.zeros((len(a), 3)), np.zeros((3, 3)))
+            r = RelaxResult(a, e, e, 0.0, True, 10, "converged", 0.01, np.zeros((len(a), 3)),
+                            np.zeros((3, 3)))
             store.add(r, key=f"old-{i}", generation=0, generator="random", model_id="prefill", spacegroup=1,
                       unique=False, duplicate_of=None, extra={"role": "search", "unit": 0})
     return time.perf_counter() - t0
@@ -188,7 +191,8 @@ def coordinator(args: argparse.Namespace) -> list[dict[str, Any]]:
         pool = candidates(args.system, args.seen, seed=3)
         db = tmp / "store.db"
         t_fill = _prefill(db, args.store_rows, pool)
-        print(f"\nprefilled a store of {args.store_rows} rows in {t_fill:.0f} s; the unit has seen {len(pool)} "
+        print(f"\nprefilled a store of {args.store_rows} rows in {t_fill:.0f} s; the unit has seen "
+              f"{len(pool)} "
               "structures")
         for pop in args.populations:
             shutil.copy(db, tmp / f"store-{pop}.db")
@@ -203,11 +207,11 @@ def coordinator(args: argparse.Namespace) -> list[dict[str, Any]]:
                 us.stored.extend(search.deduper.describe(pool))
             timers: dict[str, float] = {"propose": 0.0, "store": 0.0, "dedupe": 0.0}
 
-            def timed(name: str, fn: Any) -> Any:
-                def wrapper(*a: Any, **k: Any) -> Any:
+            def timed(name: str, fn: Any, timers: dict[str, float] = timers) -> Any:
+                def wrapper(*a: Any, **kw: Any) -> Any:
                     t0 = time.perf_counter()
                     try:
-                        return fn(*a, **k)
+                        return fn(*a, **kw)
                     finally:
                         timers[name] += time.perf_counter() - t0
                 return wrapper
@@ -224,7 +228,8 @@ def coordinator(args: argparse.Namespace) -> list[dict[str, Any]]:
             timers["checkpoint"] = time.perf_counter() - t1
             relax_stub = search.executor.seconds
             row = {"population": pop, "store_rows": args.store_rows, "seen": len(pool),
-                   "total_s": total - relax_stub + timers["checkpoint"], **{f"{k}_s": v for k, v in timers.items()}}
+                   "total_s": total - relax_stub + timers["checkpoint"],
+                   **{f"{k}_s": v for k, v in timers.items()}}
             row["other_s"] = row["total_s"] - sum(timers.values())
             row["serial_s"] = row["total_s"] - timers["store"]  # store writes overlap relaxation
             rows.append(row)
@@ -234,7 +239,8 @@ def coordinator(args: argparse.Namespace) -> list[dict[str, Any]]:
               f"{'total':>8} {'serial':>8}  (seconds)")
         for r in rows:
             print(f"{r['population']:>10} {r['propose_s']:>8.2f} {r['store_s']:>8.2f} {r['dedupe_s']:>8.2f} "
-                  f"{r['checkpoint_s']:>6.2f} {r['other_s']:>6.2f} {r['total_s']:>8.2f} {r['serial_s']:>8.2f}")
+                  f"{r['checkpoint_s']:>6.2f} {r['other_s']:>6.2f} {r['total_s']:>8.2f} "
+                  f"{r['serial_s']:>8.2f}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return rows
@@ -259,7 +265,8 @@ def main() -> None:
         return
     out = Path(args.out)
     data: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {}
-    data["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
+    data["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(),
+                       "python": platform.python_version()}
     if args.part in ("all", "throughput"):
         data["throughput"] = {"system": args.system, "candidates": args.candidates, "rows": throughput(args)}
     if args.part in ("all", "coordinator"):

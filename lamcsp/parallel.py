@@ -225,7 +225,7 @@ def _child_main(conn: Any, worker: WorkerInfo) -> None:
         try:
             if task.key not in tasks:
                 tasks[task.key] = _load_target(target)(spec, worker)
-            tasks[task.key](items, lambda j, result: conn.send(("result", bid, j, result)))
+            tasks[task.key](items, lambda j, result, bid=bid: conn.send(("result", bid, j, result)))
             conn.send(("done", bid))
         except BaseException as exc:  # noqa: BLE001 - reported to the coordinator, which stops
             text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
@@ -498,7 +498,8 @@ class MPIExecutor:
                          for b in sorted(held[slot]) for i in sorted(held[slot][b])]
                 what = f"raised {msg[2]}" if kind == "error" else f"died ({msg[2]})"
                 raise WorkerError(slot, names, f"the relax worker of rank {slot} {what} while it held "
-                                  f"{', '.join(names) or 'no structure'}", detail=msg[3] if kind == "error" else "")
+                                  f"{', '.join(names) or 'no structure'}",
+                                  detail=msg[3] if kind == "error" else "")
 
         for s in slots:
             dispatch(s)

@@ -41,14 +41,17 @@ if TYPE_CHECKING:
 
 def atoms_to_dict(atoms: Atoms) -> dict[str, Any]:
     """An ``Atoms`` as plain data (lists, numbers; ``info`` kept where it is plain)."""
-    d = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in atoms.todict().items() if k != "info"}
-    d["info"] = {k: v for k, v in atoms.info.items() if isinstance(v, (str, int, float, bool, type(None)))}
+    d = {k: (v.tolist() if isinstance(v, np.ndarray) else v)
+         for k, v in atoms.todict().items() if k != "info"}
+    d["info"] = {k: v for k, v in atoms.info.items()
+                 if isinstance(v, (str, int, float, bool, type(None)))}
     return d
 
 
 def atoms_from_dict(d: dict[str, Any]) -> Atoms:
     """The inverse of :func:`atoms_to_dict`."""
-    atoms = Atoms.fromdict({k: (np.asarray(v) if isinstance(v, list) else v) for k, v in d.items() if k != "info"})
+    atoms = Atoms.fromdict({k: (np.asarray(v) if isinstance(v, list) else v)
+                            for k, v in d.items() if k != "info"})
     atoms.info.update(d.get("info") or {})
     return atoms
 
@@ -98,7 +101,8 @@ class RelaxResult:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RelaxResult:
-        return cls(atoms=atoms_from_dict(d["atoms"]), energy=d["energy"], enthalpy=d["enthalpy"], pressure_gpa=d["pressure_gpa"],
+        return cls(atoms=atoms_from_dict(d["atoms"]), energy=d["energy"], enthalpy=d["enthalpy"],
+                   pressure_gpa=d["pressure_gpa"],
                    converged=d["converged"], steps=d["steps"], status=d["status"], fmax=d["fmax"],
                    forces=np.asarray(d["forces"], dtype=float).reshape(-1, 3),
                    stress=np.asarray(d["stress"], dtype=float).reshape(3, 3))
@@ -318,4 +322,5 @@ def relax(structures: Sequence[Any], potential: Potential, **kwargs: Any) -> lis
     return Relaxer(potential, **kwargs).relax(structures, pressure)
 
 
-__all__ = ["EV_PER_A3_PER_GPA", "BatchedState", "RelaxResult", "Relaxer", "atoms_from_dict", "atoms_to_dict", "relax"]
+__all__ = ["EV_PER_A3_PER_GPA", "BatchedState", "RelaxResult", "Relaxer", "atoms_from_dict", "atoms_to_dict",
+           "relax"]

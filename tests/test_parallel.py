@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import yaml
 from ase.build import bulk
+from lamcsp.relax.relaxer import Relaxer, RelaxResult
 
 from lamcsp.errors import SetupError
 from lamcsp.parallel import SerialExecutor, Task, WorkerInfo, cpu_threads, launcher_size, mpi_world
 from lamcsp.potentials.pair import LennardJones
-from lamcsp.relax.relaxer import RelaxResult, Relaxer
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
