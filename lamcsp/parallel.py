@@ -547,9 +547,9 @@ class MPIExecutor:
                     waiting.discard(src)
             else:
                 time.sleep(POLL)
+        # a worker that said goodbye has received everything sent to it; sends to one that did
+        # not answer in time are left to MPI_Finalize
         self._sends = [r for r in self._sends if not r.Test()]
-        for r in self._sends:
-            r.Cancel()
 
 
 def make_executor(campaign: Any, potential: Potential | None = None, comm: Any = None) -> Any:
