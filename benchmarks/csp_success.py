@@ -30,6 +30,8 @@ Methods (each a campaign's ``generators``; the rest of the campaign is lamcsp's 
 * ``random``: pure symmetric random search (AIRSS / PyXtal style): a space group drawn
   uniformly among those that can hold the composition, Wyckoff sites, random free coordinates;
 * ``random_p1``: random search without symmetry (space group 1 only);
+* ``random_screen``: symmetric random with lamcsp's similarity screen before relaxation (what
+  the screen alone is worth);
 * ``pso``: CALYPSO-style particle swarm alone (with its own share of random structures);
 * ``ga``: the genetic generator (USPEX-style heredity, lattice mutation, permutation).
 
@@ -75,7 +77,7 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_TARGETS = HERE / "data" / "mp20_small.json"
 #: the CI smoke run: three small, quick targets (rocksalt AgBr, hexagonal CrN and AlAg)
 SMOKE_IDS = ("mp-23231", "mp-1183691", "mp-1228901")
-METHODS = ("lamcsp", "random", "random_p1", "pso", "ga")
+METHODS = ("lamcsp", "random", "random_p1", "random_screen", "pso", "ga")
 DEFAULT_METHODS = ("lamcsp", "random", "random_p1", "ga")
 TOP_K = 5
 MATCHER = {"ltol": 0.2, "stol": 0.3, "angle_tol": 5.0}
@@ -243,7 +245,7 @@ def method_generators(method: str) -> list[dict[str, Any]] | None:
     """The ``generators`` list of a method's campaign (``None``: lamcsp's default)."""
     if method == "lamcsp":
         return None
-    if method in ("random", "random_p1"):
+    if method in ("random", "random_p1", "random_screen"):
         return [{"name": "random", "share": 1.0}]
     if method == "pso":
         return [{"name": "pso", "share": 1.0}]
