@@ -89,6 +89,38 @@ class ResultStore:
             self.db = ase.db.connect(self.url, append=True, use_lock_file=False)
         except Exception as exc:  # malformed URL, missing driver, unreadable file
             raise SetupError("store", f"cannot open the results database {self.url!r}: {exc}") from exc
+        self._indexed = False
+
+    #: indexes ASE's schema lacks: key-value lookups by (key, value), and the child tables by row
+    #: id (an update or delete of one row scanned them all)
+    INDEXES = (
+        ("lamcsp_text_key_value", "text_key_values(key, value)"),
+        ("lamcsp_number_key_value", "number_key_values(key, value)"),
+        ("lamcsp_text_id", "text_key_values(id)"),
+        ("lamcsp_number_id", "number_key_values(id)"),
+        ("lamcsp_keys_id", "keys(id)"),
+        ("lamcsp_species_id", "species(id)"),
+    )
+
+    def _ensure_indexes(self) -> None:
+        """Add :attr:`INDEXES` to the database (once; ASE and ``ase db`` ignore them). Without
+        them the idempotency check of :meth:`add` (``key=...``) and every :meth:`update` scan
+        the whole table: 10 ms per stored row at 10^5 rows (``benchmarks/mpi_scaling.py``)."""
+        if self._indexed:
+            return
+        managed = getattr(self.db, "managed_connection", None)
+        if managed is None:
+            self._indexed = True
+            return
+        try:
+            with managed() as con:
+                cur = con.cursor()
+                cur.execute("SELECT 1 FROM text_key_values LIMIT 1")
+                for name, on in self.INDEXES:
+                    cur.execute(f"CREATE INDEX IF NOT EXISTS {name} ON {on}")
+            self._indexed = True
+        except Exception:  # noqa: BLE001 - tables not created yet (an empty database): next time
+            pass
 
     def __repr__(self) -> str:
         return f"ResultStore({self.url!r})"
@@ -117,6 +149,7 @@ class ResultStore:
         One call is one database transaction (unless inside :meth:`transaction`).
         """
         _check_key(key)
+        self._ensure_indexes()
         existing = self.row_id(key)
         if existing is not None:
             return existing
@@ -170,6 +203,7 @@ class ResultStore:
 
     def update(self, row_id: int, **kv: Any) -> None:
         """Set key values of one row."""
+        self._ensure_indexes()
         self.db.update(int(row_id), **{k: plain(v) for k, v in kv.items()})
 
     def transaction(self) -> Any:

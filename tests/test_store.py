@@ -109,6 +109,27 @@ def test_same_key_is_stored_once(tmp_path):
     assert ResultStore(tmp_path).rows()[0].generation == 3
 
 
+def test_key_lookups_and_updates_use_indexes(tmp_path):
+    """ASE indexes key names only: lamcsp's indexes make a key lookup and a row update use an
+    index (not a scan of every stored row), and ``ase db`` still reads the file."""
+    import sqlite3
+
+    store = ResultStore(tmp_path)
+    ids = [store.add(make_result(-1.0 - i), key=f"g0-c{i}", generation=0, generator="random",
+                     model_id="m", spacegroup=225, unique=False, duplicate_of=None) for i in range(5)]
+    store.update(ids[2], unique=True)
+    con = sqlite3.connect(str(tmp_path / "results.db"))
+    names = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+    assert {name for name, _ in ResultStore.INDEXES} <= names
+    plan = " ".join(str(r) for r in con.execute(
+        "EXPLAIN QUERY PLAN SELECT id FROM text_key_values WHERE key='key' AND value='g0-c3'"))
+    assert "lamcsp_text_key_value" in plan, plan
+    plan = " ".join(str(r) for r in con.execute("EXPLAIN QUERY PLAN DELETE FROM number_key_values WHERE id=3"))
+    assert "lamcsp_number_id" in plan, plan
+    assert store.row_id("g0-c3") == ids[3]
+    assert [r.id for r in ase.db.connect(str(tmp_path / "results.db")).select(unique=True)] == [ids[2]]
+
+
 @pytest.mark.parametrize("bad", ["", "12", "1.5", "True", 7])
 def test_numeric_keys_are_rejected(tmp_path, bad):
     with pytest.raises(SetupError, match="key"):
