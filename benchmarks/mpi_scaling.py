@@ -176,7 +176,8 @@ def _prefill(db_path: Path, rows: int, pool: list[Any]) -> float:
             e = float(rng.normal(-3.0, 0.3)) * len(a)
             r = RelaxResult(a, e, e, 0.0, True, 10, "converged", 0.01, np.zeros((len(a), 3)),
                             np.zeros((3, 3)))
-            store.add(r, key=f"old-{i}", generation=0, generator="random", model_id="prefill", spacegroup=1,
+            # earlier generations' rows (generation -1: the timed generation 0 reads back its own)
+            store.add(r, key=f"old-{i}", generation=-1, generator="random", model_id="prefill", spacegroup=1,
                       unique=False, duplicate_of=None, extra={"role": "search", "unit": 0})
     return time.perf_counter() - t0
 
