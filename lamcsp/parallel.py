@@ -181,7 +181,6 @@ class SerialExecutor:
 
         self.relaxer = Relaxer(potential, **relaxer_options)
         self._tasks: dict[str, Any] = {}
-        self.n_workers = 1
 
     def relax(self, structures: Sequence[Atoms], pressures: Sequence[float],
               on_result: Callable[[int, RelaxResult], None] | None = None,
@@ -414,7 +413,6 @@ class MPIExecutor:
         self._info = _local(comm)
         self._sends: list[Any] = []
         self._closed = False
-        self.busy_seconds = 0.0  # the coordinator's own time inside map, outside waiting
 
     def configure(self, campaign: Any) -> None:
         """Take the campaign's relaxation task and parallel settings."""
@@ -425,10 +423,6 @@ class MPIExecutor:
     @property
     def slots(self) -> list[int]:
         return ([0] if self.coordinator_relaxes else []) + list(range(1, self.size))
-
-    @property
-    def n_workers(self) -> int:
-        return len(self.slots)
 
     def relax(self, structures: Sequence[Atoms], pressures: Sequence[float],
               on_result: Callable[[int, RelaxResult], None] | None = None,
@@ -504,7 +498,6 @@ class MPIExecutor:
         for s in slots:
             dispatch(s)
         while any(held[s] for s in slots):
-            t0 = time.perf_counter()
             busy = False
             while self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=_TAG, status=status):
                 src = status.Get_source()
@@ -519,8 +512,8 @@ class MPIExecutor:
                 busy = busy or bool(msgs)
             self._sends = [r for r in self._sends if not r.Test()]
             if busy:
-                self.busy_seconds += time.perf_counter() - t0
-            elif self._local is not None and 0 in slots:
+                continue
+            if self._local is not None and 0 in slots:
                 self._local.conn.poll(POLL)
             else:
                 time.sleep(POLL)
