@@ -11,7 +11,8 @@ deduplication; every unit proposes ``population`` structures per generation.
 One generation, for all active units together::
 
     propose (each generator, its own RNG)  ->  screen (kernels.screen: minimum distances)
-    -> relax (one batched relaxer call over all units and pressures; each result is stored
+    -> relax (through the executor, lamcsp.parallel: one batched relaxer call over all units and
+       pressures here, or batches pulled by the relax workers of MPI ranks; each result is stored
        in the database as soon as it finishes)
     -> dedupe (per unit: within the generation, then against what is stored; one transaction)
     -> fold back (populations, best enthalpies, swarm updates on the next propose)
