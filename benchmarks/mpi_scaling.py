@@ -139,6 +139,14 @@ def throughput(args: argparse.Namespace) -> list[dict[str, Any]]:
 # ----------------------------------------------------------------------- part 2: coordinator
 
 
+def _stand_in(atoms: Any, energy: float, pressure: float) -> Any:
+    """A converged RelaxResult of ``atoms`` as it is, with ``energy`` (no model call)."""
+    from lamcsp.relax.relaxer import RelaxResult
+
+    return RelaxResult(atoms, energy, energy, float(pressure), True, 10, "converged", 0.01,
+                       np.zeros((len(atoms), 3)), np.zeros((3, 3)))
+
+
 class InstantExecutor:
     """Relaxation replaced by the candidate itself with a random energy (coordinator timing)."""
 
@@ -147,14 +155,12 @@ class InstantExecutor:
         self.seconds = 0.0
 
     def relax(self, structures: Any, pressures: Any, on_result: Any = None, labels: Any = None) -> list[Any]:
-        from lamcsp.relax.relaxer import RelaxResult
 
         out = []
         for i, (a, p) in enumerate(zip(structures, pressures)):
             t0 = time.perf_counter()
             e = float(self.rng.normal(-3.0, 0.3)) * len(a)
-            r = RelaxResult(a.copy(), e, e, float(p), True, 10, "converged", 0.01,
-                            np.zeros((len(a), 3)), np.zeros((3, 3)))
+            r = _stand_in(a.copy(), e, p)
             self.seconds += time.perf_counter() - t0
             out.append(r)
             if on_result is not None:
@@ -163,7 +169,6 @@ class InstantExecutor:
 
 
 def _prefill(db_path: Path, rows: int, pool: list[Any]) -> float:
-    from lamcsp.relax.relaxer import RelaxResult
 
     from lamcsp.store import ResultStore
 
@@ -174,8 +179,7 @@ def _prefill(db_path: Path, rows: int, pool: list[Any]) -> float:
         for i in range(rows):
             a = pool[i % len(pool)]
             e = float(rng.normal(-3.0, 0.3)) * len(a)
-            r = RelaxResult(a, e, e, 0.0, True, 10, "converged", 0.01, np.zeros((len(a), 3)),
-                            np.zeros((3, 3)))
+            r = _stand_in(a, e, 0.0)
             # earlier generations' rows (generation -1: the timed generation 0 reads back its own)
             store.add(r, key=f"old-{i}", generation=-1, generator="random", model_id="prefill", spacegroup=1,
                       unique=False, duplicate_of=None, extra={"role": "search", "unit": 0})
