@@ -15,8 +15,9 @@ row's own columns, ``row.formula`` and ``row.energy``, and select as usual
 (``ase db results.db formula=Ar4``, ``energy<-3``).
 
 Crash safety. ASE's SQLite backend writes one row (the system and all its key values) in one
-transaction that commits before :meth:`ResultStore.add` returns, so a ``kill -9`` at any moment
-leaves either no row or the whole row. ASE's ``.lock`` file is not used (the database locks
+transaction that commits before :meth:`ResultStore.add` returns (:meth:`ResultStore.add_many`:
+all its rows in one transaction), so a ``kill -9`` at any moment leaves either no row or the
+whole row. ASE's ``.lock`` file is not used (the database locks
 itself); a stale one left by a killed writer would otherwise block every later write.
 :meth:`ResultStore.add` with a key already stored returns the stored row's id and writes
 nothing; a resumed campaign that re-adds the results of a generation therefore stores
@@ -148,25 +149,64 @@ class ResultStore:
         ``data`` is stored as the row's data (plain data, e.g. the candidate it came from).
         One call is one database transaction (unless inside :meth:`transaction`).
         """
-        _check_key(key)
+        return self.add_many([dict(result=result, key=key, generation=generation, generator=generator,
+                                   model_id=model_id, spacegroup=spacegroup, unique=unique,
+                                   duplicate_of=duplicate_of, extra=extra, data=data)])[0]
+
+    def add_many(self, items: list[dict[str, Any]]) -> list[int]:
+        """Store several relaxed structures in one transaction; their row ids, in order.
+
+        Each item holds the keyword arguments of :meth:`add` (``result``, ``key``, ...). All
+        rows commit together or none does, and one commit costs as much as a whole row
+        (``benchmarks/mpi_scaling.py``): the search writes the results that arrive together
+        with this. Keys already stored are skipped, as in :meth:`add`.
+        """
         self._ensure_indexes()
-        existing = self.row_id(key)
+        rows = []
+        for it in items:
+            _check_key(it["key"])
+            rows.append(self._row(**it))
+        ids: list[int] = []
+        try:
+            if getattr(self.db, "connection", None) is not None:  # inside transaction(): caller commits
+                return [self._write(*r) for r in rows]
+            with self.db:  # one transaction
+                for r in rows:
+                    ids.append(self._write(*r))
+                    fault("store-write")
+            return ids
+        except ValueError as exc:  # ASE's check of key names and values
+            raise SetupError("extra", f"cannot store these key values: {exc}") from exc
+
+    def _write(self, row: AtomsRow, kvp: dict[str, Any], data: dict[str, Any]) -> int:
+        existing = self.row_id(kvp["key"])
         if existing is not None:
             return existing
+        return int(self.db.write(row, key_value_pairs=kvp, data=data))
 
-        from ase.calculators.singlepoint import SinglePointCalculator
+    def _row(self, result: RelaxResult, *, key: str, generation: int, generator: str, model_id: str,
+             spacegroup: int, unique: bool, duplicate_of: int | None, extra: dict[str, Any] | None = None,
+             data: dict[str, Any] | None = None) -> tuple[AtomsRow, dict[str, Any], dict[str, Any]]:
+        """The ASE row of one result, its key values and its data.
+
+        The row is built directly, as ASE builds it from atoms with a single-point calculator
+        (``calculator="unknown"``, energy, forces, Voigt stress), without ASE's calculator state
+        check, which compares the atoms four times and cost half of every write."""
+        from ase.db.core import now
+        from ase.db.row import AtomsRow, atoms2dict
         from ase.stress import full_3x3_to_voigt_6_stress
 
         atoms = result.atoms.copy()
+        atoms.calc = None
         stress = np.asarray(result.stress, dtype=float)
         if stress.shape == (3, 3):
             stress = full_3x3_to_voigt_6_stress(stress)
-        atoms.calc = SinglePointCalculator(
-            atoms,
-            energy=float(result.energy),
-            forces=np.asarray(result.forces, dtype=float).reshape(len(atoms), 3),
-            stress=stress,
-        )
+        dct = atoms2dict(atoms)
+        dct.update(calculator="unknown", calculator_parameters={}, energy=float(result.energy),
+                   forces=np.asarray(result.forces, dtype=float).reshape(len(atoms), 3), stress=stress)
+        row = AtomsRow(dct)
+        row.ctime = now()
+        row.user = os.getenv("USER")
         kvp: dict[str, Any] = {
             "key": key,
             "pressure_gpa": float(result.pressure_gpa),
@@ -187,15 +227,7 @@ class ResultStore:
             if name in kvp:
                 raise SetupError("extra", f"key value {name!r} is set by the store itself")
             kvp[name] = plain(value)
-        try:
-            if getattr(self.db, "connection", None) is not None:  # inside transaction(): caller commits
-                return int(self.db.write(atoms, key_value_pairs=kvp, data=plain(data or {})))
-            with self.db:  # one transaction
-                row_id = int(self.db.write(atoms, key_value_pairs=kvp, data=plain(data or {})))
-                fault("store-write")
-            return row_id
-        except ValueError as exc:  # ASE's check of key names and values
-            raise SetupError("extra", f"cannot store these key values: {exc}") from exc
+        return row, kvp, plain(data or {})
 
     def mark_duplicate(self, row_id: int, of: int) -> None:
         """Mark row ``row_id`` as a duplicate of row ``of``."""

@@ -109,6 +109,50 @@ def test_same_key_is_stored_once(tmp_path):
     assert ResultStore(tmp_path).rows()[0].generation == 3
 
 
+def test_rows_equal_what_ase_writes_from_a_single_point_calculator(tmp_path):
+    """The store builds its rows directly (no calculator state check): every column equals the
+    row ASE writes from the same atoms with a single-point calculator."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.stress import full_3x3_to_voigt_6_stress
+
+    r = make_result()
+    r.atoms.rattle(0.05, seed=3)
+    r.atoms.set_tags([1, 0, 2, 0])
+    ours = ResultStore(tmp_path / "a")
+    ours.add(r, key="g0-c0", generation=0, generator="random", model_id="m", spacegroup=1,
+             unique=True, duplicate_of=None)
+    ref = ase.db.connect(str(tmp_path / "b.db"))
+    atoms = r.atoms.copy()
+    atoms.calc = SinglePointCalculator(atoms, energy=r.energy, forces=r.forces,
+                                       stress=full_3x3_to_voigt_6_stress(r.stress))
+    ref.write(atoms)
+    a, b = ours.rows()[0], ref.get(id=1)
+    for name in ("numbers", "positions", "cell", "pbc", "tags", "energy", "forces", "stress", "calculator",
+                 "calculator_parameters", "natoms", "formula", "volume", "fmax", "smax"):
+        assert np.array_equal(np.asarray(a.get(name)), np.asarray(b.get(name))), name
+    back = a.toatoms()
+    assert back.calc.name == b.toatoms().calc.name
+    assert back.get_potential_energy() == r.energy
+    assert np.array_equal(back.get_forces(), r.forces)
+
+
+def test_add_many_is_one_transaction_and_skips_stored_keys(tmp_path):
+    store = ResultStore(tmp_path)
+    first = add(store, "g0-c1")
+    args = dict(generation=0, generator="random", model_id="m", spacegroup=225, unique=False,
+                duplicate_of=None)
+    ids = store.add_many([dict(result=make_result(-2.0), key="g0-c0", **args),
+                          dict(result=make_result(-3.0), key="g0-c1", **args),  # stored already
+                          dict(result=make_result(-4.0), key="g0-c2", **args)])
+    assert ids[1] == first and len(set(ids)) == 3 and store.count() == 3
+    assert store.rows(key="g0-c1")[0].energy == -1.5  # the stored row, unchanged
+    bad = [dict(result=make_result(), key="g1-c0", **args),
+           dict(result=make_result(), key="g1-c1", **args, extra={"energy": 1.0})]  # a reserved name
+    with pytest.raises(SetupError):
+        store.add_many(bad)
+    assert store.count() == 3 and store.row_id("g1-c0") is None  # all or nothing
+
+
 def test_key_lookups_and_updates_use_indexes(tmp_path):
     """ASE indexes key names only: lamcsp's indexes make a key lookup and a row update use an
     index (not a scan of every stored row), and ``ase db`` still reads the file."""
@@ -279,3 +323,24 @@ def test_rng_state_round_trip(tmp_path, bit_generator):
     np.testing.assert_array_equal(restored.integers(0, 100, 5), rng.integers(0, 100, 5))
     with pytest.raises(SetupError, match="bit generator"):
         rng_from_state({"bit_generator": "Nope"})
+
+
+def test_row_buffer_writes_when_full_old_or_flushed(tmp_path):
+    from lamcsp.search import RowBuffer
+
+    store = ResultStore(tmp_path)
+    args = dict(generation=0, generator="random", model_id="m", spacegroup=225, unique=False,
+                duplicate_of=None)
+    buf = RowBuffer(store, rows=3, seconds=3600.0)
+    got = []
+    for i in range(4):
+        buf.add(i, dict(result=make_result(-1.0 - i), key=f"g0-c{i}", **args))
+        got += buf.ready()
+        assert store.count() == (3 if i >= 2 else 0)  # written at the third, not before
+    assert [t for t, _ in got] == [0, 1, 2]
+    got += buf.flush()
+    assert [t for t, _ in got] == [0, 1, 2, 3] and store.count() == 4
+    assert {store.rows(id=rid)[0].key for _, rid in got} == {f"g0-c{i}" for i in range(4)}
+    old = RowBuffer(store, rows=100, seconds=0.0)  # every result is old enough at once
+    old.add("x", dict(result=make_result(), key="g1-c0", **args))
+    assert [t for t, _ in old.ready()] == ["x"] and store.count() == 5
