@@ -102,12 +102,13 @@ class ModelSpec:
     """The machine-learned (or classical) potential that relaxes every structure."""
 
     backend: str = _field("chgnet", type="str",
-                          doc="model backend: `chgnet`, `ase`, `emt`, `lj` or `morse`")
+                          doc="model backend: `chgnet`, `deepmd`, `ase`, `emt`, `lj` or `morse`")
     path: str | None = _field(
         type="path or null",
         doc="model file (must exist; relative to the campaign file); null: the backend's "
             "default weights")
-    head: str | None = _field(type="str or null", doc="model head, for multi-head models")
+    head: str | None = _field(type="str or null",
+                              doc="model head of a multi-head DeePMD-kit checkpoint (`deepmd`)")
     device: str = _field("auto", type="`auto`, `cpu`, `cuda` or `cuda:N`",
                          doc="where the model runs")
     options: dict[str, Any] = _field(

@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("inputs", nargs="+", metavar="INPUT", help="CIF, POSCAR or extxyz files")
     r.add_argument("-o", "--output", default="relaxed.extxyz", help="output extxyz file")
     r.add_argument("--model", default="chgnet",
-                   help="model spec: chgnet (default, pretrained 0.3.0), chgnet:PATH, emt, ase:NAME")
+                   help="model spec: chgnet (default, pretrained 0.3.0), chgnet:PATH, deepmd:PATH[@HEAD] "
+                        "(a DeePMD-kit .pt/.pth model and its head), emt, ase:NAME")
     r.add_argument("--pressure", type=float, default=0.0, metavar="GPA", help="external pressure, GPa")
     r.add_argument("--fmax", type=_positive(float, "--fmax"), default=0.05, help="eV/Å")
     r.add_argument("--max-steps", type=_positive(int, "--max-steps"), default=500)

@@ -1,5 +1,6 @@
-"""Model specs to potentials: ``chgnet``, ``chgnet:0.3.0``, ``chgnet:PATH``, ``emt``,
-``ase:NAME`` (any ASE calculator by name or ``module:Class``), ``lj``, ``morse``."""
+"""Model specs to potentials: ``chgnet``, ``chgnet:0.3.0``, ``chgnet:PATH``,
+``deepmd:PATH[@HEAD]``, ``emt``, ``ase:NAME`` (any ASE calculator by name or ``module:Class``),
+``lj``, ``morse``."""
 
 from __future__ import annotations
 
@@ -19,6 +20,20 @@ def _chgnet(arg: str | None, device: str, **kw: Any) -> Potential:
         raise SetupError("model.options.version", f"give a model file ({arg}) or a version "
                                                   f"({version}), not both")
     return CHGNetPotential(model=arg or version or "0.3.0", device=resolve_device(device), **kw)
+
+
+def _deepmd(arg: str | None, device: str, **kw: Any) -> Potential:
+    from lamcsp.potentials.deepmd import DeePMDPotential, split_spec
+
+    if not arg:
+        raise SetupError("model.path", "the deepmd backend needs a model file: deepmd:PATH[@HEAD], or "
+                                       "model: {backend: deepmd, path: model.pt, head: NAME}")
+    path, head = split_spec(arg)
+    if head is not None and kw.get("head") not in (None, head):
+        raise SetupError("model.head", f"two heads given: {head!r} in the spec and {kw['head']!r}")
+    if head is not None:
+        kw["head"] = head
+    return DeePMDPotential(path, device=resolve_device(device), **kw)
 
 
 def _ase(arg: str | None, device: str, **kw: Any) -> Potential:
@@ -53,6 +68,7 @@ def _morse(arg: str | None, device: str, **kw: Any) -> Potential:
 
 BACKENDS: dict[str, Callable[..., Potential]] = {
     "chgnet": _chgnet,
+    "deepmd": _deepmd,
     "ase": _ase,
     "emt": _emt,
     "lj": _lj,
@@ -65,7 +81,8 @@ def load_potential(spec: str = "chgnet", device: str = "auto", **kwargs: Any) ->
 
     Args:
         spec: ``chgnet`` (default: the pretrained 0.3.0 weights shipped in the chgnet
-            package), ``chgnet:PATH`` (a CHGNet checkpoint), ``emt``, ``ase:NAME``,
+            package), ``chgnet:PATH`` (a CHGNet checkpoint), ``deepmd:PATH[@HEAD]`` (a
+            DeePMD-kit ``.pt``/``.pth`` model and its head), ``emt``, ``ase:NAME``,
             ``lj`` or ``morse`` (parameters as keyword arguments).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         kwargs: passed to the backend.
@@ -103,6 +120,11 @@ def load_model(spec: Any) -> Potential:
         text = f"ase:{name}"
     else:
         text = spec.backend + (f":{spec.path}" if spec.path else "")
+    if spec.head is not None:
+        if spec.backend != "deepmd":
+            raise SetupError("model.head", f"the {spec.backend} backend has no heads; model.head is for "
+                                           "multi-head DeePMD-kit models (backend: deepmd)")
+        options["head"] = spec.head
     try:
         return load_potential(text, device=spec.device, **options)
     except TypeError as exc:

@@ -1,0 +1,380 @@
+"""DeePMD-kit v3 (PyTorch) models behind the :class:`~lamcsp.potentials.base.Potential` seam:
+DPA-2/DPA-3, se_e2_a, multi-head OpenLAM checkpoints.
+
+``model: {backend: deepmd, path: model.pt, head: NAME}`` in a campaign, or
+``--model deepmd:PATH[@HEAD]`` on the command line. A checkpoint (``.pt``, as ``dp --pt train``
+writes it) or a frozen model (``.pth``, ``dp --pt freeze``) is loaded with DeePMD-kit's own
+:class:`deepmd.infer.DeepPot` (head selection, type map); the network it holds is then called
+directly on torch tensors, on the potential's device, for whole batches:
+
+* ``batching="group"``: one model call per distinct atom count in the batch;
+* ``batching="pad"``: one model call for the whole batch, every structure padded to the largest
+  with virtual atoms of type -1 (DeePMD-kit leaves them out of every neighbour list and every
+  energy sum);
+* ``"auto"`` (default): grouping when the batch has at most :data:`AUTO_GROUPS` atom counts,
+  else padding. ``benchmarks/deepmd_eval.py`` measures both on mixed sizes.
+
+Energies are the model's total energy (eV), forces eV/Å, and the stress is ``-virial / V``
+(ASE's sign convention, as DeePMD-kit's own ASE calculator gives it).
+
+An element the model's ``type_map`` lacks is a :class:`~lamcsp.errors.SetupError` naming it
+(before any model call); a multi-head model without a head, or with an unknown one, is a
+``SetupError`` on ``model.head`` listing the heads.
+
+The fine-tuning entry of the fine-tune loop is :func:`finetune` (``dp --pt train --finetune``,
+then ``dp --pt freeze``); :func:`write_frames` writes labelled frames with dpdata.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lamcsp.errors import SetupError
+from lamcsp.potentials.base import Output, Potential
+from lamcsp.relax.state import BatchedState
+
+BATCHING = ("auto", "group", "pad")
+
+#: ``batching="auto"`` groups by atom count up to this many distinct counts in a batch, and pads
+#: beyond (each group is one model call; padding wastes the padded atoms' work instead)
+AUTO_GROUPS = 4
+
+INSTALL_HINT = (
+    "install it with the project's torch: pip install 'lamcsp[deepmd]', then rebuild its C++ op "
+    "against this torch: DP_VARIANT=cpu DP_ENABLE_TENSORFLOW=0 pip install --no-build-isolation "
+    "--no-deps --force-reinstall --no-binary deepmd-kit deepmd-kit (see README)"
+)
+
+
+def _import_deeppot() -> Any:
+    try:
+        from deepmd.infer import DeepPot
+    except ImportError as exc:
+        raise SetupError("model.backend",
+                         f"the deepmd backend needs deepmd-kit ({exc}); {INSTALL_HINT}") from exc
+    except RuntimeError as exc:  # the C++ op was built for another torch
+        raise SetupError("model.backend", f"deepmd-kit does not load with this torch ({exc}); "
+                                          f"{INSTALL_HINT}") from exc
+    return DeepPot
+
+
+def checkpoint_params(path: str | os.PathLike) -> dict[str, Any]:
+    """The model definition stored in a ``.pt`` checkpoint (``model_dict`` per head for a
+    multi-head model)."""
+    state = torch.load(str(path), map_location="cpu", weights_only=True)
+    if "model" in state:
+        state = state["model"]
+    return dict(state["_extra_state"]["model_params"])
+
+
+def checkpoint_heads(path: str | os.PathLike) -> list[str] | None:
+    """The heads of a multi-head ``.pt`` checkpoint, or ``None`` for a single-head model."""
+    params = checkpoint_params(path)
+    return list(params["model_dict"]) if "model_dict" in params else None
+
+
+def split_spec(arg: str) -> tuple[str, str | None]:
+    """``PATH[@HEAD]`` -> ``(PATH, HEAD or None)`` (the last ``@``; paths may hold one)."""
+    path, sep, head = arg.rpartition("@")
+    if not sep or not head or "/" in head:
+        return arg, None
+    return path, head
+
+
+def load_deeppot(path: str | os.PathLike, head: str | None = None) -> Any:
+    """DeePMD-kit's ``DeepPot`` of a ``.pt``/``.pth`` file, with head checks as SetupErrors."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise SetupError("model.path", f"DeePMD-kit model {str(p)!r} does not exist or is not a file; give a "
+                                       "checkpoint (.pt, from dp --pt train) or a frozen model (.pth, from "
+                                       "dp --pt freeze)")
+    if p.suffix not in (".pt", ".pth"):
+        raise SetupError("model.path", f"{str(p)!r} is not a DeePMD-kit PyTorch model: expected a .pt "
+                                       "checkpoint or a .pth frozen model (TensorFlow .pb models are not "
+                                       "supported; convert them with dp convert-backend)")
+    DeepPot = _import_deeppot()
+    heads = None
+    if p.suffix == ".pt":
+        try:
+            heads = checkpoint_heads(p)
+        except Exception as exc:  # noqa: BLE001 - unreadable file: a setup problem
+            raise SetupError("model.path", f"could not read a DeePMD-kit checkpoint from {str(p)!r} "
+                                           f"({type(exc).__name__}: {exc})") from exc
+        if heads is not None:
+            if head is None:
+                raise SetupError("model.head", f"{p.name} is a multi-head model; choose a head with "
+                                               f"model.head (or deepmd:PATH@HEAD): {', '.join(heads)}")
+            if head not in heads:
+                raise SetupError("model.head", f"{p.name} has no head {head!r}; its heads are: "
+                                               f"{', '.join(heads)}")
+        elif head is not None:
+            raise SetupError("model.head", f"{p.name} has a single head; leave model.head out (got {head!r})")
+    elif head is not None:
+        raise SetupError("model.head", f"{p.name} is a frozen model, which has one head (the one chosen "
+                                       f"with dp --pt freeze --head); leave model.head out (got {head!r})")
+    try:
+        return DeepPot(str(p), head=head, auto_batch_size=False)
+    except Exception as exc:  # noqa: BLE001
+        raise SetupError("model.path", f"could not load DeePMD-kit model {str(p)!r} "
+                                       f"({type(exc).__name__}: {exc})") from exc
+
+
+class DeePMDPotential(Potential):
+    """A DeePMD-kit PyTorch model, batched over structures of different sizes.
+
+    Args:
+        path: a ``.pt`` checkpoint or a ``.pth`` frozen model.
+        head: the head of a multi-head checkpoint (required there, refused elsewhere).
+        device: where the network runs.
+        batching: ``"auto"``, ``"group"`` (one call per atom count) or ``"pad"`` (one call,
+            virtual atoms of type -1).
+
+    Raises:
+        SetupError: missing or unreadable file, head problems, unknown batching, deepmd-kit
+            missing or built for another torch.
+    """
+
+    name = "deepmd"
+
+    def __init__(self, path: str | os.PathLike, head: str | None = None, device: torch.device | str = "cpu",
+                 batching: str = "auto", dtype: torch.dtype = torch.float64):
+        super().__init__(device=device, dtype=dtype)
+        if batching not in BATCHING:
+            raise SetupError("model.options.batching", f"unknown batching {batching!r}; use one of "
+                                                       f"{', '.join(BATCHING)}")
+        self.batching = batching
+        self.path = Path(path).expanduser().absolute()
+        self.head = head
+        self.deeppot = load_deeppot(self.path, head)
+        self._net = self.deeppot.deep_eval.dp.to(self.device)
+        self._net.eval()
+        from ase.data import atomic_numbers
+
+        self.type_map = list(self.deeppot.get_type_map())
+        unknown = [t for t in self.type_map if t not in atomic_numbers]
+        types = torch.full((119,), -1, dtype=torch.long)
+        for i, sym in enumerate(self.type_map):
+            if sym in atomic_numbers:
+                types[atomic_numbers[sym]] = i
+        self._types = types.to(self.device)
+        self._numbers = {atomic_numbers[t] for t in self.type_map if t not in unknown}
+        from deepmd.pt.utils.env import GLOBAL_PT_FLOAT_PRECISION
+
+        self._model_dtype = GLOBAL_PT_FLOAT_PRECISION
+        self.rcut = float(self.deeppot.get_rcut())
+
+    @property
+    def model_id(self) -> str:
+        return f"deepmd:{self.path.name}" + (f"@{self.head}" if self.head else "")
+
+    @property
+    def supported_numbers(self) -> set[int]:
+        return set(self._numbers)
+
+    # -- evaluation ------------------------------------------------------------------------
+
+    def forward(self, state: BatchedState) -> Output:
+        self.check_numbers(state.numbers)
+        counts = state.n_atoms_per_system
+        mode = self.batching
+        if mode == "auto":
+            mode = "group" if len(torch.unique(counts)) <= AUTO_GROUPS else "pad"
+        S, N = state.n_systems, state.n_atoms
+        energy = torch.empty(S, dtype=state.dtype, device=state.device)
+        forces = torch.empty((N, 3), dtype=state.dtype, device=state.device)
+        stress = torch.empty((S, 3, 3), dtype=state.dtype, device=state.device)
+        starts = torch.cumsum(counts, 0) - counts
+        types = self._types[state.numbers.to(self.device)]
+        if mode == "group":
+            for n in torch.unique(counts).tolist():
+                systems = torch.nonzero(counts == n).flatten()
+                atoms = (starts[systems][:, None] + torch.arange(n, device=state.device)).flatten()
+                e, f, v = self._call(state.positions[atoms].reshape(len(systems), n, 3),
+                                     types[atoms.to(self.device)].reshape(len(systems), n),
+                                     state.cell[systems])
+                energy[systems] = e.to(state.dtype)
+                forces[atoms] = f.reshape(-1, 3).to(state.dtype)
+                stress[systems] = v.to(state.dtype)
+        else:
+            nmax = int(counts.max())
+            local = torch.arange(N, device=state.device) - starts[state.system_idx]
+            coord = torch.zeros((S, nmax, 3), dtype=state.positions.dtype, device=state.device)
+            coord[state.system_idx, local] = state.positions
+            atype = torch.full((S, nmax), -1, dtype=torch.long, device=self.device)
+            atype[state.system_idx.to(self.device), local.to(self.device)] = types
+            e, f, v = self._call(coord, atype, state.cell)
+            energy[:] = e.to(state.dtype)
+            forces[:] = f.to(state.device)[state.system_idx, local].to(state.dtype)
+            stress[:] = v.to(state.dtype)
+        return {"energy": energy, "forces": forces, "stress": stress}
+
+    def _call(self, coord: torch.Tensor, atype: torch.Tensor,
+              cell: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One model call on ``nf`` frames of ``n`` atoms: energies ``(nf,)``, forces
+        ``(nf, n, 3)`` and stresses ``(nf, 3, 3)``."""
+        dt, dev = self._model_dtype, self.device
+        coord = coord.detach().to(device=dev, dtype=dt)
+        box = cell.detach().to(device=dev, dtype=dt)
+        out = self._net(coord, atype.to(dev), box=box.reshape(-1, 9), do_atomic_virial=False)
+        if isinstance(out, tuple):
+            out = out[0]
+        nf = coord.shape[0]
+        energy = out["energy"].detach().reshape(nf)
+        force = out["force"].detach().reshape(nf, -1, 3)
+        virial = out["virial"].detach().reshape(nf, 3, 3)
+        volume = torch.linalg.det(box).abs()
+        return energy, force, -virial / volume[:, None, None]
+
+
+# -- data and fine-tuning ------------------------------------------------------------------------
+
+
+def write_frames(frames: Sequence[Any], out_dir: str | os.PathLike, type_map: Sequence[str]) -> list[Path]:
+    """Write labelled frames (ASE ``Atoms`` with energy, forces and stress results) as
+    dpdata's ``deepmd/npy``, one system folder per formula; returns the folders.
+
+    Every frame keeps the full ``type_map`` (so every folder's ``type_map.raw`` is the model's)."""
+    import dpdata
+
+    out = Path(out_dir)
+    missing = sorted({s for a in frames for s in a.get_chemical_symbols()} - set(type_map))
+    if missing:
+        raise SetupError("type_map", f"elements {', '.join(missing)} are not in the model's type map "
+                                     f"({', '.join(type_map)})")
+    ms = dpdata.MultiSystems(type_map=list(type_map))
+    for a in frames:
+        ms.append(dpdata.LabeledSystem(a, fmt="ase/structure"))
+    ms.to_deepmd_npy(str(out))
+    return sorted(p for p in out.iterdir() if (p / "type.raw").is_file())
+
+
+def _dp(args: list[str], cwd: Path, log: Path) -> None:
+    """Run ``dp --pt ARGS`` in ``cwd``, output to ``log``; a failure is a SetupError quoting
+    the end of the log."""
+    exe = shutil.which("dp")
+    cmd = [exe] if exe else [sys.executable, "-m", "deepmd.main"]
+    with open(log, "a") as fh:
+        rc = subprocess.run([*cmd, "--pt", *args], cwd=cwd, stdout=fh, stderr=subprocess.STDOUT).returncode
+    if rc:
+        tail = log.read_text(errors="replace").strip().splitlines()[-8:]
+        raise SetupError("finetune", f"dp --pt {' '.join(args)} failed (exit {rc}) in {cwd}; its log "
+                                     f"{log} ends with: " + " | ".join(tail))
+
+
+def finetune(
+    model: str | os.PathLike,
+    data: Sequence[str | os.PathLike],
+    workdir: str | os.PathLike,
+    *,
+    head: str | None = None,
+    init: bool = False,
+    steps: int = 1000,
+    learning_rate: tuple[float, float] = (1e-3, 1e-5),
+    validation: Sequence[str | os.PathLike] | None = None,
+    seed: int = 1,
+    batch_size: Any = "auto",
+    threads: int | None = None,
+) -> Path:
+    """Fine-tune a DeePMD-kit model on labelled frames; returns the frozen ``.pth`` model.
+
+    The first iteration of the fine-tune loop fine-tunes the pretrained model
+    (``dp --pt train input.json --finetune model.pt [--model-branch HEAD]``: the descriptor and,
+    for a multi-head model, the chosen head's fitting net are kept, the energy bias refitted to
+    the new data); later iterations continue from the last checkpoint (``init=True``:
+    ``--init-model``). The model definition comes from the checkpoint (``--use-pretrain-script``),
+    so only training settings are written to ``workdir/input.json``. The result is frozen with
+    ``dp --pt freeze`` to ``workdir/model.pth``; ``workdir`` keeps ``train.log``,
+    ``lcurve.out`` (the learning curve) and the checkpoints (``model.ckpt.pt``).
+
+    Args:
+        model: the ``.pt`` checkpoint to start from.
+        data: ``deepmd/npy`` system folders (:func:`write_frames`).
+        workdir: created if needed.
+        head: the head of a multi-head ``model`` to start from.
+        init: continue training ``model`` (``--init-model``) instead of fine-tuning it.
+        steps: training steps.
+        learning_rate: start and stop learning rates (exponential decay).
+        validation: ``deepmd/npy`` folders for the validation error in ``lcurve.out``.
+        seed: training seed.
+        batch_size: DeePMD-kit's ``batch_size`` (``"auto"``: frames per batch from atom counts).
+        threads: torch threads of the training process (``OMP_NUM_THREADS``).
+
+    Raises:
+        SetupError: no data, a missing model, or a failed ``dp`` command (quoting its log).
+    """
+    model = Path(model).expanduser().resolve()
+    if not model.is_file() or model.suffix != ".pt":
+        raise SetupError("finetune.model", f"fine-tuning starts from a .pt checkpoint; {str(model)!r} "
+                                           "is not one")
+    systems = [str(Path(d).resolve()) for d in data]
+    if not systems:
+        raise SetupError("finetune.data", "no labelled data to fine-tune on")
+    work = Path(workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    decay = max(1, steps // 20)
+    start, stop = learning_rate
+    training: dict[str, Any] = {
+        "training_data": {"systems": systems, "batch_size": batch_size},
+        "numb_steps": int(steps), "seed": int(seed), "disp_file": "lcurve.out",
+        "disp_freq": max(1, steps // 20), "save_freq": int(steps),
+    }
+    if validation:
+        training["validation_data"] = {"systems": [str(Path(d).resolve()) for d in validation],
+                                       "batch_size": batch_size, "numb_btch": 1}
+    params = checkpoint_params(model)
+    if "model_dict" in params:
+        heads = list(params["model_dict"])
+        if head not in heads:
+            raise SetupError("finetune.head", f"{model.name} is a multi-head model; fine-tune one of its "
+                                              f"heads: {', '.join(heads)} (got {head!r})")
+        params = params["model_dict"][head]
+    elif head is not None:
+        raise SetupError("finetune.head", f"{model.name} has a single head; leave head out (got {head!r})")
+    config = {
+        "model": params,
+        "learning_rate": {"type": "exp", "start_lr": start, "stop_lr": stop, "decay_steps": decay},
+        "loss": {"type": "ener", "start_pref_e": 0.2, "limit_pref_e": 1, "start_pref_f": 100,
+                 "limit_pref_f": 1, "start_pref_v": 0.02, "limit_pref_v": 0.2},
+        "training": training,
+    }
+    (work / "input.json").write_text(json.dumps(config, indent=1))
+    args = ["train", "input.json", "--use-pretrain-script"]
+    if init:
+        args = ["train", "input.json", "--init-model", str(model), "--use-pretrain-script"]
+    else:
+        args += ["--finetune", str(model)]
+        if head is not None:
+            args += ["--model-branch", head]
+    env_threads = {} if threads is None else {"OMP_NUM_THREADS": str(threads)}
+    old = {k: os.environ.get(k) for k in env_threads}
+    os.environ.update(env_threads)
+    try:
+        _dp(args, work, work / "train.log")
+        _dp(["freeze", "-o", "model.pth"], work, work / "freeze.log")
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return work / "model.pth"
+
+
+def learning_curve(workdir: str | os.PathLike) -> dict[str, list[float]]:
+    """The columns of ``workdir/lcurve.out`` by name (``step``, ``rmse_e_trn``, ``rmse_f_trn``,
+    ``rmse_f_val``, ...)."""
+    path = Path(workdir) / "lcurve.out"
+    lines = path.read_text().splitlines()
+    names = lines[0].lstrip("#").split()
+    rows = np.loadtxt(path, ndmin=2)
+    return {n: rows[:, i].tolist() for i, n in enumerate(names[: rows.shape[1]])}
