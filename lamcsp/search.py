@@ -407,8 +407,12 @@ class Search:
                 stops a run once the target is found).
             report: run the pressure scan and write the report at the end.
         """
+        from ase.data import atomic_numbers
+
         from lamcsp.store import read_checkpoint
 
+        elements = sorted({el for u in self.units for el in u.composition})
+        self.potential.check_numbers([atomic_numbers[el] for el in elements], field="model")
         self.deduper = self._deduper()
         self.unit_states = [self._new_unit_state(u) for u in self.units]
         state = read_checkpoint(self.run_dir / CHECKPOINT_NAME) if self.resume else None

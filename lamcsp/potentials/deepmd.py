@@ -181,6 +181,17 @@ class DeePMDPotential(Potential):
     def supported_numbers(self) -> set[int]:
         return set(self._numbers)
 
+    def check_numbers(self, numbers: Any, field: str = "structures") -> None:
+        """Raise :class:`SetupError` naming the elements outside the model's ``type_map``."""
+        from ase.data import chemical_symbols
+
+        present = {int(z) for z in torch.as_tensor(numbers).flatten().tolist()}
+        missing = sorted(present - self._numbers)
+        if missing:
+            names = ", ".join(chemical_symbols[z] if 0 < z < 119 else str(z) for z in missing)
+            raise SetupError(field, f"the DeePMD-kit model {self.model_id} does not cover element(s) "
+                                    f"{names}: its type_map is {', '.join(self.type_map)}")
+
     # -- evaluation ------------------------------------------------------------------------
 
     def forward(self, state: BatchedState) -> Output:
@@ -258,13 +269,14 @@ def write_frames(frames: Sequence[Any], out_dir: str | os.PathLike, type_map: Se
     return sorted(p for p in out.iterdir() if (p / "type.raw").is_file())
 
 
-def _dp(args: list[str], cwd: Path, log: Path) -> None:
+def _dp(args: list[str], cwd: Path, log: Path, env: dict[str, str] | None = None) -> None:
     """Run ``dp --pt ARGS`` in ``cwd``, output to ``log``; a failure is a SetupError quoting
     the end of the log."""
     exe = shutil.which("dp")
     cmd = [exe] if exe else [sys.executable, "-m", "deepmd.main"]
     with open(log, "a") as fh:
-        rc = subprocess.run([*cmd, "--pt", *args], cwd=cwd, stdout=fh, stderr=subprocess.STDOUT).returncode
+        rc = subprocess.run([*cmd, "--pt", *args], cwd=cwd, stdout=fh, stderr=subprocess.STDOUT,
+                            env=env).returncode
     if rc:
         tail = log.read_text(errors="replace").strip().splitlines()[-8:]
         raise SetupError("finetune", f"dp --pt {' '.join(args)} failed (exit {rc}) in {cwd}; its log "
@@ -320,7 +332,6 @@ def finetune(
     if not systems:
         raise SetupError("finetune.data", "no labelled data to fine-tune on")
     work = Path(workdir)
-    work.mkdir(parents=True, exist_ok=True)
     decay = max(1, steps // 20)
     start, stop = learning_rate
     training: dict[str, Any] = {
@@ -332,6 +343,9 @@ def finetune(
         training["validation_data"] = {"systems": [str(Path(d).resolve()) for d in validation],
                                        "batch_size": batch_size, "numb_btch": 1}
     params = checkpoint_params(model)
+    if init and "model_dict" in params:
+        raise SetupError("finetune.init", f"{model.name} is a multi-head model: fine-tune one of its heads "
+                                          "first (init=False), then continue from that checkpoint")
     if "model_dict" in params:
         heads = list(params["model_dict"])
         if head not in heads:
@@ -347,26 +361,31 @@ def finetune(
                  "limit_pref_f": 1, "start_pref_v": 0.02, "limit_pref_v": 0.2},
         "training": training,
     }
-    (work / "input.json").write_text(json.dumps(config, indent=1))
-    args = ["train", "input.json", "--use-pretrain-script"]
     if init:
-        args = ["train", "input.json", "--init-model", str(model), "--use-pretrain-script"]
+        extra = ["--init-model", str(model), "--use-pretrain-script"]
     else:
-        args += ["--finetune", str(model)]
+        extra = ["--finetune", str(model), "--use-pretrain-script"]
         if head is not None:
-            args += ["--model-branch", head]
-    env_threads = {} if threads is None else {"OMP_NUM_THREADS": str(threads)}
-    old = {k: os.environ.get(k) for k in env_threads}
-    os.environ.update(env_threads)
-    try:
-        _dp(args, work, work / "train.log")
-        _dp(["freeze", "-o", "model.pth"], work, work / "freeze.log")
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+            extra += ["--model-branch", head]
+    return train(config, work, extra=extra, threads=threads)
+
+
+def train(config: dict[str, Any], workdir: str | os.PathLike, *, extra: Sequence[str] = (),
+          threads: int | None = None, freeze_head: str | None = None) -> Path:
+    """Train a DeePMD-kit model from a full ``input.json`` (``config``) in ``workdir`` and
+    freeze it; returns ``workdir/model.pth`` (the checkpoint is ``workdir/model.ckpt.pt``).
+
+    ``extra`` adds arguments of ``dp --pt train``; ``freeze_head`` picks the head to freeze of a
+    multi-task run; ``threads`` sets ``OMP_NUM_THREADS`` of the ``dp`` processes."""
+    work = Path(workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "input.json").write_text(json.dumps(config, indent=1))
+    env = dict(os.environ)
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
+    _dp(["train", "input.json", *extra], work, work / "train.log", env)
+    _dp(["freeze", "-o", "model.pth", *(["--head", freeze_head] if freeze_head else [])], work,
+        work / "freeze.log", env)
     return work / "model.pth"
 
 
