@@ -11,8 +11,10 @@ directly on torch tensors, on the potential's device, for whole batches:
 * ``batching="pad"``: one model call for the whole batch, every structure padded to the largest
   with virtual atoms of type -1 (DeePMD-kit leaves them out of every neighbour list and every
   energy sum);
-* ``"auto"`` (default): grouping when the batch has at most :data:`AUTO_GROUPS` atom counts,
-  else padding. ``benchmarks/deepmd_eval.py`` measures both on mixed sizes.
+* ``batching="bucket"``: in between, structures within 25 % in atom count share a padded call;
+* ``"auto"`` (default): the fastest measured with ``benchmarks/deepmd_eval.py`` on mixed sizes
+  (grouping, on the CPU: DeePMD-kit's neighbour search and descriptor work scale with the padded
+  size, so padding costs more than the calls it saves; ``docs/deepmd.md``).
 
 Energies are the model's total energy (eV), forces eV/Å, and the stress is ``-virial / V``
 (ASE's sign convention, as DeePMD-kit's own ASE calculator gives it).
@@ -43,11 +45,26 @@ from lamcsp.errors import SetupError
 from lamcsp.potentials.base import Output, Potential
 from lamcsp.relax.state import BatchedState
 
-BATCHING = ("auto", "group", "pad")
+#: how far each batching mode pads: structures whose atom counts lie within this ratio of each
+#: other share a model call, padded to the largest (1: equal counts only; inf: one call)
+PAD_RATIO = {"group": 1.0, "bucket": 1.25, "pad": float("inf")}
+PAD_RATIO["auto"] = PAD_RATIO["group"]  # the fastest measured (benchmarks/deepmd_eval.py)
+BATCHING = tuple(PAD_RATIO)
 
-#: ``batching="auto"`` groups by atom count up to this many distinct counts in a batch, and pads
-#: beyond (each group is one model call; padding wastes the padded atoms' work instead)
-AUTO_GROUPS = 4
+
+def call_groups(counts: Sequence[int], ratio: float) -> list[list[int]]:
+    """Systems sharing a model call: sorted by atom count, a group grows while its largest count
+    is at most ``ratio`` times its smallest. Returns lists of system indices."""
+    order = sorted(range(len(counts)), key=lambda i: counts[i])
+    groups: list[list[int]] = []
+    lo = None
+    for i in order:
+        if groups and lo is not None and counts[i] <= ratio * lo:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+            lo = counts[i]
+    return groups
 
 INSTALL_HINT = (
     "install it with the project's torch: pip install 'lamcsp[deepmd]', then rebuild its C++ op "
@@ -136,8 +153,9 @@ class DeePMDPotential(Potential):
         path: a ``.pt`` checkpoint or a ``.pth`` frozen model.
         head: the head of a multi-head checkpoint (required there, refused elsewhere).
         device: where the network runs.
-        batching: ``"auto"``, ``"group"`` (one call per atom count) or ``"pad"`` (one call,
-            virtual atoms of type -1).
+        batching: ``"auto"``, ``"group"`` (one call per atom count), ``"bucket"`` (one padded
+            call per 25 % range of atom counts) or ``"pad"`` (one call, virtual atoms of type
+            -1).
 
     Raises:
         SetupError: missing or unreadable file, head problems, unknown batching, deepmd-kit
@@ -172,6 +190,7 @@ class DeePMDPotential(Potential):
 
         self._model_dtype = GLOBAL_PT_FLOAT_PRECISION
         self.rcut = float(self.deeppot.get_rcut())
+        self.n_model_calls = 0
 
     @property
     def model_id(self) -> str:
@@ -197,42 +216,41 @@ class DeePMDPotential(Potential):
     def forward(self, state: BatchedState) -> Output:
         self.check_numbers(state.numbers)
         counts = state.n_atoms_per_system
-        mode = self.batching
-        if mode == "auto":
-            mode = "group" if len(torch.unique(counts)) <= AUTO_GROUPS else "pad"
         S, N = state.n_systems, state.n_atoms
         energy = torch.empty(S, dtype=state.dtype, device=state.device)
         forces = torch.empty((N, 3), dtype=state.dtype, device=state.device)
         stress = torch.empty((S, 3, 3), dtype=state.dtype, device=state.device)
         starts = torch.cumsum(counts, 0) - counts
+        local = torch.arange(N, device=state.device) - starts[state.system_idx]
         types = self._types[state.numbers.to(self.device)]
-        if mode == "group":
-            for n in torch.unique(counts).tolist():
-                systems = torch.nonzero(counts == n).flatten()
-                atoms = (starts[systems][:, None] + torch.arange(n, device=state.device)).flatten()
+        for systems in call_groups(counts.tolist(), PAD_RATIO[self.batching]):
+            sel = torch.as_tensor(systems, device=state.device)
+            n = int(counts[sel].max())
+            if bool((counts[sel] == n).all()):  # equal sizes: no padding
+                atoms = (starts[sel][:, None] + torch.arange(n, device=state.device)).flatten()
                 e, f, v = self._call(state.positions[atoms].reshape(len(systems), n, 3),
-                                     types[atoms.to(self.device)].reshape(len(systems), n),
-                                     state.cell[systems])
-                energy[systems] = e.to(state.dtype)
-                forces[atoms] = f.reshape(-1, 3).to(state.dtype)
-                stress[systems] = v.to(state.dtype)
-        else:
-            nmax = int(counts.max())
-            local = torch.arange(N, device=state.device) - starts[state.system_idx]
-            coord = torch.zeros((S, nmax, 3), dtype=state.positions.dtype, device=state.device)
-            coord[state.system_idx, local] = state.positions
-            atype = torch.full((S, nmax), -1, dtype=torch.long, device=self.device)
-            atype[state.system_idx.to(self.device), local.to(self.device)] = types
-            e, f, v = self._call(coord, atype, state.cell)
-            energy[:] = e.to(state.dtype)
-            forces[:] = f.to(state.device)[state.system_idx, local].to(state.dtype)
-            stress[:] = v.to(state.dtype)
+                                     types[atoms.to(self.device)].reshape(len(systems), n), state.cell[sel])
+                forces[atoms] = f.reshape(-1, 3).to(state.device, state.dtype)
+            else:  # padded to the largest with virtual atoms (type -1)
+                where = torch.full((S,), -1, dtype=torch.long, device=state.device)
+                where[sel] = torch.arange(len(systems), device=state.device)
+                atoms = torch.nonzero(where[state.system_idx] >= 0).flatten()
+                row, col = where[state.system_idx[atoms]], local[atoms]
+                coord = torch.zeros((len(systems), n, 3), dtype=state.positions.dtype, device=state.device)
+                coord[row, col] = state.positions[atoms]
+                atype = torch.full((len(systems), n), -1, dtype=torch.long, device=self.device)
+                atype[row.to(self.device), col.to(self.device)] = types[atoms.to(self.device)]
+                e, f, v = self._call(coord, atype, state.cell[sel])
+                forces[atoms] = f.to(state.device)[row, col].to(state.dtype)
+            energy[sel] = e.to(state.device, state.dtype)
+            stress[sel] = v.to(state.device, state.dtype)
         return {"energy": energy, "forces": forces, "stress": stress}
 
     def _call(self, coord: torch.Tensor, atype: torch.Tensor,
               cell: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One model call on ``nf`` frames of ``n`` atoms: energies ``(nf,)``, forces
         ``(nf, n, 3)`` and stresses ``(nf, 3, 3)``."""
+        self.n_model_calls += 1
         dt, dev = self._model_dtype, self.device
         coord = coord.detach().to(device=dev, dtype=dt)
         box = cell.detach().to(device=dev, dtype=dt)
