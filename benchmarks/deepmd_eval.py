@@ -7,6 +7,7 @@ forces, virial) by:
 * ``deeppot``: DeePMD-kit's own ``DeepPot.eval``, one structure per call (the reference);
 * ``single``: :class:`lamcsp.potentials.deepmd.DeePMDPotential`, one structure per call;
 * ``group``: one call per distinct atom count;
+* ``bucket``: one padded call per 25 % range of atom counts;
 * ``pad``: one call, every structure padded to the largest with type -1 atoms;
 * ``auto``: what the backend picks by default.
 
@@ -97,6 +98,11 @@ def structures(sizes: list[int], n: int, type_map: list[str], seed: int = 0) -> 
     return out
 
 
+def _name(model: str) -> str:
+    p = Path(model)
+    return f"{p.parent.name}/{p.name}"
+
+
 def time_it(fn: Any, repeat: int) -> float:
     fn()  # warm-up (TorchScript profiling runs, allocator)
     best = []
@@ -114,7 +120,8 @@ def bench(model: str, head: str | None, mix: str, sizes: list[int], n: int, repe
 
     from lamcsp.potentials.deepmd import DeePMDPotential
 
-    pots = {m: DeePMDPotential(model, head=head, device=device, batching=m) for m in ("group", "pad", "auto")}
+    pots = {m: DeePMDPotential(model, head=head, device=device, batching=m)
+            for m in ("group", "bucket", "pad", "auto")}
     tm = pots["group"].type_map
     batch = structures(sizes, n, [t for t in tm if t in ("Cu", "Au")] or tm[:2])
     state = from_structures(batch, dtype=torch.float64, device=device)
@@ -130,18 +137,17 @@ def bench(model: str, head: str | None, mix: str, sizes: list[int], n: int, repe
         "deeppot": lambda: [dp.eval(a.positions[None], a.cell.array[None], t) for a, t in zip(batch, types)],
         "single": lambda: ([pots["group"](s) for s in singles], sync()),
         "group": lambda: (pots["group"](state), sync()),
+        "bucket": lambda: (pots["bucket"](state), sync()),
         "pad": lambda: (pots["pad"](state), sync()),
         "auto": lambda: (pots["auto"](state), sync()),
     }
     rows = []
     for name, fn in runs.items():
-        pots["group"].reset_counters()
-        pots["pad"].reset_counters()
-        pots["auto"].reset_counters()
+        for p in pots.values():
+            p.n_model_calls = 0
         sec = time_it(fn, repeat)
-        calls = {"deeppot": n, "single": n, "group": len(set(len(a) for a in batch)), "pad": 1,
-                 "auto": 0, "bucket": 0}[name]
-        rows.append({"model": Path(model).name + (f"@{head}" if head else ""), "mix": mix, "method": name,
+        calls = n if name in ("deeppot", "single") else pots[name].n_model_calls // (repeat + 1)
+        rows.append({"model": _name(model) + (f"@{head}" if head else ""), "mix": mix, "method": name,
                      "structures": n, "atoms": int(sum(len(a) for a in batch)), "model_calls": calls,
                      "seconds": sec, "structures_per_s": n / sec})
     ref = next(r["structures_per_s"] for r in rows if r["method"] == "deeppot")
@@ -173,7 +179,7 @@ def main() -> None:
     for path, head in models:
         for mix, sizes in mixes.items():
             rows += bench(path, head, mix, sizes, args.structures, args.repeat, args.device)
-            for r in rows[-5:]:
+            for r in rows[-6:]:
                 print(f"{r['model']:>24} {r['mix']:>5} {r['method']:>8} {r['model_calls']:>5} calls "
                       f"{r['seconds']:8.3f} s {r['structures_per_s']:8.1f} structures/s "
                       f"{r['vs_deeppot']:6.2f}x DeepPot.eval", flush=True)

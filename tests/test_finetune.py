@@ -1,0 +1,236 @@
+"""The fine-tune loop's parts: committee deviation, selection, labelling through the executor,
+data, registry and the loop's bookkeeping (mocked oracle and trainer)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import ase.io
+import numpy as np
+import pytest
+from ase.build import bulk
+from ase.calculators.calculator import Calculator, all_changes
+from ase.calculators.emt import EMT
+from helpers import EPS_AR, SIG_AR
+from lamcsp.relax.relaxer import atoms_to_dict
+
+from lamcsp.errors import SetupError
+from lamcsp.finetune import (
+    Committee,
+    FinetuneLoop,
+    LabelTask,
+    classify,
+    farthest_point_order,
+    force_deviation,
+    sane,
+    select,
+)
+from lamcsp.parallel import SerialExecutor
+from lamcsp.potentials import LennardJones
+
+
+def test_force_deviation_is_dp_gens_formula():
+    rng = np.random.default_rng(0)
+    F = rng.normal(size=(4, 5, 3))  # K models, n atoms
+    ref = [np.sqrt(np.mean([np.sum((F[k, i] - F[:, i].mean(axis=0)) ** 2) for k in range(4)])) for i in range(5)]
+    assert np.allclose(force_deviation(F), ref)
+    assert classify(np.array([0.01, 0.1, 0.2, 0.7]), 0.05, 0.5) == {"accurate": 0.25, "candidate": 0.5,
+                                                                    "failed": 0.25}
+
+
+def ar_cells(n: int, seed: int = 0) -> list:
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        a = bulk("Ar", "fcc", a=5.3).repeat((2 + i % 2, 1, 1))
+        a.rattle(0.2, seed=int(rng.integers(1000)))
+        out.append(a)
+    return out
+
+
+def test_committee_deviation_grows_with_disagreement():
+    cells = ar_cells(4)
+    same = Committee([LennardJones(epsilon=EPS_AR, sigma=SIG_AR) for _ in range(3)]).evaluate(cells)
+    assert np.allclose(same.max_devi_f, 0.0) and np.allclose(same.devi_e, 0.0)
+    a = Committee([LennardJones(epsilon=EPS_AR * f, sigma=SIG_AR) for f in (1.0, 1.1)]).evaluate(cells)
+    b = Committee([LennardJones(epsilon=EPS_AR * f, sigma=SIG_AR) for f in (1.0, 1.5)]).evaluate(cells)
+    assert np.all(b.max_devi_f > a.max_devi_f) and np.all(a.max_devi_f > 0)
+    # two members: the deviation is half the force difference, atom by atom
+    lj1, lj2 = LennardJones(epsilon=EPS_AR, sigma=SIG_AR), LennardJones(epsilon=EPS_AR * 1.1, sigma=SIG_AR)
+    from lamcsp.potentials.ase_calc import PotentialCalculator
+
+    c0 = cells[0].copy()
+    c0.calc = PotentialCalculator(lj1)
+    g1 = c0.get_forces()
+    c0.calc = PotentialCalculator(lj2)
+    g2 = c0.get_forces()
+    assert a.max_devi_f[0] == pytest.approx(np.linalg.norm(g1 - g2, axis=1).max() / 2, rel=1e-6)
+    with pytest.raises(SetupError):
+        Committee([lj1])
+
+
+def test_selection_takes_uncertain_and_low_enthalpy_frames_cleans_and_caps():
+    cells = ar_cells(8)
+    bad = cells[5].copy()
+    bad.positions[1] = bad.positions[0] + [0.3, 0, 0]  # atoms 0.3 Å apart
+    cells[5] = bad
+    H = np.array([-0.08, -0.02, -0.079, -0.01, -0.05, -0.081, -0.03, -0.075])
+    from lamcsp.finetune import Deviation
+
+    d = Deviation(np.array([0.01, 0.2, 0.02, 0.7, 0.1, 0.3, 0.04, 0.3]), np.zeros(8), H, [])
+    sel = select(cells, d, H, lo=0.05, hi=0.5, window=0.002, max_labels=None)
+    # low: 0, 2, 5 (within 2 meV of -0.081); uncertain: 1, 4, 5, 7; 5 is not sane; 3 failed
+    assert sorted(sel.chosen) == [0, 1, 2, 4, 7]
+    assert "apart" in sel.reasons[5] and "trust_hi" in sel.reasons[3] and sel.reasons[6] == "accurate"
+    assert sel.fractions == classify(d.max_devi_f, 0.05, 0.5)
+    capped = select(cells, d, H, lo=0.05, hi=0.5, window=0.002, max_labels=3,
+                    fingerprints=np.arange(8, dtype=float)[:, None])
+    assert capped.chosen[:2] == [0, 2]  # the low-enthalpy hits first
+    assert len(capped.chosen) == 3 and capped.reasons.get(4) == "over max_labels" or capped.reasons.get(1)
+    assert sane(cells[0]) is None and sane(bad) is not None
+    assert farthest_point_order(np.array([[0.0], [1.0], [10.0], [5.0]])) == [0, 2, 3, 1]
+    none = select(cells, None, H, lo=0.05, hi=0.5, window=0.002, max_labels=None)
+    assert sorted(none.chosen) == [0, 2]  # no committee yet: the low-enthalpy hits only
+
+
+class Flaky(Calculator):
+    """EMT that raises on its first ``fail`` calls."""
+
+    implemented_properties = ["energy", "forces", "stress"]
+
+    def __init__(self, fail: int = 1, **kw):
+        super().__init__(**kw)
+        self.fail = fail
+        self.calls = 0
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        self.calls += 1
+        if self.calls <= self.fail:
+            raise RuntimeError("SCF did not converge")
+        a = atoms.copy()
+        a.calc = EMT()
+        self.results = {"energy": a.get_potential_energy(), "forces": a.get_forces(), "stress": a.get_stress()}
+
+
+def test_labels_run_through_the_executor_retry_once_and_record_failures(tmp_path, lj):
+    cu = [bulk("Cu", "fcc", a=3.6).repeat((2, 1, 1)), bulk("Cu", "fcc", a=3.7)]
+    for a in cu:
+        a.rattle(0.05, seed=1)
+    ex = SerialExecutor(lj)
+    items = [{"atoms": atoms_to_dict(a)} for a in cu]
+    task = LabelTask({"calculator": "emt"})
+    out = {}
+    task(items, lambda j, r: out.__setitem__(j, r))
+    for j, a in enumerate(cu):
+        b = a.copy()
+        b.calc = EMT()
+        assert out[j]["ok"] and out[j]["energy"] == pytest.approx(b.get_potential_energy())
+        assert np.allclose(out[j]["forces"], b.get_forces())
+    flaky = LabelTask({"calculator": "emt"})
+    flaky._calc = Flaky(fail=1)
+    got = []
+    flaky(items[:1], lambda j, r: got.append(r))
+    assert got[0]["ok"] and got[0]["attempts"] == 2
+    flaky._calc = Flaky(fail=5)
+    got = []
+    flaky(items[:1], lambda j, r: got.append(r))
+    assert not got[0]["ok"] and got[0]["attempts"] == 2 and "SCF" in got[0]["error"]
+    # an external command whose output dpdata reads (here an ASE trajectory written by EMT)
+    script = ("import ase.io; from ase.calculators.emt import EMT; a = ase.io.read('POSCAR'); a.calc = EMT(); "
+              "a.get_potential_energy(); a.get_stress(); ase.io.write('out.traj', a)")
+    cmd = LabelTask({"command": f"{sys.executable} -c \"{script}\"", "input": "vasp", "output": "ase/traj",
+                     "output_file": "out.traj"})
+    got = []
+    cmd(items, lambda j, r: got.append(r))
+    assert [g["energy"] for g in got] == pytest.approx([out[0]["energy"], out[1]["energy"]])
+    assert np.allclose(got[0]["stress"], out[0]["stress"], atol=1e-8)
+    # through the executor's map
+    mapped = ex.map(__import__("lamcsp.finetune", fromlist=["label_task"]).label_task({"calculator": "emt"}), items)
+    assert mapped[1]["energy"] == pytest.approx(out[1]["energy"])
+
+
+class FakeOracle:
+    """An executor whose map labels with EMT-like fake numbers; frames whose first atom's x is
+    negative fail."""
+
+    def __init__(self):
+        self.calls = []
+
+    def map(self, task, items, on_result=None, labels=None):
+        from lamcsp.relax.relaxer import atoms_from_dict
+
+        self.calls.append(list(labels or []))
+        out = []
+        for it in items:
+            a = atoms_from_dict(it["atoms"])
+            if a.positions[0, 0] < 0:
+                out.append({"ok": False, "error": "oracle crashed", "attempts": 2})
+            else:
+                out.append({"ok": True, "energy": -0.08 * len(a), "forces": np.full((len(a), 3), 0.01).tolist(),
+                            "stress": np.zeros((3, 3)).tolist(), "attempts": 1})
+        return out
+
+
+class FakeTrainer:
+    """Members are LJ potentials whose epsilons get closer to each other every iteration."""
+
+    backend = "chgnet"
+
+    def __init__(self):
+        self.calls = []
+
+    def train(self, data, workdir, members, parents=None):
+        it = len(self.calls)
+        self.calls.append((len(data), parents))
+        spread = 0.5 / (100**it)
+        return [f"lj:{EPS_AR * (1 + spread * k)}" for k in range(members)]
+
+
+def make_lj(path: str):
+    return LennardJones(epsilon=float(path.split(":")[1]), sigma=SIG_AR)
+
+
+def test_loop_bookkeeping_with_mocked_oracle_and_trainer(tmp_path):
+    cells = ar_cells(10, seed=3)
+    cells[4].positions[0, 0] = -1.0  # the oracle fails on it
+    H = np.linspace(-0.08, -0.04, 10)
+    H[4] = -0.0799
+    sources = [f"u0-g0-c{i}" for i in range(10)]
+    oracle, trainer = FakeOracle(), FakeTrainer()
+
+    def loop():
+        return FinetuneLoop(tmp_path / "ft", ["Ar"], oracle, {"calculator": "emt"}, trainer, make_lj, members=3,
+                            lo=0.002, hi=0.5, window=0.003, max_labels=4, conv_accuracy=0.9, max_iterations=6)
+
+    ft = loop()
+    r0 = ft.step(cells, H, sources)
+    # no committee: the low-enthalpy hits (within 3 meV of the lowest), one of them failing
+    assert r0.iteration == 0 and r0.selected == 2 and r0.labelled == 1 and r0.failed_labels == 1
+    assert oracle.calls[0] == ["u0-g0-c0", "u0-g0-c4"]
+    frames = ase.io.read(tmp_path / "ft" / "data" / "iter-000" / "frames.extxyz", ":")
+    assert len(frames) == 1 and frames[0].info["source"] == "u0-g0-c0" and frames[0].info["iteration"] == 0
+    assert "emt" in frames[0].info["oracle"]
+    assert list((tmp_path / "ft" / "data" / "iter-000" / "npy").glob("*/set.000/force.npy"))
+    assert len(r0.models) == 3 and trainer.calls[0] == (1, None)
+
+    r1 = ft.step(cells, H, sources)
+    # a committee now: uncertain frames ([lo, hi)) besides the hits, at most 4, the failed one again
+    assert r1.selected == 4 and r1.fractions["accurate"] < 0.9 and "force_rmse" in r1.errors_before
+    assert trainer.calls[1][1] == r0.models  # trained from the previous members
+    reg = json.loads((tmp_path / "ft" / "models.json").read_text())
+    assert [e["iteration"] for e in reg] == [0, 1] and reg[1]["parent"] == r0.models
+
+    # resume: a new loop on the same folder continues at iteration 2 with all the data
+    ft2 = loop()
+    assert ft2.iteration == 2 and len(ft2.data.frames()) == r0.labelled + r1.labelled
+    r2 = ft2.step(cells, H, sources)
+    r3 = ft2.step(cells, H, sources)
+    # the committee trained at iteration 2 agrees to 5e-5 relative: every frame accurate, nothing
+    # labelled, the loop stops before max_iterations
+    assert not r2.converged and r3.converged and ft2.done and ft2.iteration == 4
+    assert r3.selected == 0 and r3.fractions["accurate"] == 1.0 and r3.models == []
+    assert len(trainer.calls) == 3
+    log = json.loads((tmp_path / "ft" / "iterations.json").read_text())
+    assert [e["iteration"] for e in log] == list(range(len(log))) and log[0]["failed"][0]["error"] == "oracle crashed"
