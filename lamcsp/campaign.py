@@ -181,20 +181,37 @@ class ReportSpec:
 
 @dataclasses.dataclass(frozen=True)
 class FinetuneSpec:
-    """Reserved for the fine-tune loop (label uncertain structures, retrain, go on); read and
-    type-checked, not used yet."""
+    """The DP-GEN-style fine-tune loop: every `every` generations, the committee (K fine-tuned
+    copies of the model) rates the unique hits and relaxation frames; uncertain ones
+    (`trust_lo` <= max force deviation < `trust_hi`) and the lowest-enthalpy hits (within
+    `window`) are labelled by the oracle, the model is fine-tuned on all labels so far, and the
+    search goes on with it. Stops when the accurate fraction reaches `conv_accuracy` or after
+    `max_iterations`. Needs a `chgnet` or `deepmd` model."""
 
     enabled: bool = _field(False, type="bool", doc="run the fine-tune loop")
+    every: int = _field(2, type="int ≥ 1", doc="generations between fine-tune iterations")
+    committee: int = _field(4, type="int ≥ 2", doc="committee size K (fine-tuned copies, seeds 1..K)")
     trust_lo: float = _field(0.05, type="number",
-                             doc="uncertainty under which a prediction is trusted")
+                             doc="max force deviation (eV/Å) under which a prediction is trusted (DP-GEN)")
     trust_hi: float = _field(0.50, type="number",
-                             doc="uncertainty over which a structure is discarded, not labelled")
-    max_labels: int | None = _field(type="int or null",
-                                    doc="oracle labels per iteration at most")
+                             doc="max force deviation (eV/Å) from which a frame is discarded, not labelled")
+    window: float = _field(0.05, type="number ≥ 0",
+                           doc="hits within this many eV/atom of the lowest are labelled whatever "
+                               "their deviation")
+    max_labels: int | None = _field(20, type="int or null", doc="oracle labels per iteration at most")
     conv_accuracy: float = _field(0.9, type="number",
                                   doc="fraction of trusted predictions at which the loop stops")
-    max_iterations: int | None = _field(type="int or null", doc="fine-tune iterations at most")
-    oracle: str | None = _field(type="str or null", doc="the labelling method (e.g. a DFT code)")
+    max_iterations: int | None = _field(5, type="int or null", doc="fine-tune iterations at most")
+    oracle: dict[str, Any] = _field(
+        factory=lambda: {"calculator": "emt"}, type="mapping",
+        doc="the labeller: `{calculator: NAME, options: {...}}` (an ASE calculator by name: emt, "
+            "gpaw, vasp, espresso, abacus, cp2k, ...) or `{command: ..., input: vasp, output: "
+            "vasp/outcar, output_file: OUTCAR}` (an external code whose output dpdata reads)")
+    steps: int = _field(1000, type="int ≥ 1", doc="training steps per member (deepmd)")
+    epochs: int = _field(30, type="int ≥ 1", doc="training epochs per member (chgnet)")
+    learning_rate: float = _field(1e-3, type="number > 0", doc="starting learning rate")
+    rerelax: int = _field(5, type="int ≥ 0",
+                          doc="best unique hits per unit re-relaxed with each new model")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -673,15 +690,34 @@ def _parse_parallel(raw: Any) -> ParallelSpec:
 def _parse_finetune(raw: Any) -> FinetuneSpec:
     d = _keys(raw, FinetuneSpec, "finetune")
     fd = FinetuneSpec()
-    return FinetuneSpec(
+    oracle = d.get("oracle", fd.oracle)
+    if isinstance(oracle, str):  # a calculator name
+        oracle = {"calculator": oracle}
+    if not isinstance(oracle, Mapping) or not ({"calculator", "command"} & set(oracle)):
+        raise SetupError("finetune.oracle", f"give {{calculator: NAME, options: {{...}}}} or {{command: ..., "
+                                            f"output: FORMAT}}, got {oracle!r}")
+    ft = FinetuneSpec(
         enabled=_bool(d.get("enabled", fd.enabled), "finetune.enabled"),
-        trust_lo=_float(d.get("trust_lo", fd.trust_lo), "finetune.trust_lo"),
-        trust_hi=_float(d.get("trust_hi", fd.trust_hi), "finetune.trust_hi"),
-        max_labels=_opt_int(d.get("max_labels"), "finetune.max_labels"),
-        conv_accuracy=_float(d.get("conv_accuracy", fd.conv_accuracy), "finetune.conv_accuracy"),
-        max_iterations=_opt_int(d.get("max_iterations"), "finetune.max_iterations"),
-        oracle=_opt_str(d.get("oracle"), "finetune.oracle"),
+        every=_int(d.get("every", fd.every), "finetune.every", 1),
+        committee=_int(d.get("committee", fd.committee), "finetune.committee", 2),
+        trust_lo=_float(d.get("trust_lo", fd.trust_lo), "finetune.trust_lo", nonneg=True),
+        trust_hi=_float(d.get("trust_hi", fd.trust_hi), "finetune.trust_hi", positive=True),
+        window=_float(d.get("window", fd.window), "finetune.window", nonneg=True),
+        max_labels=_opt_int(d.get("max_labels", fd.max_labels), "finetune.max_labels", 1),
+        conv_accuracy=_float(d.get("conv_accuracy", fd.conv_accuracy), "finetune.conv_accuracy", nonneg=True),
+        max_iterations=_opt_int(d.get("max_iterations", fd.max_iterations), "finetune.max_iterations", 1),
+        oracle=dict(oracle),
+        steps=_int(d.get("steps", fd.steps), "finetune.steps", 1),
+        epochs=_int(d.get("epochs", fd.epochs), "finetune.epochs", 1),
+        learning_rate=_float(d.get("learning_rate", fd.learning_rate), "finetune.learning_rate",
+                             positive=True),
+        rerelax=_int(d.get("rerelax", fd.rerelax), "finetune.rerelax", 0),
     )
+    if ft.trust_hi <= ft.trust_lo:
+        raise SetupError("finetune.trust_hi", f"must be above trust_lo ({ft.trust_lo}), got {ft.trust_hi}")
+    if ft.conv_accuracy > 1:
+        raise SetupError("finetune.conv_accuracy", f"is a fraction (0-1), got {ft.conv_accuracy}")
+    return ft
 
 
 def parse_campaign(raw: Any, source: str = "<campaign>", base_dir: str | None = None) -> Campaign:

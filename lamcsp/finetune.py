@@ -523,7 +523,7 @@ class CHGNetTrainer:
         import io
 
         import torch
-        from chgnet.data.dataset import StructureData
+        from chgnet.data.dataset import StructureData, collate_graphs
         from chgnet.trainer import Trainer
         from pymatgen.io.ase import AseAtomsAdaptor
         from torch.utils.data import DataLoader
@@ -540,8 +540,9 @@ class CHGNetTrainer:
             work = workdir / f"member-{k}"
             work.mkdir(parents=True, exist_ok=True)
             net, _ = _load_chgnet(self.model)
-            data = StructureData(structures, energies, forces, stresses=stresses, shuffle=False)
-            from chgnet.data.dataset import collate_graphs
+            log = io.StringIO()
+            with contextlib.redirect_stdout(log):
+                data = StructureData(structures, energies, forces, stresses=stresses, shuffle=False)
 
             g = torch.Generator().manual_seed(k + 1)
             loader = DataLoader(
@@ -560,9 +561,10 @@ class CHGNetTrainer:
                 data_seed=k + 1,
                 print_freq=10**6,
             )
-            log = io.StringIO()
             with contextlib.redirect_stdout(log):
-                trainer.train(loader, loader, save_dir=str(work))
+                # the composition model (per-element energies) too: the oracle's energy zero is
+                # not the pretrained data's (another functional, or EMT)
+                trainer.train(loader, loader, save_dir=str(work), train_composition_model=True)
             (work / "train.log").write_text(log.getvalue())
             path = work / "model.pt"
             torch.save(trainer.model.as_dict(), path)

@@ -446,7 +446,32 @@ def _summary_doc(run: _Run) -> dict[str, Any]:
         "scans": scans,
         "transitions": found,
         "convergence": _convergence_doc(run),
+        "finetune": _finetune_doc(run),
     }
+
+
+def _finetune_doc(run: _Run) -> list[dict[str, Any]]:
+    """The fine-tune loop per iteration (``run/finetune/iterations.json``): labels, the
+    accurate / candidate / failed fractions, the error of the committee in use against the
+    oracle's new labels, and how the re-relaxed best hits moved with the new model."""
+    path = Path(run.run_dir) / "finetune" / "iterations.json"
+    if not path.is_file():
+        return []
+    rerelaxed: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for row in run.db.select(role="rerelax"):
+        old, new = run.by_id.get(int(row.get("of", -1))), run.by_id.get(int(row.id))
+        if old is not None and new is not None and new.ok:
+            rerelaxed[int(row.get("iteration", -1))].append({
+                "of": old.db_id, "reduced_formula": old.reduced_formula,
+                "before": _f(old.enthalpy_per_atom), "after": _f(new.enthalpy_per_atom)})
+    out = []
+    for it in json.loads(path.read_text()):
+        moved = rerelaxed.get(int(it["iteration"]), [])
+        out.append({"iteration": it["iteration"], "selected": it["selected"], "labelled": it["labelled"],
+                    "failed_labels": it["failed_labels"], "fractions": it["fractions"],
+                    "errors_before": it["errors_before"], "converged": it["converged"],
+                    "n_models": len(it["models"]), "rerelaxed": moved})
+    return out
 
 
 def _count(items: Iterable[str]) -> dict[str, int]:
@@ -788,12 +813,29 @@ def _html(doc: dict[str, Any], images: dict[str, str]) -> str:
         notes, f"<p>{toc} &middot; <a href=#scans>enthalpy vs pressure</a></p>",
         *(_pressure_html(i, p, images) for i, p in enumerate(doc["pressures"])),
         _scans_html(doc, images),
+        _finetune_html(doc),
     ]
     if not doc["pressures"]:
         body.insert(3, "<p class=muted>No finished structures yet.</p>")
     return ("<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
             f"<title>{_e(doc['campaign'])} - lamcsp report</title><style>{_CSS}</style></head>\n"
             "<body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+def _finetune_html(doc: dict[str, Any]) -> str:
+    its = doc.get("finetune") or []
+    if not its:
+        return ""
+    rows = "".join(
+        f"<tr><td>{it['iteration']}</td><td>{it['selected']}</td><td>{it['labelled']}</td>"
+        f"<td>{it['failed_labels']}</td><td>{it['fractions']['accurate']:.2f}</td>"
+        f"<td>{it['fractions']['candidate']:.2f}</td><td>{it['fractions']['failed']:.2f}</td>"
+        f"<td>{_e(format(it['errors_before'].get('force_rmse', float('nan')), '.3f'))}</td>"
+        f"<td>{'yes' if it['converged'] else ''}</td></tr>" for it in its)
+    return ("<h2 id=finetune>Fine-tune loop</h2><table><tr><th>iteration</th><th>selected</th>"
+            "<th>labelled</th><th>label failures</th><th>accurate</th><th>candidate</th><th>failed</th>"
+            "<th>force RMSE vs oracle (eV/&Aring;), model in use</th><th>converged</th></tr>"
+            f"{rows}</table>")
 
 
 def _plots(run: _Run, doc: dict[str, Any], out: Path) -> dict[str, str]:

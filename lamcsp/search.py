@@ -306,8 +306,26 @@ class Search:
         if self._potential is None:
             from lamcsp.potentials.registry import load_model
 
-            self._potential = load_model(self.campaign.model)
+            self._potential = load_model(self.model)
         return self._potential
+
+    @property
+    def model(self) -> Any:
+        """The model section in use: the campaign's, or the fine-tune loop's latest model."""
+        return getattr(self, "_model", None) or self.campaign.model
+
+    def use_model(self, model: Any) -> None:
+        """Go on with another model (a campaign ``model`` section): relaxations from here on,
+        on every rank, use it."""
+        from lamcsp.potentials.registry import load_model
+
+        self._model = model
+        self._potential = load_model(model)
+        ex = self._executor
+        if ex is not None and hasattr(ex, "configure"):  # MPI: the workers load it for the next batch
+            ex.configure(dataclasses.replace(self.campaign, model=model))
+        else:
+            self._executor = None  # the serial executor is rebuilt on the new potential
 
     @property
     def executor(self) -> Any:
@@ -426,11 +444,14 @@ class Search:
                                                if state is not None else ""))
         if not self.done:
             self._relax_references()
+        self._finetune_setup()
+        self._maybe_finetune()  # an iteration a kill interrupted
         while not self.done and self._budget_left():
             self.run_generation(self.generation)
             self.generation += 1
             self.done = not self._budget_left() or bool(until is not None and until(self))
             self._checkpoint()
+            self._maybe_finetune()
         if not self.done:
             self.done = True
             self._checkpoint()
@@ -710,6 +731,113 @@ class Search:
         patience = self.campaign.stop.patience
         if patience is not None and us.stagnant >= patience:
             us.active = False
+
+    # -- fine-tune loop -------------------------------------------------------------------
+
+    def _finetune_setup(self) -> None:
+        """The fine-tune loop of ``campaign.finetune`` (``run/finetune``); on ``--resume`` its
+        data, models and iterations are read back and the latest model is used."""
+        spec = self.campaign.finetune
+        self.finetune = None
+        if not spec.enabled:
+            return
+        from lamcsp.campaign import ModelSpec
+        from lamcsp.finetune import CHGNetTrainer, DeePMDTrainer, FinetuneLoop
+        from lamcsp.potentials.registry import load_model
+
+        m = self.campaign.model
+        if m.backend == "chgnet":
+            trainer: Any = CHGNetTrainer(m.path or m.options.get("version", "0.3.0"), epochs=spec.epochs,
+                                         learning_rate=spec.learning_rate)
+        elif m.backend == "deepmd":
+            if not str(m.path).endswith(".pt"):
+                raise SetupError("model.path", "fine-tuning a deepmd model starts from its .pt checkpoint, "
+                                               f"not {m.path}")
+            trainer = DeePMDTrainer(m.path, m.head, steps=spec.steps,
+                                    learning_rate=(spec.learning_rate, spec.learning_rate / 100))
+        else:
+            raise SetupError("finetune.enabled", f"the fine-tune loop trains chgnet or deepmd models, not "
+                                                 f"{m.backend}")
+        elements = sorted({el for u in self.units for el in u.composition})
+
+        def member(path: str) -> Any:
+            return load_model(ModelSpec(**{**dataclasses.asdict(m), **trainer.spec(path), "options": {}}))
+
+        self.finetune = FinetuneLoop(
+            self.run_dir / "finetune", elements, self.executor, spec.oracle, trainer, member,
+            members=spec.committee, lo=spec.trust_lo, hi=spec.trust_hi, window=spec.window,
+            max_labels=spec.max_labels, conv_accuracy=spec.conv_accuracy,
+            max_iterations=spec.max_iterations or 10**9)
+        latest = self.finetune.registry.latest()
+        if latest:
+            self.use_model(ModelSpec(**{**dataclasses.asdict(m), **trainer.spec(latest["models"][0]),
+                                        "options": {}}))
+            self.finetune.executor = self.executor
+
+    def _maybe_finetune(self) -> None:
+        ft = getattr(self, "finetune", None)
+        if ft is None or ft.done:
+            return
+        due = self.generation // self.campaign.finetune.every
+        while ft.iteration < due and not ft.done:
+            self._finetune_iteration()
+
+    def _finetune_iteration(self) -> None:
+        """One iteration on every unit's unique hits and the start structures (relaxation
+        frames) of the last ``every`` generations; then the new model re-relaxes the best hits."""
+        from lamcsp.campaign import ModelSpec
+        from lamcsp.generators.base import Candidate
+
+        ft = self.finetune
+        structures, enthalpy, sources = [], [], []
+        for us in self.unit_states:
+            for row in self._rows_by_id(us.stored_rows):
+                structures.append(row.toatoms())
+                enthalpy.append(float(row.enthalpy_per_atom))
+                sources.append(row.key)
+        first = max(0, self.generation - self.campaign.finetune.every)
+        for row in self.store.rows(f"generation>={first}", role="search"):
+            cand = (row.data or {}).get("candidate")
+            if cand:
+                structures.append(Candidate.from_dict(cand).to_atoms())
+                enthalpy.append(math.nan)
+                sources.append(f"{row.key}:start")
+        if self.progress:
+            self.progress.write(f"fine-tune iteration {ft.iteration}: rating {len(structures)} structures")
+        result = ft.step(structures, enthalpy, sources)
+        if self.progress:
+            self.progress.write(
+                f"fine-tune iteration {result.iteration}: accurate {result.fractions['accurate']:.2f}, "
+                f"labelled {result.labelled} (failed {result.failed_labels}), "
+                + ("converged" if result.converged else f"{len(result.models)} models trained"))
+        if result.models:
+            m = self.campaign.model
+            self.use_model(ModelSpec(**{**dataclasses.asdict(m), **ft.trainer.spec(result.models[0]),
+                                        "options": {}}))
+            ft.executor = self.executor
+            self._rerelax_best(result.iteration)
+
+    def _rerelax_best(self, iteration: int) -> None:
+        """The ``finetune.rerelax`` best unique hits of every unit, re-relaxed with the new model
+        (rows ``role=rerelax``, ``iteration``, ``of``: the row re-relaxed)."""
+        n = self.campaign.finetune.rerelax
+        todo = []
+        for us in self.unit_states:
+            rows = sorted(self._rows_by_id(us.stored_rows), key=lambda r: r.enthalpy_per_atom)[:n]
+            for row in rows:
+                key = f"ft{iteration}-{row.key}"
+                if self.store.row_id(key) is None:
+                    todo.append((key, row, us))
+        if not todo:
+            return
+
+        def store_one(i: int, result: RelaxResult) -> None:
+            key, row, us = todo[i]
+            self._add_row(result, key, role="rerelax", generation=-3, generator="rerelax", unit=us.unit.index,
+                          extra={"iteration": iteration, "of": int(row.id)})
+
+        self.executor.relax([r.toatoms() for _, r, _ in todo], [us.unit.pressure_gpa for *_, us in todo],
+                            on_result=store_one)
 
     # -- references, pressure scan, report ---------------------------------------------------
     def _relax_references(self) -> None:
