@@ -180,9 +180,10 @@ def select(
 ) -> Selection:
     """DP-GEN's selection plus CSP's low-enthalpy hits.
 
-    A structure is selected when ``lo <= max_devi_f < hi`` (without a committee, none is), or
-    when its enthalpy per atom is within ``window`` eV/atom of the lowest (the hits a search
-    must get right, whatever the committee says). Frames that fail :func:`sane` are cleaned
+    A structure is selected when ``lo <= max_devi_f < hi``, or when its enthalpy per atom is
+    within ``window`` eV/atom of the lowest (the hits a search must get right, whatever the
+    committee says). Without a committee (the first iteration) every relaxed hit may be
+    selected (the initial data), the low-enthalpy ones first. Frames that fail :func:`sane` are cleaned
     out first. If more than ``max_labels`` remain, the low-enthalpy hits come first, then the
     rest in farthest-point order of ``fingerprints`` (diverse), else by decreasing deviation.
     """
@@ -201,6 +202,9 @@ def select(
     else:
         uncertain = []
         fractions = {"accurate": 0.0, "candidate": 1.0, "failed": 0.0}
+    if deviation is None:  # the first iteration, no committee yet: every sane hit may go (DP-GEN's
+        # initial data), the lowest first, then the most diverse, up to max_labels
+        uncertain = [i for i in range(n) if np.isfinite(H[i])]
     picked = []
     for i in sorted(set(low) | set(uncertain), key=lambda i: (i not in low, H[i])):
         if already and i in already:
@@ -501,9 +505,10 @@ class DeePMDTrainer:
 
 
 class CHGNetTrainer:
-    """Fine-tunes CHGNet (its own ``chgnet.trainer.Trainer``, energy + forces + stress, from the
-    pretrained weights each iteration, on all data so far) into K members with torch and data
-    seeds 1..K; each member is saved with ``torch.save(model.as_dict())``, which the ``chgnet``
+    """Fine-tunes CHGNet (its own ``chgnet.trainer.Trainer``, energy + forces + stress and the
+    composition model, from the pretrained weights each iteration, on all data so far) into K
+    members with torch and data seeds 1..K, member k > 0 on a bootstrap resample of the frames;
+    each member is saved with ``torch.save(model.as_dict())``, which the ``chgnet``
     backend loads as ``chgnet:PATH``."""
 
     backend = "chgnet"
@@ -544,10 +549,13 @@ class CHGNetTrainer:
             with contextlib.redirect_stdout(log):
                 data = StructureData(structures, energies, forces, stresses=stresses, shuffle=False)
 
+            # bagging: member k trains on its own bootstrap resample of the frames (member 0 on
+            # all of them), so members disagree where the data is thin
+            rng = np.random.default_rng(k + 1)
+            idx = np.arange(len(frames)) if k == 0 else rng.integers(0, len(frames), len(frames))
             g = torch.Generator().manual_seed(k + 1)
-            loader = DataLoader(
-                data, batch_size=self.batch_size, shuffle=True, collate_fn=collate_graphs, generator=g
-            )
+            loader = DataLoader(torch.utils.data.Subset(data, idx.tolist()), batch_size=self.batch_size,
+                                shuffle=True, collate_fn=collate_graphs, generator=g)
             trainer = Trainer(
                 model=net,
                 targets="efs",

@@ -91,7 +91,8 @@ def test_selection_takes_uncertain_and_low_enthalpy_frames_cleans_and_caps():
     assert sane(cells[0]) is None and sane(bad) is not None
     assert farthest_point_order(np.array([[0.0], [1.0], [10.0], [5.0]])) == [0, 2, 3, 1]
     none = select(cells, None, H, lo=0.05, hi=0.5, window=0.002, max_labels=None)
-    assert sorted(none.chosen) == [0, 2]  # no committee yet: the low-enthalpy hits only
+    # no committee yet: every sane hit (the initial data), the low-enthalpy ones first
+    assert none.chosen[:2] == [0, 2] and sorted(none.chosen) == [0, 1, 2, 3, 4, 6, 7]
 
 
 class Flaky(Calculator):
@@ -165,7 +166,7 @@ class FakeOracle:
         out = []
         for it in items:
             a = atoms_from_dict(it["atoms"])
-            if a.positions[0, 0] < 0:
+            if a.positions[0, 0] < -0.5:
                 out.append({"ok": False, "error": "oracle crashed", "attempts": 2})
             else:
                 out.append({"ok": True, "energy": -0.08 * len(a), "forces": np.full((len(a), 3), 0.01).tolist(),
@@ -206,14 +207,15 @@ def test_loop_bookkeeping_with_mocked_oracle_and_trainer(tmp_path):
 
     ft = loop()
     r0 = ft.step(cells, H, sources)
-    # no committee: the low-enthalpy hits (within 3 meV of the lowest), one of them failing
-    assert r0.iteration == 0 and r0.selected == 2 and r0.labelled == 1 and r0.failed_labels == 1
-    assert oracle.calls[0] == ["u0-g0-c0", "u0-g0-c4"]
+    # no committee: the low-enthalpy hits (within 3 meV of the lowest; one fails), then the
+    # others by enthalpy, max_labels in all
+    assert r0.iteration == 0 and r0.selected == 4 and r0.labelled == 3 and r0.failed_labels == 1
+    assert oracle.calls[0] == ["u0-g0-c0", "u0-g0-c4", "u0-g0-c1", "u0-g0-c2"]
     frames = ase.io.read(tmp_path / "ft" / "data" / "iter-000" / "frames.extxyz", ":")
-    assert len(frames) == 1 and frames[0].info["source"] == "u0-g0-c0" and frames[0].info["iteration"] == 0
+    assert len(frames) == 3 and frames[0].info["source"] == "u0-g0-c0" and frames[0].info["iteration"] == 0
     assert "emt" in frames[0].info["oracle"]
     assert list((tmp_path / "ft" / "data" / "iter-000" / "npy").glob("*/set.000/force.npy"))
-    assert len(r0.models) == 3 and trainer.calls[0] == (1, None)
+    assert len(r0.models) == 3 and trainer.calls[0] == (3, None)
 
     r1 = ft.step(cells, H, sources)
     # a committee now: uncertain frames ([lo, hi)) besides the hits, at most 4, the failed one again
