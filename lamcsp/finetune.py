@@ -654,7 +654,7 @@ class FinetuneLoop:
         conv_accuracy: float = 0.9,
         max_iterations: int = 5,
     ):
-        self.root = Path(root)
+        self.root = Path(root).absolute()  # model paths in the registry are absolute
         self.data = Dataset(self.root / "data", type_map)
         self.registry = ModelRegistry(self.root / "models.json")
         self.executor = executor

@@ -804,7 +804,10 @@ class Search:
                 sources.append(f"{row.key}:start")
         if self.progress:
             self.progress.write(f"fine-tune iteration {ft.iteration}: rating {len(structures)} structures")
-        result = ft.step(structures, enthalpy, sources)
+        fps = [e.fingerprint for e in self.deduper.describe(structures)]
+        width = max((len(f) for f in fps), default=0)
+        fingerprints = np.array([np.pad(f, (0, width - len(f))) for f in fps]) if fps else None
+        result = ft.step(structures, enthalpy, sources, fingerprints=fingerprints)
         if self.progress:
             self.progress.write(
                 f"fine-tune iteration {result.iteration}: accurate {result.fractions['accurate']:.2f}, "

@@ -236,3 +236,51 @@ def test_loop_bookkeeping_with_mocked_oracle_and_trainer(tmp_path):
     assert len(trainer.calls) == 3
     log = json.loads((tmp_path / "ft" / "iterations.json").read_text())
     assert [e["iteration"] for e in log] == list(range(len(log))) and log[0]["failed"][0]["error"] == "oracle crashed"
+
+
+@pytest.mark.slow
+def test_campaign_with_the_fine_tune_loop_chgnet_and_emt(tmp_path):
+    """A CuAu campaign from CHGNet with EMT as the oracle: iterations every generation, labels
+    with provenance, a committee registered per iteration, the search going on with the new
+    model (its rows say so), the best hits re-relaxed, the report's fine-tune section, and a
+    resumed finished run adding nothing."""
+    import os
+    import subprocess
+
+    import ase.db
+    import yaml
+
+    camp = {"name": "cuau-ft", "seed": 5, "system": {"composition": "CuAu", "formula_units": "1-2", "pressures": [0.0]},
+            "population": 4, "generations": 2, "stop": {"patience": None},
+            "model": {"backend": "chgnet", "device": "cpu"}, "relax": {"fmax": 0.05, "max_steps": 150},
+            "finetune": {"enabled": True, "every": 1, "committee": 2, "epochs": 2, "max_labels": 4, "rerelax": 2,
+                         "window": 0.05, "oracle": "emt"}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(camp))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "lamcsp", "search", "c.yaml", "-o", "run"], cwd=tmp_path,
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    run = tmp_path / "run"
+    log = json.loads((run / "finetune" / "iterations.json").read_text())
+    assert [e["iteration"] for e in log] == [0, 1] and log[0]["labelled"] >= 1
+    frames = ase.io.read(run / "finetune" / "data" / "iter-000" / "frames.extxyz", ":")
+    for f in frames:  # the oracle's labels, with provenance
+        g = f.copy()
+        g.calc = EMT()
+        assert f.get_potential_energy() == pytest.approx(g.get_potential_energy())
+        assert f.info["iteration"] == 0 and f.info["source"].startswith("u0-g0-")
+    models = json.loads((run / "finetune" / "models.json").read_text())
+    assert len(models[0]["models"]) == 2 and all(os.path.isfile(m) for m in models[0]["models"])
+    db = ase.db.connect(str(run / "results.db"))
+    g1 = list(db.select(role="search", generation=1))
+    assert g1 and {row.model_id for row in g1} == {"chgnet:model.pt"}  # generation 1 ran on the new model
+    assert {row.model_id for row in db.select(role="search", generation=0)} == {"chgnet-0.3.0"}
+    rer = list(db.select(role="rerelax"))
+    assert rer and all(row.get("of") and row.model_id == "chgnet:model.pt" for row in rer)
+    summary = json.loads((run / "report" / "summary.json").read_text())
+    assert [it["iteration"] for it in summary["finetune"]] == [0, 1]
+    n = db.count()
+    r = subprocess.run([sys.executable, "-m", "lamcsp", "search", "c.yaml", "-o", "run", "--resume"], cwd=tmp_path,
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    assert db.count() == n and len(json.loads((run / "finetune" / "iterations.json").read_text())) == 2
