@@ -241,7 +241,7 @@ def select(
 
 class LabelTask:
     """The labelling task of an executor: items ``{"atoms": atoms_to_dict(a)}``, results
-    ``{"ok", "energy", "forces", "stress", "error", "attempts", "seconds"}``.
+    ``{"ok", "energy", "forces", "stress", "error", "attempts", "seconds", "rank"}``.
 
     Spec: ``{"calculator": NAME, "options": {...}}`` (any ASE calculator by name, as the
     ``ase`` model backend takes it: emt, gpaw, vasp, espresso, abacus, cp2k, ...), or
@@ -287,6 +287,7 @@ class LabelTask:
             if not result["ok"]:
                 result = {"ok": False, "error": " | ".join(errors)[:500], "attempts": self.retries + 1}
             result["seconds"] = time.perf_counter() - t0
+            result["rank"] = int(os.environ.get("LAMCSP_RANK", "0"))
             emit(j, result)
 
     def _label(self, atoms: Any) -> tuple[float, np.ndarray, np.ndarray]:

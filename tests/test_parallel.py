@@ -185,3 +185,23 @@ def test_a_slow_worker_does_not_stall_the_others(tmp_path):
     by_rank = [sum(o["rank"] == r for o in res["out"]) for r in (0, 1)]
     assert by_rank[0] >= 30, by_rank  # a static split would give 20 each
     assert len({o["pid"] for o in res["out"] if o["rank"] == 0}) == 1  # one worker process, kept
+
+
+def test_oracle_labels_run_on_every_rank_and_equal_the_serial_labels(tmp_path):
+    """The fine-tune loop's labelling task through MPIExecutor.map: EMT labels of 8 cells on 2 ranks
+    equal EMT computed here."""
+    from ase.calculators.emt import EMT
+
+    from lamcsp.relax.relaxer import atoms_from_dict
+
+    out = tmp_path / "labels.json"
+    proc = subprocess.run([_mpiexec(), "-n", "2", sys.executable, str(TESTS / "mpi_label.py"), str(out)],
+                          capture_output=True, text=True, env=_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(out.read_text())
+    assert len(res["labels"]) == 8 and {lab["rank"] for lab in res["labels"]} == {0, 1}
+    for lab, d in zip(res["labels"], res["cells"]):
+        a = atoms_from_dict(d)
+        a.calc = EMT()
+        assert lab["ok"] and lab["energy"] == pytest.approx(a.get_potential_energy(), abs=1e-10)
+        assert np.allclose(lab["forces"], a.get_forces(), atol=1e-10)
