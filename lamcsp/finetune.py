@@ -515,7 +515,7 @@ class CHGNetTrainer:
     backend = "chgnet"
 
     def __init__(self, model: str = "0.3.0", *, epochs: int = 30, learning_rate: float = 3e-4,
-                 batch_size: int = 8, stress_loss_ratio: float = 0.001):
+                 batch_size: int = 8, stress_loss_ratio: float = 0.1):
         self.model = model
         self.epochs = epochs
         self.learning_rate = learning_rate
@@ -539,8 +539,9 @@ class CHGNetTrainer:
         structures = [AseAtomsAdaptor.get_structure(a) for a in frames]
         energies = [a.get_potential_energy() / len(a) for a in frames]
         forces = [a.get_forces().tolist() for a in frames]
-        # CHGNet's stress label: GPa, its sign convention = ASE's x 160.2 (its own get_stress)
-        stresses = [(a.get_stress(voigt=False) * GPA_PER_EV_A3).tolist() for a in frames]
+        # CHGNet's StructureData takes VASP's stress (kBar, compressive positive) and converts it
+        # with x(-0.1) to its own GPa, which is ASE's sign convention: so -10 x ASE's in GPa
+        stresses = [(-10.0 * GPA_PER_EV_A3 * a.get_stress(voigt=False)).tolist() for a in frames]
         out = []
         for k in range(members):
             work = workdir / f"member-{k}"
@@ -560,9 +561,6 @@ class CHGNetTrainer:
             trainer = Trainer(
                 model=net,
                 targets="efs",
-                # stresses weigh little: an oracle's stress can differ from the pretrained
-                # model's by GPa (another functional, EMT), and a stress term as large as CHGNet's
-                # default (0.1, on GPa^2) then drowns the force term and undoes the pretraining
                 stress_loss_ratio=self.stress_loss_ratio,
                 optimizer="Adam",
                 scheduler="CosLR",

@@ -254,7 +254,14 @@ class DeePMDPotential(Potential):
         dt, dev = self._model_dtype, self.device
         coord = coord.detach().to(device=dev, dtype=dt)
         box = cell.detach().to(device=dev, dtype=dt)
-        out = self._net(coord, atype.to(dev), box=box.reshape(-1, 9), do_atomic_virial=False)
+        ev = self.deeppot.deep_eval
+        if getattr(ev, "_nlist_builder", None) is not None and hasattr(ev, "_eval_lower_strategy"):
+            # DeePMD-kit's own O(N) neighbour search (vesin), as DeepPot.eval uses it; the
+            # model's forward would build a dense all-pairs list instead
+            out = ev._eval_lower_strategy(coord, atype.to(dev), box.reshape(-1, 3, 3), None, None, None,
+                                          False)
+        else:
+            out = self._net(coord, atype.to(dev), box=box.reshape(-1, 9), do_atomic_virial=False)
         if isinstance(out, tuple):
             out = out[0]
         nf = coord.shape[0]
