@@ -284,3 +284,35 @@ def test_campaign_with_the_fine_tune_loop_chgnet_and_emt(tmp_path):
                        capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr
     assert db.count() == n and len(json.loads((run / "finetune" / "iterations.json").read_text())) == 2
+
+
+@pytest.mark.slow
+def test_chgnet_trainer_on_chgnets_own_labels_keeps_the_model(tmp_path):
+    """Labels made by CHGNet itself (energy, forces, stress): fine-tuning on them must leave the
+    model where it is. A unit or sign slip in any label (CHGNet's StructureData takes VASP's
+    kBar stress) would pull it away at once."""
+    import torch
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    from lamcsp.finetune import CHGNetTrainer
+    from lamcsp.potentials.ase_calc import PotentialCalculator
+    from lamcsp.potentials.registry import load_potential
+    from lamcsp.relax.state import from_structures
+
+    pot = load_potential("chgnet", device="cpu")
+    frames = []
+    for i in range(6):
+        a = bulk("Cu", "fcc", a=3.5 + 0.05 * i).repeat((1 + i % 2, 1, 1))
+        a.set_cell(a.cell.array @ (np.eye(3) + 0.02 * np.random.default_rng(i).normal(size=(3, 3))), scale_atoms=True)
+        a.rattle(0.08, seed=i)
+        a.calc = PotentialCalculator(pot)
+        e, f, s = a.get_potential_energy(), a.get_forces(), a.get_stress()
+        a.calc = SinglePointCalculator(a, energy=e, forces=f, stress=s)
+        frames.append(a)
+    assert max(np.abs(a.get_stress()).max() for a in frames) > 0.01  # stresses of GPa: the test can see a slip
+    model = CHGNetTrainer(epochs=3, learning_rate=3e-4).train(frames, tmp_path, 1)[0]
+    new = load_potential(f"chgnet:{model}", device="cpu")
+    state = from_structures(frames, dtype=torch.float64)
+    a, b = pot(state), new(state)
+    assert np.abs(a["forces"].numpy() - b["forces"].numpy()).max() < 0.02
+    assert np.abs(a["stress"].numpy() - b["stress"].numpy()).max() * 160.2 < 1.0  # GPa
