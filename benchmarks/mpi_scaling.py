@@ -192,7 +192,7 @@ WARM_UP = 50  # the population of an untimed first generation
 def _warm_caches() -> None:
     """Load the Wyckoff data of all 230 space groups (cached per process, ~3 s once per run, not
     per generation) so the first timed generation does not pay it."""
-    from generators.wyckoff import space_group
+    from lamcsp.generators.wyckoff import space_group
 
     for sg in range(1, 231):
         space_group(sg)
