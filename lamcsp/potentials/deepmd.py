@@ -13,8 +13,9 @@ directly on torch tensors, on the potential's device, for whole batches:
   energy sum);
 * ``batching="bucket"``: in between, structures within 25 % in atom count share a padded call;
 * ``"auto"`` (default): the fastest measured with ``benchmarks/deepmd_eval.py`` on mixed sizes
-  (grouping, on the CPU: DeePMD-kit's neighbour search and descriptor work scale with the padded
-  size, so padding costs more than the calls it saves; ``docs/deepmd.md``).
+  (``docs/deepmd.md``): padding on a GPU, where one call of the whole batch beats one call per
+  size many times over; grouping on a CPU, where the padded atoms cost their full share of the
+  neighbour search and descriptor work.
 
 Energies are the model's total energy (eV), forces eV/Å, and the stress is ``-virial / V``
 (ASE's sign convention, as DeePMD-kit's own ASE calculator gives it).
@@ -48,8 +49,7 @@ from lamcsp.relax.state import BatchedState
 #: how far each batching mode pads: structures whose atom counts lie within this ratio of each
 #: other share a model call, padded to the largest (1: equal counts only; inf: one call)
 PAD_RATIO = {"group": 1.0, "bucket": 1.25, "pad": float("inf")}
-PAD_RATIO["auto"] = PAD_RATIO["group"]  # the fastest measured (benchmarks/deepmd_eval.py)
-BATCHING = tuple(PAD_RATIO)
+BATCHING = ("auto", *PAD_RATIO)
 
 
 def call_groups(counts: Sequence[int], ratio: float) -> list[list[int]]:
@@ -223,7 +223,12 @@ class DeePMDPotential(Potential):
         starts = torch.cumsum(counts, 0) - counts
         local = torch.arange(N, device=state.device) - starts[state.system_idx]
         types = self._types[state.numbers.to(self.device)]
-        for systems in call_groups(counts.tolist(), PAD_RATIO[self.batching]):
+        mode = self.batching
+        if mode == "auto":  # the fastest measured (benchmarks/deepmd_eval.py): one padded call on
+            # a GPU (48-80x DeePMD-kit's DeepPot.eval per structure on an H100), grouping on a CPU,
+            # where padded atoms cost their full share of the neighbour search and descriptor
+            mode = "pad" if self.device.type == "cuda" else "group"
+        for systems in call_groups(counts.tolist(), PAD_RATIO[mode]):
             sel = torch.as_tensor(systems, device=state.device)
             n = int(counts[sel].max())
             if bool((counts[sel] == n).all()):  # equal sizes: no padding
@@ -255,9 +260,12 @@ class DeePMDPotential(Potential):
         coord = coord.detach().to(device=dev, dtype=dt)
         box = cell.detach().to(device=dev, dtype=dt)
         ev = self.deeppot.deep_eval
-        if getattr(ev, "_nlist_builder", None) is not None and hasattr(ev, "_eval_lower_strategy"):
+        lower = getattr(ev, "_nlist_builder", None) is not None and hasattr(ev, "_eval_lower_strategy")
+        if lower and not bool((atype < 0).any()):
             # DeePMD-kit's own O(N) neighbour search (vesin), as DeepPot.eval uses it; the
-            # model's forward would build a dense all-pairs list instead
+            # model's forward would build a dense all-pairs list instead. Not for padded frames:
+            # vesin counts the virtual atoms (all at the origin) as points, and on a GPU their
+            # pairs overflow its fixed capacity (measured on an H100)
             out = ev._eval_lower_strategy(coord, atype.to(dev), box.reshape(-1, 3, 3), None, None, None,
                                           False)
         else:
@@ -277,7 +285,7 @@ class DeePMDPotential(Potential):
 
 def write_frames(frames: Sequence[Any], out_dir: str | os.PathLike, type_map: Sequence[str]) -> list[Path]:
     """Write labelled frames (ASE ``Atoms`` with energy, forces and stress results) as
-    dpdata's ``deepmd/npy``, one system folder per formula; returns the folders.
+    dpdata's ``deepmd/npy``, one system folder per formula; returns the folders (absolute).
 
     Every frame keeps the full ``type_map`` (so every folder's ``type_map.raw`` is the model's)."""
     import dpdata
@@ -291,7 +299,7 @@ def write_frames(frames: Sequence[Any], out_dir: str | os.PathLike, type_map: Se
     for a in frames:
         ms.append(dpdata.LabeledSystem(a, fmt="ase/structure"))
     ms.to_deepmd_npy(str(out))
-    return sorted(p for p in out.iterdir() if (p / "type.raw").is_file())
+    return sorted(p.resolve() for p in out.iterdir() if (p / "type.raw").is_file())
 
 
 def _dp(args: list[str], cwd: Path, log: Path, env: dict[str, str] | None = None) -> None:
