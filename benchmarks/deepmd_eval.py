@@ -156,6 +156,29 @@ def bench(model: str, head: str | None, mix: str, sizes: list[int], n: int, repe
     return rows
 
 
+def relax_rate(model: str, head: str | None, n: int, device: str) -> dict[str, Any]:
+    """Full relaxations (FIRE, cell too, fmax 0.05 eV/Å, at most 300 steps) of ``n`` random
+    Cu-Au cells of 4-16 atoms with the batched relaxer and ``batching="auto"``: seconds per
+    structure (the ``t_s`` of docs/mpi_scaling.md's model)."""
+    from lamcsp.relax import Relaxer
+
+    from lamcsp.potentials.deepmd import DeePMDPotential
+
+    pot = DeePMDPotential(model, head=head, device=device)
+    batch = structures(list(range(4, 17)), n, ["Cu", "Au"], seed=7)
+    relaxer = Relaxer(pot, fmax=0.05, max_steps=300, progress=False)
+    relaxer.relax(batch[:8])  # warm-up
+    t0 = time.perf_counter()
+    out = relaxer.relax(batch)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    sec = time.perf_counter() - t0
+    return {"model": _name(model), "structures": n, "seconds": sec, "seconds_per_structure": sec / n,
+            "converged": sum(bool(r.converged) for r in out),
+            "mean_steps": float(np.mean([r.steps for r in out])),
+            "model_calls": pot.n_model_calls}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", action="append", help="PATH[@HEAD] (repeatable); default: built models")
@@ -163,6 +186,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--relax", type=int, default=0, help="also time N full relaxations per model")
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args()
     if args.threads:
@@ -183,8 +207,17 @@ def main() -> None:
                 print(f"{r['model']:>24} {r['mix']:>5} {r['method']:>8} {r['model_calls']:>5} calls "
                       f"{r['seconds']:8.3f} s {r['structures_per_s']:8.1f} structures/s "
                       f"{r['vs_deeppot']:6.2f}x DeepPot.eval", flush=True)
+    relax_rows = []
+    if args.relax:
+        for path, head in models:
+            relax_rows.append(relax_rate(path, head, args.relax, args.device))
+            r = relax_rows[-1]
+            print(f"relax {r['model']}: {r['structures']} structures in {r['seconds']:.1f} s, "
+                  f"{r['seconds_per_structure'] * 1e3:.1f} ms each, {r['converged']} converged, "
+                  f"{r['mean_steps']:.0f} steps on average", flush=True)
     result = {"machine": {"platform": platform.platform(), "torch": torch.__version__,
-                          "threads": torch.get_num_threads(), "device": args.device}, "rows": rows}
+                          "threads": torch.get_num_threads(), "device": args.device}, "rows": rows,
+              "relax": relax_rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(f"wrote {args.out}")
