@@ -295,7 +295,16 @@ class Campaign:
             f"  model: {model} on {self.model.device}; relax {self.relax.optimizer} "
             f"fmax {self.relax.fmax:g} eV/Å, {self.relax.max_steps} steps",
             f"  seed: {self.seed if self.seed is not None else 'fresh'}; output: {self.output_dir}",
+            *([self._finetune_line()] if self.finetune.enabled else []),
         ])
+
+    def _finetune_line(self) -> str:
+        f = self.finetune
+        oracle = f.oracle.get("calculator") or f"command {f.oracle.get('command')!r}"
+        return (f"  fine-tune: every {f.every} generation(s), committee {f.committee}, trust "
+                f"{f.trust_lo:g}-{f.trust_hi:g} eV/Å, at most {f.max_labels} labels per iteration by "
+                f"{oracle}, "
+                f"until {f.conv_accuracy:g} accurate or {f.max_iterations} iterations")
 
 
 SECTIONS: dict[str, type] = {
@@ -749,7 +758,7 @@ def parse_campaign(raw: Any, source: str = "<campaign>", base_dir: str | None = 
     output = d.get("output")
     if output is not None and (not isinstance(output, str) or not output):
         raise SetupError("output", f"must be a directory path or null, got {_type_name(output)} {output!r}")
-    return Campaign(
+    camp = Campaign(
         name=name,
         seed=_opt_int(d.get("seed"), "seed", 0),
         system=_parse_system(d.get("system"), base_dir),
@@ -766,6 +775,14 @@ def parse_campaign(raw: Any, source: str = "<campaign>", base_dir: str | None = 
         parallel=_parse_parallel(d.get("parallel")),
         finetune=_parse_finetune(d.get("finetune")),
     )
+    if camp.finetune.enabled and camp.model.backend not in ("chgnet", "deepmd"):
+        raise SetupError("finetune.enabled", f"the fine-tune loop trains chgnet or deepmd models, not "
+                                             f"{camp.model.backend}; set model.backend, or finetune.enabled: "
+                                             "false")
+    if camp.finetune.enabled and camp.model.backend == "deepmd" and not str(camp.model.path).endswith(".pt"):
+        raise SetupError("model.path", "fine-tuning a deepmd model starts from its .pt checkpoint, "
+                                       f"not {camp.model.path}")
+    return camp
 
 
 def load_campaign(path: str | os.PathLike[str]) -> Campaign:

@@ -316,3 +316,21 @@ def test_chgnet_trainer_on_chgnets_own_labels_keeps_the_model(tmp_path):
     a, b = pot(state), new(state)
     assert np.abs(a["forces"].numpy() - b["forces"].numpy()).max() < 0.02
     assert np.abs(a["stress"].numpy() - b["stress"].numpy()).max() * 160.2 < 1.0  # GPa
+
+
+@pytest.mark.parametrize("finetune, model, field", [
+    ({"enabled": True}, {"backend": "lj"}, "finetune.enabled"),
+    ({"enabled": True, "oracle": {"foo": 1}}, {"backend": "chgnet"}, "finetune.oracle"),
+    ({"enabled": True, "trust_lo": 0.3, "trust_hi": 0.2}, {"backend": "chgnet"}, "finetune.trust_hi"),
+    ({"enabled": True, "committee": 1}, {"backend": "chgnet"}, "finetune.committee"),
+    ({"enabled": True, "conv_accuracy": 1.5}, {"backend": "chgnet"}, "finetune.conv_accuracy"),
+])
+def test_bad_finetune_sections_name_the_field(finetune, model, field):
+    from lamcsp.campaign import parse_campaign
+
+    with pytest.raises(SetupError) as err:
+        parse_campaign({"name": "x", "system": {"composition": "CuAu"}, "model": model, "finetune": finetune})
+    assert err.value.field == field
+    ok = parse_campaign({"name": "x", "system": {"composition": "CuAu"}, "model": {"backend": "chgnet"},
+                         "finetune": {"enabled": True, "oracle": "emt"}})
+    assert ok.finetune.oracle == {"calculator": "emt"} and "fine-tune: every 2" in ok.summary()
