@@ -212,6 +212,9 @@ class FinetuneSpec:
     learning_rate: float = _field(1e-3, type="number > 0", doc="starting learning rate")
     rerelax: int = _field(5, type="int ≥ 0",
                           doc="best unique hits per unit re-relaxed with each new model")
+    snapshot_every: int = _field(20, type="int ≥ 1",
+                                 doc="relaxation steps between the trajectory frames kept for the committee "
+                                     "to rate")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -721,6 +724,7 @@ def _parse_finetune(raw: Any) -> FinetuneSpec:
         learning_rate=_float(d.get("learning_rate", fd.learning_rate), "finetune.learning_rate",
                              positive=True),
         rerelax=_int(d.get("rerelax", fd.rerelax), "finetune.rerelax", 0),
+        snapshot_every=_int(d.get("snapshot_every", fd.snapshot_every), "finetune.snapshot_every", 1),
     )
     if ft.trust_hi <= ft.trust_lo:
         raise SetupError("finetune.trust_hi", f"must be above trust_lo ({ft.trust_lo}), got {ft.trust_hi}")

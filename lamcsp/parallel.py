@@ -159,7 +159,7 @@ def relax_task(campaign: Any) -> Task:
     return Task("lamcsp.parallel:RelaxTask", {
         "model": dataclasses.asdict(campaign.model),
         "relaxer": {"optimizer": r.optimizer, "fmax": r.fmax, "max_steps": r.max_steps,
-                    "max_atoms": r.max_atoms},
+                    "max_atoms": r.max_atoms, "snapshot_every": snapshot_every(campaign)},
         "threads": campaign.parallel.threads,
     })
 
@@ -558,4 +558,10 @@ def make_executor(campaign: Any, potential: Potential | None = None, comm: Any =
         potential = load_model(campaign.model)
     r = campaign.relax
     return SerialExecutor(potential, optimizer=r.optimizer, fmax=r.fmax, max_steps=r.max_steps,
-                          max_atoms=r.max_atoms, progress=False)
+                          max_atoms=r.max_atoms, progress=False, snapshot_every=snapshot_every(campaign))
+
+
+def snapshot_every(campaign: Any) -> int:
+    """Steps between the relaxation-trajectory frames kept for the fine-tune loop (0: none)."""
+    ft = getattr(campaign, "finetune", None)
+    return int(ft.snapshot_every) if ft is not None and ft.enabled else 0

@@ -595,6 +595,7 @@ class Search:
 
     def run_generation(self, g: int) -> None:
         from lamcsp.generators.base import Candidate, Evaluated
+        from lamcsp.relax.relaxer import atoms_to_dict
 
         todo = self.propose(g)
         keys = [f"u{us.unit.index}-g{g}-c{k}" for us, k, _ in todo]
@@ -612,9 +613,12 @@ class Search:
             i = pending[j]
             us, k, cand = todo[i]
             results[i] = result
+            data: dict[str, Any] = {"candidate": cand.to_dict()}
+            if result.frames:  # relaxation-trajectory frames, for the fine-tune loop
+                data["frames"] = [atoms_to_dict(a) for a in result.frames]
             buffer.add(i, self._row_item(result, keys[i], role="search", generation=g,
                                          generator=cand.generator, unit=us.unit.index, candidate=k,
-                                         deduped=False, data={"candidate": cand.to_dict()}))
+                                         deduped=False, data=data))
             for i2, rid in buffer.ready():
                 row_ids[i2] = rid
 
@@ -783,10 +787,12 @@ class Search:
             self._finetune_iteration()
 
     def _finetune_iteration(self) -> None:
-        """One iteration on every unit's unique hits and the start structures (relaxation
-        frames) of the last ``every`` generations; then the new model re-relaxes the best hits."""
+        """One iteration on every unit's unique hits and the relaxation-trajectory frames (the
+        start and every ``finetune.snapshot_every`` steps) of the last ``every`` generations;
+        then the new model re-relaxes the best hits."""
         from lamcsp.campaign import ModelSpec
         from lamcsp.generators.base import Candidate
+        from lamcsp.relax.relaxer import atoms_from_dict
 
         ft = self.finetune
         structures, enthalpy, sources = [], [], []
@@ -802,6 +808,10 @@ class Search:
                 structures.append(Candidate.from_dict(cand).to_atoms())
                 enthalpy.append(math.nan)
                 sources.append(f"{row.key}:start")
+            for j, frame in enumerate((row.data or {}).get("frames", [])):
+                structures.append(atoms_from_dict(frame))
+                enthalpy.append(math.nan)
+                sources.append(f"{row.key}:frame{j}")
         if self.progress:
             self.progress.write(f"fine-tune iteration {ft.iteration}: rating {len(structures)} structures")
         fps = [e.fingerprint for e in self.deduper.describe(structures)]

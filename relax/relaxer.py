@@ -69,6 +69,8 @@ class RelaxResult:
         status: ``"converged"``, ``"max_steps"`` or ``"failed: REASON"``.
         fmax: final largest generalised force, eV/Å.
         forces: final forces ``(n, 3)``, eV/Å. stress: final stress ``(3, 3)``, eV/Å³.
+        frames: geometries along the way (every ``snapshot_every`` steps of the relaxer; empty
+            by default): the relaxation-trajectory frames the fine-tune loop rates.
     """
 
     atoms: Atoms
@@ -81,6 +83,7 @@ class RelaxResult:
     fmax: float
     forces: np.ndarray
     stress: np.ndarray
+    frames: list[Atoms] = dataclasses.field(default_factory=list)
 
     @property
     def enthalpy_per_atom(self) -> float:
@@ -97,7 +100,8 @@ class RelaxResult:
                 "pressure_gpa": float(self.pressure_gpa), "converged": bool(self.converged),
                 "steps": int(self.steps), "status": str(self.status), "fmax": float(self.fmax),
                 "forces": np.asarray(self.forces, dtype=float).tolist(),
-                "stress": np.asarray(self.stress, dtype=float).tolist()}
+                "stress": np.asarray(self.stress, dtype=float).tolist(),
+                "frames": [atoms_to_dict(a) for a in self.frames]}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RelaxResult:
@@ -105,7 +109,8 @@ class RelaxResult:
                    pressure_gpa=d["pressure_gpa"],
                    converged=d["converged"], steps=d["steps"], status=d["status"], fmax=d["fmax"],
                    forces=np.asarray(d["forces"], dtype=float).reshape(-1, 3),
-                   stress=np.asarray(d["stress"], dtype=float).reshape(3, 3))
+                   stress=np.asarray(d["stress"], dtype=float).reshape(3, 3),
+                   frames=[atoms_from_dict(a) for a in d.get("frames", [])])
 
 
 class Relaxer:
@@ -123,6 +128,8 @@ class Relaxer:
         volume_bounds: allowed range of volume per atom relative to the start.
         dtype: floating-point dtype of the optimizer state.
         progress: show a progress bar (``None``: only when stderr is a terminal).
+        snapshot_every: keep each structure's geometry every this many steps in
+            ``RelaxResult.frames`` (0: none).
     """
 
     def __init__(
@@ -139,6 +146,7 @@ class Relaxer:
         volume_bounds: tuple[float, float] = (0.3, 5.0),
         dtype: torch.dtype = torch.float64,
         progress: bool | None = None,
+        snapshot_every: int = 0,
     ):
         # optimizers import lamcsp.relax.state, so they are imported here, not at module load
         from lamcsp.optimizers import OPTIMIZERS, make_filter
@@ -159,6 +167,7 @@ class Relaxer:
         self.volume_bounds = volume_bounds
         self.dtype = dtype
         self.progress = progress
+        self.snapshot_every = int(snapshot_every)
         self.timings: dict[str, float] = {}
         self.n_model_calls = 0
 
@@ -241,6 +250,7 @@ class Relaxer:
 
         state: RelaxState | None = None
         ids: list[int] = []
+        frames: dict[int, list[Atoms]] = {}
         while True:
             t0 = time.perf_counter()
             running = 0 if state is None else state.n_atoms
@@ -263,11 +273,15 @@ class Relaxer:
             exhausted = (state.n_steps >= self.max_steps) & ~converged & ~failed
             finished = (converged | exhausted | failed).cpu().numpy()
             t0 = self._tick("checks", t0)
+            if self.snapshot_every > 0:
+                self._snapshot(state, ids, finished, frames)
             if finished.any():
                 idx = np.nonzero(finished)[0]
                 done = select(state, idx.tolist())
                 self._record(done, [ids[k] for k in idx], [reasons[k] for k in idx],
                              converged.cpu().numpy()[idx], fmax.cpu().numpy()[idx], pressures, results)
+                for k in idx:
+                    results[ids[k]].frames = frames.pop(ids[k], [])  # type: ignore[union-attr]
                 if on_result is not None:
                     for k in idx:
                         on_result(ids[k], results[ids[k]])  # type: ignore[arg-type]
@@ -283,6 +297,19 @@ class Relaxer:
         if bar is not None:
             bar.close()
         return results  # type: ignore[return-value]
+
+    def _snapshot(self, state: RelaxState, ids: list[int], finished: np.ndarray,
+                  frames: dict[int, list[Atoms]]) -> None:
+        """Keep the geometry of every running system whose step count is a positive multiple
+        of ``snapshot_every`` (the start and the end are the candidate and the result)."""
+        from lamcsp.relax.state import to_atoms
+
+        steps = state.n_steps.cpu().numpy()
+        take = [k for k in range(len(ids)) if not finished[k] and steps[k] > 0
+                and steps[k] % self.snapshot_every == 0]
+        if take:
+            for k, a in zip(take, to_atoms(select(state, take))):
+                frames.setdefault(ids[k], []).append(a)
 
     def _record(self, done, ids, reasons, conv, fmax, pressures, results) -> None:
         from lamcsp.relax.state import to_atoms

@@ -254,7 +254,7 @@ def test_campaign_with_the_fine_tune_loop_chgnet_and_emt(tmp_path):
             "population": 4, "generations": 2, "stop": {"patience": None},
             "model": {"backend": "chgnet", "device": "cpu"}, "relax": {"fmax": 0.05, "max_steps": 150},
             "finetune": {"enabled": True, "every": 1, "committee": 2, "epochs": 2, "max_labels": 4, "rerelax": 2,
-                         "window": 0.05, "oracle": "emt"}}
+                         "window": 0.05, "oracle": "emt", "snapshot_every": 5}}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(camp))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run([sys.executable, "-m", "lamcsp", "search", "c.yaml", "-o", "run"], cwd=tmp_path,
@@ -275,6 +275,9 @@ def test_campaign_with_the_fine_tune_loop_chgnet_and_emt(tmp_path):
     g1 = list(db.select(role="search", generation=1))
     assert g1 and {row.model_id for row in g1} == {"chgnet:model.pt"}  # generation 1 ran on the new model
     assert {row.model_id for row in db.select(role="search", generation=0)} == {"chgnet-0.3.0"}
+    # relaxation-trajectory frames (every 5 steps) are kept with the rows for the committee to rate
+    frames = [f for row in db.select(role="search") for f in (row.data or {}).get("frames", [])]
+    assert frames and all(len(f["numbers"]) in (2, 4) for f in frames)
     rer = list(db.select(role="rerelax"))
     assert rer and all(row.get("of") and row.model_id == "chgnet:model.pt" for row in rer)
     summary = json.loads((run / "report" / "summary.json").read_text())

@@ -112,3 +112,25 @@ def test_results_dataclass_fields(binary_lj):
     d = dataclasses.asdict(r)
     assert {"energy", "enthalpy", "pressure_gpa", "converged", "steps", "status", "fmax"} <= set(d)
     assert r.pressure_gpa == 1.0 and r.fmax < 0.05
+
+
+def test_trajectory_snapshots_leave_the_relaxation_unchanged(lj):
+    """snapshot_every keeps the geometry every k steps (the fine-tune loop's trajectory frames)
+    without changing any result; frames survive the plain-data round trip."""
+    from lamcsp.relax.relaxer import RelaxResult
+
+    cells = []
+    for i in range(5):
+        a = bulk("Ar", "fcc", a=5.6).repeat((1 + i % 2, 1, 1))
+        a.rattle(0.3, seed=i)
+        cells.append(a)
+    plain = Relaxer(lj, fmax=0.01, max_steps=200, max_atoms=3).relax(cells)
+    snap = Relaxer(lj, fmax=0.01, max_steps=200, max_atoms=3, snapshot_every=4).relax(cells)
+    for a, b in zip(plain, snap):
+        assert a.steps == b.steps and np.array_equal(a.atoms.positions, b.atoms.positions)
+        assert not a.frames and len(b.frames) == max(0, (b.steps - 1) // 4)
+        assert all(len(f) == len(b.atoms) for f in b.frames)
+    moved = [b for b in snap if len(b.frames) >= 2]
+    assert moved and not np.allclose(moved[0].frames[0].positions, moved[0].frames[-1].positions)
+    back = RelaxResult.from_dict(moved[0].to_dict())
+    assert [f.positions.tolist() for f in back.frames] == [f.positions.tolist() for f in moved[0].frames]
