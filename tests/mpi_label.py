@@ -7,10 +7,10 @@ import json
 import sys
 
 from ase.build import bulk
+from lamcsp.relax.relaxer import atoms_to_dict
 
 from lamcsp.finetune import label_task
 from lamcsp.parallel import MPIExecutor, mpi_world, worker_main
-from lamcsp.relax.relaxer import atoms_to_dict
 
 if __name__ == "__main__":
     comm = mpi_world()

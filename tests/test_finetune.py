@@ -296,11 +296,11 @@ def test_chgnet_trainer_on_chgnets_own_labels_keeps_the_model(tmp_path):
     kBar stress) would pull it away at once."""
     import torch
     from ase.calculators.singlepoint import SinglePointCalculator
+    from lamcsp.relax.state import from_structures
 
     from lamcsp.finetune import CHGNetTrainer
     from lamcsp.potentials.ase_calc import PotentialCalculator
     from lamcsp.potentials.registry import load_potential
-    from lamcsp.relax.state import from_structures
 
     pot = load_potential("chgnet", device="cpu")
     frames = []

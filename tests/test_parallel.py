@@ -191,7 +191,6 @@ def test_oracle_labels_run_on_every_rank_and_equal_the_serial_labels(tmp_path):
     """The fine-tune loop's labelling task through MPIExecutor.map: EMT labels of 8 cells on 2 ranks
     equal EMT computed here."""
     from ase.calculators.emt import EMT
-
     from lamcsp.relax.relaxer import atoms_from_dict
 
     out = tmp_path / "labels.json"
