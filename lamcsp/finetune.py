@@ -515,10 +515,11 @@ class CHGNetTrainer:
     backend = "chgnet"
 
     def __init__(self, model: str = "0.3.0", *, epochs: int = 30, learning_rate: float = 3e-4,
-                 batch_size: int = 8, stress_loss_ratio: float = 0.1):
+                 batch_size: int = 8, stress_loss_ratio: float = 0.1, device: str | None = None):
         self.model = model
         self.epochs = epochs
         self.learning_rate = learning_rate
+        self.device = device  # None: CHGNet picks (a GPU when there is one)
         self.stress_loss_ratio = stress_loss_ratio
         self.batch_size = batch_size
 
@@ -567,7 +568,7 @@ class CHGNetTrainer:
                 criterion="MSE",
                 epochs=self.epochs,
                 learning_rate=self.learning_rate,
-                use_device="cpu",
+                use_device=self.device,
                 torch_seed=k + 1,
                 data_seed=k + 1,
                 print_freq=10**6,
@@ -623,8 +624,8 @@ class FinetuneLoop:
     """The fine-tune loop of one chemical system: iterations of select -> label -> train.
 
     Args:
-        root: its folder (``run/finetune/<system>``): ``data/``, ``models/iter-NNN/``,
-            ``models.json``, ``iterations.json``.
+        root: its folder (``run/finetune``; a campaign is one chemical system): ``data/``,
+            ``models/iter-NNN/``, ``models.json``, ``iterations.json``.
         type_map: the elements of the system (the data's type map).
         executor: runs the labelling (``map``): serial, or MPI ranks.
         oracle: the labeller spec (:class:`LabelTask`).
