@@ -753,10 +753,7 @@ class Search:
         if m.backend == "chgnet":
             trainer: Any = CHGNetTrainer(m.path or m.options.get("version", "0.3.0"), epochs=spec.epochs,
                                          learning_rate=spec.learning_rate)
-        elif m.backend == "deepmd":
-            if not str(m.path).endswith(".pt"):
-                raise SetupError("model.path", "fine-tuning a deepmd model starts from its .pt checkpoint, "
-                                               f"not {m.path}")
+        elif m.backend == "deepmd":  # a .pt checkpoint: parse_campaign checks it
             trainer = DeePMDTrainer(m.path, m.head, steps=spec.steps,
                                     learning_rate=(spec.learning_rate, spec.learning_rate / 100))
         else:

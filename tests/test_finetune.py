@@ -86,8 +86,10 @@ def test_selection_takes_uncertain_and_low_enthalpy_frames_cleans_and_caps():
     assert sel.fractions == classify(d.max_devi_f, 0.05, 0.5)
     capped = select(cells, d, H, lo=0.05, hi=0.5, window=0.002, max_labels=3,
                     fingerprints=np.arange(8, dtype=float)[:, None])
-    assert capped.chosen[:2] == [0, 2]  # the low-enthalpy hits first
-    assert len(capped.chosen) == 3 and capped.reasons.get(4) == "over max_labels" or capped.reasons.get(1)
+    # the low-enthalpy hits first, then the rest in farthest-point order of their fingerprints,
+    # starting from the lowest in enthalpy (7; then 1, the farthest from it; then 4)
+    assert capped.chosen == [0, 2, 7]
+    assert capped.reasons[1] == capped.reasons[4] == "over max_labels"
     assert sane(cells[0]) is None and sane(bad) is not None
     assert farthest_point_order(np.array([[0.0], [1.0], [10.0], [5.0]])) == [0, 2, 3, 1]
     none = select(cells, None, H, lo=0.05, hi=0.5, window=0.002, max_labels=None)
