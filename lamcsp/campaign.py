@@ -199,6 +199,10 @@ class FinetuneSpec:
                            doc="hits within this many eV/atom of the lowest are labelled whatever "
                                "their deviation")
     max_labels: int | None = _field(20, type="int or null", doc="oracle labels per iteration at most")
+    max_energy: float | None = _field(
+        1.0, type="number > 0 or null",
+        doc="eV/atom: an uncertain frame more than this above the best hit of its composition "
+            "(by the committee) is not labelled (the far slopes of random starts; null: no cap)")
     conv_accuracy: float = _field(0.9, type="number",
                                   doc="fraction of trusted predictions at which the loop stops")
     max_iterations: int | None = _field(5, type="int or null", doc="fine-tune iterations at most")
@@ -716,6 +720,7 @@ def _parse_finetune(raw: Any) -> FinetuneSpec:
         trust_hi=_float(d.get("trust_hi", fd.trust_hi), "finetune.trust_hi", positive=True),
         window=_float(d.get("window", fd.window), "finetune.window", nonneg=True),
         max_labels=_opt_int(d.get("max_labels", fd.max_labels), "finetune.max_labels", 1),
+        max_energy=_opt_float(d.get("max_energy", fd.max_energy), "finetune.max_energy", positive=True),
         conv_accuracy=_float(d.get("conv_accuracy", fd.conv_accuracy), "finetune.conv_accuracy", nonneg=True),
         max_iterations=_opt_int(d.get("max_iterations", fd.max_iterations), "finetune.max_iterations", 1),
         oracle=dict(oracle),

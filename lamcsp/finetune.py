@@ -177,13 +177,20 @@ def select(
     max_labels: int | None,
     fingerprints: np.ndarray | None = None,
     already: set[int] | None = None,
+    excess: Sequence[float] | None = None,
+    max_energy: float | None = None,
 ) -> Selection:
     """DP-GEN's selection plus CSP's low-enthalpy hits.
 
-    A structure is selected when ``lo <= max_devi_f < hi``, or when its enthalpy per atom is
-    within ``window`` eV/atom of the lowest (the hits a search must get right, whatever the
-    committee says). Without a committee (the first iteration) every relaxed hit may be
-    selected (the initial data), the low-enthalpy ones first. Frames that fail :func:`sane` are cleaned
+    A structure is selected when ``lo <= max_devi_f < hi``, or when its ``enthalpy`` per atom
+    (NaN for a frame that is not a relaxed hit) is within ``window`` eV/atom of the lowest (the
+    hits a search must get right, whatever the committee says; give the energy above the hull
+    for a variable-composition search). ``already`` (indices labelled in an earlier iteration)
+    are not labelled again; an uncertain frame whose ``excess`` (enthalpy per atom above the
+    best hit of its composition and pressure, by the committee) is over ``max_energy`` is left
+    out: far up the slope of a random start, it says little about the basins the search keeps.
+    Without a committee (the first iteration) every relaxed hit may be selected (the initial
+    data), the low-enthalpy ones first. Frames that fail :func:`sane` are cleaned
     out first. If more than ``max_labels`` remain, the low-enthalpy hits come first, then the
     rest in farthest-point order of ``fingerprints`` (diverse), else by decreasing deviation.
     """
@@ -211,6 +218,9 @@ def select(
             reasons[i] = "labelled before"
             continue
         why = sane(structures[i])
+        if not why and i not in low and excess is not None and max_energy is not None \
+                and np.isfinite(excess[i]) and excess[i] > max_energy:
+            why = f"{excess[i]:.2f} eV/atom above the best hit (> max_energy)"
         if why:
             reasons[i] = why
             continue
@@ -433,6 +443,24 @@ class ModelRegistry:
         return self.entries[-1] if self.entries else None
 
 
+def _excess(structures: Sequence[Any], energy: np.ndarray, enthalpy: Sequence[float],
+            pressures: Sequence[float] | None) -> np.ndarray:
+    """Enthalpy per atom by the committee (mean energy + pV) above the lowest relaxed hit
+    (finite ``enthalpy``) of the same composition and pressure; NaN where there is no such hit."""
+    from lamcsp.io import reduced_formula
+    from lamcsp.relax.state import EV_PER_A3_PER_GPA
+
+    p = np.zeros(len(structures)) if pressures is None else np.asarray(pressures, dtype=float)
+    h = np.array([e + pi * EV_PER_A3_PER_GPA * a.get_volume() / len(a)
+                  for e, pi, a in zip(energy, p, structures)])
+    keys = [(reduced_formula(a.get_chemical_formula()), round(float(pi), 6)) for a, pi in zip(structures, p)]
+    best: dict[tuple[str, float], float] = {}
+    for k, hi, h0 in zip(keys, h, enthalpy):
+        if np.isfinite(h0):
+            best[k] = min(best.get(k, np.inf), hi)
+    return np.array([hi - best.get(k, np.nan) for k, hi in zip(keys, h)])
+
+
 def force_rmse(predicted: Sequence[np.ndarray], reference: Sequence[np.ndarray]) -> float:
     """Root-mean-square force error over all atoms and components, eV/Å."""
     p = np.concatenate([np.asarray(x).reshape(-1) for x in predicted]) if predicted else np.zeros(0)
@@ -633,8 +661,8 @@ class FinetuneLoop:
             ``train(data, workdir, members, parents) -> [model paths]`` and ``backend``.
         make_potential: model path -> Potential (the committee members).
         members: committee size K.
-        lo, hi, window, max_labels, conv_accuracy, max_iterations: as the campaign's
-            ``finetune`` section.
+        lo, hi, window, max_labels, conv_accuracy, max_iterations, max_energy: as the
+            campaign's ``finetune`` section.
     """
 
     def __init__(
@@ -653,6 +681,7 @@ class FinetuneLoop:
         max_labels: int | None = 20,
         conv_accuracy: float = 0.9,
         max_iterations: int = 5,
+        max_energy: float | None = 1.0,
     ):
         self.root = Path(root).absolute()  # model paths in the registry are absolute
         self.data = Dataset(self.root / "data", type_map)
@@ -664,6 +693,7 @@ class FinetuneLoop:
         self.members = members
         self.lo, self.hi, self.window = lo, hi, window
         self.max_labels = max_labels
+        self.max_energy = max_energy
         self.conv_accuracy = conv_accuracy
         self.max_iterations = max_iterations
         self.log_path = self.root / "iterations.json"
@@ -691,14 +721,21 @@ class FinetuneLoop:
         enthalpy: Sequence[float],
         sources: Sequence[str],
         fingerprints: np.ndarray | None = None,
+        pressures: Sequence[float] | None = None,
     ) -> IterationResult:
-        """One iteration on the search's candidates (relaxed hits and relaxation frames):
-        select, label through the executor, store the data, train the committee, register it."""
+        """One iteration on the search's candidates (relaxed hits, ``enthalpy`` finite, and
+        relaxation frames, NaN; ``sources`` name them, ``pressures`` in GPa): select, label
+        through the executor, store the data, train the committee, register it. A source
+        labelled in an earlier iteration is not labelled again."""
         from lamcsp.relax.relaxer import atoms_to_dict
 
         it = self.iteration
         committee = self.committee()
         deviation = committee.evaluate(structures) if committee is not None else None
+        done = {str(f.info.get("source")) for f in self.data.frames()}
+        excess = None
+        if deviation is not None:
+            excess = _excess(structures, deviation.energy, enthalpy, pressures)
         sel = select(
             structures,
             deviation,
@@ -708,6 +745,9 @@ class FinetuneLoop:
             window=self.window,
             max_labels=self.max_labels,
             fingerprints=fingerprints,
+            already={i for i, src in enumerate(sources) if src in done},
+            excess=excess,
+            max_energy=self.max_energy,
         )
         converged = committee is not None and sel.fractions["accurate"] >= self.conv_accuracy
         chosen = [] if converged else sel.chosen

@@ -42,7 +42,8 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from pymatgen.analysis.phase_diagram import PhaseDiagram
 
-__all__ = ["EXPORT_FORMATS", "export", "summary", "transitions", "write_report"]
+__all__ = ["EXPORT_FORMATS", "Record", "export", "hull_at", "record_of", "summary", "transitions",
+           "write_report"]
 
 DB_NAME = "results.db"
 CAMPAIGN_NAME = "campaign.yaml"
@@ -92,7 +93,8 @@ def _number(value: Any) -> float:
     return float("nan") if value is None else float(value)
 
 
-def _record(row: Any) -> Record:
+def record_of(row: Any) -> Record:
+    """The :class:`Record` of a database row."""
     enthalpy = _number(row.get("enthalpy"))
     per_atom = row.get("enthalpy_per_atom")
     return Record(
@@ -300,7 +302,7 @@ def _analyse(run_dir: str | Path, spec: ReportSpec | None = None) -> _Run:
     db = _connect(run_dir)
     notes: list[str] = []
     campaign = _read_campaign(run_dir, notes)
-    records = [_record(row) for row in db.select(include_data=False)]
+    records = [record_of(row) for row in db.select(include_data=False)]
     symbols = {str(el) for r in records for el in Composition(r.formula).elements}
     elements = _element_order(symbols, campaign.system.elements if campaign else [])
     pressures = sorted({r.pressure for r in records if r.eligible})

@@ -768,7 +768,7 @@ class Search:
             self.run_dir / "finetune", elements, self.executor, spec.oracle, trainer, member,
             members=spec.committee, lo=spec.trust_lo, hi=spec.trust_hi, window=spec.window,
             max_labels=spec.max_labels, conv_accuracy=spec.conv_accuracy,
-            max_iterations=spec.max_iterations or 10**9)
+            max_iterations=spec.max_iterations or 10**9, max_energy=spec.max_energy)
         latest = self.finetune.registry.latest()
         if latest:
             self.use_model(ModelSpec(**{**dataclasses.asdict(m), **trainer.spec(latest["models"][0]),
@@ -790,31 +790,41 @@ class Search:
         from lamcsp.campaign import ModelSpec
         from lamcsp.generators.base import Candidate
         from lamcsp.relax.relaxer import atoms_from_dict
+        from lamcsp.report import hull_at, record_of
 
         ft = self.finetune
-        structures, enthalpy, sources = [], [], []
-        for us in self.unit_states:
-            for row in self._rows_by_id(us.stored_rows):
-                structures.append(row.toatoms())
-                enthalpy.append(float(row.enthalpy_per_atom))
-                sources.append(row.key)
+        structures, enthalpy, sources, pressures = [], [], [], []
+        hits = [row for us in self.unit_states for row in self._rows_by_id(us.stored_rows)]
+        # the window counts from the hull of the hits at each pressure (for one composition:
+        # from its lowest hit)
+        records = [record_of(row) for row in hits]
+        above: dict[int, float] = {}
+        for p in {r.pressure for r in records}:
+            at = [r for r in records if r.pressure == p and r.ok]
+            if at:
+                above.update(hull_at(at, self.campaign.system.elements).e_above)
+        for row in hits:
+            structures.append(row.toatoms())
+            enthalpy.append(above.get(int(row.id), math.nan))
+            sources.append(row.key)
+            pressures.append(float(row.pressure_gpa))
         first = max(0, self.generation - self.campaign.finetune.every)
         for row in self.store.rows(f"generation>={first}", role="search"):
             cand = (row.data or {}).get("candidate")
-            if cand:
-                structures.append(Candidate.from_dict(cand).to_atoms())
-                enthalpy.append(math.nan)
-                sources.append(f"{row.key}:start")
-            for j, frame in enumerate((row.data or {}).get("frames", [])):
-                structures.append(atoms_from_dict(frame))
-                enthalpy.append(math.nan)
-                sources.append(f"{row.key}:frame{j}")
+            frames = [Candidate.from_dict(cand).to_atoms()] if cand else []
+            frames += [atoms_from_dict(f) for f in (row.data or {}).get("frames", [])]
+            names = ([f"{row.key}:start"] if cand else []) + [
+                f"{row.key}:frame{j}" for j in range(len(frames) - bool(cand))]
+            structures += frames
+            enthalpy += [math.nan] * len(frames)
+            sources += names
+            pressures += [float(row.pressure_gpa)] * len(frames)
         if self.progress:
             self.progress.write(f"fine-tune iteration {ft.iteration}: rating {len(structures)} structures")
         fps = [e.fingerprint for e in self.deduper.describe(structures)]
         width = max((len(f) for f in fps), default=0)
         fingerprints = np.array([np.pad(f, (0, width - len(f))) for f in fps]) if fps else None
-        result = ft.step(structures, enthalpy, sources, fingerprints=fingerprints)
+        result = ft.step(structures, enthalpy, sources, fingerprints=fingerprints, pressures=pressures)
         if self.progress:
             self.progress.write(
                 f"fine-tune iteration {result.iteration}: accurate {result.fractions['accurate']:.2f}, "

@@ -90,6 +90,15 @@ def test_selection_takes_uncertain_and_low_enthalpy_frames_cleans_and_caps():
     # starting from the lowest in enthalpy (7; then 1, the farthest from it; then 4)
     assert capped.chosen == [0, 2, 7]
     assert capped.reasons[1] == capped.reasons[4] == "over max_labels"
+    # a frame labelled before is not labelled again; an uncertain frame far above the best hit
+    # of its composition (by the committee) is left out, a low-enthalpy hit never
+    excess = np.array([0.0, 0.3, 0.0, 0.0, 0.2, 0.0, 0.0, 1.5])
+    again = select(cells, d, H, lo=0.05, hi=0.5, window=0.002, max_labels=None, already={1},
+                   excess=excess, max_energy=1.0)
+    assert sorted(again.chosen) == [0, 2, 4]
+    assert again.reasons[1] == "labelled before" and "max_energy" in again.reasons[7]
+    assert sorted(select(cells, d, H, lo=0.05, hi=0.5, window=0.002, max_labels=None, excess=excess + 2,
+                         max_energy=1.0).chosen) == [0, 2]
     assert sane(cells[0]) is None and sane(bad) is not None
     assert farthest_point_order(np.array([[0.0], [1.0], [10.0], [5.0]])) == [0, 2, 3, 1]
     none = select(cells, None, H, lo=0.05, hi=0.5, window=0.002, max_labels=None)
@@ -220,8 +229,10 @@ def test_loop_bookkeeping_with_mocked_oracle_and_trainer(tmp_path):
     assert len(r0.models) == 3 and trainer.calls[0] == (3, None)
 
     r1 = ft.step(cells, H, sources)
-    # a committee now: uncertain frames ([lo, hi)) besides the hits, at most 4, the failed one again
+    # a committee now: uncertain frames ([lo, hi)) besides the hits, at most 4, the failed one
+    # again, none of those labelled before
     assert r1.selected == 4 and r1.fractions["accurate"] < 0.9 and "force_rmse" in r1.errors_before
+    assert "u0-g0-c4" in oracle.calls[1] and not set(oracle.calls[1]) & set(oracle.calls[0][:1] + oracle.calls[0][2:])
     assert trainer.calls[1][1] == r0.models  # trained from the previous members
     reg = json.loads((tmp_path / "ft" / "models.json").read_text())
     assert [e["iteration"] for e in reg] == [0, 1] and reg[1]["parent"] == r0.models
@@ -229,8 +240,9 @@ def test_loop_bookkeeping_with_mocked_oracle_and_trainer(tmp_path):
     # resume: a new loop on the same folder continues at iteration 2 with all the data
     ft2 = loop()
     assert ft2.iteration == 2 and len(ft2.data.frames()) == r0.labelled + r1.labelled
-    r2 = ft2.step(cells, H, sources)
-    r3 = ft2.step(cells, H, sources)
+    sources2 = [f"u0-g1-c{i}" for i in range(10)]  # the next generation's (found again)
+    r2 = ft2.step(cells, H, sources2)
+    r3 = ft2.step(cells, H, sources2)
     # the committee trained at iteration 2 agrees to 5e-5 relative: every frame accurate, nothing
     # labelled, the loop stops before max_iterations
     assert not r2.converged and r3.converged and ft2.done and ft2.iteration == 4
