@@ -196,8 +196,8 @@ class FinetuneSpec:
     trust_hi: float = _field(0.50, type="number",
                              doc="max force deviation (eV/Å) from which a frame is discarded, not labelled")
     window: float = _field(0.05, type="number ≥ 0",
-                           doc="hits within this many eV/atom of the lowest are labelled whatever "
-                               "their deviation")
+                           doc="hits within this many eV/atom above the hull of the hits (one "
+                               "composition: of the lowest) are labelled whatever their deviation")
     max_labels: int | None = _field(20, type="int or null", doc="oracle labels per iteration at most")
     max_energy: float | None = _field(
         1.0, type="number > 0 or null",

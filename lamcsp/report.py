@@ -93,10 +93,16 @@ def _number(value: Any) -> float:
     return float("nan") if value is None else float(value)
 
 
-def record_of(row: Any) -> Record:
-    """The :class:`Record` of a database row."""
+def record_of(row: Any, *, now: bool = True) -> Record:
+    """The :class:`Record` of a database row. With ``now``, a row relaxed before a fine-tune
+    model switch counts with ``enthalpy_now`` (the model in use at the end, a single point at
+    its structure), so that every hull compares energies of one model."""
     enthalpy = _number(row.get("enthalpy"))
     per_atom = row.get("enthalpy_per_atom")
+    model = row.get("model_id", "")
+    if now and row.get("enthalpy_now") is not None:
+        per_atom, model = float(row.enthalpy_now), row.get("model_now", model)
+        enthalpy = per_atom * row.natoms
     return Record(
         db_id=int(row.id),
         formula=str(row.formula),
@@ -111,7 +117,7 @@ def record_of(row: Any) -> Record:
         generator=str(row.get("generator", "")),
         unique=bool(row.get("unique", True)),
         status=str(row.get("status", "converged")),
-        model_id=str(row.get("model_id", "")),
+        model_id=str(model),
         polymorph=int(row.get("polymorph", 0)),
     )
 
@@ -314,6 +320,11 @@ def _analyse(run_dir: str | Path, spec: ReportSpec | None = None) -> _Run:
     for r in records:
         if r.eligible:
             run.eligible.setdefault(r.pressure, []).append(r)
+    models = {r.model_id for r in records if r.eligible and r.model_id}
+    if any(row.get("enthalpy_now") is not None for row in db.select("enthalpy_now", include_data=False)):
+        notes.append("the fine-tune loop changed the model: structures relaxed with an earlier model "
+                     f"count with single-point enthalpies of the last one ({', '.join(sorted(models))}); "
+                     "the fine-tune section has hulls of the best hits re-relaxed with each model")
     for p in pressures:
         run.hulls[p] = hull_at(run.eligible_at(p), elements)
         if run.hulls[p].kind == "lowest_polymorph":
@@ -466,13 +477,38 @@ def _finetune_doc(run: _Run) -> list[dict[str, Any]]:
             rerelaxed[int(row.get("iteration", -1))].append({
                 "of": old.db_id, "reduced_formula": old.reduced_formula,
                 "before": _f(old.enthalpy_per_atom), "after": _f(new.enthalpy_per_atom)})
+    hulls = _finetune_hulls(run)
     out = []
     for it in json.loads(path.read_text()):
         moved = rerelaxed.get(int(it["iteration"]), [])
         out.append({"iteration": it["iteration"], "selected": it["selected"], "labelled": it["labelled"],
                     "failed_labels": it["failed_labels"], "fractions": it["fractions"],
                     "errors_before": it["errors_before"], "converged": it["converged"],
-                    "n_models": len(it["models"]), "rerelaxed": moved})
+                    "n_models": len(it["models"]), "rerelaxed": moved,
+                    "hull": hulls.get(int(it["iteration"]), []), "hull_before": hulls.get(-1, [])})
+    return out
+
+
+def _finetune_hulls(run: _Run) -> dict[int, list[dict[str, Any]]]:
+    """Single-model hulls, per pressure, as the loop changed the model: -1, the unique hits of
+    the first model; i, the best hits re-relaxed with the model of iteration i (the search's
+    own hull mixes the energies of every model it used). Each: the stable formulas and ids."""
+    own = [record_of(row, now=False) for row in run.db.select(role="search", unique=True)]
+    first = min(own, key=lambda r: r.db_id).model_id if own else None
+    groups: dict[int, list[Record]] = defaultdict(list)
+    groups[-1] = [r for r in own if r.ok and r.model_id == first]
+    for row in run.db.select(role="rerelax"):
+        r = run.by_id.get(int(row.id))
+        if r is not None and r.ok:
+            groups[int(row.get("iteration", -2))].append(r)
+    out: dict[int, list[dict[str, Any]]] = {}
+    for it, rows in groups.items():
+        for p in sorted({r.pressure for r in rows}):
+            hull = hull_at([r for r in rows if r.pressure == p], run.elements)
+            out.setdefault(it, []).append({
+                "pressure_gpa": p, "hull_kind": hull.kind,
+                "stable": sorted({run.by_id[i].reduced_formula for i in hull.stable}),
+                "ids": hull.stable})
     return out
 
 
@@ -833,11 +869,17 @@ def _finetune_html(doc: dict[str, Any]) -> str:
         f"<td>{it['failed_labels']}</td><td>{it['fractions']['accurate']:.2f}</td>"
         f"<td>{it['fractions']['candidate']:.2f}</td><td>{it['fractions']['failed']:.2f}</td>"
         f"<td>{_e(format(it['errors_before'].get('force_rmse', float('nan')), '.3f'))}</td>"
-        f"<td>{'yes' if it['converged'] else ''}</td></tr>" for it in its)
+        f"<td>{'yes' if it['converged'] else ''}</td>"
+        f"<td>{_e(_stable_text(it['hull']))}</td></tr>" for it in its)
     return ("<h2 id=finetune>Fine-tune loop</h2><table><tr><th>iteration</th><th>selected</th>"
             "<th>labelled</th><th>label failures</th><th>accurate</th><th>candidate</th><th>failed</th>"
-            "<th>force RMSE vs oracle (eV/&Aring;), model in use</th><th>converged</th></tr>"
-            f"{rows}</table>")
+            "<th>force RMSE vs oracle (eV/&Aring;), model in use</th><th>converged</th>"
+            "<th>hull of the best hits re-relaxed with the new model</th></tr>"
+            f"{rows}</table><p>Hull of the first model's hits: {_e(_stable_text(its[0]['hull_before']))}</p>")
+
+
+def _stable_text(hulls: list[dict[str, Any]]) -> str:
+    return "; ".join(f"{h['pressure_gpa']:g} GPa: {', '.join(h['stable'])}" for h in hulls) or "-"
 
 
 def _plots(run: _Run, doc: dict[str, Any], out: Path) -> dict[str, str]:

@@ -501,7 +501,7 @@ class Search:
             rows = sorted(by_unit.get(us.unit.index, []), key=lambda r: (r.generation, r.candidate))
             for row in rows:
                 ok = _row_ok(row)
-                h = float(row.enthalpy_per_atom) if ok else math.inf
+                h = _h_now(row) if ok else math.inf
                 us.context.population.append(Evaluated(
                     Candidate.from_dict(row.data["candidate"]), Candidate.from_atoms(row.toatoms()), h, ok))
             self._remember(us, [e.candidate for e in us.context.population]
@@ -510,8 +510,8 @@ class Search:
             us.stored_rows = [int(i) for i in d["stored_rows"]]
             if us.stored_rows:
                 rows = self._rows_by_id(us.stored_rows)
-                us.stored.extend(self.deduper.describe([r.toatoms() for r in rows],
-                                                       [float(r.enthalpy_per_atom) for r in rows]))
+                hs = [_h_now(r) for r in rows]
+                us.stored.extend(self.deduper.describe([r.toatoms() for r in rows], hs))
 
     # -- one generation -------------------------------------------------------------------
     def propose(self, g: int) -> list[tuple[UnitState, int, Candidate]]:
@@ -835,7 +835,61 @@ class Search:
             self.use_model(ModelSpec(**{**dataclasses.asdict(m), **ft.trainer.spec(result.models[0]),
                                         "options": {}}))
             ft.executor = self.executor
+            self._rescore()
             self._rerelax_best(result.iteration)
+            self._checkpoint()  # the units' best and patience under the new model
+
+    def _rescore(self) -> None:
+        """After a model switch, the enthalpies the search compares come from the new model:
+        every unit's relaxed population and unique hits are evaluated with it (single points at
+        the stored structures, batched) and the units' best, dedupe entries and the swarm's and
+        GA's fitness take those values. Rows keep the enthalpy of their own relaxation and gain
+        ``enthalpy_now`` (per atom, by ``model_now``), which ``--resume`` and the report read."""
+        import torch
+
+        from lamcsp.relax.state import EV_PER_A3_PER_GPA, from_structures
+
+        rows = [row for row in self.store.rows(role="search") if _row_ok(row)]
+        if not rows:
+            return
+        atoms = [row.toatoms() for row in rows]
+        h = np.empty(len(rows))
+        pot = self.potential
+        for a in range(0, len(rows), 64):
+            chunk = atoms[a : a + 64]
+            state = from_structures(chunk, dtype=torch.float64, device=pot.device)
+            e = pot(state)["energy"].detach().cpu().numpy()
+            for k, (at, row) in enumerate(zip(chunk, rows[a : a + 64])):
+                pv = float(row.pressure_gpa) * EV_PER_A3_PER_GPA * at.get_volume()
+                h[a + k] = (e[k] + pv) / len(at)
+        now = {int(row.id): float(x) for row, x in zip(rows, h)}
+        with self.store.transaction():
+            for rid, x in now.items():
+                self.store.update(rid, enthalpy_now=x, model_now=self.potential.model_id)
+        by_unit: dict[int, list[Any]] = {}
+        for row in self.store.rows(role="search"):
+            by_unit.setdefault(int(row.unit), []).append(row)
+        for us in self.unit_states:
+            self._apply_now(us, now, sorted(by_unit.get(us.unit.index, []),
+                                            key=lambda r: (r.generation, r.candidate)))
+
+    def _apply_now(self, us: UnitState, now: dict[int, float], rows: list[Any]) -> None:
+        """A unit's enthalpies from ``now`` (row id -> enthalpy per atom): its unique hits, its
+        population (one entry per row of the unit, by generation and candidate) and its best;
+        patience starts again."""
+        from lamcsp.generators.dedupe import StoredStructures
+
+        entries = self.deduper.describe(list(us.stored.entries), [now.get(int(i)) for i in us.stored_rows])
+        us.stored = StoredStructures(us.stored.signature, entries)
+        pop = us.context.population
+        if len(pop) == len(rows):
+            pop[:] = [dataclasses.replace(e, enthalpy_per_atom=now.get(int(r.id), e.enthalpy_per_atom))
+                      if e.ok else e for e, r in zip(pop, rows)]
+        hs = [now[int(i)] for i in us.stored_rows if int(i) in now]
+        if hs:
+            us.best = min(hs)
+            us.history.append(us.best)
+            us.stagnant = 0
 
     def _rerelax_best(self, iteration: int) -> None:
         """The ``finetune.rerelax`` best unique hits of every unit, re-relaxed with the new model
@@ -843,7 +897,7 @@ class Search:
         n = self.campaign.finetune.rerelax
         todo = []
         for us in self.unit_states:
-            rows = sorted(self._rows_by_id(us.stored_rows), key=lambda r: r.enthalpy_per_atom)[:n]
+            rows = sorted(self._rows_by_id(us.stored_rows), key=_h_now)[:n]
             for row in rows:
                 key = f"ft{iteration}-{row.key}"
                 if self.store.row_id(key) is None:
@@ -896,7 +950,7 @@ class Search:
                       | {round(float(p), 6) for p in pressures})
         picked: dict[tuple[str, int], Any] = {}
         for us in self.unit_states:
-            rows = sorted(self._rows_by_id(us.stored_rows), key=lambda r: r.enthalpy_per_atom)
+            rows = sorted(self._rows_by_id(us.stored_rows), key=_h_now)
             taken = 0
             for row in rows:
                 if taken == spec.scan_top:
@@ -1007,6 +1061,12 @@ def screen(candidates: Sequence[Candidate], context: GenerationContext) -> np.nd
 
 def _result_ok(r: RelaxResult) -> bool:
     return not r.failed and bool(np.isfinite(r.enthalpy_per_atom))
+
+
+def _h_now(row: Any) -> float:
+    """A row's enthalpy per atom by the model in use (``enthalpy_now`` after a fine-tune model
+    switch; else its own)."""
+    return float(row.get("enthalpy_now", row.enthalpy_per_atom))
 
 
 def _row_ok(row: Any) -> bool:

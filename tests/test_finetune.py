@@ -351,3 +351,65 @@ def test_bad_finetune_sections_name_the_field(finetune, model, field):
     ok = parse_campaign({"name": "x", "system": {"composition": "CuAu"}, "model": {"backend": "chgnet"},
                          "finetune": {"enabled": True, "oracle": "emt"}})
     assert ok.finetune.oracle == {"calculator": "emt"} and "fine-tune: every 2" in ok.summary()
+
+
+@pytest.mark.slow
+def test_loop_learns_emt_on_the_campaigns_hits_and_keeps_its_hull(tmp_path):
+    """End to end: a variable-composition Cu-Au search from pretrained CHGNet with EMT as the
+    oracle. After the loop, the committee's force RMSE against EMT on the campaign's unique hits
+    is at least 3x lower than the pretrained model's, and the hull of the best hits re-relaxed
+    with the last model has the stable phases of the same structures relaxed with EMT itself."""
+    import dataclasses
+    import os
+    import subprocess
+
+    import ase.db
+    import torch
+    import yaml
+    from lamcsp.relax.relaxer import Relaxer
+    from lamcsp.relax.state import from_structures
+
+    from lamcsp.potentials.registry import load_potential
+    from lamcsp.report import hull_at, record_of
+
+    camp = {"name": "cuau-ft-hull", "seed": 7,
+            "system": {"variable": {"Cu": [1, 2], "Au": [1, 2]}, "max_atoms": 3, "pressures": [0.0]},
+            "population": 4, "generations": 2, "stop": {"patience": None},
+            "model": {"backend": "chgnet", "device": "cpu"}, "relax": {"fmax": 0.02, "max_steps": 200},
+            "finetune": {"enabled": True, "every": 1, "committee": 2, "epochs": 60, "max_labels": 14,
+                         "rerelax": 2, "window": 0.05, "trust_lo": 0.02, "snapshot_every": 10, "oracle": "emt"}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(camp))
+    r = subprocess.run([sys.executable, "-m", "lamcsp", "search", "c.yaml", "-o", "run"], cwd=tmp_path,
+                       capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "2"})
+    assert r.returncode == 0, r.stderr
+    run = tmp_path / "run"
+    db = ase.db.connect(str(run / "results.db"))
+    hits = [row.toatoms() for row in db.select(role="search", unique=True)]
+    ref = []
+    for a in hits:
+        b = a.copy()
+        b.calc = EMT()
+        ref.append(b.get_forces())
+    ref = np.concatenate(ref)
+    state = from_structures(hits, dtype=torch.float64)
+    models = json.loads((run / "finetune" / "models.json").read_text())[-1]["models"]
+    before = load_potential("chgnet", device="cpu")(state)["forces"].numpy()
+    after = np.mean([load_potential(f"chgnet:{m}", device="cpu")(state)["forces"].numpy() for m in models], axis=0)
+    rmse_before, rmse_after = (float(np.sqrt(((f - ref) ** 2).mean())) for f in (before, after))
+    print(f"{len(hits)} hits: force RMSE vs EMT {rmse_before:.4f} -> {rmse_after:.4f} eV/A "
+          f"({rmse_before / rmse_after:.1f}x)")
+    assert rmse_after * 3 <= rmse_before
+
+    summary = json.loads((run / "report" / "summary.json").read_text())
+    last = summary["finetune"][-1]
+    rerelaxed = list(db.select(role="rerelax", iteration=last["iteration"]))
+    sources = [db.get(id=row.of) for row in rerelaxed]
+    by_emt = Relaxer(load_potential("emt", device="cpu"), fmax=0.01, max_steps=500).relax(
+        [row.toatoms() for row in sources])
+    records = [dataclasses.replace(record_of(row), enthalpy=res.enthalpy, enthalpy_per_atom=res.enthalpy / len(res.atoms))
+               for row, res in zip(sources, by_emt)]
+    emt_hull = hull_at(records, ["Cu", "Au"])
+    emt_stable = sorted({next(r.reduced_formula for r in records if r.db_id == i) for i in emt_hull.stable})
+    print("stable with the last model:", last["hull"][0]["stable"], "with EMT:", emt_stable)
+    assert last["hull"][0]["hull_kind"] == emt_hull.kind == "phase_diagram"
+    assert last["hull"][0]["stable"] == emt_stable and len(emt_stable) > 2  # a compound on the hull
