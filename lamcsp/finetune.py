@@ -267,7 +267,8 @@ class LabelTask:
         if "calculator" in spec:
             from lamcsp.potentials.ase_calc import make_ase_calculator
 
-            self._calc = make_ase_calculator(spec["calculator"], **spec.get("options", {}))
+            self._calc = make_ase_calculator(spec["calculator"], field="finetune.oracle",
+                                             **spec.get("options", {}))
         elif "command" in spec:
             self._calc = None
         else:

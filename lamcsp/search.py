@@ -759,6 +759,10 @@ class Search:
         else:
             raise SetupError("finetune.enabled", f"the fine-tune loop trains chgnet or deepmd models, not "
                                                  f"{m.backend}")
+        if "calculator" in spec.oracle:  # a wrong name or option fails now, not after generations
+            from lamcsp.finetune import LabelTask
+
+            LabelTask(spec.oracle)
         elements = sorted({el for u in self.units for el in u.composition})
 
         def member(path: str) -> Any:

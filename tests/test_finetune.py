@@ -353,6 +353,21 @@ def test_bad_finetune_sections_name_the_field(finetune, model, field):
     assert ok.finetune.oracle == {"calculator": "emt"} and "fine-tune: every 2" in ok.summary()
 
 
+def test_an_unknown_oracle_stops_the_search_before_any_relaxation(tmp_path):
+    from lamcsp.campaign import parse_campaign
+    from lamcsp.search import Search
+
+    camp = parse_campaign({"name": "x", "system": {"composition": "Cu"}, "model": {"backend": "chgnet"},
+                           "generations": 1, "population": 2,
+                           "finetune": {"enabled": True, "oracle": {"calculator": "nosuchcode"}}})
+    with pytest.raises(SetupError) as err:
+        Search(camp, run_dir=tmp_path / "run", progress=None).run()
+    assert err.value.field == "finetune.oracle" and "nosuchcode" in str(err.value)
+    import ase.db
+
+    assert ase.db.connect(str(tmp_path / "run" / "results.db")).count(role="search") == 0
+
+
 @pytest.mark.slow
 def test_loop_learns_emt_on_the_campaigns_hits_and_keeps_its_hull(tmp_path):
     """End to end: a variable-composition Cu-Au search from pretrained CHGNet with EMT as the

@@ -48,8 +48,11 @@ def known_numbers(name: str) -> set[int] | None:
     return None
 
 
-def make_ase_calculator(name: str, **kwargs: Any) -> Calculator:
-    """An ASE calculator by name (``emt``, ``lj``, or any ``module:Class`` path)."""
+def make_ase_calculator(name: str, *, field: str = "model", **kwargs: Any) -> Calculator:
+    """An ASE calculator by name with its keyword arguments: ``emt``, ``lj``, any name ASE's
+    ``get_calculator_class`` knows (``gpaw``, ``vasp``, ``espresso``, ``cp2k``, ``abacus`` with
+    the ase-abacus plugin, ...), or a ``module:Class`` path. ``field`` names the campaign
+    field in errors."""
     key = name.lower()
     if key in ASE_CALCULATORS:
         return ASE_CALCULATORS[key](**kwargs)
@@ -60,12 +63,23 @@ def make_ase_calculator(name: str, **kwargs: Any) -> Calculator:
         try:
             return getattr(importlib.import_module(mod), cls)(**kwargs)
         except (ImportError, AttributeError) as exc:
-            raise SetupError("model", f"cannot import ASE calculator {name!r}: {exc}") from exc
-    raise SetupError(
-        "model",
-        f"unknown ASE calculator {name!r}; known: {', '.join(sorted(ASE_CALCULATORS))}, "
-        "or give a 'package.module:ClassName' path",
-    )
+            raise SetupError(field, f"cannot import ASE calculator {name!r}: {exc}") from exc
+    from ase.calculators.calculator import get_calculator_class
+
+    try:
+        factory = get_calculator_class(key)
+    except ImportError as exc:
+        raise SetupError(field, f"ASE calculator {name!r} is unknown or not installed here ({exc})") from exc
+    except Exception as exc:  # noqa: BLE001 - ASE raises various errors for unknown names
+        raise SetupError(
+            field,
+            f"unknown ASE calculator {name!r} ({exc}); give a name ASE knows (emt, lj, gpaw, vasp, "
+            "espresso, cp2k, ...) or a 'package.module:ClassName' path",
+        ) from exc
+    try:
+        return factory(**kwargs)
+    except TypeError as exc:
+        raise SetupError(field, f"ASE calculator {name!r} refused its options: {exc}") from exc
 
 
 class ASECalculatorPotential(Potential):
