@@ -321,7 +321,7 @@ def _analyse(run_dir: str | Path, spec: ReportSpec | None = None) -> _Run:
         if r.eligible:
             run.eligible.setdefault(r.pressure, []).append(r)
     models = {r.model_id for r in records if r.eligible and r.model_id}
-    if any(row.get("enthalpy_now") is not None for row in db.select("enthalpy_now", include_data=False)):
+    if db.count("enthalpy_now") > 0:
         notes.append("the fine-tune loop changed the model: structures relaxed with an earlier model "
                      f"count with single-point enthalpies of the last one ({', '.join(sorted(models))}); "
                      "the fine-tune section has hulls of the best hits re-relaxed with each model")

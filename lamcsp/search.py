@@ -853,7 +853,8 @@ class Search:
 
         from lamcsp.relax.state import EV_PER_A3_PER_GPA, from_structures
 
-        rows = [row for row in self.store.rows(role="search") if _row_ok(row)]
+        every = list(self.store.rows(role="search"))  # one read: the ok ones to score, all for the units
+        rows = [row for row in every if _row_ok(row)]
         if not rows:
             return
         atoms = [row.toatoms() for row in rows]
@@ -871,7 +872,7 @@ class Search:
             for rid, x in now.items():
                 self.store.update(rid, enthalpy_now=x, model_now=self.potential.model_id)
         by_unit: dict[int, list[Any]] = {}
-        for row in self.store.rows(role="search"):
+        for row in every:
             by_unit.setdefault(int(row.unit), []).append(row)
         for us in self.unit_states:
             self._apply_now(us, now, sorted(by_unit.get(us.unit.index, []),
