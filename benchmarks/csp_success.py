@@ -528,6 +528,46 @@ def _write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+def _error_record(t: Target, m: str, seed: int, ref: Reference, exc: BaseException) -> dict[str, Any]:
+    return {"target": t.id, "formula": t.formula, "nsites": t.nsites, "spacegroup": t.spacegroup,
+            "method": m, "seed": seed, "success": False, "reason": "error",
+            "error": f"{type(exc).__name__}: {exc}", "relaxations": 0, "seconds": 0.0,
+            "relaxations_to_match": None, "seconds_to_match": None, "energy_distance": None,
+            "rank": None, "reference_enthalpy_per_atom": ref.enthalpy_per_atom,
+            "reference_spacegroup": ref.spacegroup}
+
+
+def _run_task(t: Target, m: str, seed: int, ref: Reference, potential: Any, args: argparse.Namespace,
+              out: Path) -> dict[str, Any]:
+    try:
+        rec = run_one(t, m, seed, ref, potential, args, out)
+    except Exception as exc:  # a run that cannot start or crashes: recorded, not fatal
+        return _error_record(t, m, seed, ref, exc)
+    rec["reference_enthalpy_per_atom"] = ref.enthalpy_per_atom
+    rec["reference_spacegroup"] = ref.spacegroup
+    return rec
+
+
+#: a ``--jobs`` worker's arguments and model (set by :func:`_init_worker`)
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(args: argparse.Namespace, threads: int, model: Any) -> None:
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    warnings.filterwarnings("ignore")
+    import torch
+
+    torch.set_num_threads(threads)
+    from lamcsp.potentials.registry import load_model
+
+    _WORKER.update(args=args, potential=load_model(model))
+
+
+def _worker_task(t: Target, m: str, seed: int, ref: Reference, out: Path) -> dict[str, Any]:
+    return _run_task(t, m, seed, ref, _WORKER["potential"], _WORKER["args"], out)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -551,6 +591,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stop-at-match", action="store_true",
                     help="end a run once the target is its lowest structure (faster, biased: quick "
                          "looks only)")
+    ap.add_argument("--collect", action="store_true",
+                    help="run nothing: summarise the runs that have a record in --out (runs made "
+                         "elsewhere, or a benchmark cut short)")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="runs at a time, each in its own process with its own model (default 1); on "
+                         "a GPU they share it, on a CPU they share the cores")
     ap.add_argument("--out", default=str(HERE / "results" / "csp_success"), help="output folder")
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")  # pymatgen's CIF rounding notes, spglib deprecations
@@ -581,33 +627,53 @@ def main(argv: list[str] | None = None) -> int:
     print(f"csp_success: {len(targets)} targets x {len(methods)} methods x {len(seeds)} seeds, budget "
           f"{args.budget} relaxations, population {args.population}, model {potential.model_id} on "
           f"{args.device}; lamcsp default generators: {default_gens}", flush=True)
-    records: list[dict[str, Any]] = []
     t_start = time.time()
-    refs: dict[str, Reference] = {}
+    # every reference first (cached in refs/), so that parallel workers share them
+    refs = {t.id: relax_reference(t, potential, campaign0.relax, out / "refs" / f"{t.id}.json")
+            for t in targets}
     # seeds outermost, so that an interrupted benchmark has every target for the first seeds
-    for seed, (ti, t), m in ((s, tt, m) for s in seeds for tt in enumerate(targets) for m in methods):
-        if t.id not in refs:
-            refs[t.id] = relax_reference(t, potential, campaign0.relax, out / "refs" / f"{t.id}.json")
-        ref = refs[t.id]
-        try:
-            rec = run_one(t, m, seed, ref, potential, args, out)
-        except Exception as exc:  # a run that cannot start or crashes: recorded, not fatal
-            rec = {"target": t.id, "formula": t.formula, "nsites": t.nsites,
-                   "spacegroup": t.spacegroup, "method": m, "seed": seed, "success": False,
-                   "reason": "error",
-                   "error": f"{type(exc).__name__}: {exc}", "relaxations": 0, "seconds": 0.0,
-                   "relaxations_to_match": None, "seconds_to_match": None, "energy_distance": None,
-                   "rank": None}
-        rec["reference_enthalpy_per_atom"] = ref.enthalpy_per_atom
-        rec["reference_spacegroup"] = ref.spacegroup
-        records.append(rec)
+    tasks = [(ti, t, m, s) for s in seeds for ti, t in enumerate(targets) for m in methods]
+    if args.collect:
+        have = [task for task in tasks
+                if (out / "runs" / task[1].id / f"{task[2]}-s{task[3]}" / "bench_record.json").exists()]
+        print(f"--collect: {len(tasks) - len(have)} of {len(tasks)} runs have no record; summarising "
+              f"the other {len(have)}", flush=True)
+        tasks = have
+    by_task: dict[int, dict[str, Any]] = {}
+
+    def done(k: int, rec: dict[str, Any]) -> None:
+        ti, t, m, seed = tasks[k]
+        by_task[k] = rec
         de = rec["energy_distance"]
         status = (f"hit at {rec['relaxations_to_match']} (rank {rec['rank']})" if rec["success"]
                   else f"error: {rec['error']}" if rec["reason"] == "error"
                   else f"miss: {rec['reason']} (dE {_fmt(de and 1000 * de, '+.0f')} meV/atom)")
-        print(f"[{ti + 1}/{len(targets)}] {t.id} {t.formula} ({t.nsites} sites, sg {t.spacegroup}) "
+        print(f"[{len(by_task)}/{len(tasks)}] {t.id} {t.formula} ({t.nsites} sites, sg {t.spacegroup}) "
               f"{m} seed {seed}: {status}, {rec['relaxations']} relaxations, {rec['seconds']:.0f} s",
               flush=True)
+
+    if args.jobs <= 1:
+        for k, (_, t, m, seed) in enumerate(tasks):
+            done(k, _run_task(t, m, seed, refs[t.id], potential, args, out))
+    else:
+        # one process per job, each with its own model (on the same GPU, or a share of the cores)
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        threads = max(1, (os.cpu_count() or 1) // args.jobs)
+        with ProcessPoolExecutor(max_workers=args.jobs, mp_context=mp.get_context("spawn"),
+                                 initializer=_init_worker, initargs=(args, threads, campaign0.model)) as pool:
+            futures = {pool.submit(_worker_task, t, m, seed, refs[t.id], out): k
+                       for k, (_, t, m, seed) in enumerate(tasks)}
+            for fut in as_completed(futures):
+                k = futures[fut]
+                try:
+                    rec = fut.result()
+                except Exception as exc:  # the worker died: recorded like a crashed run
+                    _, t, m, seed = tasks[k]
+                    rec = _error_record(t, m, seed, refs[t.id], exc)
+                done(k, rec)
+    records = [by_task[k] for k in sorted(by_task)]
     summary = summarize(records, methods, args.budget)
     print()
     print_table(records, summary, methods, targets, seeds)
