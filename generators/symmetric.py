@@ -4,10 +4,16 @@ symmetry-reduced vector of a candidate that a particle swarm moves in.
 For each structure :class:`SymmetricRandom` draws
 
 1. a number of formula units ``Z`` uniformly among the allowed ones that at least one allowed
-   space group can hold, then a space group uniformly among those that hold ``Z`` formula
-   units (screened exactly and up front by :func:`lamcsp.generators.wyckoff.can_hold`, never
-   by trial and error);
-2. a Wyckoff assignment (:func:`lamcsp.generators.wyckoff.random_assignment`);
+   space group can hold, then a space group among those that hold ``Z`` formula units
+   (screened exactly and up front by :func:`lamcsp.generators.wyckoff.can_hold`, never by
+   trial and error): uniformly (AIRSS, PyXtal, CALYPSO), or with ``group_weights=
+   "point_group"`` in proportion to the order of its point group;
+2. a Wyckoff assignment (:func:`lamcsp.generators.wyckoff.random_assignment`), or, with
+   probability ``special``, one of the group's assignments with the fewest free coordinates.
+   Both are a prior for symmetry (off by default; ``benchmarks/csp_success.py --methods
+   random,random_prior`` measures it): most small-cell ground states have every atom on a fixed
+   special position in a group of high point-group order, while most of the groups that can
+   hold a composition have a low one;
 3. a lattice of the group's crystal system at the target volume (below);
 4. the free coordinates of each orbit, site by site: an orbit is built with the group's
    compiled operations and checked (within itself and against the atoms placed so far, all
@@ -86,6 +92,7 @@ from lamcsp.generators.base import Candidate, GenerationContext, WyckoffSite, re
 from lamcsp.generators.wyckoff import (
     LATTICE_TYPES,
     can_hold,
+    feasible_assignments,
     random_assignment,
     space_group,
 )
@@ -782,6 +789,31 @@ def _symbol(z: int) -> str:
 # --- the generator ----------------------------------------------------------------------------
 
 
+def group_weight(sg: int) -> int:
+    """The order of space group ``sg``'s point group (1 for P1, 48 for Fm-3m): its general
+    position's multiplicity over its lattice points. ``group_weights="point_group"`` draws a
+    group in proportion to it: the ground states of small cells are mostly of high symmetry
+    (of the 37 MP-20 test structures of at most 6 sites, 19 have every atom on a fixed special
+    position, and 26 a point group of order 12 or more), while most of the groups that can
+    hold a composition are of low symmetry."""
+    data = space_group(sg)
+    return data.general_multiplicity // len(data.centring)
+
+
+@functools.lru_cache(maxsize=4096)
+def fewest_dof_assignments(sg: int, counts: tuple[tuple[int, int], ...]
+                           ) -> tuple[tuple[tuple[int, int], ...], ...]:
+    """The Wyckoff assignments of ``counts`` (``((Z, atoms in the cell), ...)``) in group ``sg``
+    with the fewest free coordinates in all (the first 10,000 assignments are looked at)."""
+    data = space_group(sg)
+    found = feasible_assignments(sg, dict(counts))
+    if not found:
+        raise SetupError("spacegroups", f"space group {sg} cannot hold {dict(counts)}")
+    dofs = [sum(data.positions[i].dof for _, i in a) for a in found]
+    low = min(dofs)
+    return tuple(a for a, d in zip(found, dofs) if d == low)
+
+
 class _Plan:
     """Everything :meth:`SymmetricRandom.propose` derives from the options and context."""
 
@@ -819,6 +851,8 @@ class _Plan:
             if ok:
                 self.choices.append((fu, ok))
         self.cell = cell
+        #: cumulative point-group weights of each choice's groups (``group_weights="point_group"``)
+        self.weights = [np.cumsum([group_weight(sg) for sg in ok]) for _, ok in self.choices]
         if not self.choices:
             formula = "".join(f"{_symbol(z)}{n}" for z, n in per_fu.items())
             raise SetupError(
@@ -904,6 +938,16 @@ class SymmetricRandom:
             that many times the formula units and emits the primitive cell (``origin["cell"] ==
             "primitive"``; rocksalt NaCl is a 2-atom Fm-3m candidate); ``"conventional"``:
             formula units count the conventional cell (PyXtal's ``numIons``), as emitted.
+        group_weights: how a space group is drawn among those that hold the formula units:
+            ``"uniform"`` (default; AIRSS, PyXtal and CALYPSO draw so), or ``"point_group"``:
+            in proportion to the order of its point group (1 for P1 up to 48 for m-3m), a prior
+            for the high symmetry of small-cell ground states (see :func:`group_weight`).
+        special: probability that a structure's Wyckoff assignment is drawn among the
+            group's assignments with the fewest free coordinates (uniformly among those),
+            instead of by :func:`~lamcsp.generators.wyckoff.random_assignment` (default 0).
+            Once such a draw comes out with a higher symmetry than its group, the group's
+            remaining tries use the usual draw, so the option does not move structures away
+            from the groups whose special positions combine into larger ones.
     """
 
     name = "random"
@@ -916,10 +960,19 @@ class SymmetricRandom:
         max_attempts: int = 200,
         verify: bool = True,
         cell: str = "primitive",
+        group_weights: str = "uniform",
+        special: float = 0.0,
     ):
         if cell not in ("primitive", "conventional"):
             raise SetupError("cell", f"must be 'primitive' or 'conventional', got {cell!r}")
+        if group_weights not in ("uniform", "point_group"):
+            raise SetupError("group_weights", f"must be 'uniform' or 'point_group', got {group_weights!r}")
+        if (isinstance(special, bool) or not isinstance(special, (int, float))
+                or not 0.0 <= float(special) <= 1.0):
+            raise SetupError("special", f"must be a probability within [0, 1], got {special!r}")
         self.cell = cell
+        self.group_weights = group_weights
+        self.special = float(special)
         if (isinstance(max_attempts, bool) or not isinstance(max_attempts, (int, np.integer))
                 or max_attempts < 1):
             raise SetupError("max_attempts", f"must be a positive integer, got {max_attempts!r}")
@@ -993,15 +1046,30 @@ class SymmetricRandom:
 
         left = self.max_attempts
         while left > 0:
-            fu, sgs = plan.choices[int(rng.integers(len(plan.choices)))]
-            sg = sgs[int(rng.integers(len(sgs)))]
+            k = int(rng.integers(len(plan.choices)))
+            fu, sgs = plan.choices[k]
+            if self.group_weights == "uniform":
+                sg = sgs[int(rng.integers(len(sgs)))]
+            else:
+                w = plan.weights[k]
+                sg = sgs[min(int(np.searchsorted(w, rng.random() * w[-1], side="right")), len(sgs) - 1)]
             lattice_points = centring_multiplicity(sg) if plan.cell == "primitive" else 1
             conv_fu = fu * lattice_points
             counts = {z: n * conv_fu for z, n in plan.per_fu.items()}
+            # the fewest-coordinate assignments are left for the group once one of them comes out
+            # with a higher symmetry (often all of them do): else ``special`` would move the draw
+            # away from the groups whose special positions combine into larger groups
+            special = self.special
             for _ in range(ASSIGNMENTS_PER_GROUP):
                 if left <= 0:
                     break
-                comp = _compiled(sg, tuple(random_assignment(sg, counts, rng)), plan.species)
+                drew_special = special > 0.0 and rng.random() < special
+                if drew_special:
+                    fewest = fewest_dof_assignments(sg, tuple(counts.items()))
+                    assignment = fewest[int(rng.integers(len(fewest)))]
+                else:
+                    assignment = tuple(random_assignment(sg, counts, rng))
+                comp = _compiled(sg, assignment, plan.species)
                 self.stats["assignments"] += 1
                 frac = np.empty((comp.n_atoms, 3))
                 points = np.zeros((len(comp.site_mult), 3))
@@ -1021,6 +1089,8 @@ class SymmetricRandom:
                 if _extra_symmetry(frac, comp.atom_species, lattice, comp.pg_rots, comp.centring, SYMPREC):
                     self.stats["rejected_symmetry"] += 1
                     tally["symmetry"] += 1
+                    if drew_special:
+                        special = 0.0
                     continue
                 if self.verify:
                     cell: Any = (lattice, frac, comp.numbers)
