@@ -641,17 +641,17 @@ def main(argv: list[str] | None = None) -> int:
     refs = {t.id: relax_reference(t, potential, campaign0.relax, out / "refs" / f"{t.id}.json")
             for t in targets}
     # seeds outermost, so that an interrupted benchmark has every target for the first seeds
-    tasks = [(ti, t, m, s) for s in seeds for ti, t in enumerate(targets) for m in methods]
+    tasks = [(t, m, s) for s in seeds for t in targets for m in methods]
     if args.collect:
         have = [task for task in tasks
-                if (out / "runs" / task[1].id / f"{task[2]}-s{task[3]}" / "bench_record.json").exists()]
+                if (out / "runs" / task[0].id / f"{task[1]}-s{task[2]}" / "bench_record.json").exists()]
         print(f"--collect: {len(tasks) - len(have)} of {len(tasks)} runs have no record; summarising "
               f"the other {len(have)}", flush=True)
         tasks = have
     by_task: dict[int, dict[str, Any]] = {}
 
     def done(k: int, rec: dict[str, Any]) -> None:
-        ti, t, m, seed = tasks[k]
+        t, m, seed = tasks[k]
         by_task[k] = rec
         de = rec["energy_distance"]
         status = (f"hit at {rec['relaxations_to_match']} (rank {rec['rank']})" if rec["success"]
@@ -662,7 +662,7 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
 
     if args.jobs <= 1:
-        for k, (_, t, m, seed) in enumerate(tasks):
+        for k, (t, m, seed) in enumerate(tasks):
             done(k, _run_task(t, m, seed, refs[t.id], potential, args, out))
     else:
         # one process per job, each with its own model (on the same GPU, or a share of the cores)
@@ -673,13 +673,13 @@ def main(argv: list[str] | None = None) -> int:
         with ProcessPoolExecutor(max_workers=args.jobs, mp_context=mp.get_context("spawn"),
                                  initializer=_init_worker, initargs=(args, threads, campaign0.model)) as pool:
             futures = {pool.submit(_worker_task, t, m, seed, refs[t.id], out): k
-                       for k, (_, t, m, seed) in enumerate(tasks)}
+                       for k, (t, m, seed) in enumerate(tasks)}
             for fut in as_completed(futures):
                 k = futures[fut]
                 try:
                     rec = fut.result()
                 except Exception as exc:  # the worker died: recorded like a crashed run
-                    _, t, m, seed = tasks[k]
+                    t, m, seed = tasks[k]
                     rec = _error_record(t, m, seed, refs[t.id], exc)
                 done(k, rec)
     records = [by_task[k] for k in sorted(by_task)]

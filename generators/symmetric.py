@@ -851,8 +851,9 @@ class _Plan:
             if ok:
                 self.choices.append((fu, ok))
         self.cell = cell
-        #: cumulative point-group weights of each choice's groups (``group_weights="point_group"``)
-        self.weights = [np.cumsum([group_weight(sg) for sg in ok]) for _, ok in self.choices]
+        #: point-group weights of each choice's groups, normalised (``group_weights="point_group"``)
+        self.weights = [np.array([group_weight(sg) for sg in ok], dtype=float) for _, ok in self.choices]
+        self.weights = [w / w.sum() for w in self.weights]
         if not self.choices:
             formula = "".join(f"{_symbol(z)}{n}" for z, n in per_fu.items())
             raise SetupError(
@@ -897,6 +898,15 @@ class _Plan:
                 f"needs {packed / _MAX_PACKING:.1f} Å^3. Lower min_distance/distance_factor or raise "
                 "volume_factor/element_volumes.",
             )
+
+    def draw_group(self, rng: np.random.Generator, group_weights: str) -> tuple[int, int]:
+        """Formula units (uniformly) and a space group holding them, uniformly or by
+        :func:`group_weight` (``group_weights``)."""
+        k = int(rng.integers(len(self.choices)))
+        fu, sgs = self.choices[k]
+        if group_weights == "uniform":
+            return fu, sgs[int(rng.integers(len(sgs)))]
+        return fu, sgs[int(rng.choice(len(sgs), p=self.weights[k]))]
 
     def describe_distances(self) -> str:
         parts = []
@@ -1046,13 +1056,7 @@ class SymmetricRandom:
 
         left = self.max_attempts
         while left > 0:
-            k = int(rng.integers(len(plan.choices)))
-            fu, sgs = plan.choices[k]
-            if self.group_weights == "uniform":
-                sg = sgs[int(rng.integers(len(sgs)))]
-            else:
-                w = plan.weights[k]
-                sg = sgs[min(int(np.searchsorted(w, rng.random() * w[-1], side="right")), len(sgs) - 1)]
+            fu, sg = plan.draw_group(rng, self.group_weights)
             lattice_points = centring_multiplicity(sg) if plan.cell == "primitive" else 1
             conv_fu = fu * lattice_points
             counts = {z: n * conv_fu for z, n in plan.per_fu.items()}
