@@ -20,9 +20,15 @@ or not) that matches the reference, and the wall time until then; the energy dis
 run's best enthalpy per atom minus the relaxed reference's: negative when the model prefers
 another structure); and, for a failed run, why: ``model_prefers_other`` (at least 5 unique
 structures lie below the reference, so it could not be among the top 5 even if found),
-``found_not_top5`` (found, but fewer than 5 structures lie below the reference, so a duplicate
+``found_not_top5`` (found, but fewer than 5 structures lie below the reference, so a
 representative that does not match took its place) or ``not_reached`` (the search never
 produced it within the budget). ``found`` says separately whether any relaxation matched.
+
+"Unique" is judged by the benchmark, not by the run: the relaxed structures of a run are
+grouped, lowest enthalpy first, by the same symmetrised matcher (a structure within
+``ENERGY_WINDOW`` of a lower representative that matches it is its duplicate), so every method
+is judged by one rule whatever its own duplicate removal did. ``--rescore`` judges finished
+runs again from their databases.
 
 Methods (each a campaign's ``generators``; the rest of the campaign is lamcsp's defaults):
 
@@ -301,6 +307,34 @@ def _model_section(args: argparse.Namespace) -> dict[str, Any]:
 # --------------------------------------------------------------------------------- one run
 
 
+def distinct_lowest(rows: Sequence[Any], structure: Callable[[Any], Any], below: float,
+                    k: int = TOP_K) -> tuple[list[Any], int]:
+    """CSPBench's unique structures of a run: its relaxed rows (sorted by enthalpy per atom)
+    grouped by the benchmark's own matcher (``MATCHER`` on structures symmetrised at
+    ``SYMPREC``), not by the run's ``unique`` flags, so that every method is judged by one rule.
+
+    A row is a new structure when it matches no representative found before it within
+    ``ENERGY_WINDOW`` of its enthalpy. The walk stops once it has ``k`` representatives and has
+    passed ``below`` (eV/atom).
+
+    Returns:
+        ``(representatives, n_below)``: the representatives found, lowest first (at least the
+        ``k`` lowest where the run has them), and how many distinct structures lie under ``below``.
+    """
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    matcher = StructureMatcher(**MATCHER)
+    reps: list[tuple[Any, Any]] = []  # (row, symmetrised structure)
+    for r in rows:
+        h = float(r.enthalpy_per_atom)
+        if len(reps) >= k and h >= below:
+            break
+        sym = symmetrized(structure(r))
+        if not any(h - float(q.enthalpy_per_atom) <= ENERGY_WINDOW and matcher.fit(s, sym) for q, s in reps):
+            reps.append((r, sym))
+    return [r for r, _ in reps], sum(1 for r, _ in reps if float(r.enthalpy_per_atom) < below)
+
+
 def evaluate(run_dir: Path, ref: Reference) -> dict[str, Any]:
     """Success, first match, energy distance and failure reason of a finished (or stopped) run."""
     from ase.db.core import T2000, YEAR
@@ -313,11 +347,19 @@ def evaluate(run_dir: Path, ref: Reference) -> dict[str, Any]:
                   key=lambda r: (r.generation, r.unit, r.candidate))
     ok = [r for r in rows if not str(r.status).startswith("failed") and math.isfinite(r.enthalpy_per_atom)]
     ok_ids = {int(r.id) for r in ok}
-    unique = sorted((r for r in ok if r.get("unique")), key=lambda r: r.enthalpy_per_atom)
+    structures: dict[int, Any] = {}
+
+    def structure(r: Any) -> Any:
+        if int(r.id) not in structures:
+            structures[int(r.id)] = AseAtomsAdaptor.get_structure(r.toatoms())
+        return structures[int(r.id)]
+
+    unique, n_below = distinct_lowest(sorted(ok, key=lambda r: r.enthalpy_per_atom), structure,
+                                      ref.enthalpy_per_atom - BELOW_TOL)
     top = unique[:TOP_K]
 
     def match(r: Any) -> bool:
-        return ref.matches(AseAtomsAdaptor.get_structure(r.toatoms()), float(r.enthalpy_per_atom))
+        return ref.matches(structure(r), float(r.enthalpy_per_atom))
 
     top_match = [i for i, r in enumerate(top) if match(r)]
     first = None
@@ -328,7 +370,6 @@ def evaluate(run_dir: Path, ref: Reference) -> dict[str, Any]:
     meta = run_dir / "bench_run.json"
     start = json.loads(meta.read_text())["start"] if meta.exists() else None
     best = unique[0].enthalpy_per_atom if unique else math.nan
-    n_below = sum(1 for r in unique if r.enthalpy_per_atom < ref.enthalpy_per_atom - BELOW_TOL)
     success = bool(top_match)
     reason = None
     if not success:
@@ -343,7 +384,7 @@ def evaluate(run_dir: Path, ref: Reference) -> dict[str, Any]:
         "rank": (top_match[0] + 1) if success else None,
         "relaxations": len(rows),
         "failed_relaxations": len(rows) - len(ok),
-        "unique": len(unique),
+        "unique": sum(1 for r in ok if r.get("unique")),
         "found": first is not None,
         "relaxations_to_match": first[0] if first else None,
         "seconds_to_match": (first[1].ctime * YEAR + T2000 - start) if first and start else None,
@@ -372,6 +413,11 @@ def run_one(target: Target, method: str, seed: int, ref: Reference, potential: A
             import shutil
 
             shutil.rmtree(run_dir)
+        elif args.rescore:
+            # judge the finished run again from its database, with the current rule
+            rec = {**rec, **evaluate(run_dir, ref), "rescored": True}
+            _write_json(record_path, rec)
+            return rec
         else:
             return rec
     campaign = campaign_for(target, method, seed, args)
@@ -603,6 +649,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--collect", action="store_true",
                     help="run nothing: summarise the runs that have a record in --out (runs made "
                          "elsewhere, or a benchmark cut short)")
+    ap.add_argument("--rescore", action="store_true",
+                    help="judge runs that already have a record again from their databases (after a "
+                         "change of the success rule), rewriting the records")
     ap.add_argument("--jobs", type=int, default=1,
                     help="runs at a time, each in its own process with its own model (default 1); on "
                          "a GPU they share it, on a CPU they share the cores")

@@ -146,7 +146,8 @@ class DedupeSpec:
     angle_tol: float = _field(5.0, type="number > 0", doc="StructureMatcher angle tolerance, degrees")
     energy_tol: float | None = _field(
         0.01, type="number > 0 or null",
-        doc="duplicates differ by less than this enthalpy, eV/atom (null: no energy test)")
+        doc="duplicates differ by less than this enthalpy, eV/atom (null: no energy test); relaxed "
+            "pairs within it go to the matcher whatever their fingerprint distance")
     before_relax: bool = _field(
         True, type="bool",
         doc="CALYPSO's similarity screen: a new candidate that duplicates (at equal volume per "

@@ -102,3 +102,59 @@ def test_collect_summarises_the_records_it_finds_and_runs_nothing(smoke, tmp_pat
     assert {key(r): r["relaxations_to_match"] for r in collected["records"]} == \
         {k: r["relaxations_to_match"] for k, r in want.items()}
     assert collected["summary"]["lamcsp"]["hits"] == result["summary"]["lamcsp"]["hits"]
+
+
+def test_rescore_judges_finished_runs_again_from_their_databases(smoke):
+    out, _, result = smoke
+    dbs = sorted(out.glob("runs/*/*/results.db"))
+    before = {p: p.stat().st_mtime_ns for p in dbs}
+    rec_path = out / "runs" / "mp-1183691" / "lamcsp-s1" / "bench_record.json"
+    rec = json.loads(rec_path.read_text())
+    rec_path.write_text(json.dumps({**rec, "success": not rec["success"], "rank": 99}))  # a stale verdict
+    _run(out, "--collect", "--rescore")
+    assert {p: p.stat().st_mtime_ns for p in dbs} == before  # read, not searched again
+    again = json.loads((out / "csp_success.json").read_text())
+    key = lambda r: (r["target"], r["method"], r["seed"])  # noqa: E731
+    old = {key(r): r for r in result["records"]}
+    for r in again["records"]:
+        assert r["rescored"]
+        for f in ("success", "rank", "relaxations_to_match", "n_below_reference", "reason"):
+            assert r[f] == old[key(r)][f], (key(r), f)
+
+
+def _bench_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("csp_success_bench", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_top5_unique_by_the_benchmarks_own_matcher():
+    # CSPBench's "unique": a run's relaxed structures grouped by the symmetrised matcher, whatever
+    # the run's own duplicate flags said; copies (a strained rocksalt, a supercell) do not take
+    # places in the top 5, and the structures under the reference are counted once each
+    import numpy as np
+    from ase.build import bulk
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    bench = _bench_module()
+    rs = bulk("NaCl", "rocksalt", 5.64)
+    strained = rs.copy()
+    cell = np.array(strained.cell)
+    cell[2] *= 1.06
+    strained.set_cell(cell, scale_atoms=True)
+    wz = bulk("NaCl", "wurtzite", a=4.1, c=6.6)
+
+    class Row:
+        def __init__(self, i, atoms, h):
+            self.id, self.atoms, self.enthalpy_per_atom = i, atoms, h
+
+    rows = [Row(1, rs, -3.30), Row(2, strained, -3.298), Row(3, rs * (2, 1, 1), -3.29),
+            Row(4, bulk("NaCl", "cesiumchloride", 3.4), -3.28), Row(5, wz, -3.20), Row(6, rs, -3.10)]
+    reps, n_below = bench.distinct_lowest(rows, lambda r: AseAtomsAdaptor.get_structure(r.atoms), -3.25)
+    assert [r.id for r in reps] == [1, 4, 5, 6]  # the last rocksalt lies beyond the energy window
+    assert n_below == 2
+    reps, _ = bench.distinct_lowest(rows, lambda r: AseAtomsAdaptor.get_structure(r.atoms), -3.25, k=2)
+    assert [r.id for r in reps] == [1, 4]  # k found and past the reference: the walk stops

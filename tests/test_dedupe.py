@@ -106,6 +106,26 @@ def test_energy_tolerance_and_lowest_enthalpy_kept():
     assert list(dup) == [1, -1]
 
 
+def test_relaxed_copies_beyond_the_fingerprint_threshold_meet_the_matcher_by_enthalpy():
+    # two relaxations of one structure often end a few per cent apart in cell shape: rocksalt
+    # stretched 8 % along c is still rocksalt to StructureMatcher, but its fingerprint lies beyond
+    # the threshold; with enthalpies known, the enthalpy window decides which pairs are matched
+    a = bulk("NaCl", "rocksalt", 5.64)
+    b = a.copy()
+    cell = np.array(b.cell)
+    cell[2] *= 1.08
+    b.set_cell(cell, scale_atoms=True)
+    d = Deduper()
+    assert d.fingerprint_distance(*d.describe([a, b])) > d.sim_threshold
+    assert list(d.unique([a, b])[1]) == [-1, -1]  # no enthalpies (the screen): fingerprint gate
+    assert list(d.unique([a, b], energies=[-3.300, -3.305])[1]) == [1, -1]
+    assert list(d.unique([a, b], energies=[-3.30, -3.35])[1]) == [-1, -1]  # beyond energy_tol
+    assert list(Deduper(use_matcher=False).unique([a, b], energies=[-3.300, -3.305])[1]) == [-1, -1]
+    store = d.new_store()
+    store.extend(d.describe([a, bulk("NaCl", "cesiumchloride", 3.4)], energies=[-3.300, -3.302]))
+    assert list(d.against([b], store, energies=[-3.305])) == [0]  # the CsCl in the window is no match
+
+
 def test_against_stored_incrementally():
     poly = _polymorphs()
     d = Deduper()
