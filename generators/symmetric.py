@@ -789,6 +789,12 @@ def _symbol(z: int) -> str:
 # --- the generator ----------------------------------------------------------------------------
 
 
+#: the symmetry prior of lamcsp's default campaign (its ``random`` generator and the swarm's new
+#: particles): space groups by point-group order, half the Wyckoff assignments among those with
+#: the fewest free coordinates (README, "CSP success benchmark", for what it is measured to do)
+SMALL_CELL_PRIOR: dict[str, Any] = {"group_weights": "point_group", "special": 0.5}
+
+
 def group_weight(sg: int) -> int:
     """The order of space group ``sg``'s point group (1 for P1, 48 for Fm-3m): its general
     position's multiplicity over its lattice points. ``group_weights="point_group"`` draws a
