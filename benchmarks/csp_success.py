@@ -33,17 +33,17 @@ runs again from their databases.
 Methods (each a campaign's ``generators``; the rest of the campaign is lamcsp's defaults):
 
 * ``lamcsp``: lamcsp's default generator mix (what a campaign without ``generators`` gets);
-* ``lamcsp_uniform``: the same mix with uniform random draws (lamcsp's default before the
-  symmetry prior);
+* ``lamcsp_prior``: the same mix, its random structures (the ``random`` generator's and the
+  swarm's new particles) drawn with the symmetry prior ``SMALL_CELL_PRIOR`` (below);
 * ``random``: pure symmetric random search (AIRSS / PyXtal style): a space group drawn
   uniformly among those that can hold the composition, Wyckoff sites, random free coordinates;
 * ``random_p1``: random search without symmetry (space group 1 only);
 * ``random_screen``: symmetric random with lamcsp's similarity screen before relaxation (what
   the screen alone is worth);
-* ``random_prior``: symmetric random with lamcsp's default symmetry prior (``SMALL_CELL_PRIOR``:
-  space groups drawn in proportion to their point group's order, half the Wyckoff assignments
-  among those with the fewest free coordinates) and the screen, without the swarm (what the
-  prior is worth alone);
+* ``random_prior``: symmetric random with the symmetry prior (``SMALL_CELL_PRIOR``: space
+  groups drawn in proportion to their point group's order, half the Wyckoff assignments among
+  those with the fewest free coordinates) and the screen, without the swarm (what the prior is
+  worth alone);
 * ``pso``: CALYPSO-style particle swarm alone (with its own share of random structures);
 * ``ga``: the genetic generator (USPEX-style heredity, lattice mutation, permutation).
 
@@ -89,7 +89,7 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_TARGETS = HERE / "data" / "mp20_small.json"
 #: the CI smoke run: three small, quick targets (rocksalt AgBr, hexagonal CrN and AlAg)
 SMOKE_IDS = ("mp-23231", "mp-1183691", "mp-1228901")
-METHODS = ("lamcsp", "lamcsp_uniform", "random", "random_p1", "random_screen", "random_prior", "pso", "ga")
+METHODS = ("lamcsp", "lamcsp_prior", "random", "random_p1", "random_screen", "random_prior", "pso", "ga")
 
 DEFAULT_METHODS = ("lamcsp", "random", "random_p1", "ga")
 TOP_K = 5
@@ -260,12 +260,13 @@ def method_generators(method: str) -> list[dict[str, Any]] | None:
         return None
     if method in ("random", "random_p1", "random_screen"):
         return [{"name": "random", "share": 1.0}]
-    if method == "lamcsp_uniform":
-        return [{"name": "random", "share": 0.5}, {"name": "pso", "share": 0.5}]
-    if method == "random_prior":
+    if method in ("lamcsp_prior", "random_prior"):
         from lamcsp.generators.symmetric import SMALL_CELL_PRIOR
 
-        return [{"name": "random", "share": 1.0, "options": dict(SMALL_CELL_PRIOR)}]
+        if method == "random_prior":
+            return [{"name": "random", "share": 1.0, "options": dict(SMALL_CELL_PRIOR)}]
+        return [{"name": "random", "share": 0.5, "options": dict(SMALL_CELL_PRIOR)},
+                {"name": "pso", "share": 0.5, "options": {"random_options": dict(SMALL_CELL_PRIOR)}}]
     if method == "pso":
         return [{"name": "pso", "share": 1.0}]
     if method == "ga":

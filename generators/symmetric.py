@@ -789,9 +789,9 @@ def _symbol(z: int) -> str:
 # --- the generator ----------------------------------------------------------------------------
 
 
-#: the symmetry prior of lamcsp's default campaign (its ``random`` generator and the swarm's new
-#: particles): space groups by point-group order, half the Wyckoff assignments among those with
-#: the fewest free coordinates (README, "CSP success benchmark", for what it is measured to do)
+#: a symmetry prior for small cells (options of ``random``, or the swarm's ``random_options``):
+#: space groups by point-group order, half the Wyckoff assignments among those with the fewest
+#: free coordinates. Not the default: the CSP benchmark's ``lamcsp_prior`` measured it (README)
 SMALL_CELL_PRIOR: dict[str, Any] = {"group_weights": "point_group", "special": 0.5}
 
 

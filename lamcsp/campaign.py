@@ -97,14 +97,6 @@ class GeneratorSpec:
         doc="keyword options of the generator (checked by constructing it), e.g. `{mode: local}` for `pso`")
 
 
-def _default_generators() -> tuple[GeneratorSpec, ...]:
-    """Symmetric random and the particle swarm, half each, both drawing with the symmetry prior."""
-    from lamcsp.generators.symmetric import SMALL_CELL_PRIOR
-
-    return (GeneratorSpec("random", 0.5, options=dict(SMALL_CELL_PRIOR)),
-            GeneratorSpec("pso", 0.5, options={"random_options": dict(SMALL_CELL_PRIOR)}))
-
-
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
     """The machine-learned (or classical) potential that relaxes every structure."""
@@ -259,13 +251,10 @@ class Campaign:
                               doc="random seed (null: fresh entropy, recorded in the run)")
     system: SystemSpec = _field(factory=SystemSpec, type="section", doc="what to search")
     generators: tuple[GeneratorSpec, ...] = _field(
-        factory=lambda: _default_generators(),
+        factory=lambda: (GeneratorSpec("random", 0.5), GeneratorSpec("pso", 0.5)),
         type="list of generator entries",
         doc="structure generators and their shares (default: symmetric random and the particle "
-            "swarm, half each; the swarm itself draws 40% of its share as new random structures; "
-            "both draw random structures with the small-cell symmetry prior: space groups by "
-            "point-group order, half the Wyckoff assignments among the fewest-free-coordinate "
-            "ones)")
+            "swarm, half each; the swarm itself draws 40% of its share as new random structures)")
     population: int = _field(12, type="int ≥ 1", doc="structures relaxed per generation")
     generations: int | None = _field(
         10, type="int ≥ 1 or null", doc="generations at most (give this or `max_relaxations`)")
@@ -844,9 +833,7 @@ def _default_text(f: dataclasses.Field) -> str:
     else:  # pragma: no cover - every field has a default
         return ""
     if isinstance(value, tuple) and value and all(isinstance(v, GeneratorSpec) for v in value):
-        return ("`[{name: random, share: 0.5, options: {group_weights: point_group, special: 0.5}}, "
-                "{name: pso, share: 0.5, options: {random_options: {group_weights: point_group, "
-                "special: 0.5}}}]`")
+        return "`[{name: random, share: 0.5}, {name: pso, share: 0.5}]`"
     if isinstance(value, tuple) and len(value) > 2 and all(isinstance(v, int) for v in value) \
             and list(value) == list(range(value[0], value[-1] + 1)):
         return f'`"{value[0]}-{value[-1]}"`'
