@@ -219,13 +219,16 @@ class Reference:
         self.matcher = StructureMatcher(**MATCHER)
         self.calls = 0
 
-    def matches(self, structure: Any, enthalpy_per_atom: float | None = None) -> bool:
+    def matches(self, structure: Any, enthalpy_per_atom: float | None = None,
+                symmetrize: Callable[[Any], Any] | None = None) -> bool:
+        """Whether ``structure`` is the reference (``symmetrize``: how to symmetrise it, e.g. a
+        cached :func:`symmetrized`; only called once the cheap tests pass)."""
         if enthalpy_per_atom is not None and abs(enthalpy_per_atom - self.enthalpy_per_atom) > ENERGY_WINDOW:
             return False
         if structure.composition.reduced_composition != self.structure.composition.reduced_composition:
             return False
         self.calls += 1
-        return bool(self.matcher.fit(self.sym, symmetrized(structure)))
+        return bool(self.matcher.fit(self.sym, (symmetrize or symmetrized)(structure)))
 
 
 def relax_reference(target: Target, potential: Any, relax: Any, cache: Path) -> Reference:
@@ -312,7 +315,7 @@ def _model_section(args: argparse.Namespace) -> dict[str, Any]:
 # --------------------------------------------------------------------------------- one run
 
 
-def distinct_lowest(rows: Sequence[Any], structure: Callable[[Any], Any], below: float,
+def distinct_lowest(rows: Sequence[Any], symmetrized_of: Callable[[Any], Any], below: float,
                     k: int = TOP_K) -> tuple[list[Any], int]:
     """CSPBench's unique structures of a run: its relaxed rows (sorted by enthalpy per atom)
     grouped by the benchmark's own matcher (``MATCHER`` on structures symmetrised at
@@ -320,7 +323,7 @@ def distinct_lowest(rows: Sequence[Any], structure: Callable[[Any], Any], below:
 
     A row is a new structure when it matches no representative found before it within
     ``ENERGY_WINDOW`` of its enthalpy. The walk stops once it has ``k`` representatives and has
-    passed ``below`` (eV/atom).
+    passed ``below`` (eV/atom). ``symmetrized_of(row)``: the row's structure, symmetrised.
 
     Returns:
         ``(representatives, n_below)``: the representatives found, lowest first (at least the
@@ -334,7 +337,7 @@ def distinct_lowest(rows: Sequence[Any], structure: Callable[[Any], Any], below:
         h = float(r.enthalpy_per_atom)
         if len(reps) >= k and h >= below:
             break
-        sym = symmetrized(structure(r))
+        sym = symmetrized_of(r)
         if not any(h - float(q.enthalpy_per_atom) <= ENERGY_WINDOW and matcher.fit(s, sym) for q, s in reps):
             reps.append((r, sym))
     return [r for r, _ in reps], sum(1 for r, _ in reps if float(r.enthalpy_per_atom) < below)
@@ -351,25 +354,26 @@ def evaluate(run_dir: Path, ref: Reference) -> dict[str, Any]:
     rows = sorted(store.rows(role="search", include_data=False),
                   key=lambda r: (r.generation, r.unit, r.candidate))
     ok = [r for r in rows if not str(r.status).startswith("failed") and math.isfinite(r.enthalpy_per_atom)]
-    ok_ids = {int(r.id) for r in ok}
-    structures: dict[int, Any] = {}
+    # each row's structure and symmetrised structure are made once, for both walks below
+    structures: dict[int, Any] = {int(r.id): AseAtomsAdaptor.get_structure(r.toatoms()) for r in ok}
+    symmetrised: dict[int, Any] = {}
 
-    def structure(r: Any) -> Any:
-        if int(r.id) not in structures:
-            structures[int(r.id)] = AseAtomsAdaptor.get_structure(r.toatoms())
-        return structures[int(r.id)]
+    def sym_of(r: Any) -> Any:
+        if int(r.id) not in symmetrised:
+            symmetrised[int(r.id)] = symmetrized(structures[int(r.id)])
+        return symmetrised[int(r.id)]
 
-    unique, n_below = distinct_lowest(sorted(ok, key=lambda r: r.enthalpy_per_atom), structure,
+    unique, n_below = distinct_lowest(sorted(ok, key=lambda r: r.enthalpy_per_atom), sym_of,
                                       ref.enthalpy_per_atom - BELOW_TOL)
     top = unique[:TOP_K]
 
     def match(r: Any) -> bool:
-        return ref.matches(structure(r), float(r.enthalpy_per_atom))
+        return ref.matches(structures[int(r.id)], float(r.enthalpy_per_atom), symmetrize=lambda _: sym_of(r))
 
     top_match = [i for i, r in enumerate(top) if match(r)]
     first = None
     for n, r in enumerate(rows, start=1):
-        if int(r.id) in ok_ids and match(r):
+        if int(r.id) in structures and match(r):
             first = (n, r)
             break
     meta = run_dir / "bench_run.json"

@@ -344,11 +344,12 @@ class Deduper:
                 continue
             F = np.stack([entries[k].fingerprint for k in members])
             D = fingerprint_distance_matrix(F, self._weights(entries[members[0]]), _METRIC[self.fingerprint])
+            E = _energies([entries[k] for k in members])
             reps: list[int] = []  # positions in `members`
             for a in range(len(members)):
                 self.n_fingerprint_pairs += len(reps)
                 match = self._first_match(entries[members[a]], [entries[members[r]] for r in reps],
-                                          D[a, reps] if reps else np.zeros(0))
+                                          D[a, reps] if reps else np.zeros(0), E[reps])
                 if match < 0:
                     reps.append(a)
                 else:
@@ -391,8 +392,9 @@ class Deduper:
             D = fingerprint_distances(F, G, self._weights(entries[members[0]]), _METRIC[self.fingerprint])
             self.n_fingerprint_pairs += D.size
             others = [stored.entries[i] for i in idx]
+            E = _energies(others)
             for a, k in enumerate(members):
-                match = self._first_match(entries[k], others, D[a])
+                match = self._first_match(entries[k], others, D[a], E)
                 if match >= 0:
                     out[k] = idx[match]
         return out
@@ -416,25 +418,25 @@ class Deduper:
         w = np.repeat(w, per_pair)
         return w / per_pair if self.fingerprint == "bcm" else w
 
-    def _first_match(self, entry: Fingerprinted, others: Sequence[Fingerprinted], dist: np.ndarray) -> int:
-        """Index in ``others`` of the closest one that passes every test, or -1."""
+    def _first_match(self, entry: Fingerprinted, others: Sequence[Fingerprinted], dist: np.ndarray,
+                     energies: np.ndarray) -> int:
+        """Index in ``others`` of the closest one that passes every test, or -1 (``energies``:
+        the others' enthalpies per atom, NaN where unknown)."""
         close = dist < self.sim_threshold
-        if self.use_matcher and self.energy_tol is not None and entry.energy is not None:
-            # relaxed structures: the enthalpy window is the gate and the fingerprint only orders
-            # the matcher calls (copies of one relaxed structure often differ by more than the
-            # threshold: see the module docstring)
-            e = np.array([np.nan if o.energy is None else o.energy for o in others], dtype=float)
-            close |= np.abs(e - entry.energy) <= self.energy_tol
+        if self.energy_tol is not None and entry.energy is not None:
+            de = np.abs(energies - entry.energy)  # NaN (unknown) compares False both ways
+            close &= ~(de > self.energy_tol)
+            if self.use_matcher:
+                # relaxed structures: the enthalpy window is the gate and the fingerprint only
+                # orders the matcher calls (copies of one relaxed structure often differ by more
+                # than the threshold: see the module docstring)
+                close |= de <= self.energy_tol
         close = np.flatnonzero(close)
         for c in close[np.argsort(dist[close], kind="stable")]:
-            other = others[c]
-            if (self.energy_tol is not None and entry.energy is not None and other.energy is not None
-                    and abs(entry.energy - other.energy) > self.energy_tol):
-                continue
             if not self.use_matcher:
                 return int(c)
             self.n_matcher_calls += 1
-            if self._get_matcher().fit(other.structure(), entry.structure()):
+            if self._get_matcher().fit(others[c].structure(), entry.structure()):
                 return int(c)
         return -1
 
@@ -455,6 +457,11 @@ class Deduper:
         if len(energies) != len(items):
             raise SetupError("energies", f"need one enthalpy per item ({len(items)}), got {len(energies)}")
         return [None if e is None else float(e) for e in energies]
+
+
+def _energies(entries: Sequence[Fingerprinted]) -> np.ndarray:
+    """The entries' enthalpies per atom, NaN where unknown."""
+    return np.array([np.nan if e.energy is None else e.energy for e in entries], dtype=float)
 
 
 def _as_arrays(item: Any, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

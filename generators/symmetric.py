@@ -858,8 +858,8 @@ class _Plan:
                 self.choices.append((fu, ok))
         self.cell = cell
         #: point-group weights of each choice's groups, normalised (``group_weights="point_group"``)
-        self.weights = [np.array([group_weight(sg) for sg in ok], dtype=float) for _, ok in self.choices]
-        self.weights = [w / w.sum() for w in self.weights]
+        self.weights = [w / w.sum() for w in (np.array([group_weight(sg) for sg in ok], dtype=float)
+                                               for _, ok in self.choices)]
         if not self.choices:
             formula = "".join(f"{_symbol(z)}{n}" for z, n in per_fu.items())
             raise SetupError(

@@ -153,8 +153,9 @@ def test_top5_unique_by_the_benchmarks_own_matcher():
 
     rows = [Row(1, rs, -3.30), Row(2, strained, -3.298), Row(3, rs * (2, 1, 1), -3.29),
             Row(4, bulk("NaCl", "cesiumchloride", 3.4), -3.28), Row(5, wz, -3.20), Row(6, rs, -3.10)]
-    reps, n_below = bench.distinct_lowest(rows, lambda r: AseAtomsAdaptor.get_structure(r.atoms), -3.25)
+    sym = lambda r: bench.symmetrized(AseAtomsAdaptor.get_structure(r.atoms))  # noqa: E731
+    reps, n_below = bench.distinct_lowest(rows, sym, -3.25)
     assert [r.id for r in reps] == [1, 4, 5, 6]  # the last rocksalt lies beyond the energy window
     assert n_below == 2
-    reps, _ = bench.distinct_lowest(rows, lambda r: AseAtomsAdaptor.get_structure(r.atoms), -3.25, k=2)
+    reps, _ = bench.distinct_lowest(rows, sym, -3.25, k=2)
     assert [r.id for r in reps] == [1, 4]  # k found and past the reference: the walk stops
