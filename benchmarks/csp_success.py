@@ -44,6 +44,9 @@ Methods (each a campaign's ``generators``; the rest of the campaign is lamcsp's 
   groups drawn in proportion to their point group's order, half the Wyckoff assignments among
   those with the fewest free coordinates) and the screen, without the swarm (what the prior is
   worth alone);
+* ``random_prescreen``: symmetric random with the screen and the energy prescreen: twice the
+  candidates drawn (``oversample`` 2), the half with the lower enthalpy at the start (one model
+  call each) relaxed;
 * ``pso``: CALYPSO-style particle swarm alone (with its own share of random structures);
 * ``ga``: the genetic generator (USPEX-style heredity, lattice mutation, permutation).
 
@@ -89,10 +92,13 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_TARGETS = HERE / "data" / "mp20_small.json"
 #: the CI smoke run: three small, quick targets (rocksalt AgBr, hexagonal CrN and AlAg)
 SMOKE_IDS = ("mp-23231", "mp-1183691", "mp-1228901")
-METHODS = ("lamcsp", "lamcsp_prior", "random", "random_p1", "random_screen", "random_prior", "pso", "ga")
+METHODS = ("lamcsp", "lamcsp_prior", "random_prescreen", "random", "random_p1", "random_screen", "random_prior", "pso", "ga")
 
 DEFAULT_METHODS = ("lamcsp", "random", "random_p1", "ga")
 TOP_K = 5
+#: candidates drawn per relaxation by method ``random_prescreen`` (the random generator's
+#: ``oversample``)
+PRESCREEN_OVERSAMPLE = 2
 MATCHER = {"ltol": 0.2, "stol": 0.3, "angle_tol": 5.0}
 SYMPREC = 0.1
 #: relaxed structures farther than this from the reference's enthalpy (eV/atom) are not
@@ -270,6 +276,8 @@ def method_generators(method: str) -> list[dict[str, Any]] | None:
             return [{"name": "random", "share": 1.0, "options": dict(SMALL_CELL_PRIOR)}]
         return [{"name": "random", "share": 0.5, "options": dict(SMALL_CELL_PRIOR)},
                 {"name": "pso", "share": 0.5, "options": {"random_options": dict(SMALL_CELL_PRIOR)}}]
+    if method == "random_prescreen":
+        return [{"name": "random", "share": 1.0, "options": {"oversample": PRESCREEN_OVERSAMPLE}}]
     if method == "pso":
         return [{"name": "pso", "share": 1.0}]
     if method == "ga":

@@ -964,6 +964,11 @@ class SymmetricRandom:
             Once such a draw comes out with a higher symmetry than its group, the group's
             remaining tries use the usual draw, so the option does not move structures away
             from the groups whose special positions combine into larger ones.
+        oversample: candidates drawn per structure relaxed (default 1: each one drawn is
+            relaxed). Above 1 the search evaluates the model once at each start (batched, not
+            counted as relaxations) and relaxes those with the lowest enthalpy per atom
+            (:meth:`lamcsp.search.Search._prescreen`): random starts whose atoms sit badly cost
+            a model call instead of a relaxation.
     """
 
     name = "random"
@@ -978,6 +983,7 @@ class SymmetricRandom:
         cell: str = "primitive",
         group_weights: str = "uniform",
         special: float = 0.0,
+        oversample: int = 1,
     ):
         if cell not in ("primitive", "conventional"):
             raise SetupError("cell", f"must be 'primitive' or 'conventional', got {cell!r}")
@@ -986,6 +992,9 @@ class SymmetricRandom:
         if (isinstance(special, bool) or not isinstance(special, (int, float))
                 or not 0.0 <= float(special) <= 1.0):
             raise SetupError("special", f"must be a probability within [0, 1], got {special!r}")
+        if isinstance(oversample, bool) or not isinstance(oversample, (int, np.integer)) or oversample < 1:
+            raise SetupError("oversample", f"must be an integer >= 1, got {oversample!r}")
+        self.oversample = int(oversample)
         self.cell = cell
         self.group_weights = group_weights
         self.special = float(special)

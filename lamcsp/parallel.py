@@ -171,8 +171,9 @@ class SerialExecutor:
     """Everything in this process: relaxation with one batched :class:`~lamcsp.relax.Relaxer`
     on ``potential``; other tasks built here and kept.
 
-    The executor seam: ``relax(structures, pressures, on_result, labels)`` returns results in
-    input order and calls ``on_result(index, result)`` as each one finishes; ``map(task, items,
+    The executor seam: ``relax(structures, pressures, on_result, labels, max_steps)`` returns
+    results in input order and calls ``on_result(index, result)`` as each one finishes
+    (``max_steps``: other than the campaign's, e.g. 0 for enthalpies of the starts); ``map(task, items,
     on_result, labels)`` does the same for any :class:`Task`.
     """
 
@@ -184,8 +185,14 @@ class SerialExecutor:
 
     def relax(self, structures: Sequence[Atoms], pressures: Sequence[float],
               on_result: Callable[[int, RelaxResult], None] | None = None,
-              labels: Sequence[str] | None = None) -> list[RelaxResult]:
-        return self.relaxer.relax(list(structures), list(pressures), on_result=on_result)
+              labels: Sequence[str] | None = None, max_steps: int | None = None) -> list[RelaxResult]:
+        if max_steps is None:
+            return self.relaxer.relax(list(structures), list(pressures), on_result=on_result)
+        full, self.relaxer.max_steps = self.relaxer.max_steps, int(max_steps)
+        try:  # e.g. 0: one model call each, the starts' enthalpies (the energy prescreen)
+            return self.relaxer.relax(list(structures), list(pressures), on_result=on_result)
+        finally:
+            self.relaxer.max_steps = full
 
     def map(self, task: Task, items: Sequence[Any], on_result: Callable[[int, Any], None] | None = None,
             labels: Sequence[str] | None = None) -> list[Any]:
@@ -426,11 +433,15 @@ class MPIExecutor:
 
     def relax(self, structures: Sequence[Atoms], pressures: Sequence[float],
               on_result: Callable[[int, RelaxResult], None] | None = None,
-              labels: Sequence[str] | None = None) -> list[RelaxResult]:
+              labels: Sequence[str] | None = None, max_steps: int | None = None) -> list[RelaxResult]:
         from lamcsp.relax.relaxer import RelaxResult, atoms_to_dict
 
         if self.task is None:
             raise RuntimeError("MPIExecutor.relax before configure(campaign)")
+        task = self.task
+        if max_steps is not None:  # a task of its own (workers build it once, with its own model)
+            task = Task(task.target, {**task.spec, "relaxer": {**task.spec["relaxer"], "max_steps": int(max_steps),
+                                                                "snapshot_every": 0}})
         results: list[Any] = [None] * len(structures)
 
         def got(i: int, d: dict[str, Any]) -> None:
@@ -439,7 +450,7 @@ class MPIExecutor:
                 on_result(i, results[i])
 
         items = [{"atoms": atoms_to_dict(a), "pressure": float(p)} for a, p in zip(structures, pressures)]
-        self.map(self.task, items, got, labels=labels)
+        self.map(task, items, got, labels=labels)
         return results
 
     def map(self, task: Task, items: Sequence[Any], on_result: Callable[[int, Any], None] | None = None,

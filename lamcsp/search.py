@@ -198,6 +198,9 @@ class UnitState:
     failed: int = 0
     #: candidates not relaxed because they duplicate what ``seen`` holds (dedupe.before_relax)
     screened: int = 0
+    #: candidates not relaxed because their start's enthalpy ranked them out (a generator's
+    #: ``oversample``)
+    prescreened: int = 0
     #: every relaxed structure and its start, at the unit's volume per atom (not checkpointed:
     #: rebuilt from the database on resume)
     seen: StoredStructures | None = None
@@ -207,6 +210,7 @@ class UnitState:
     def to_dict(self) -> dict[str, Any]:
         return {
             "screened": self.screened,
+            "prescreened": self.prescreened,
             "note": self.note,
             "best": None if not math.isfinite(self.best) else self.best,
             "history": [None if not math.isfinite(h) else h for h in self.history],
@@ -240,6 +244,7 @@ class Progress:
             state = "" if u.active else f"  [stopped{': ' + u.note if u.note else ''}]"
             unique = n_unique.get(u.unit.index, 0)
             screened = f"  screened {u.screened:4d}" if u.screened else ""
+            screened += f"  prescreened {u.prescreened:4d}" if u.prescreened else ""
             self.write(f"  {u.unit.label:<24} relaxed {u.relaxed:5d}  unique {unique:5d}"
                        f"  failed {u.failed:4d}{screened}  best H {best}{state}")
 
@@ -507,6 +512,7 @@ class Search:
             self._remember(us, [e.candidate for e in us.context.population]
                            + [e.relaxed for e in us.context.population if e.ok])
             us.screened, us.note = int(d.get("screened", 0)), str(d.get("note", ""))
+            us.prescreened = int(d.get("prescreened", 0))
             us.stored_rows = [int(i) for i in d["stored_rows"]]
             if us.stored_rows:
                 rows = self._rows_by_id(us.stored_rows)
@@ -526,9 +532,11 @@ class Search:
             us.context.generation = g
             counts = generator_counts([s for _, s, _ in us.generators], pop)
             cands: list[Candidate] = []
+            ranked: set[int] = set()  # indices of the candidates of oversampling generators
             for gi, ((name, _, gen), n) in enumerate(zip(us.generators, counts)):
                 if n == 0:
                     continue
+                n *= oversample_of(gen)
                 try:
                     got = list(gen.propose(n, unit_rng(self.seed, us.unit.index, gi, g), us.context))[:n]
                 except SetupError as exc:  # this composition cannot be built by this generator
@@ -536,10 +544,14 @@ class Search:
                     got = []
                 for c in got:
                     c.generator = name
+                if oversample_of(gen) > 1:
+                    ranked.update(range(len(cands), len(cands) + len(got)))
                 cands.extend(got)
             keep = screen(cands, us.context)
             if us.seen is not None:
                 keep = self._top_up(us, g, cands, keep, errors)
+            if ranked:
+                keep = self._prescreen(us, cands, keep, ranked)
             if not any(keep) and us.seen is not None and not any(e[0] is us for e in errors):
                 us.active = False
                 us.note = "every new candidate duplicated one already relaxed"
@@ -557,6 +569,26 @@ class Search:
         if self.campaign.max_relaxations is not None:
             out = out[: max(0, self.campaign.max_relaxations - self.spent)]
         return out
+
+    def _prescreen(self, us: UnitState, cands: list[Candidate], keep: Sequence[bool],
+                   ranked: set[int]) -> list[bool]:
+        """The energy prescreen of oversampling generators (their ``oversample`` option): of
+        their candidates that passed the screens, those with the lowest enthalpy per atom at
+        the start (one model call each, batched through the executor) fill what the other
+        candidates leave of the population; the rest are not relaxed."""
+        ok = [bool(k) for k in keep]
+        pool = [k for k in sorted(ranked) if ok[k]]
+        slots = max(0, self.campaign.population - sum(1 for k, f in enumerate(ok) if f and k not in ranked))
+        if len(pool) <= slots:
+            return ok
+        res = self.executor.relax([cands[k].to_atoms() for k in pool], [us.unit.pressure_gpa] * len(pool),
+                                  max_steps=0)
+        h = np.array([r.enthalpy_per_atom if not r.failed and np.isfinite(r.enthalpy_per_atom) else np.inf
+                      for r in res])
+        for j in np.argsort(h, kind="stable")[slots:]:
+            ok[pool[j]] = False
+        us.prescreened += len(pool) - slots
+        return ok
 
     def _top_up(self, us: UnitState, g: int, cands: list[Candidate], keep: np.ndarray,
                 errors: list[tuple[UnitState, str, SetupError]]) -> list[bool]:
@@ -1036,6 +1068,12 @@ class RowBuffer:
         out = list(zip(self._tags, ids))
         self._tags, self._items = [], []
         return out
+
+
+def oversample_of(generator: Any) -> int:
+    """Candidates a generator draws per structure relaxed (its ``oversample`` option, 1 when it
+    has none): the search relaxes the lowest-enthalpy starts among them (``Search._prescreen``)."""
+    return max(1, int(getattr(generator, "oversample", 1) or 1))
 
 
 def screen(candidates: Sequence[Candidate], context: GenerationContext) -> np.ndarray:

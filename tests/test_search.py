@@ -332,3 +332,37 @@ def test_similarity_screen_before_relaxation(tmp_path):
     assert rep_on == 0 and screened_on > 0
     assert rep_off > 0 and screened_off == 0
     assert n_on == n_off == 30  # the screen replaces what it drops
+
+
+def test_energy_prescreen_relaxes_the_lowest_starts_of_an_oversampling_generator(tmp_path):
+    """The random generator's ``oversample``: of the candidates it draws (``oversample`` x its
+    share, after the distance screen), the search relaxes those whose starts have the lowest
+    enthalpy per atom, as many as the population holds, and counts the others as prescreened.
+    Checked by drawing the same candidates again and evaluating every start with the model."""
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    from lamcsp.relax import Relaxer
+    from lamcsp.search import screen, unit_rng
+
+    raw = {**AR_CAMPAIGN, "system": {"composition": "Ar", "formula_units": "2-4"},
+           "generators": [{"name": "random", "share": 1.0, "options": {"oversample": 3}}],
+           "population": 6, "generations": 2, "dedupe": {"before_relax": False}}
+    search = Search(parse_campaign(raw), tmp_path / "pre", progress=False)
+    state = search.run(report=False)
+    rows = _inputs_by_generation(tmp_path / "pre")
+    assert len(rows) == 12
+    us = search.unit_states[0]
+    gen = us.generators[0][2]
+    relaxer = Relaxer(search.potential, max_steps=0, progress=False)
+    prescreened = 0
+    for g in range(2):
+        drawn = gen.propose(18, unit_rng(7, 0, 0, g), us.context)
+        drawn = [c for c, ok in zip(drawn, screen(drawn, us.context)) if ok]
+        h = np.array([r.enthalpy_per_atom for r in relaxer.relax([c.to_atoms() for c in drawn])])
+        relaxed_starts = [s for gg, s, _ in rows if gg == g]
+        got = np.sort([r.enthalpy_per_atom
+                       for r in relaxer.relax([AseAtomsAdaptor.get_atoms(s) for s in relaxed_starts])])
+        np.testing.assert_allclose(got, np.sort(h)[:6], rtol=0, atol=1e-8)
+        assert np.sort(h)[6] > got[-1] + 1e-6  # a real choice: higher starts were left out
+        prescreened += len(drawn) - 6
+    assert state["units"][0]["prescreened"] == prescreened > 0
