@@ -92,7 +92,8 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_TARGETS = HERE / "data" / "mp20_small.json"
 #: the CI smoke run: three small, quick targets (rocksalt AgBr, hexagonal CrN and AlAg)
 SMOKE_IDS = ("mp-23231", "mp-1183691", "mp-1228901")
-METHODS = ("lamcsp", "lamcsp_prior", "random_prescreen", "random", "random_p1", "random_screen", "random_prior", "pso", "ga")
+METHODS = ("lamcsp", "lamcsp_prior", "random_prescreen", "random", "random_p1", "random_screen",
+           "random_prior", "pso", "ga")
 
 DEFAULT_METHODS = ("lamcsp", "random", "random_p1", "ga")
 TOP_K = 5

@@ -440,8 +440,8 @@ class MPIExecutor:
             raise RuntimeError("MPIExecutor.relax before configure(campaign)")
         task = self.task
         if max_steps is not None:  # a task of its own (workers build it once, with its own model)
-            task = Task(task.target, {**task.spec, "relaxer": {**task.spec["relaxer"], "max_steps": int(max_steps),
-                                                                "snapshot_every": 0}})
+            relaxer = {**task.spec["relaxer"], "max_steps": int(max_steps), "snapshot_every": 0}
+            task = Task(task.target, {**task.spec, "relaxer": relaxer})
         results: list[Any] = [None] * len(structures)
 
         def got(i: int, d: dict[str, Any]) -> None:

@@ -339,9 +339,9 @@ def test_energy_prescreen_relaxes_the_lowest_starts_of_an_oversampling_generator
     share, after the distance screen), the search relaxes those whose starts have the lowest
     enthalpy per atom, as many as the population holds, and counts the others as prescreened.
     Checked by drawing the same candidates again and evaluating every start with the model."""
+    from lamcsp.relax import Relaxer
     from pymatgen.io.ase import AseAtomsAdaptor
 
-    from lamcsp.relax import Relaxer
     from lamcsp.search import screen, unit_rng
 
     raw = {**AR_CAMPAIGN, "system": {"composition": "Ar", "formula_units": "2-4"},
