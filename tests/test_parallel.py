@@ -204,3 +204,20 @@ def test_oracle_labels_run_on_every_rank_and_equal_the_serial_labels(tmp_path):
         a.calc = EMT()
         assert lab["ok"] and lab["energy"] == pytest.approx(a.get_potential_energy(), abs=1e-10)
         assert np.allclose(lab["forces"], a.get_forces(), atol=1e-10)
+
+
+def test_energy_prescreen_on_two_ranks_relaxes_what_the_serial_run_relaxes(tmp_path):
+    """The prescreen's start enthalpies (``oversample``) go through the MPI executor as a
+    task of their own (max_steps 0): two ranks choose and relax the same candidates."""
+    raw = {**CAMPAIGN, "generations": 2,
+           "generators": [{"name": "random", "share": 1.0, "options": {"oversample": 2}}]}
+    camp = tmp_path / "c.yaml"
+    camp.write_text(yaml.safe_dump(raw))
+    units = {}
+    for ranks in (1, 2):
+        out = _search(camp, tmp_path / f"r{ranks}", ranks)
+        assert out.returncode == 0, out.stderr
+        state = json.loads((tmp_path / f"r{ranks}" / "checkpoint.json").read_text())["state"]
+        units[ranks] = [(u["relaxed"], u["prescreened"]) for u in state["units"]]
+    assert _unique(tmp_path / "r2") == _unique(tmp_path / "r1")
+    assert units[2] == units[1] and all(p >= 8 for _, p in units[1])
