@@ -359,6 +359,18 @@ def test_bad_prior_options(kw, field):
     assert err.value.field == field
 
 
+@pytest.mark.parametrize(("name", "kw", "field"), [
+    ("random", dict(oversample=0), "oversample"), ("random", dict(oversample=1.5), "oversample"),
+    ("random", dict(oversample=True), "oversample"),
+    # only the random generator's own draws are prescreened: elsewhere the option would do nothing
+    ("pso", dict(random_options={"oversample": 2}), "random_options"),
+    ("ga", dict(random_options={"oversample": 2}), "random_options")])
+def test_bad_oversample(name, kw, field):
+    with pytest.raises(SetupError) as err:
+        get_generator(name, **kw)
+    assert err.value.field == field
+
+
 # --- symmetry-reduced vectors -----------------------------------------------------------------
 
 
