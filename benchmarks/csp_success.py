@@ -35,6 +35,8 @@ Methods (each a campaign's ``generators``; the rest of the campaign is lamcsp's 
 * ``lamcsp``: lamcsp's default generator mix (what a campaign without ``generators`` gets);
 * ``lamcsp_prior``: the same mix, its random structures (the ``random`` generator's and the
   swarm's new particles) drawn with the symmetry prior ``SMALL_CELL_PRIOR`` (below);
+* ``lamcsp_prescreen``: the same mix, its ``random`` generator with the energy prescreen
+  (``oversample`` 2, below; the swarm's new particles are not prescreened);
 * ``random``: pure symmetric random search (AIRSS / PyXtal style): a space group drawn
   uniformly among those that can hold the composition, Wyckoff sites, random free coordinates;
 * ``random_p1``: random search without symmetry (space group 1 only);
@@ -92,13 +94,13 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_TARGETS = HERE / "data" / "mp20_small.json"
 #: the CI smoke run: three small, quick targets (rocksalt AgBr, hexagonal CrN and AlAg)
 SMOKE_IDS = ("mp-23231", "mp-1183691", "mp-1228901")
-METHODS = ("lamcsp", "lamcsp_prior", "random_prescreen", "random", "random_p1", "random_screen",
-           "random_prior", "pso", "ga")
+METHODS = ("lamcsp", "lamcsp_prior", "lamcsp_prescreen", "random_prescreen", "random", "random_p1",
+           "random_screen", "random_prior", "pso", "ga")
 
 DEFAULT_METHODS = ("lamcsp", "random", "random_p1", "ga")
 TOP_K = 5
-#: candidates drawn per relaxation by method ``random_prescreen`` (the random generator's
-#: ``oversample``)
+#: candidates drawn per relaxation by methods ``random_prescreen`` and ``lamcsp_prescreen`` (the
+#: random generator's ``oversample``)
 PRESCREEN_OVERSAMPLE = 2
 MATCHER = {"ltol": 0.2, "stol": 0.3, "angle_tol": 5.0}
 SYMPREC = 0.1
@@ -279,6 +281,9 @@ def method_generators(method: str) -> list[dict[str, Any]] | None:
                 {"name": "pso", "share": 0.5, "options": {"random_options": dict(SMALL_CELL_PRIOR)}}]
     if method == "random_prescreen":
         return [{"name": "random", "share": 1.0, "options": {"oversample": PRESCREEN_OVERSAMPLE}}]
+    if method == "lamcsp_prescreen":
+        return [{"name": "random", "share": 0.5, "options": {"oversample": PRESCREEN_OVERSAMPLE}},
+                {"name": "pso", "share": 0.5}]
     if method == "pso":
         return [{"name": "pso", "share": 1.0}]
     if method == "ga":
