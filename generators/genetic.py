@@ -324,10 +324,9 @@ class GeneticGenerator:
             raise SetupError("random_generator", "must name another generator than 'ga', e.g. 'random'")
         self.random_generator = str(random_generator)
         self.random_options = dict(random_options or {})
-        if self.random_options.get("oversample", 1) != 1:
-            raise SetupError("random_options", "oversample prescreens the random generator's own draws "
-                                               "(give it in that generator's options); the genetic "
-                                               "generator's new structures are not prescreened")
+        from lamcsp.generators.symmetric import check_no_oversample
+
+        check_no_oversample(self.random_options, "genetic generator")
         self._random: Generator | None = None
 
     # -- public ---------------------------------------------------------------------------

@@ -248,10 +248,9 @@ class ParticleSwarm:
         self.sim_threshold = sim_threshold
         self.clone_probability = float(clone_probability)
         self.random_options = dict(random_options or {})
-        if self.random_options.get("oversample", 1) != 1:
-            raise SetupError("random_options", "oversample prescreens the random generator's own draws "
-                                               "(give it in that generator's options); the swarm's new "
-                                               "structures are not prescreened")
+        from lamcsp.generators.symmetric import check_no_oversample
+
+        check_no_oversample(self.random_options, "swarm")
         self.particles: list[Particle] = []
         self.generation = 0
         self.next_pid = 0

@@ -789,6 +789,16 @@ def _symbol(z: int) -> str:
 # --- the generator ----------------------------------------------------------------------------
 
 
+def check_no_oversample(random_options: dict[str, Any], owner: str) -> None:
+    """``oversample`` prescreens the ``random`` generator's own draws only (the search reads it
+    from the generators of a campaign); in another generator's ``random_options`` it would do
+    nothing, so it is an error there."""
+    if random_options.get("oversample", 1) != 1:
+        raise SetupError("random_options", "oversample prescreens the random generator's own draws "
+                                           f"(give it in that generator's options); the {owner}'s new "
+                                           "structures are not prescreened")
+
+
 #: a symmetry prior for small cells (options of ``random``, or the swarm's ``random_options``):
 #: space groups by point-group order, half the Wyckoff assignments among those with the fewest
 #: free coordinates. Not the default: the CSP benchmark's ``lamcsp_prior`` measured it (README)

@@ -186,10 +186,10 @@ class SerialExecutor:
     def relax(self, structures: Sequence[Atoms], pressures: Sequence[float],
               on_result: Callable[[int, RelaxResult], None] | None = None,
               labels: Sequence[str] | None = None, max_steps: int | None = None) -> list[RelaxResult]:
-        if max_steps is None:
-            return self.relaxer.relax(list(structures), list(pressures), on_result=on_result)
-        full, self.relaxer.max_steps = self.relaxer.max_steps, int(max_steps)
-        try:  # e.g. 0: one model call each, the starts' enthalpies (the energy prescreen)
+        full = self.relaxer.max_steps
+        if max_steps is not None:  # e.g. 0: one model call each, the starts' enthalpies (the prescreen)
+            self.relaxer.max_steps = int(max_steps)
+        try:
             return self.relaxer.relax(list(structures), list(pressures), on_result=on_result)
         finally:
             self.relaxer.max_steps = full

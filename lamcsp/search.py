@@ -536,7 +536,8 @@ class Search:
             for gi, ((name, _, gen), n) in enumerate(zip(us.generators, counts)):
                 if n == 0:
                     continue
-                n *= oversample_of(gen)
+                k = oversample_of(gen)
+                n *= k
                 try:
                     got = list(gen.propose(n, unit_rng(self.seed, us.unit.index, gi, g), us.context))[:n]
                 except SetupError as exc:  # this composition cannot be built by this generator
@@ -544,7 +545,7 @@ class Search:
                     got = []
                 for c in got:
                     c.generator = name
-                if oversample_of(gen) > 1:
+                if k > 1:
                     ranked.update(range(len(cands), len(cands) + len(got)))
                 cands.extend(got)
             keep = screen(cands, us.context)
