@@ -49,6 +49,8 @@ Methods (each a campaign's ``generators``; the rest of the campaign is lamcsp's 
 * ``random_prescreen``: symmetric random with the screen and the energy prescreen: twice the
   candidates drawn (``oversample`` 2), the half with the lower enthalpy at the start (one model
   call each) relaxed;
+* ``random_prescreenK``, ``lamcsp_prescreenK`` (``K`` an integer ≥ 2, e.g. ``random_prescreen4``):
+  the same with ``oversample`` K;
 * ``pso``: CALYPSO-style particle swarm alone (with its own share of random structures);
 * ``ga``: the genetic generator (USPEX-style heredity, lattice mutation, permutation).
 
@@ -279,11 +281,14 @@ def method_generators(method: str) -> list[dict[str, Any]] | None:
             return [{"name": "random", "share": 1.0, "options": dict(SMALL_CELL_PRIOR)}]
         return [{"name": "random", "share": 0.5, "options": dict(SMALL_CELL_PRIOR)},
                 {"name": "pso", "share": 0.5, "options": {"random_options": dict(SMALL_CELL_PRIOR)}}]
-    if method == "random_prescreen":
-        return [{"name": "random", "share": 1.0, "options": {"oversample": PRESCREEN_OVERSAMPLE}}]
-    if method == "lamcsp_prescreen":
-        return [{"name": "random", "share": 0.5, "options": {"oversample": PRESCREEN_OVERSAMPLE}},
-                {"name": "pso", "share": 0.5}]
+    pre = re.fullmatch(r"(random|lamcsp)_prescreen(\d*)", method)
+    if pre:
+        k = int(pre.group(2) or PRESCREEN_OVERSAMPLE)
+        if k < 2:
+            raise SystemExit(f"--methods: {method!r}: the prescreen needs an oversample of at least 2")
+        if pre.group(1) == "random":
+            return [{"name": "random", "share": 1.0, "options": {"oversample": k}}]
+        return [{"name": "random", "share": 0.5, "options": {"oversample": k}}, {"name": "pso", "share": 0.5}]
     if method == "pso":
         return [{"name": "pso", "share": 1.0}]
     if method == "ga":
@@ -657,7 +662,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", default="2",
                     help="N (seeds 1..N) or a comma list of seeds (default 2)")
     ap.add_argument("--methods", default=",".join(DEFAULT_METHODS),
-                    help=f"comma list of {', '.join(METHODS)} (default {','.join(DEFAULT_METHODS)})")
+                    help=f"comma list of {', '.join(METHODS)}, random_prescreenK, lamcsp_prescreenK "
+                         f"(default {','.join(DEFAULT_METHODS)})")
     ap.add_argument("--model", default="chgnet",
                     help="chgnet (pretrained 0.3.0), chgnet:VERSION, chgnet:PATH, emt, lj... "
                          "(default chgnet)")
