@@ -33,6 +33,8 @@ runs again from their databases.
 Methods (each a campaign's ``generators``; the rest of the campaign is lamcsp's defaults):
 
 * ``lamcsp``: lamcsp's default generator mix (what a campaign without ``generators`` gets);
+* ``lamcsp_plain``: symmetric random and the swarm, half each, without the energy prescreen
+  (lamcsp's default before the benchmark made ``oversample`` 4 its default);
 * ``lamcsp_prior``: the same mix, its random structures (the ``random`` generator's and the
   swarm's new particles) drawn with the symmetry prior ``SMALL_CELL_PRIOR`` (below);
 * ``lamcsp_prescreen``: the same mix, its ``random`` generator with the energy prescreen
@@ -96,8 +98,8 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_TARGETS = HERE / "data" / "mp20_small.json"
 #: the CI smoke run: three small, quick targets (rocksalt AgBr, hexagonal CrN and AlAg)
 SMOKE_IDS = ("mp-23231", "mp-1183691", "mp-1228901")
-METHODS = ("lamcsp", "lamcsp_prior", "lamcsp_prescreen", "random_prescreen", "random", "random_p1",
-           "random_screen", "random_prior", "pso", "ga")
+METHODS = ("lamcsp", "lamcsp_plain", "lamcsp_prior", "lamcsp_prescreen", "random_prescreen", "random",
+           "random_p1", "random_screen", "random_prior", "pso", "ga")
 
 DEFAULT_METHODS = ("lamcsp", "random", "random_p1", "ga")
 TOP_K = 5
@@ -272,6 +274,8 @@ def method_generators(method: str) -> list[dict[str, Any]] | None:
     """The ``generators`` list of a method's campaign (``None``: lamcsp's default)."""
     if method == "lamcsp":
         return None
+    if method == "lamcsp_plain":
+        return [{"name": "random", "share": 0.5}, {"name": "pso", "share": 0.5}]
     if method in ("random", "random_p1", "random_screen"):
         return [{"name": "random", "share": 1.0}]
     if method in ("lamcsp_prior", "random_prior"):
@@ -318,6 +322,24 @@ def campaign_for(target: Target, method: str, seed: int, args: argparse.Namespac
     if gens is not None:
         raw["generators"] = gens
     return parse_campaign(raw, source=f"benchmark campaign {raw['name']}")
+
+
+def generators_of(campaign: Any) -> list[dict[str, Any]]:
+    """A campaign's generators as plain data (what a record keeps, to tell stale records)."""
+    return [{"name": g.name, "share": g.share, "options": dict(g.options)} for g in campaign.generators]
+
+
+def stale_records(tasks: Sequence[tuple[Target, str, int]], out: Path, args: argparse.Namespace) -> list[str]:
+    """Run folders whose record was made with other generators than the method has now (e.g.
+    ``lamcsp`` runs made before lamcsp's default changed): reusing them would mislabel them."""
+    stale = []
+    for t, m, seed in tasks:
+        path = out / "runs" / t.id / f"{m}-s{seed}" / "bench_record.json"
+        if path.exists():
+            made = json.loads(path.read_text()).get("generators")
+            if made is not None and made != generators_of(campaign_for(t, m, seed, args)):
+                stale.append(str(path.parent))
+    return stale
 
 
 def _model_section(args: argparse.Namespace) -> dict[str, Any]:
@@ -472,8 +494,8 @@ def run_one(target: Target, method: str, seed: int, ref: Reference, potential: A
     _write_json(meta, {**json.loads(meta.read_text()), "elapsed": elapsed})
     rec = {"target": target.id, "formula": target.formula, "nsites": target.nsites,
            "spacegroup": target.spacegroup, "method": method, "seed": seed,
-           **evaluate(run_dir, ref), "seconds": elapsed, "stopped_at_match": bool(args.stop_at_match),
-           "resumed": resume}
+           "generators": generators_of(campaign), **evaluate(run_dir, ref), "seconds": elapsed,
+           "stopped_at_match": bool(args.stop_at_match), "resumed": resume}
     _write_json(record_path, rec)
     return rec
 
@@ -727,6 +749,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"--collect: {len(tasks) - len(have)} of {len(tasks)} runs have no record; summarising "
               f"the other {len(have)}", flush=True)
         tasks = have
+    stale = stale_records(tasks, out, args)
+    if stale:
+        raise SystemExit(f"{len(stale)} run folders were made with other generators than their method "
+                         f"has now (lamcsp's default changed since?), e.g. {stale[0]}: move them away "
+                         "(or rename them to the method they ran) and run again")
     by_task: dict[int, dict[str, Any]] = {}
 
     def done(k: int, rec: dict[str, Any]) -> None:

@@ -241,6 +241,12 @@ class ParallelSpec:
             "`OMP_NUM_THREADS` when set)")
 
 
+#: the default campaign's ``random`` generator draws this many candidates per structure it
+#: relaxes and relaxes the lowest-enthalpy starts (the CSP benchmark's ``lamcsp_prescreen4``:
+#: see README, "Generators"); the ``random`` generator itself defaults to 1
+DEFAULT_OVERSAMPLE = 4
+
+
 @dataclasses.dataclass(frozen=True)
 class Campaign:
     """One structure search: what, with which generators and model, for how long."""
@@ -251,10 +257,13 @@ class Campaign:
                               doc="random seed (null: fresh entropy, recorded in the run)")
     system: SystemSpec = _field(factory=SystemSpec, type="section", doc="what to search")
     generators: tuple[GeneratorSpec, ...] = _field(
-        factory=lambda: (GeneratorSpec("random", 0.5), GeneratorSpec("pso", 0.5)),
+        factory=lambda: (GeneratorSpec("random", 0.5, {"oversample": DEFAULT_OVERSAMPLE}),
+                         GeneratorSpec("pso", 0.5)),
         type="list of generator entries",
         doc="structure generators and their shares (default: symmetric random and the particle "
-            "swarm, half each; the swarm itself draws 40% of its share as new random structures)")
+            "swarm, half each; the random half draws 4 candidates per structure it relaxes and "
+            "relaxes those with the lowest enthalpy at the start (`oversample`); the swarm itself "
+            "draws 40% of its share as new random structures)")
     population: int = _field(12, type="int ≥ 1", doc="structures relaxed per generation")
     generations: int | None = _field(
         10, type="int ≥ 1 or null", doc="generations at most (give this or `max_relaxations`)")
@@ -833,7 +842,8 @@ def _default_text(f: dataclasses.Field) -> str:
     else:  # pragma: no cover - every field has a default
         return ""
     if isinstance(value, tuple) and value and all(isinstance(v, GeneratorSpec) for v in value):
-        return "`[{name: random, share: 0.5}, {name: pso, share: 0.5}]`"
+        return ("`[{name: random, share: 0.5, options: {oversample: "
+                f"{DEFAULT_OVERSAMPLE}}}}}, {{name: pso, share: 0.5}}]`")
     if isinstance(value, tuple) and len(value) > 2 and all(isinstance(v, int) for v in value) \
             and list(value) == list(range(value[0], value[-1] + 1)):
         return f'`"{value[0]}-{value[-1]}"`'

@@ -104,6 +104,30 @@ def test_collect_summarises_the_records_it_finds_and_runs_nothing(smoke, tmp_pat
     assert collected["summary"]["lamcsp"]["hits"] == result["summary"]["lamcsp"]["hits"]
 
 
+def test_a_record_made_with_other_generators_is_not_reused(smoke, tmp_path):
+    # records keep their campaign's generators: once lamcsp's default changes, its old runs
+    # must not be summarised (or skipped) as runs of the new default
+    out, _, result = smoke
+    import shutil
+
+    shutil.copytree(out / "refs", tmp_path / "refs")
+    for rec in out.glob("runs/*/*/bench_record.json"):
+        dest = tmp_path / rec.relative_to(out)
+        dest.parent.mkdir(parents=True)
+        shutil.copy(rec, dest)
+    assert all(r["generators"] for r in result["records"])
+    _run(tmp_path, "--collect")  # the records as made: accepted
+    path = tmp_path / "runs" / "mp-1183691" / "lamcsp-s1" / "bench_record.json"
+    rec = json.loads(path.read_text())
+    old = [{"name": "random", "share": 1.0, "options": {}}]  # e.g. a default of another time
+    path.write_text(json.dumps({**rec, "generators": old}))
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONWARNINGS": "ignore"}
+    res = subprocess.run([sys.executable, str(SCRIPT), "--subset", "smoke", "--budget", "48", "--seeds", "1",
+                          "--methods", "lamcsp,random", "--out", str(tmp_path), "--collect"],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode != 0 and "other generators" in res.stderr and "mp-1183691" in res.stderr
+
+
 def test_rescore_judges_finished_runs_again_from_their_databases(smoke):
     out, _, result = smoke
     dbs = sorted(out.glob("runs/*/*/results.db"))
