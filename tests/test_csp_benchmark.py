@@ -80,17 +80,22 @@ def test_rerun_reads_every_finished_run_back(smoke):
     assert "[6/6]" in again.stdout  # progress counts runs (target x method x seed)
 
 
+def _copy_records(out: Path, dest: Path) -> None:
+    """The references and run records of benchmark folder ``out`` (no databases) into ``dest``."""
+    import shutil
+
+    shutil.copytree(out / "refs", dest / "refs")
+    for rec in out.glob("runs/*/*/bench_record.json"):
+        to = dest / rec.relative_to(out)
+        to.parent.mkdir(parents=True)
+        shutil.copy(rec, to)
+
+
 def test_collect_summarises_the_records_it_finds_and_runs_nothing(smoke, tmp_path):
     out, _, result = smoke
     # a copy holding the records and references only, one run's record removed: what comes back
     # from another machine, or a benchmark cut short
-    import shutil
-
-    shutil.copytree(out / "refs", tmp_path / "refs")
-    for rec in out.glob("runs/*/*/bench_record.json"):
-        dest = tmp_path / rec.relative_to(out)
-        dest.parent.mkdir(parents=True)
-        shutil.copy(rec, dest)
+    _copy_records(out, tmp_path)
     gone = tmp_path / "runs" / "mp-23231" / "random-s1" / "bench_record.json"
     gone.unlink()
     res = _run(tmp_path, "--collect")
@@ -108,13 +113,7 @@ def test_a_record_made_with_other_generators_is_not_reused(smoke, tmp_path):
     # records keep their campaign's generators: once lamcsp's default changes, its old runs
     # must not be summarised (or skipped) as runs of the new default
     out, _, result = smoke
-    import shutil
-
-    shutil.copytree(out / "refs", tmp_path / "refs")
-    for rec in out.glob("runs/*/*/bench_record.json"):
-        dest = tmp_path / rec.relative_to(out)
-        dest.parent.mkdir(parents=True)
-        shutil.copy(rec, dest)
+    _copy_records(out, tmp_path)
     assert all(r["generators"] for r in result["records"])
     _run(tmp_path, "--collect")  # the records as made: accepted
     path = tmp_path / "runs" / "mp-1183691" / "lamcsp-s1" / "bench_record.json"
