@@ -261,9 +261,9 @@ class Campaign:
                          GeneratorSpec("pso", 0.5)),
         type="list of generator entries",
         doc="structure generators and their shares (default: symmetric random and the particle "
-            "swarm, half each; the random half draws 4 candidates per structure it relaxes and "
-            "relaxes those with the lowest enthalpy at the start (`oversample`); the swarm itself "
-            "draws 40% of its share as new random structures)")
+            f"swarm, half each; the random half draws {DEFAULT_OVERSAMPLE} candidates per structure it "
+            "relaxes and relaxes those with the lowest enthalpy at the start (`oversample`); the swarm "
+            "itself draws 40% of its share as new random structures)")
     population: int = _field(12, type="int ≥ 1", doc="structures relaxed per generation")
     generations: int | None = _field(
         10, type="int ≥ 1 or null", doc="generations at most (give this or `max_relaxations`)")
