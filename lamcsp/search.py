@@ -552,7 +552,7 @@ class Search:
             if us.seen is not None:
                 keep = self._top_up(us, g, cands, keep, errors)
             if ranked:
-                keep = self._prescreen(us, cands, keep, ranked)
+                keep = self._prescreen(us, g, cands, keep, ranked)
             if not any(keep) and us.seen is not None and not any(e[0] is us for e in errors):
                 us.active = False
                 us.note = "every new candidate duplicated one already relaxed"
@@ -571,7 +571,7 @@ class Search:
             out = out[: max(0, self.campaign.max_relaxations - self.spent)]
         return out
 
-    def _prescreen(self, us: UnitState, cands: list[Candidate], keep: Sequence[bool],
+    def _prescreen(self, us: UnitState, g: int, cands: list[Candidate], keep: Sequence[bool],
                    ranked: set[int]) -> list[bool]:
         """The energy prescreen of oversampling generators (their ``oversample`` option): of
         their candidates that passed the screens, those with the lowest enthalpy per atom at
@@ -582,8 +582,11 @@ class Search:
         slots = max(0, self.campaign.population - sum(1 for k, f in enumerate(ok) if f and k not in ranked))
         if len(pool) <= slots:
             return ok
+        # labelled with the keys they would be stored under, so that a worker lost during the
+        # prescreen names what it held
         res = self.executor.relax([cands[k].to_atoms() for k in pool], [us.unit.pressure_gpa] * len(pool),
-                                  max_steps=0)
+                                  max_steps=0,
+                                  labels=[f"{candidate_key(us.unit.index, g, k)} (prescreen)" for k in pool])
         h = np.array([r.enthalpy_per_atom if not r.failed and np.isfinite(r.enthalpy_per_atom) else np.inf
                       for r in res])
         for j in np.argsort(h, kind="stable")[slots:]:
@@ -631,7 +634,7 @@ class Search:
         from lamcsp.relax.relaxer import atoms_to_dict
 
         todo = self.propose(g)
-        keys = [f"u{us.unit.index}-g{g}-c{k}" for us, k, _ in todo]
+        keys = [candidate_key(us.unit.index, g, k) for us, k, _ in todo]
         stored = {r.key: r for r in self.store.rows(role="search", generation=g, include_data=False)}
         results: list[Any] = [None] * len(todo)
         row_ids: list[int | None] = [None] * len(todo)
@@ -1069,6 +1072,11 @@ class RowBuffer:
         out = list(zip(self._tags, ids))
         self._tags, self._items = [], []
         return out
+
+
+def candidate_key(unit: int, generation: int, candidate: int) -> str:
+    """The key a relaxed candidate is stored under (``u<unit>-g<generation>-c<candidate>``)."""
+    return f"u{unit}-g{generation}-c{candidate}"
 
 
 def oversample_of(generator: Any) -> int:
