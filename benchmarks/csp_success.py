@@ -333,11 +333,14 @@ def stale_records(tasks: Sequence[tuple[Target, str, int]], out: Path, args: arg
     """Run folders whose record was made with other generators than the method has now (e.g.
     ``lamcsp`` runs made before lamcsp's default changed): reusing them would mislabel them."""
     stale = []
+    want: dict[str, list[dict[str, Any]]] = {}  # per method: its generators do not depend on target or seed
     for t, m, seed in tasks:
         path = out / "runs" / t.id / f"{m}-s{seed}" / "bench_record.json"
         if path.exists():
             made = json.loads(path.read_text()).get("generators")
-            if made is not None and made != generators_of(campaign_for(t, m, seed, args)):
+            if m not in want:
+                want[m] = generators_of(campaign_for(t, m, seed, args))
+            if made is not None and made != want[m]:
                 stale.append(str(path.parent))
     return stale
 

@@ -842,8 +842,11 @@ def _default_text(f: dataclasses.Field) -> str:
     else:  # pragma: no cover - every field has a default
         return ""
     if isinstance(value, tuple) and value and all(isinstance(v, GeneratorSpec) for v in value):
-        return ("`[{name: random, share: 0.5, options: {oversample: "
-                f"{DEFAULT_OVERSAMPLE}}}}}, {{name: pso, share: 0.5}}]`")
+        def entry(g: GeneratorSpec) -> str:
+            opts = ", ".join(f"{k}: {v}" for k, v in g.options.items())
+            return f"{{name: {g.name}, share: {g.share:g}" + (f", options: {{{opts}}}" if opts else "") + "}"
+
+        return "`[" + ", ".join(entry(g) for g in value) + "]`"
     if isinstance(value, tuple) and len(value) > 2 and all(isinstance(v, int) for v in value) \
             and list(value) == list(range(value[0], value[-1] + 1)):
         return f'`"{value[0]}-{value[-1]}"`'
