@@ -199,6 +199,14 @@ class Generator(Protocol):
 
     ``name`` is how campaign files refer to it. ``propose`` must use only ``rng`` for
     randomness (same seed, same candidates) and return at most ``n`` candidates.
+
+    A generator with an ``oversample`` attribute K > 1 is asked for K × its share; the search
+    evaluates the model once at the starts of its candidates (except those whose ``origin``
+    has ``prescreen: False``) and relaxes the lowest in enthalpy. A generator that waits for
+    the results of its proposals (the swarm) may also have ``discard(candidates)``: after each
+    ``propose`` the search passes it those of its candidates that will not be relaxed (too
+    close, duplicating a relaxed structure, left out by the energy prescreen, or beyond the
+    budget).
     """
 
     name: str

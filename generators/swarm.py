@@ -208,6 +208,12 @@ class ParticleSwarm:
             (the dedupe default when ``None``).
         clone_probability: chance a re-seeded particle spawns in the global best's template.
         random_options: options of the symmetric random generator it draws new structures from.
+        oversample: new random structures drawn per one relaxed (default 1). Above 1 the
+            search asks for ``oversample`` × the swarm's share and relaxes, among the new
+            structures (with those of other oversampling generators), the ones with the
+            lowest enthalpy at the start (:meth:`lamcsp.search.Search._prescreen`); moved
+            particles are always relaxed (their origin says ``prescreen: False``), and the
+            new particles left out leave the swarm (:meth:`discard`).
     """
 
     name = "pso"
@@ -229,6 +235,7 @@ class ParticleSwarm:
         sim_threshold: float | None = None,
         clone_probability: float = 0.5,
         random_options: dict[str, Any] | None = None,
+        oversample: int = 1,
     ):
         if not 0.0 <= pso_ratio <= 1.0:
             raise SetupError("pso_ratio", f"must be within [0, 1], got {pso_ratio}")
@@ -248,9 +255,10 @@ class ParticleSwarm:
         self.sim_threshold = sim_threshold
         self.clone_probability = float(clone_probability)
         self.random_options = dict(random_options or {})
-        from lamcsp.generators.symmetric import check_no_oversample
+        from lamcsp.generators.symmetric import check_no_oversample, check_oversample
 
-        check_no_oversample(self.random_options, "swarm")
+        check_no_oversample(self.random_options, "swarm", own=True)
+        self.oversample = check_oversample(oversample)
         self.particles: list[Particle] = []
         self.generation = 0
         self.next_pid = 0
@@ -381,14 +389,36 @@ class ParticleSwarm:
             else:
                 p.stagnant += 1
 
+    def discard(self, candidates: list[Candidate]) -> None:
+        """Proposals the search will not relax (screened out, left out by the energy prescreen,
+        or beyond the budget): a new particle one would have started leaves the swarm; a moved
+        particle stops waiting (it moves again next generation) and counts the wasted move
+        towards its stagnation."""
+        by_pid = {p.pid: p for p in self.particles}
+        for c in candidates:
+            prop = c.origin.get("pso_proposal")
+            if prop is None or prop not in self.pending:
+                continue
+            p = by_pid.get(self.pending.pop(prop))
+            if p is None:
+                continue
+            if p.best_x is None:
+                self.particles.remove(p)
+            else:
+                p.stagnant += 1
+
     # ---- the generator -------------------------------------------------------------------------
     def propose(self, n: int, rng: np.random.Generator, context: GenerationContext) -> list[Candidate]:
         """``n`` candidates: the swarm's share (re-seeded particles as they are, then moved
-        particles, best first) and new random structures that join the swarm."""
+        particles, best first) and new random structures that join the swarm. With
+        ``oversample`` K the search asks for K × the structures it relaxes: the swarm's share
+        is of ``n // K``, and K new random structures are drawn for each one relaxed."""
         self.observe(context.population)
+        k = self.oversample
+        base = max(1, n // k)
         out: list[Candidate] = []
         if self.generation > 0:
-            n_swarm = int(round(self.pso_ratio * n))
+            n_swarm = int(round(self.pso_ratio * base))
             for p, cand in self._reseed(rng, context)[:n_swarm]:
                 out.append(self._tag(cand, p.pid))
             waiting = set(self.pending.values())
@@ -402,13 +432,16 @@ class ParticleSwarm:
                 c = self._move(p, rng, context)
                 if c is not None:
                     out.append(self._tag(c, p.pid))
-        n_new = n - len(out)
+        if k > 1:  # particles already in the swarm are relaxed, not ranked against new ones
+            for c in out:
+                c.origin["prescreen"] = False
+        n_new = min(n - len(out), (base - len(out)) * k)
         if n_new > 0:
             for c in self.random.propose(n_new, rng, context):
                 p = self._new_particle(c)
                 self.particles.append(p)
                 out.append(self._tag(c, p.pid))
-        self._trim()
+        self._trim(base)
         self.generation += 1
         return out
 
@@ -420,10 +453,11 @@ class ParticleSwarm:
         self.next_proposal += 1
         return c
 
-    def _trim(self) -> None:
-        """Keep ``swarm_size`` particles: those waiting for a result, then the best."""
+    def _trim(self, first: int) -> None:
+        """Keep ``swarm_size`` particles (default: ``first``, the structures the first
+        generation relaxes): those waiting for a result, then the best."""
         if self.swarm_size is None:
-            self.swarm_size = max(1, len(self.particles))
+            self.swarm_size = max(1, first)
         if len(self.particles) <= self.swarm_size:
             return
         waiting = set(self.pending.values())

@@ -789,14 +789,22 @@ def _symbol(z: int) -> str:
 # --- the generator ----------------------------------------------------------------------------
 
 
-def check_no_oversample(random_options: dict[str, Any], owner: str) -> None:
-    """``oversample`` prescreens the ``random`` generator's own draws only (the search reads it
-    from the generators of a campaign); in another generator's ``random_options`` it would do
-    nothing, so it is an error there."""
+def check_oversample(oversample: Any) -> int:
+    """``oversample`` (of ``random`` and of the swarm) as an int ≥ 1."""
+    if isinstance(oversample, bool) or not isinstance(oversample, (int, np.integer)) or oversample < 1:
+        raise SetupError("oversample", f"must be an integer >= 1, got {oversample!r}")
+    return int(oversample)
+
+
+def check_no_oversample(random_options: dict[str, Any], owner: str, own: bool = False) -> None:
+    """``oversample`` is read by the search from the generators of a campaign; in another
+    generator's ``random_options`` it would do nothing, so it is an error there (``own``: the
+    owner has an ``oversample`` option of its own, named in the message)."""
     if random_options.get("oversample", 1) != 1:
-        raise SetupError("random_options", "oversample prescreens the random generator's own draws "
-                                           f"(give it in that generator's options); the {owner}'s new "
-                                           "structures are not prescreened")
+        where = (f"give it as the {owner}'s own option, next to random_options" if own
+                 else f"the {owner}'s new structures are not prescreened")
+        raise SetupError("random_options", "oversample in random_options would do nothing: the search "
+                                           f"prescreens a generator's own draws ({where})")
 
 
 #: a symmetry prior for small cells (options of ``random``, or the swarm's ``random_options``):
@@ -1002,9 +1010,7 @@ class SymmetricRandom:
         if (isinstance(special, bool) or not isinstance(special, (int, float))
                 or not 0.0 <= float(special) <= 1.0):
             raise SetupError("special", f"must be a probability within [0, 1], got {special!r}")
-        if isinstance(oversample, bool) or not isinstance(oversample, (int, np.integer)) or oversample < 1:
-            raise SetupError("oversample", f"must be an integer >= 1, got {oversample!r}")
-        self.oversample = int(oversample)
+        self.oversample = check_oversample(oversample)
         self.cell = cell
         self.group_weights = group_weights
         self.special = float(special)

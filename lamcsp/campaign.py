@@ -241,9 +241,9 @@ class ParallelSpec:
             "`OMP_NUM_THREADS` when set)")
 
 
-#: the default campaign's ``random`` generator draws this many candidates per structure it
-#: relaxes and relaxes the lowest-enthalpy starts (the CSP benchmark's ``lamcsp_prescreen4``:
-#: see README, "Generators"); the ``random`` generator itself defaults to 1
+#: the default campaign's generators (``random`` and the swarm's new particles) draw this many
+#: candidates per structure they relax and relax the lowest-enthalpy starts (see README,
+#: "Generators"); the generators themselves default to 1
 DEFAULT_OVERSAMPLE = 4
 
 
@@ -258,12 +258,12 @@ class Campaign:
     system: SystemSpec = _field(factory=SystemSpec, type="section", doc="what to search")
     generators: tuple[GeneratorSpec, ...] = _field(
         factory=lambda: (GeneratorSpec("random", 0.5, {"oversample": DEFAULT_OVERSAMPLE}),
-                         GeneratorSpec("pso", 0.5)),
+                         GeneratorSpec("pso", 0.5, {"oversample": DEFAULT_OVERSAMPLE})),
         type="list of generator entries",
         doc="structure generators and their shares (default: symmetric random and the particle "
-            f"swarm, half each; the random half draws {DEFAULT_OVERSAMPLE} candidates per structure it "
-            "relaxes and relaxes those with the lowest enthalpy at the start (`oversample`); the swarm "
-            "itself draws 40% of its share as new random structures)")
+            "swarm, half each; the swarm draws 40% of its share as new random structures (all of "
+            f"it in the first generation); both draw {DEFAULT_OVERSAMPLE} new random structures per "
+            "one they relax and relax those with the lowest enthalpy at the start (`oversample`))")
     population: int = _field(12, type="int ≥ 1", doc="structures relaxed per generation")
     generations: int | None = _field(
         10, type="int ≥ 1 or null", doc="generations at most (give this or `max_relaxations`)")

@@ -526,13 +526,15 @@ class Search:
         pop = self.campaign.population
         out: list[tuple[UnitState, int, Candidate]] = []
         errors: list[tuple[UnitState, str, SetupError]] = []
+        proposed: list[tuple[UnitState, list[Candidate], list[int | None]]] = []  # with each one's generator
         for us in self.unit_states:
             if not us.active:
                 continue
             us.context.generation = g
             counts = generator_counts([s for _, s, _ in us.generators], pop)
             cands: list[Candidate] = []
-            ranked: set[int] = set()  # indices of the candidates of oversampling generators
+            owner: list[int | None] = []  # the generator (index) of each candidate
+            ranked: set[int] = set()  # indices of the candidates the energy prescreen ranks
             for gi, ((name, _, gen), n) in enumerate(zip(us.generators, counts)):
                 if n == 0:
                     continue
@@ -545,12 +547,16 @@ class Search:
                     got = []
                 for c in got:
                     c.generator = name
-                if k > 1:
-                    ranked.update(range(len(cands), len(cands) + len(got)))
+                if k > 1:  # all but those the generator asks to relax (a swarm's moved particles)
+                    ranked.update(len(cands) + j for j, c in enumerate(got)
+                                  if c.origin.get("prescreen", True))
                 cands.extend(got)
+                owner.extend([gi] * len(got))
             keep = screen(cands, us.context)
             if us.seen is not None:
                 keep = self._top_up(us, g, cands, keep, errors)
+            owner.extend([None] * (len(cands) - len(owner)))  # the top-up's random structures
+            proposed.append((us, cands, owner))
             if ranked:
                 keep = self._prescreen(us, g, cands, keep, ranked)
             if not any(keep) and us.seen is not None and not any(e[0] is us for e in errors):
@@ -569,7 +575,26 @@ class Search:
                                         f"{g + 1} ({exc.field}: {exc.message})")
         if self.campaign.max_relaxations is not None:
             out = out[: max(0, self.campaign.max_relaxations - self.spent)]
+        self._discard(proposed, out)
         return out
+
+    @staticmethod
+    def _discard(proposed: list[tuple[UnitState, list[Candidate], list[int | None]]],
+                 out: list[tuple[UnitState, int, Candidate]]) -> None:
+        """Tell each generator that has a ``discard`` method which of its candidates will not
+        be relaxed (too close, duplicating a relaxed structure, left out by the energy
+        prescreen, or beyond the budget), so that it does not wait for their results (the
+        swarm drops the particles they would have started)."""
+        relaxed = {(id(us), k) for us, k, _ in out}
+        for us, cands, owner in proposed:
+            dropped: dict[int, list[Candidate]] = {}
+            for k, (c, gi) in enumerate(zip(cands, owner)):
+                if gi is not None and (id(us), k) not in relaxed:
+                    dropped.setdefault(gi, []).append(c)
+            for gi, cs in dropped.items():
+                discard = getattr(us.generators[gi][2], "discard", None)
+                if discard is not None:
+                    discard(cs)
 
     def _prescreen(self, us: UnitState, g: int, cands: list[Candidate], keep: Sequence[bool],
                    ranked: set[int]) -> list[bool]:

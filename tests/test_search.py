@@ -3,6 +3,7 @@ and --resume, and the quickstart with CHGNet."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -366,3 +367,62 @@ def test_energy_prescreen_relaxes_the_lowest_starts_of_an_oversampling_generator
         assert np.sort(h)[6] > got[-1] + 1e-6  # a real choice: higher starts were left out
         prescreened += len(drawn) - 6
     assert state["units"][0]["prescreened"] == prescreened > 0
+
+
+def test_the_swarm_waits_only_for_the_proposals_that_are_relaxed(tmp_path):
+    """Swarm proposals the search does not relax (in 1-4 atom argon cells the similarity screen
+    drops many: draws and moves repeat relaxed structures) are discarded by the swarm: after the
+    run it waits only for proposals of the last generation that were relaxed, so its particles
+    keep moving instead of waiting for results that never come."""
+    search = Search(parse_campaign({**AR_CAMPAIGN, "generations": 6}), tmp_path / "pso", progress=False)
+    state = search.run(report=False)
+    pso = search.unit_states[0].generators[1][2]
+    db = ase.db.connect(str(tmp_path / "pso" / "results.db"), use_lock_file=False)
+    rows = [r for r in db.select(role="search", generator="pso")]
+    relaxed = {(r.generation, r.data["candidate"]["origin"]["pso_proposal"]) for r in rows}
+    last = max(g for g, _ in relaxed)
+    assert state["units"][0]["screened"] > 0 and pso.next_proposal > len(rows)  # some were dropped
+    assert set(pso.pending) <= {p for g, p in relaxed if g == last}
+    waiting = set(pso.pending.values())
+    assert any(p.pid not in waiting and p.best_x is not None for p in pso.particles)  # free to move
+
+
+def test_energy_prescreen_ranks_the_swarms_new_particles_with_the_random_draws(tmp_path):
+    """Swarm and random both with ``oversample`` 3: in the first generation (all new random
+    structures) the search relaxes the lowest-enthalpy starts of both generators' draws
+    together; later the swarm's moved particles are relaxed unranked, the new particles left
+    out leave the swarm, and the swarm keeps the size of its share."""
+    from lamcsp.generators import get_generator
+    from lamcsp.relax import Relaxer
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    from lamcsp.search import screen, unit_rng
+
+    raw = {**AR_CAMPAIGN, "system": {"composition": "Ar", "formula_units": "2-4"},
+           "generators": [{"name": "random", "share": 0.5, "options": {"oversample": 3}},
+                          {"name": "pso", "share": 0.5, "options": {"oversample": 3}}],
+           "population": 8, "generations": 4, "dedupe": {"before_relax": False}}
+    search = Search(parse_campaign(raw), tmp_path / "pre", progress=False)
+    state = search.run(report=False)
+    rows = _inputs_by_generation(tmp_path / "pre")
+    assert [g for g, _, _ in rows] == [g for g in range(4) for _ in range(8)]
+    us = search.unit_states[0]
+    drawn = []
+    for gi, name in enumerate(("random", "pso")):  # generation 0 drawn again by fresh generators
+        gen = get_generator(name, oversample=3)
+        drawn += gen.propose(12, unit_rng(7, 0, gi, 0), dataclasses.replace(us.context, population=[]))
+    drawn = [c for c, ok in zip(drawn, screen(drawn, us.context)) if ok]
+    relaxer = Relaxer(search.potential, max_steps=0, progress=False)
+    h = np.array([r.enthalpy_per_atom for r in relaxer.relax([c.to_atoms() for c in drawn])])
+    got = np.sort([r.enthalpy_per_atom for r in relaxer.relax(
+        [AseAtomsAdaptor.get_atoms(s) for g, s, _ in rows if g == 0])])
+    np.testing.assert_allclose(got, np.sort(h)[:8], rtol=0, atol=1e-8)
+    assert np.sort(h)[8] > got[-1] + 1e-6 and state["units"][0]["prescreened"] > 0
+
+    pso = us.generators[1][2]
+    db = ase.db.connect(str(tmp_path / "pre" / "results.db"), use_lock_file=False)
+    origins = [(r.generation, r.data["candidate"]["origin"]) for r in db.select(role="search", generator="pso")]
+    moved = [o for g, o in origins if o.get("operator") in ("pso", "pso-migrate")]
+    assert moved and all(o["prescreen"] is False for o in moved)
+    assert pso.swarm_size == 4 and len(pso.particles) <= 4 + len(pso.pending)
+    assert set(pso.pending) <= {o["pso_proposal"] for g, o in origins if g == 3}
