@@ -38,7 +38,8 @@ Methods (each a campaign's ``generators``; the rest of the campaign is lamcsp's 
 * ``lamcsp_prior``: the same mix, its random structures (the ``random`` generator's and the
   swarm's new particles) drawn with the symmetry prior ``SMALL_CELL_PRIOR`` (below);
 * ``lamcsp_prescreen``: the same mix, its ``random`` generator with the energy prescreen
-  (``oversample`` 2, below; the swarm's new particles are not prescreened);
+  (``oversample`` 2, below; the swarm's new particles are not prescreened, unlike the
+  default's, where both generators draw with ``oversample`` 4);
 * ``random``: pure symmetric random search (AIRSS / PyXtal style): a space group drawn
   uniformly among those that can hold the composition, Wyckoff sites, random free coordinates;
 * ``random_p1``: random search without symmetry (space group 1 only);

@@ -361,8 +361,9 @@ def test_bad_prior_options(kw, field):
 
 @pytest.mark.parametrize(("name", "kw", "field"), [
     ("random", dict(oversample=0), "oversample"), ("random", dict(oversample=1.5), "oversample"),
-    ("random", dict(oversample=True), "oversample"),
-    # only the random generator's own draws are prescreened: elsewhere the option would do nothing
+    ("random", dict(oversample=True), "oversample"), ("pso", dict(oversample=0), "oversample"),
+    # a generator's own draws are prescreened (the swarm's: its own option), in random_options
+    # the option would do nothing
     ("pso", dict(random_options={"oversample": 2}), "random_options"),
     ("ga", dict(random_options={"oversample": 2}), "random_options")])
 def test_bad_oversample(name, kw, field):
