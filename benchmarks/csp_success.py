@@ -54,6 +54,8 @@ Methods (each a campaign's ``generators``; the rest of the campaign is lamcsp's 
   call each) relaxed;
 * ``random_prescreenK``, ``lamcsp_prescreenK`` (``K`` an integer ≥ 2, e.g. ``random_prescreen4``):
   the same with ``oversample`` K;
+* ``lamcsp_oversampleK``: the mix with ``oversample`` K in both generators (the swarm's new
+  particles ranked with the random draws; ``lamcsp_oversample4`` is the default);
 * ``pso``: CALYPSO-style particle swarm alone (with its own share of random structures);
 * ``ga``: the genetic generator (USPEX-style heredity, lattice mutation, permutation).
 
@@ -294,6 +296,13 @@ def method_generators(method: str) -> list[dict[str, Any]] | None:
         if pre.group(1) == "random":
             return [{"name": "random", "share": 1.0, "options": {"oversample": k}}]
         return [{"name": "random", "share": 0.5, "options": {"oversample": k}}, {"name": "pso", "share": 0.5}]
+    both = re.fullmatch(r"lamcsp_oversample(\d+)", method)
+    if both:
+        k = int(both.group(1))
+        if k < 2:
+            raise SystemExit(f"--methods: {method!r}: the prescreen needs an oversample of at least 2")
+        return [{"name": "random", "share": 0.5, "options": {"oversample": k}},
+                {"name": "pso", "share": 0.5, "options": {"oversample": k}}]
     if method == "pso":
         return [{"name": "pso", "share": 1.0}]
     if method == "ga":
@@ -688,7 +697,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", default="2",
                     help="N (seeds 1..N) or a comma list of seeds (default 2)")
     ap.add_argument("--methods", default=",".join(DEFAULT_METHODS),
-                    help=f"comma list of {', '.join(METHODS)}, random_prescreenK, lamcsp_prescreenK "
+                    help=f"comma list of {', '.join(METHODS)}, random_prescreenK, lamcsp_prescreenK, "
+                         "lamcsp_oversampleK "
                          f"(default {','.join(DEFAULT_METHODS)})")
     ap.add_argument("--model", default="chgnet",
                     help="chgnet (pretrained 0.3.0), chgnet:VERSION, chgnet:PATH, emt, lj... "
