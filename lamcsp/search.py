@@ -585,11 +585,11 @@ class Search:
         be relaxed (too close, duplicating a relaxed structure, left out by the energy
         prescreen, or beyond the budget), so that it does not wait for their results (the
         swarm drops the particles they would have started)."""
-        relaxed = {(id(us), k) for us, k, _ in out}
+        relaxed = {(us.unit.index, k) for us, k, _ in out}
         for us, cands, owner in proposed:
             dropped: dict[int, list[Candidate]] = {}
             for k, (c, gi) in enumerate(zip(cands, owner)):
-                if gi is not None and (id(us), k) not in relaxed:
+                if gi is not None and (us.unit.index, k) not in relaxed:
                     dropped.setdefault(gi, []).append(c)
             for gi, cs in dropped.items():
                 discard = getattr(us.generators[gi][2], "discard", None)
