@@ -288,21 +288,16 @@ def method_generators(method: str) -> list[dict[str, Any]] | None:
             return [{"name": "random", "share": 1.0, "options": dict(SMALL_CELL_PRIOR)}]
         return [{"name": "random", "share": 0.5, "options": dict(SMALL_CELL_PRIOR)},
                 {"name": "pso", "share": 0.5, "options": {"random_options": dict(SMALL_CELL_PRIOR)}}]
-    pre = re.fullmatch(r"(random|lamcsp)_prescreen(\d*)", method)
+    pre = re.fullmatch(r"random_prescreen(\d*)|lamcsp_prescreen(\d*)|lamcsp_oversample(\d+)", method)
     if pre:
-        k = int(pre.group(2) or PRESCREEN_OVERSAMPLE)
+        k = int(next((x for x in pre.groups() if x), PRESCREEN_OVERSAMPLE))
         if k < 2:
             raise SystemExit(f"--methods: {method!r}: the prescreen needs an oversample of at least 2")
-        if pre.group(1) == "random":
-            return [{"name": "random", "share": 1.0, "options": {"oversample": k}}]
-        return [{"name": "random", "share": 0.5, "options": {"oversample": k}}, {"name": "pso", "share": 0.5}]
-    both = re.fullmatch(r"lamcsp_oversample(\d+)", method)
-    if both:
-        k = int(both.group(1))
-        if k < 2:
-            raise SystemExit(f"--methods: {method!r}: the prescreen needs an oversample of at least 2")
-        return [{"name": "random", "share": 0.5, "options": {"oversample": k}},
-                {"name": "pso", "share": 0.5, "options": {"oversample": k}}]
+        ranked = {"name": "random", "share": 0.5, "options": {"oversample": k}}
+        if method.startswith("random"):
+            return [{**ranked, "share": 1.0}]
+        swarm = {"oversample": k} if method.startswith("lamcsp_oversample") else {}
+        return [ranked, {"name": "pso", "share": 0.5, **({"options": swarm} if swarm else {})}]
     if method == "pso":
         return [{"name": "pso", "share": 1.0}]
     if method == "ga":
