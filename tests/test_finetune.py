@@ -413,9 +413,7 @@ def test_loop_learns_emt_on_the_campaigns_hits_and_keeps_its_hull(tmp_path):
     rmse_before, rmse_after = (float(np.sqrt(((f - ref) ** 2).mean())) for f in (before, after))
     print(f"{len(hits)} hits: force RMSE vs EMT {rmse_before:.4f} -> {rmse_after:.4f} eV/A "
           f"({rmse_before / rmse_after:.1f}x)")
-    # at least halved (2.5x measured at b5be022, where the prescreened generations began to be
-    # relaxed lowest start first and the campaign's hits changed; 3x before)
-    assert rmse_after * 2 <= rmse_before
+    assert rmse_after * 3 <= rmse_before
 
     summary = json.loads((run / "report" / "summary.json").read_text())
     last = summary["finetune"][-1]
