@@ -288,16 +288,18 @@ def method_generators(method: str) -> list[dict[str, Any]] | None:
             return [{"name": "random", "share": 1.0, "options": dict(SMALL_CELL_PRIOR)}]
         return [{"name": "random", "share": 0.5, "options": dict(SMALL_CELL_PRIOR)},
                 {"name": "pso", "share": 0.5, "options": {"random_options": dict(SMALL_CELL_PRIOR)}}]
-    pre = re.fullmatch(r"random_prescreen(\d*)|lamcsp_prescreen(\d*)|lamcsp_oversample(\d+)", method)
-    if pre:
-        k = int(next((x for x in pre.groups() if x), PRESCREEN_OVERSAMPLE))
+    pre = re.fullmatch(r"(random_prescreen|lamcsp_prescreen|lamcsp_oversample)(\d*)", method)
+    if pre and (pre.group(2) or pre.group(1) != "lamcsp_oversample"):  # lamcsp_oversample needs its K
+        kind, k = pre.group(1), int(pre.group(2) or PRESCREEN_OVERSAMPLE)
         if k < 2:
             raise SystemExit(f"--methods: {method!r}: the prescreen needs an oversample of at least 2")
         ranked = {"name": "random", "share": 0.5, "options": {"oversample": k}}
-        if method.startswith("random"):
+        if kind == "random_prescreen":
             return [{**ranked, "share": 1.0}]
-        swarm = {"oversample": k} if method.startswith("lamcsp_oversample") else {}
-        return [ranked, {"name": "pso", "share": 0.5, **({"options": swarm} if swarm else {})}]
+        swarm: dict[str, Any] = {"name": "pso", "share": 0.5}
+        if kind == "lamcsp_oversample":
+            swarm["options"] = {"oversample": k}
+        return [ranked, swarm]
     if method == "pso":
         return [{"name": "pso", "share": 1.0}]
     if method == "ga":
