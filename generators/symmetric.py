@@ -985,8 +985,8 @@ class SymmetricRandom:
         oversample: candidates drawn per structure relaxed (default 1: each one drawn is
             relaxed). Above 1 the search evaluates the model once at each start (batched, not
             counted as relaxations) and relaxes those with the lowest enthalpy per atom
-            (:meth:`lamcsp.search.Search._prescreen`): random starts whose atoms sit badly cost
-            a model call instead of a relaxation.
+            (:meth:`lamcsp.search.Search._prescreen`), lowest first: random starts whose atoms
+            sit badly cost a model call instead of a relaxation.
     """
 
     name = "random"

@@ -263,7 +263,8 @@ class Campaign:
         doc="structure generators and their shares (default: symmetric random and the particle "
             "swarm, half each; the swarm draws 40% of its share as new random structures (all of "
             f"it in the first generation); both draw {DEFAULT_OVERSAMPLE} new random structures per "
-            "one they relax and relax those with the lowest enthalpy at the start (`oversample`))")
+            "one they relax and relax those with the lowest enthalpy at the start, lowest first "
+            "(`oversample`))")
     population: int = _field(12, type="int ≥ 1", doc="structures relaxed per generation")
     generations: int | None = _field(
         10, type="int ≥ 1 or null", doc="generations at most (give this or `max_relaxations`)")

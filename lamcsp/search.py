@@ -557,12 +557,15 @@ class Search:
                 keep = self._top_up(us, g, cands, keep, errors)
             owner.extend([None] * (len(cands) - len(owner)))  # the top-up's random structures
             proposed.append((us, cands, owner))
+            start: dict[int, float] = {}
             if ranked:
-                keep = self._prescreen(us, g, cands, keep, ranked)
+                keep, start = self._prescreen(us, g, cands, keep, ranked)
             if not any(keep) and us.seen is not None and not any(e[0] is us for e in errors):
                 us.active = False
                 us.note = "every new candidate duplicated one already relaxed"
-            out.extend((us, k, c) for k, c in enumerate(cands) if keep[k])
+            # where the prescreen has the starts' enthalpies, the lowest is relaxed first
+            kept = sorted((k for k in range(len(cands)) if keep[k]), key=lambda k: start.get(k, math.inf))
+            out.extend((us, k, cands[k]) for k in kept)
         if errors and not out:  # nothing at all can be built: a campaign error, not bad luck
             exc = errors[0][2]
             raise SetupError(exc.field, f"no generator could build a structure of {errors[0][0].unit.label} "
@@ -597,27 +600,44 @@ class Search:
                     discard(cs)
 
     def _prescreen(self, us: UnitState, g: int, cands: list[Candidate], keep: Sequence[bool],
-                   ranked: set[int]) -> list[bool]:
+                   ranked: set[int]) -> tuple[list[bool], dict[int, float]]:
         """The energy prescreen of oversampling generators (their ``oversample`` option): of
         their candidates that passed the screens, those with the lowest enthalpy per atom at
         the start (one model call each, batched through the executor) fill what the other
-        candidates leave of the population; the rest are not relaxed."""
+        candidates leave of the population; the rest are not relaxed.
+
+        The other candidates that passed get their single point in the same call, so that the
+        generation is relaxed in order of start enthalpy, lowest first (:meth:`propose`): the
+        in-flight batcher and the MPI coordinator start structures in that order, and a budget
+        that ends within the generation keeps the most promising. Each evaluated candidate
+        keeps its value in ``origin["start_enthalpy"]`` (eV/atom).
+
+        Returns:
+            the new keep mask, and the start enthalpy per atom of each kept candidate (by index;
+            ``inf`` where the single point failed).
+        """
         ok = [bool(k) for k in keep]
         pool = [k for k in sorted(ranked) if ok[k]]
-        slots = max(0, self.campaign.population - sum(1 for k, f in enumerate(ok) if f and k not in ranked))
-        if len(pool) <= slots:
-            return ok
+        rest = [k for k, f in enumerate(ok) if f and k not in ranked]
+        slots = max(0, self.campaign.population - len(rest))
+        todo = pool + rest
+        if not todo:
+            return ok, {}
         # labelled with the keys they would be stored under, so that a worker lost during the
         # prescreen names what it held
-        res = self.executor.relax([cands[k].to_atoms() for k in pool], [us.unit.pressure_gpa] * len(pool),
+        res = self.executor.relax([cands[k].to_atoms() for k in todo], [us.unit.pressure_gpa] * len(todo),
                                   max_steps=0,
-                                  labels=[f"{candidate_key(us.unit.index, g, k)} (prescreen)" for k in pool])
-        h = np.array([r.enthalpy_per_atom if not r.failed and np.isfinite(r.enthalpy_per_atom) else np.inf
-                      for r in res])
-        for j in np.argsort(h, kind="stable")[slots:]:
-            ok[pool[j]] = False
-        us.prescreened += len(pool) - slots
-        return ok
+                                  labels=[f"{candidate_key(us.unit.index, g, k)} (prescreen)" for k in todo])
+        h = {k: float(r.enthalpy_per_atom) if not r.failed and np.isfinite(r.enthalpy_per_atom) else math.inf
+             for k, r in zip(todo, res)}
+        if len(pool) > slots:
+            for j in np.argsort(np.array([h[k] for k in pool]), kind="stable")[slots:]:
+                ok[pool[j]] = False
+            us.prescreened += len(pool) - slots
+        for k in todo:
+            if math.isfinite(h[k]):
+                cands[k].origin["start_enthalpy"] = h[k]
+        return ok, {k: h[k] for k in todo if ok[k]}
 
     def _top_up(self, us: UnitState, g: int, cands: list[Candidate], keep: np.ndarray,
                 errors: list[tuple[UnitState, str, SetupError]]) -> list[bool]:
@@ -679,7 +699,7 @@ class Search:
                 data["frames"] = [atoms_to_dict(a) for a in result.frames]
             buffer.add(i, self._row_item(result, keys[i], role="search", generation=g,
                                          generator=cand.generator, unit=us.unit.index, candidate=k,
-                                         deduped=False, data=data))
+                                         deduped=False, data=data, extra={"order": i}))
             for i2, rid in buffer.ready():
                 row_ids[i2] = rid
 

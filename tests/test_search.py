@@ -426,3 +426,50 @@ def test_energy_prescreen_ranks_the_swarms_new_particles_with_the_random_draws(t
     assert moved and all(o["prescreen"] is False for o in moved)
     assert pso.swarm_size == 4 and len(pso.particles) <= 4 + len(pso.pending)
     assert set(pso.pending) <= {o["pso_proposal"] for g, o in origins if g == 3}
+
+
+def test_a_prescreened_generation_is_relaxed_lowest_start_first(tmp_path):
+    """Where the prescreen evaluated the starts, the generation is relaxed in order of start
+    enthalpy, lowest first (the swarm's moved particles, relaxed unranked, take their place by
+    their start too), and a budget that ends within a generation keeps the lowest starts of
+    all that were drawn. Start enthalpies are evaluated again here from the stored starts."""
+    from lamcsp.generators.base import Candidate
+    from lamcsp.relax import Relaxer
+
+    from lamcsp.search import screen, unit_rng
+
+    raw = {**AR_CAMPAIGN, "system": {"composition": "Ar", "formula_units": "2-4"},
+           "generators": [{"name": "random", "share": 0.5, "options": {"oversample": 3}},
+                          {"name": "pso", "share": 0.5, "options": {"oversample": 3}}],
+           "population": 8, "generations": 4, "dedupe": {"before_relax": False}}
+    search = Search(parse_campaign(raw), tmp_path / "order", progress=False)
+    search.run(report=False)
+    relaxer = Relaxer(search.potential, max_steps=0, progress=False)
+    db = ase.db.connect(str(tmp_path / "order" / "results.db"), use_lock_file=False)
+    rows = list(db.select(role="search"))
+    moved, reordered = 0, False
+    for g in range(4):
+        gen = sorted((r for r in rows if r.generation == g), key=lambda r: r.order)
+        assert [r.order for r in gen] == list(range(8))
+        cands = [Candidate.from_dict(r.data["candidate"]) for r in gen]
+        h = [r.enthalpy_per_atom for r in relaxer.relax([c.to_atoms() for c in cands])]
+        assert all(a <= b + 1e-9 for a, b in zip(h, h[1:])), (g, h)
+        np.testing.assert_allclose([c.origin["start_enthalpy"] for c in cands], h, rtol=0, atol=1e-8)
+        reordered |= sorted(r.candidate for r in gen) != [r.candidate for r in gen]
+        moved += sum(c.origin.get("prescreen") is False for c in cands)
+    assert moved > 0 and reordered  # moved particles took part; not the drawn order
+
+    # a budget of 9: the second generation relaxes 1 structure, the lowest start of its draws
+    raw = {**raw, "generators": [{"name": "random", "share": 1.0, "options": {"oversample": 3}}],
+           "generations": None, "max_relaxations": 9}
+    search = Search(parse_campaign(raw), tmp_path / "budget", progress=False)
+    search.run(report=False)
+    us = search.unit_states[0]
+    drawn = us.generators[0][2].propose(24, unit_rng(7, 0, 0, 1), us.context)
+    drawn = [c for c, ok in zip(drawn, screen(drawn, us.context)) if ok]
+    h = [r.enthalpy_per_atom for r in relaxer.relax([c.to_atoms() for c in drawn])]
+    db = ase.db.connect(str(tmp_path / "budget" / "results.db"), use_lock_file=False)
+    (last,) = [r for r in db.select(role="search") if r.generation == 1]
+    start = Candidate.from_dict(last.data["candidate"]).to_atoms()
+    assert relaxer.relax([start])[0].enthalpy_per_atom == pytest.approx(min(h), abs=1e-8)
+    assert sorted(h)[1] > min(h) + 1e-6
