@@ -372,8 +372,10 @@ def test_an_unknown_oracle_stops_the_search_before_any_relaxation(tmp_path):
 def test_loop_learns_emt_on_the_campaigns_hits_and_keeps_its_hull(tmp_path):
     """End to end: a variable-composition Cu-Au search from pretrained CHGNet with EMT as the
     oracle. After the loop, the committee's force RMSE against EMT on the campaign's unique hits
-    is at least 3x lower than the pretrained model's, and the hull of the best hits re-relaxed
-    with the last model has the stable phases of the same structures relaxed with EMT itself."""
+    is at least 2x lower than the pretrained model's (one round of fine-tuning gives 2.5x, two
+    give 3x; the loop stops once the committee agrees), and the hull of the best hits
+    re-relaxed with the last fine-tuned model has the stable phases of the same structures
+    relaxed with EMT itself."""
     import dataclasses
     import os
     import subprocess
@@ -413,10 +415,17 @@ def test_loop_learns_emt_on_the_campaigns_hits_and_keeps_its_hull(tmp_path):
     rmse_before, rmse_after = (float(np.sqrt(((f - ref) ** 2).mean())) for f in (before, after))
     print(f"{len(hits)} hits: force RMSE vs EMT {rmse_before:.4f} -> {rmse_after:.4f} eV/A "
           f"({rmse_before / rmse_after:.1f}x)")
-    assert rmse_after * 3 <= rmse_before
+    assert rmse_after * 2 <= rmse_before
 
     summary = json.loads((run / "report" / "summary.json").read_text())
-    last = summary["finetune"][-1]
+    # an iteration whose committee is accurate on the search's new structures has converged:
+    # it labels nothing, trains nothing and re-relaxes nothing
+    for it in summary["finetune"]:
+        if it["converged"]:
+            assert it["labelled"] == it["n_models"] == 0 and it["rerelaxed"] == [] and it["hull"] == []
+    tuned = [it for it in summary["finetune"] if it["n_models"]]
+    assert tuned and len(models) == tuned[-1]["n_models"] == 2
+    last = tuned[-1]
     rerelaxed = list(db.select(role="rerelax", iteration=last["iteration"]))
     sources = [db.get(id=row.of) for row in rerelaxed]
     by_emt = Relaxer(load_potential("emt", device="cpu"), fmax=0.01, max_steps=500).relax(
