@@ -220,6 +220,58 @@ class FinetuneSpec:
     snapshot_every: int = _field(20, type="int ≥ 1",
                                  doc="relaxation steps between the trajectory frames kept for the committee "
                                      "to rate")
+    minimum_frames: int = _field(
+        2, type="int ≥ 0",
+        doc="the last trajectory frames of each low-enthalpy hit (within `window`) labelled with it: "
+            "the energy differences that decide the ranking, near each competitor's minimum")
+    diversity: str = _field(
+        "bootstrap", type="`bootstrap`, `seeds` or `fresh_head`",
+        doc="how committee members differ: `bootstrap` (member k > 0 trains on a bootstrap resample "
+            "of the labels), `seeds` (the same labels, other seeds), `fresh_head` (a freshly "
+            "initialised readout / fitting net per member; DeePMD-kit: `--model-branch RANDOM`); "
+            "all use seeds 1..K (`benchmarks/committee_diversity.py` measures them)")
+
+
+@dataclasses.dataclass(frozen=True)
+class VerifySpec:
+    """Oracle verification of the answer (`lamcsp verify RUN` runs the same stage on a finished
+    run): at the end of the search, the `top_k` unique structures of every composition and
+    pressure, and every one within `window` of the model's hull, are relaxed with the oracle
+    (or given one single point) and stored as rows `role=verify` beside the model's enthalpy;
+    the report ranks them by both and names the answer (the oracle's lowest). With the fine-tune
+    loop, the pretrained model's best are verified before its first iteration and each new
+    model's after it (`after_iterations`); the oracle's frames join the training data, and the
+    loop stops only when the verified top-k ranking no longer changes and the model's top-1 is
+    the oracle's. Every oracle call is journaled, so `--resume` repeats none."""
+
+    enabled: bool | None = _field(
+        type="bool or null", doc="verify the answer (null: whenever `finetune.enabled`)")
+    oracle: dict[str, Any] | None = _field(
+        type="mapping or null",
+        doc="the oracle, as `finetune.oracle` (null: `finetune.oracle`; give one when the fine-tune "
+            "loop is off)")
+    mode: str = _field("relax", type="`relax` or `single_point`",
+                       doc="relax each structure with the oracle (cell and atoms, at its pressure), or "
+                           "one oracle single point at the model's structure (cheaper, less exact)")
+    top_k: int = _field(5, type="int ≥ 1", doc="structures verified per composition and pressure, the "
+                                              "model's lowest first")
+    window: float = _field(
+        0.03, type="number ≥ 0",
+        doc="eV/atom: every unique structure this close to the model's hull (one composition: to its "
+            "lowest) is verified too")
+    optimizer: str = _field("bfgs", type="`bfgs`, `fire` or `lbfgs`",
+                            doc="ASE optimizer of the oracle relaxations (through `FrechetCellFilter`)")
+    fmax: float = _field(0.05, type="number > 0", doc="oracle relaxations converge at this force, eV/Å")
+    max_steps: int = _field(100, type="int ≥ 1", doc="oracle calls per relaxation at most")
+    after_iterations: bool = _field(
+        True, type="bool",
+        doc="with the fine-tune loop: verify before its first iteration and after each one that "
+            "trains (needed for the ranking stop rule)")
+    train_frames: int = _field(
+        3, type="int ≥ 0",
+        doc="oracle frames of each verification that join the next fine-tune iteration's data (its "
+            "first, the model's structure, and its last, the oracle's minimum, first; no extra "
+            "oracle calls)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -280,7 +332,19 @@ class Campaign:
     parallel: ParallelSpec = _field(factory=ParallelSpec, type="section",
                                     doc="MPI runs: who relaxes, batch size, threads")
     finetune: FinetuneSpec = _field(factory=FinetuneSpec, type="section",
-                                    doc="reserved for the fine-tune loop")
+                                    doc="the DP-GEN-style fine-tune loop")
+    verify: VerifySpec = _field(factory=VerifySpec, type="section",
+                                doc="oracle verification of the answer")
+
+    @property
+    def verify_enabled(self) -> bool:
+        """Whether the answer is verified (``verify.enabled``, or by default with the loop)."""
+        return self.finetune.enabled if self.verify.enabled is None else self.verify.enabled
+
+    @property
+    def verify_oracle(self) -> dict[str, Any]:
+        """The oracle that verifies the answer (``verify.oracle``, else ``finetune.oracle``)."""
+        return dict(self.verify.oracle if self.verify.oracle is not None else self.finetune.oracle)
 
     @property
     def output_dir(self) -> str:
@@ -314,7 +378,16 @@ class Campaign:
             f"fmax {self.relax.fmax:g} eV/Å, {self.relax.max_steps} steps",
             f"  seed: {self.seed if self.seed is not None else 'fresh'}; output: {self.output_dir}",
             *([self._finetune_line()] if self.finetune.enabled else []),
+            *([self._verify_line()] if self.verify_enabled else []),
         ])
+
+    def _verify_line(self) -> str:
+        v, oracle = self.verify, self.verify_oracle
+        name = oracle.get("calculator") or f"command {oracle.get('command')!r}"
+        return (f"  verify: the top {v.top_k} per composition and pressure (and all within {v.window:g} eV/atom "
+                f"of the hull) by {name}, {v.mode.replace('_', ' ')}"
+                + (", before and after each fine-tune iteration" if self.finetune.enabled and v.after_iterations
+                   else "") + ", and at the end")
 
     def _finetune_line(self) -> str:
         f = self.finetune
@@ -322,13 +395,15 @@ class Campaign:
         return (f"  fine-tune: every {f.every} generation(s), committee {f.committee}, trust "
                 f"{f.trust_lo:g}-{f.trust_hi:g} eV/Å, at most {f.max_labels} labels per iteration by "
                 f"{oracle}, "
-                f"until {f.conv_accuracy:g} accurate or {f.max_iterations} iterations")
+                f"until {f.conv_accuracy:g} accurate"
+                + (" and the verified ranking stable" if self.verify_enabled and self.verify.after_iterations else "")
+                + f", at most {f.max_iterations} iterations")
 
 
 SECTIONS: dict[str, type] = {
     "system": SystemSpec, "generators[]": GeneratorSpec, "model": ModelSpec, "relax": RelaxSpec,
     "dedupe": DedupeSpec, "stop": StopSpec, "report": ReportSpec, "parallel": ParallelSpec,
-    "finetune": FinetuneSpec,
+    "finetune": FinetuneSpec, "verify": VerifySpec,
 }
 
 
@@ -714,15 +789,41 @@ def _parse_parallel(raw: Any) -> ParallelSpec:
     )
 
 
-def _parse_finetune(raw: Any) -> FinetuneSpec:
-    d = _keys(raw, FinetuneSpec, "finetune")
-    fd = FinetuneSpec()
-    oracle = d.get("oracle", fd.oracle)
+def _parse_oracle(oracle: Any, field: str) -> dict[str, Any]:
     if isinstance(oracle, str):  # a calculator name
         oracle = {"calculator": oracle}
     if not isinstance(oracle, Mapping) or not ({"calculator", "command"} & set(oracle)):
-        raise SetupError("finetune.oracle", f"give {{calculator: NAME, options: {{...}}}} or {{command: ..., "
-                                            f"output: FORMAT}}, got {oracle!r}")
+        raise SetupError(field, f"give {{calculator: NAME, options: {{...}}}} or {{command: ..., "
+                                f"output: FORMAT}}, got {oracle!r}")
+    if "options" in oracle and not isinstance(oracle["options"], Mapping):
+        raise SetupError(f"{field}.options", f"must be a mapping of option names to values, got "
+                                             f"{oracle['options']!r}")
+    return dict(oracle)
+
+
+def _parse_verify(raw: Any) -> VerifySpec:
+    d = _keys(raw, VerifySpec, "verify")
+    vd = VerifySpec()
+    enabled = d.get("enabled")
+    oracle = d.get("oracle")
+    return VerifySpec(
+        enabled=None if enabled is None else _bool(enabled, "verify.enabled"),
+        oracle=None if oracle is None else _parse_oracle(oracle, "verify.oracle"),
+        mode=_str(d.get("mode", vd.mode), "verify.mode", choices=("relax", "single_point")),
+        top_k=_int(d.get("top_k", vd.top_k), "verify.top_k", 1),
+        window=_float(d.get("window", vd.window), "verify.window", nonneg=True),
+        optimizer=_str(d.get("optimizer", vd.optimizer), "verify.optimizer", choices=("bfgs", "fire", "lbfgs")),
+        fmax=_float(d.get("fmax", vd.fmax), "verify.fmax", positive=True),
+        max_steps=_int(d.get("max_steps", vd.max_steps), "verify.max_steps", 1),
+        after_iterations=_bool(d.get("after_iterations", vd.after_iterations), "verify.after_iterations"),
+        train_frames=_int(d.get("train_frames", vd.train_frames), "verify.train_frames", 0),
+    )
+
+
+def _parse_finetune(raw: Any) -> FinetuneSpec:
+    d = _keys(raw, FinetuneSpec, "finetune")
+    fd = FinetuneSpec()
+    oracle = _parse_oracle(d.get("oracle", fd.oracle), "finetune.oracle")
     ft = FinetuneSpec(
         enabled=_bool(d.get("enabled", fd.enabled), "finetune.enabled"),
         every=_int(d.get("every", fd.every), "finetune.every", 1),
@@ -741,6 +842,9 @@ def _parse_finetune(raw: Any) -> FinetuneSpec:
                              positive=True),
         rerelax=_int(d.get("rerelax", fd.rerelax), "finetune.rerelax", 0),
         snapshot_every=_int(d.get("snapshot_every", fd.snapshot_every), "finetune.snapshot_every", 1),
+        minimum_frames=_int(d.get("minimum_frames", fd.minimum_frames), "finetune.minimum_frames", 0),
+        diversity=_str(d.get("diversity", fd.diversity), "finetune.diversity",
+                       choices=("bootstrap", "seeds", "fresh_head")),
     )
     if ft.trust_hi <= ft.trust_lo:
         raise SetupError("finetune.trust_hi", f"must be above trust_lo ({ft.trust_lo}), got {ft.trust_hi}")
@@ -794,11 +898,16 @@ def parse_campaign(raw: Any, source: str = "<campaign>", base_dir: str | None = 
         report=_parse_report(d.get("report")),
         parallel=_parse_parallel(d.get("parallel")),
         finetune=_parse_finetune(d.get("finetune")),
+        verify=_parse_verify(d.get("verify")),
     )
     if camp.finetune.enabled and camp.model.backend not in ("chgnet", "deepmd"):
         raise SetupError("finetune.enabled", f"the fine-tune loop trains chgnet or deepmd models, not "
                                              f"{camp.model.backend}; set model.backend, or finetune.enabled: "
                                              "false")
+    if camp.verify.enabled and camp.verify.oracle is None and not camp.finetune.enabled \
+            and "oracle" not in (d.get("finetune") or {}):
+        raise SetupError("verify.oracle", "verification needs an oracle: give verify.oracle (e.g. {calculator: "
+                                          "gpaw, options: {...}}), or set verify.enabled: false")
     if camp.finetune.enabled and camp.model.backend == "deepmd" and not str(camp.model.path).endswith(".pt"):
         raise SetupError("model.path", "fine-tuning a deepmd model starts from its .pt checkpoint, "
                                        f"not {camp.model.path}")

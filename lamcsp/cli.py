@@ -125,6 +125,29 @@ def build_parser() -> argparse.ArgumentParser:
                     help="report directory (default RUN/report)")
     rp.set_defaults(func=cmd_report)
 
+    vf = sub.add_parser(
+        "verify",
+        help="check a run's answer with an oracle (DFT): its best structures, re-relaxed",
+        description="Relax the best unique structures of every composition and pressure of RUN (the "
+        "model's top K, and all within WINDOW eV/atom of its hull) with an oracle, store them as rows "
+        "role=verify beside the model's enthalpies, and rewrite the report: per composition the "
+        "model's ranking against the oracle's and the answer (the oracle's lowest). Structures this "
+        "oracle verified before are not verified again; a killed verification resumes from its "
+        "journal. The oracle and the settings default to the run's campaign (its `verify` section, "
+        "else its `finetune.oracle`). Works under mpiexec (the oracle runs on every rank).",
+    )
+    vf.add_argument("run", metavar="RUN", help="run directory")
+    vf.add_argument("--oracle", default=None, metavar="SPEC",
+                    help="an ASE calculator name (emt, gpaw...), a YAML/JSON mapping such as "
+                         "'{calculator: gpaw, options: {mode: {name: pw, ecut: 400}, xc: PBE}}', or a YAML file")
+    vf.add_argument("--top-k", type=_positive(int, "--top-k"), default=None, metavar="K")
+    vf.add_argument("--window", type=float, default=None, metavar="EV", help="eV/atom above the model's hull")
+    vf.add_argument("--mode", choices=["relax", "single_point"], default=None)
+    vf.add_argument("--fmax", type=_positive(float, "--fmax"), default=None, help="eV/Å (relax)")
+    vf.add_argument("--max-steps", type=_positive(int, "--max-steps"), default=None, help="oracle calls per relaxation")
+    vf.add_argument("--quiet", action="store_true", help="no progress lines")
+    vf.set_defaults(func=cmd_verify)
+
     ex = sub.add_parser(
         "export",
         help="write the best structures of a run as files",
@@ -290,6 +313,29 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    from lamcsp.parallel import MPIExecutor, mpi_world, worker_main
+    from lamcsp.verify import verify_run
+
+    comm = mpi_world()
+    if comm is not None and comm.Get_rank() != 0:
+        return worker_main(comm)
+    executor = MPIExecutor(comm) if comm is not None else None
+    try:
+        out = verify_run(args.run, oracle=args.oracle, top_k=args.top_k, window=args.window, mode=args.mode,
+                         fmax=args.fmax, max_steps=args.max_steps, executor=executor,
+                         progress=None if args.quiet else lambda text: print(text, file=sys.stderr, flush=True))
+    finally:
+        if executor is not None:
+            executor.close()
+    for label, c in out.items():
+        tau = "-" if c.kendall_tau is None else f"{c.kendall_tau:.2f}"
+        print(f"{label}: the model's top-1 {'agrees' if c.top1_agree else 'DISAGREES'} with the oracle "
+              f"(Kendall tau {tau}, largest error {1000 * c.max_error:.1f} meV/atom); answer: row {c.answer}")
+    print(f"report: {args.run}/report/report.html")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from lamcsp.report import write_report
 
@@ -349,10 +395,10 @@ def cmd_relax(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command != "search":
+    if args.command not in ("search", "verify"):
         from lamcsp.parallel import launcher_rank
 
-        if launcher_rank() != 0:  # under mpiexec only `search` uses the other ranks
+        if launcher_rank() != 0:  # under mpiexec only `search` and `verify` use the other ranks
             return 0
     try:
         return int(args.func(args) or 0)

@@ -7,10 +7,12 @@ One iteration, for one chemical system (``FinetuneLoop`` ties them together)::
       -> classify: accurate (< lo), candidate ([lo, hi)), failed (>= hi)
       -> select: candidates + lowest-enthalpy hits in a window, cleaned, at most max_labels,
          diverse by fingerprint (farthest-point order)
-      -> label (oracle: an ASE calculator by name, or a command whose output dpdata reads),
-         through the executor's ``map`` (in parallel, under MPI too); a failure is retried once
-      -> data (dpdata deepmd/npy + extxyz with provenance, per system and iteration)
-      -> fine-tune K models (the backend's trainer) -> registry -> the search goes on
+      -> label (lamcsp.oracle: an ASE calculator by name, or a command whose output dpdata
+         reads), through the executor's ``map`` (in parallel, under MPI too); a failure is
+         retried once; each label journaled (labels.jsonl) the moment it returns
+      -> data (dpdata deepmd/npy + extxyz with provenance, per system and iteration), with the
+         verification's oracle frames (free labels)
+      -> fine-tune K models (lamcsp.trainers) -> registry -> the search goes on
 
 DP-GEN's deviation: for each atom the root-mean-square distance of the K force vectors from
 their mean, ``sqrt(mean_k |f_k - <f>|^2)``; ``max_devi_f`` is its maximum over atoms. The energy
@@ -22,10 +24,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shlex
-import subprocess
-import tempfile
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from lamcsp.errors import SetupError
+from lamcsp.faults import fault
 
 # -------------------------------------------------------------------------------- committee
 
@@ -179,6 +178,7 @@ def select(
     already: set[int] | None = None,
     excess: Sequence[float] | None = None,
     max_energy: float | None = None,
+    near_minimum: set[int] | None = None,
 ) -> Selection:
     """DP-GEN's selection plus CSP's low-enthalpy hits.
 
@@ -189,9 +189,11 @@ def select(
     are not labelled again; an uncertain frame whose ``excess`` (enthalpy per atom above the
     best hit of its composition and pressure, by the committee) is over ``max_energy`` is left
     out: far up the slope of a random start, it says little about the basins the search keeps.
-    Without a committee (the first iteration) every relaxed hit may be selected (the initial
-    data), the low-enthalpy ones first. Frames that fail :func:`sane` are cleaned
-    out first. If more than ``max_labels`` remain, the low-enthalpy hits come first, then the
+    ``near_minimum`` (relaxation frames close to a low-enthalpy hit's minimum) are selected with
+    the low-enthalpy hits, whatever the committee says: the energy differences between the
+    competitors decide the ranking. Without a committee (the first iteration) every relaxed hit
+    may be selected (the initial data), the low-enthalpy ones first. Frames that fail
+    :func:`sane` are cleaned out first. If more than ``max_labels`` remain, the low-enthalpy hits come first, then the
     rest in farthest-point order of ``fingerprints`` (diverse), else by decreasing deviation.
     """
     n = len(structures)
@@ -199,6 +201,7 @@ def select(
     H = np.asarray(enthalpy, dtype=float)
     hmin = np.nanmin(H) if n else 0.0
     low = [i for i in range(n) if np.isfinite(H[i]) and H[i] <= hmin + window]
+    low += sorted(set(near_minimum or ()) - set(low))
     if deviation is not None:
         d = deviation.max_devi_f
         uncertain = [i for i in range(n) if lo <= d[i] < hi]
@@ -213,7 +216,7 @@ def select(
         # initial data), the lowest first, then the most diverse, up to max_labels
         uncertain = [i for i in range(n) if np.isfinite(H[i])]
     picked = []
-    for i in sorted(set(low) | set(uncertain), key=lambda i: (i not in low, H[i])):
+    for i in sorted(set(low) | set(uncertain), key=lambda i: (i not in low, np.isnan(H[i]), np.nan_to_num(H[i]), i)):
         if already and i in already:
             reasons[i] = "labelled before"
             continue
@@ -246,130 +249,7 @@ def select(
     return Selection(picked, reasons, fractions)
 
 
-# -------------------------------------------------------------------------------- labelling
-
-
-class LabelTask:
-    """The labelling task of an executor: items ``{"atoms": atoms_to_dict(a)}``, results
-    ``{"ok", "energy", "forces", "stress", "error", "attempts", "seconds", "rank"}``.
-
-    Spec: ``{"calculator": NAME, "options": {...}}`` (any ASE calculator by name, as the
-    ``ase`` model backend takes it: emt, gpaw, vasp, espresso, abacus, cp2k, ...), or
-    ``{"command": "mpirun -n 4 vasp_std", "input": "vasp", "output": "vasp/outcar",
-    "output_file": "OUTCAR"}`` (the structure written with ASE in the ``input`` format in a fresh
-    folder, the command run there, the output read with dpdata's ``output`` format). A label
-    that raises (or whose command fails) is retried once, then reported failed with its reason.
-    """
-
-    def __init__(self, spec: dict[str, Any], worker: Any = None):
-        self.spec = dict(spec)
-        self.retries = int(spec.get("retries", 1))
-        if "calculator" in spec:
-            from lamcsp.potentials.ase_calc import make_ase_calculator
-
-            self._calc = make_ase_calculator(spec["calculator"], field="finetune.oracle",
-                                             **spec.get("options", {}))
-        elif "command" in spec:
-            self._calc = None
-        else:
-            raise SetupError("finetune.oracle", "an oracle needs `calculator: NAME` or `command: ...`")
-
-    def __call__(self, items: Sequence[dict[str, Any]], emit: Callable[[int, Any], None]) -> None:
-        from lamcsp.relax.relaxer import atoms_from_dict
-
-        for j, item in enumerate(items):
-            atoms = atoms_from_dict(item["atoms"])
-            t0 = time.perf_counter()
-            errors = []
-            result: dict[str, Any] = {"ok": False}
-            for attempt in range(1, self.retries + 2):
-                try:
-                    e, f, s = self._label(atoms)
-                    result = {
-                        "ok": True,
-                        "energy": e,
-                        "forces": f.tolist(),
-                        "stress": s.tolist(),
-                        "attempts": attempt,
-                    }
-                    break
-                except Exception as exc:  # noqa: BLE001 - any oracle failure is recorded
-                    errors.append(f"{type(exc).__name__}: {exc}")
-            if not result["ok"]:
-                result = {"ok": False, "error": " | ".join(errors)[:500], "attempts": self.retries + 1}
-            result["seconds"] = time.perf_counter() - t0
-            result["rank"] = int(os.environ.get("LAMCSP_RANK", "0"))
-            emit(j, result)
-
-    def _label(self, atoms: Any) -> tuple[float, np.ndarray, np.ndarray]:
-        if self._calc is not None:
-            a = atoms.copy()
-            a.calc = self._calc
-            e = float(a.get_potential_energy())
-            f = np.asarray(a.get_forces(), dtype=float)
-            s = np.asarray(a.get_stress(voigt=False), dtype=float)
-            if not (np.isfinite(e) and np.all(np.isfinite(f)) and np.all(np.isfinite(s))):
-                raise ValueError("non-finite energy, forces or stress")
-            return e, f, s
-        return self._run_command(atoms)
-
-    def _run_command(self, atoms: Any) -> tuple[float, np.ndarray, np.ndarray]:
-        import ase.io
-        import dpdata
-
-        spec = self.spec
-        base = spec.get("workdir")
-        with tempfile.TemporaryDirectory(prefix="lamcsp-label-", dir=base) as tmp:
-            fmt = spec.get("input", "vasp")
-            name = {"vasp": "POSCAR", "espresso-in": "pw.in", "cif": "input.cif"}.get(fmt, "input")
-            ase.io.write(os.path.join(tmp, spec.get("input_file", name)), atoms, format=fmt)
-            rc = subprocess.run(
-                spec["command"] if spec.get("shell", True) else shlex.split(spec["command"]),
-                shell=spec.get("shell", True),
-                cwd=tmp,
-                capture_output=True,
-                text=True,
-                timeout=spec.get("timeout"),
-            )
-            if rc.returncode:
-                raise RuntimeError(f"exit {rc.returncode}: {rc.stderr.strip()[-300:]}")
-            out = os.path.join(tmp, spec.get("output_file", "OUTCAR"))
-            system = dpdata.LabeledSystem(out, fmt=spec.get("output", "vasp/outcar"))
-            e = float(system["energies"][-1])
-            f = np.asarray(system["forces"][-1], dtype=float)
-            vir = (
-                np.asarray(system["virials"][-1], dtype=float)
-                if "virials" in system.data
-                else np.zeros((3, 3))
-            )
-            return e, f, -vir / atoms.get_volume()
-
-
-def label_task(oracle: dict[str, Any]) -> Any:
-    """The executor task of an oracle spec (see :class:`LabelTask`)."""
-    from lamcsp.parallel import Task
-
-    return Task("lamcsp.finetune:LabelTask", dict(oracle))
-
-
 # -------------------------------------------------------------------------------- data
-
-
-def labelled_atoms(atoms: Any, label: dict[str, Any], **info: Any) -> Any:
-    """``atoms`` with the oracle's energy, forces and stress as single-point results and the
-    provenance in ``atoms.info``."""
-    from ase.calculators.singlepoint import SinglePointCalculator
-    from ase.stress import full_3x3_to_voigt_6_stress
-
-    a = atoms.copy()
-    a.info = {k: v for k, v in info.items() if v is not None}
-    a.calc = SinglePointCalculator(
-        a,
-        energy=float(label["energy"]),
-        forces=np.asarray(label["forces"]),
-        stress=full_3x3_to_voigt_6_stress(np.asarray(label["stress"])),
-    )
-    return a
 
 
 class Dataset:
@@ -390,8 +270,11 @@ class Dataset:
 
         from lamcsp.potentials.deepmd import write_frames
 
+        import shutil
+
         d = self.iteration_dir(it)
         d.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(d / "npy", ignore_errors=True)  # an interrupted earlier write of this iteration
         tmp = d / "frames.extxyz.tmp"
         ase.io.write(tmp, list(frames), format="extxyz")
         systems = write_frames(frames, d / "npy", self.type_map) if frames else []
@@ -426,13 +309,35 @@ class Dataset:
 class ModelRegistry:
     """The models of one chemical system (``run/finetune/models.json``): per iteration the
     committee's model files, the parent, the data it was trained on, and its errors against the
-    oracle on that iteration's labels."""
+    oracle on that iteration's labels. Paths are stored relative to the registry's folder (a
+    moved run folder resumes) and returned absolute."""
+
+    PATHS = ("models", "parent", "data")
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        self.root = self.path.parent.absolute()
         self.entries: list[dict[str, Any]] = json.loads(self.path.read_text()) if self.path.is_file() else []
 
+    def _map(self, entry: dict[str, Any], fn: Callable[[str], str]) -> dict[str, Any]:
+        out = dict(entry)
+        for key in self.PATHS:
+            if out.get(key) is not None:
+                out[key] = [fn(str(p)) for p in out[key]]
+        return out
+
+    def _relative(self, path: str) -> str:
+        p = Path(path)
+        try:
+            return p.absolute().relative_to(self.root).as_posix() if p.is_absolute() else path
+        except ValueError:  # outside the run (a user's model): kept as given
+            return path
+
+    def _absolute(self, path: str) -> str:
+        return path if Path(path).is_absolute() else str(self.root / path)
+
     def add(self, entry: dict[str, Any]) -> None:
+        entry = self._map(entry, self._relative)
         self.entries = [e for e in self.entries if e["iteration"] != entry["iteration"]] + [entry]
         self.entries.sort(key=lambda e: e["iteration"])
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -440,8 +345,10 @@ class ModelRegistry:
         tmp.write_text(json.dumps(self.entries, indent=1, default=str))
         os.replace(tmp, self.path)
 
-    def latest(self) -> dict[str, Any] | None:
-        return self.entries[-1] if self.entries else None
+    def latest(self, before: int | None = None) -> dict[str, Any] | None:
+        """The last entry (with absolute paths), or the last of the iterations before ``before``."""
+        entries = [e for e in self.entries if before is None or e["iteration"] < before]
+        return self._map(entries[-1], self._absolute) if entries else None
 
 
 def _excess(structures: Sequence[Any], energy: np.ndarray, enthalpy: Sequence[float],
@@ -469,176 +376,30 @@ def force_rmse(predicted: Sequence[np.ndarray], reference: Sequence[np.ndarray])
     return float(np.sqrt(np.mean((p - r) ** 2))) if len(p) else float("nan")
 
 
-# -------------------------------------------------------------------------------- trainers
-
-
-class DeePMDTrainer:
-    """Fine-tunes a DeePMD-kit model into K committee members (seeds 1..K), through
-    :func:`lamcsp.potentials.deepmd.finetune`: the first iteration fine-tunes the pretrained
-    checkpoint (``--finetune``, ``--model-branch HEAD`` for a multi-head model), later ones
-    continue each member from its last checkpoint (``--init-model``) on all data so far."""
-
-    backend = "deepmd"
-
-    def __init__(
-        self,
-        model: str | os.PathLike,
-        head: str | None = None,
-        *,
-        steps: int = 1000,
-        learning_rate: tuple[float, float] = (1e-3, 1e-5),
-        threads: int | None = None,
-    ):
-        self.model = Path(model)
-        self.head = head
-        self.steps = steps
-        self.learning_rate = learning_rate
-        self.threads = threads
-
-    def train(
-        self, systems: Sequence[Path], workdir: Path, members: int, parents: Sequence[str] | None = None
-    ) -> list[str]:
-        from lamcsp.potentials.deepmd import finetune
-
-        out = []
-        for k in range(members):
-            work = workdir / f"member-{k}"
-            if parents:
-                start = Path(parents[k]).parent / "model.ckpt.pt"
-                finetune(
-                    start,
-                    systems,
-                    work,
-                    init=True,
-                    steps=self.steps,
-                    seed=k + 1,
-                    learning_rate=self.learning_rate,
-                    threads=self.threads,
-                )
-            else:
-                finetune(
-                    self.model,
-                    systems,
-                    work,
-                    head=self.head,
-                    steps=self.steps,
-                    seed=k + 1,
-                    learning_rate=self.learning_rate,
-                    threads=self.threads,
-                )
-            out.append(str(work / "model.pth"))
-        return out
-
-    def spec(self, path: str) -> dict[str, Any]:
-        """The campaign ``model`` section of a trained member."""
-        return {"backend": "deepmd", "path": path, "head": None}
-
-
-class CHGNetTrainer:
-    """Fine-tunes CHGNet (its own ``chgnet.trainer.Trainer``, energy + forces + stress and the
-    composition model, from the pretrained weights each iteration, on all data so far) into K
-    members with torch and data seeds 1..K, member k > 0 on a bootstrap resample of the frames;
-    each member is saved with ``torch.save(model.as_dict())``, which the ``chgnet``
-    backend loads as ``chgnet:PATH``."""
-
-    backend = "chgnet"
-
-    def __init__(self, model: str = "0.3.0", *, epochs: int = 30, learning_rate: float = 3e-4,
-                 batch_size: int = 8, stress_loss_ratio: float = 0.1, device: str | None = None):
-        self.model = model
-        self.epochs = epochs
-        self.learning_rate = learning_rate
-        self.device = device  # None: CHGNet picks (a GPU when there is one)
-        self.stress_loss_ratio = stress_loss_ratio
-        self.batch_size = batch_size
-
-    def train(
-        self, frames: Sequence[Any], workdir: Path, members: int, parents: Sequence[str] | None = None
-    ) -> list[str]:
-        import contextlib
-        import io
-
-        import torch
-        from chgnet.data.dataset import StructureData, collate_graphs
-        from chgnet.trainer import Trainer
-        from pymatgen.io.ase import AseAtomsAdaptor
-        from torch.utils.data import DataLoader
-
-        from lamcsp.potentials.chgnet import GPA_PER_EV_A3, _load_chgnet
-
-        structures = [AseAtomsAdaptor.get_structure(a) for a in frames]
-        energies = [a.get_potential_energy() / len(a) for a in frames]
-        forces = [a.get_forces().tolist() for a in frames]
-        # CHGNet's StructureData takes VASP's stress (kBar, compressive positive) and converts it
-        # with x(-0.1) to its own GPa, which is ASE's sign convention: so -10 x ASE's in GPa
-        stresses = [(-10.0 * GPA_PER_EV_A3 * a.get_stress(voigt=False)).tolist() for a in frames]
-        out = []
-        for k in range(members):
-            work = workdir / f"member-{k}"
-            work.mkdir(parents=True, exist_ok=True)
-            net, _ = _load_chgnet(self.model)
-            log = io.StringIO()
-            with contextlib.redirect_stdout(log):
-                data = StructureData(structures, energies, forces, stresses=stresses, shuffle=False)
-
-            # bagging: member k trains on its own bootstrap resample of the frames (member 0 on
-            # all of them), so members disagree where the data is thin
-            rng = np.random.default_rng(k + 1)
-            idx = np.arange(len(frames)) if k == 0 else rng.integers(0, len(frames), len(frames))
-            g = torch.Generator().manual_seed(k + 1)
-            loader = DataLoader(torch.utils.data.Subset(data, idx.tolist()), batch_size=self.batch_size,
-                                shuffle=True, collate_fn=collate_graphs, generator=g)
-            trainer = Trainer(
-                model=net,
-                targets="efs",
-                stress_loss_ratio=self.stress_loss_ratio,
-                optimizer="Adam",
-                scheduler="CosLR",
-                criterion="MSE",
-                epochs=self.epochs,
-                learning_rate=self.learning_rate,
-                use_device=self.device,
-                torch_seed=k + 1,
-                data_seed=k + 1,
-                print_freq=10**6,
-            )
-            with contextlib.redirect_stdout(log):
-                _refit_atom_ref(net, structures, energies)
-                trainer.train(loader, loader, save_dir=str(work), train_composition_model=False)
-            (work / "train.log").write_text(log.getvalue())
-            path = work / "model.pt"
-            torch.save(trainer.model.as_dict(), path)
-            out.append(str(path))
-        return out
-
-    def spec(self, path: str) -> dict[str, Any]:
-        return {"backend": "chgnet", "path": path, "head": None}
-
-
-def _refit_atom_ref(net: Any, structures: Sequence[Any], energies: Sequence[float]) -> None:
-    """Shift CHGNet's per-element reference energies (its composition model, energy per atom
-    linear in the element fractions) by the least-squares fit of the oracle's energies minus
-    the model's: the oracle's energy zero is not the pretrained data's (another functional, a
-    pseudopotential set, or EMT), and training the network on that offset would wreck it."""
-    import torch
-
-    pred = net.predict_structure(list(structures), task="e", batch_size=16)
-    pred = pred if isinstance(pred, list) else [pred]
-    residual = np.asarray(energies, dtype=float) - np.array([float(p["e"]) for p in pred])
-    zs = sorted({site.specie.Z for s in structures for site in s})
-    X = np.array([[sum(1 for site in s if site.specie.Z == z) / len(s) for z in zs] for s in structures])
-    delta, *_ = np.linalg.lstsq(X, residual, rcond=None)
-    with torch.no_grad():
-        w = net.composition_model.fc.weight
-        for z, d in zip(zs, delta):
-            w[0, z - 1] += float(d)
-
-
 # -------------------------------------------------------------------------------- one iteration
 
 
 @dataclasses.dataclass
 class IterationResult:
+    """One iteration of the loop.
+
+    Attributes:
+        iteration: its number (0 first).
+        selected: structures selected for the oracle; ``labelled`` of them labelled (with the
+            ones journaled before a kill), ``failed_labels`` not; ``oracle_calls`` labels asked
+            of the oracle in this run of the iteration (0 when a resume found them journaled).
+        free_labels: oracle frames of the verification that joined the data (no oracle calls).
+        fractions: the committee's accurate / candidate / failed fractions.
+        errors_before: the committee in use against this iteration's labels (force and energy
+            RMSE).
+        committee_vs_error: the committee's deviation against its actual error on those labels
+            (:func:`deviation_against_error`).
+        models: the members trained (none when converged or nothing was labelled).
+        converged: the loop stops here.
+        stop_reason: why it stops (or ``""``).
+        failed: the labels that failed, with their reasons.
+    """
+
     iteration: int
     selected: int
     labelled: int
@@ -647,19 +408,63 @@ class IterationResult:
     errors_before: dict[str, float]
     models: list[str]
     converged: bool
+    oracle_calls: int = 0
+    free_labels: int = 0
+    committee_vs_error: dict[str, float] = dataclasses.field(default_factory=dict)
+    stop_reason: str = ""
+    failed: list[dict[str, str]] = dataclasses.field(default_factory=list)
+
+
+def deviation_against_error(devi_f: np.ndarray, error_f: np.ndarray, devi_e: np.ndarray, error_e: np.ndarray,
+                            lo: float) -> dict[str, float]:
+    """How well the committee's deviation tells its actual error, on oracle labels.
+
+    Args:
+        devi_f: DP-GEN's max force deviation per structure (eV/Å); ``error_f`` the committee's
+            actual max force error per structure against the oracle (eV/Å, mean force of the
+            members).
+        devi_e: energy deviation per atom (eV/atom); ``error_e`` the actual energy error per
+            atom (eV/atom).
+        lo: ``trust_lo``.
+
+    Returns:
+        ``n``; the means of each; ``spearman_f``, the rank correlation of deviation and error
+        (NaN for fewer than 3); ``error_over_devi_f``, the median of error / deviation (how much
+        the committee underestimates its error); ``agreed_while_wrong``, the fraction the
+        committee trusts (deviation < ``lo``) whose actual error is above ``lo``.
+    """
+    from scipy.stats import spearmanr
+
+    n = len(devi_f)
+    if n == 0:
+        return {"n": 0}
+    rho = float(spearmanr(devi_f, error_f).statistic) if n >= 3 else float("nan")
+    trusted = devi_f < lo
+    return {
+        "n": n, "mean_devi_f": float(np.mean(devi_f)), "mean_error_f": float(np.mean(error_f)),
+        "mean_devi_e": float(np.mean(devi_e)), "mean_error_e": float(np.mean(error_e)),
+        "spearman_f": rho if np.isfinite(rho) else float("nan"),
+        "error_over_devi_f": float(np.median(error_f / np.maximum(devi_f, 1e-12))),
+        "agreed_while_wrong": float(np.sum(trusted & (error_f > lo)) / n),
+    }
 
 
 class FinetuneLoop:
     """The fine-tune loop of one chemical system: iterations of select -> label -> train.
 
+    Every oracle label is appended to ``labels.jsonl`` (:class:`~lamcsp.oracle.Journal`) the
+    moment it returns; an iteration interrupted by a kill is run again on ``--resume``: the
+    labels it journaled are reused (not asked again), the members it saved are not trained
+    again (:mod:`lamcsp.trainers`). The iteration's log entry (``iterations.json``) is written
+    last, by :meth:`finish`.
+
     Args:
         root: its folder (``run/finetune``; a campaign is one chemical system): ``data/``,
-            ``models/iter-NNN/``, ``models.json``, ``iterations.json``.
+            ``models/iter-NNN/``, ``models.json``, ``labels.jsonl``, ``iterations.json``.
         type_map: the elements of the system (the data's type map).
         executor: runs the labelling (``map``): serial, or MPI ranks.
-        oracle: the labeller spec (:class:`LabelTask`).
-        trainer: :class:`DeePMDTrainer`, :class:`CHGNetTrainer`, or anything with
-            ``train(data, workdir, members, parents) -> [model paths]`` and ``backend``.
+        oracle: the oracle spec (:mod:`lamcsp.oracle`).
+        trainer: a trainer of :mod:`lamcsp.trainers` (``train``, ``backend``, ``spec``).
         make_potential: model path -> Potential (the committee members).
         members: committee size K.
         lo, hi, window, max_labels, conv_accuracy, max_iterations, max_energy: as the
@@ -684,11 +489,15 @@ class FinetuneLoop:
         max_iterations: int = 5,
         max_energy: float | None = 1.0,
     ):
-        self.root = Path(root).absolute()  # model paths in the registry are absolute
+        from lamcsp.oracle import Journal, oracle_id
+
+        self.root = Path(root).absolute()
         self.data = Dataset(self.root / "data", type_map)
         self.registry = ModelRegistry(self.root / "models.json")
+        self.labels = Journal(self.root / "labels.jsonl")
         self.executor = executor
         self.oracle = dict(oracle)
+        self.oracle_id = oracle_id(self.oracle)
         self.trainer = trainer
         self.make_potential = make_potential
         self.members = members
@@ -710,11 +519,16 @@ class FinetuneLoop:
     def done(self) -> bool:
         return bool(self.log and self.log[-1]["converged"]) or self.iteration >= self.max_iterations
 
-    def committee(self) -> Committee | None:
-        latest = self.registry.latest()
+    def committee(self, before: int | None = None) -> Committee | None:
+        """The committee of the last iteration before ``before`` (default: the next one)."""
+        latest = self.registry.latest(before=self.iteration if before is None else before)
         if not latest:
             return None
         return Committee([self.make_potential(p) for p in latest["models"]])
+
+    def journaled(self) -> dict[str, dict[str, Any]]:
+        """The labels journaled so far by this loop's oracle, by source."""
+        return {str(r["source"]): r for r in self.labels.read() if r.get("oracle") == self.oracle_id}
 
     def step(
         self,
@@ -723,85 +537,119 @@ class FinetuneLoop:
         sources: Sequence[str],
         fingerprints: np.ndarray | None = None,
         pressures: Sequence[float] | None = None,
+        *,
+        near_minimum: Sequence[int] = (),
+        free: Sequence[tuple[str, Any]] = (),
+        ranking_stable: bool | None = None,
     ) -> IterationResult:
         """One iteration on the search's candidates (relaxed hits, ``enthalpy`` finite, and
         relaxation frames, NaN; ``sources`` name them, ``pressures`` in GPa): select, label
-        through the executor, store the data, train the committee, register it. A source
-        labelled in an earlier iteration is not labelled again."""
+        through the executor (each label journaled as it returns), store the data, train the
+        committee, register it. The log entry is written by :meth:`finish`.
+
+        Args:
+            near_minimum: frames near a low-enthalpy hit's minimum, selected with the hits.
+            free: ``(source, labelled atoms)`` already labelled by this oracle elsewhere (the
+                verification's oracle frames): they join this iteration's data at no cost.
+            ranking_stable: the verified top-k ranking is unchanged and the model's top-1 is
+                the oracle's (``None``: no verification, the committee alone decides). The loop
+                converges when the committee is accurate on ``conv_accuracy`` of the candidates
+                and this is not ``False``.
+        """
+        from lamcsp.oracle import frame_record, label_task
         from lamcsp.relax.relaxer import atoms_to_dict
 
         it = self.iteration
-        committee = self.committee()
+        committee = self.committee(before=it)
         deviation = committee.evaluate(structures) if committee is not None else None
-        done = {str(f.info.get("source")) for f in self.data.frames()}
+        journal = self.journaled()
+        earlier = {src for src, r in journal.items() if int(r["iteration"]) < it}
         excess = None
         if deviation is not None:
             excess = _excess(structures, deviation.energy, enthalpy, pressures)
-        sel = select(
-            structures,
-            deviation,
-            enthalpy,
-            lo=self.lo,
-            hi=self.hi,
-            window=self.window,
-            max_labels=self.max_labels,
-            fingerprints=fingerprints,
-            already={i for i, src in enumerate(sources) if src in done},
-            excess=excess,
-            max_energy=self.max_energy,
-        )
-        converged = committee is not None and sel.fractions["accurate"] >= self.conv_accuracy
+        sel = select(structures, deviation, enthalpy, lo=self.lo, hi=self.hi, window=self.window,
+                     max_labels=self.max_labels, fingerprints=fingerprints,
+                     already={i for i, src in enumerate(sources) if src in earlier}, excess=excess,
+                     max_energy=self.max_energy, near_minimum=set(near_minimum))
+        agree = committee is not None and sel.fractions["accurate"] >= self.conv_accuracy
+        converged = agree and ranking_stable is not False
+        reason = ""
+        if converged:
+            reason = ("the committee agrees" + (" and the verified ranking is stable" if ranking_stable else ""))
         chosen = [] if converged else sel.chosen
-        labels = self.executor.map(
-            label_task(self.oracle),
-            [{"atoms": atoms_to_dict(structures[i])} for i in chosen],
-            labels=[sources[i] for i in chosen],
-        )
-        frames, failed = [], []
-        for i, lab in zip(chosen, labels):
-            if lab and lab["ok"]:
-                frames.append(
-                    labelled_atoms(
-                        structures[i],
-                        lab,
-                        iteration=it,
-                        source=sources[i],
-                        oracle=json.dumps(self.oracle, sort_keys=True, default=str),
-                    )
-                )
+        todo = [i for i in chosen if sources[i] not in journal]
+
+        def got(j: int, lab: dict[str, Any]) -> None:
+            i = todo[j]
+            rec = {"source": sources[i], "iteration": it, "oracle": self.oracle_id, "kind": "select",
+                   "ok": bool(lab and lab.get("ok"))}
+            if rec["ok"]:
+                rec.update(frame_record(structures[i], lab["energy"], np.asarray(lab["forces"]), lab.get("stress")))
+                rec["seconds"] = lab.get("seconds")
             else:
-                failed.append({"source": sources[i], "error": (lab or {}).get("error", "no result")})
-        errors_before: dict[str, float] = {}
-        if frames and deviation is not None:  # the committee in use, against the oracle's new labels
-            pred = [deviation.forces[i] for i, lab in zip(chosen, labels) if lab and lab["ok"]]
-            errors_before["force_rmse"] = force_rmse(pred, [f.get_forces() for f in frames])
-            e_pred = np.array([deviation.energy[i] for i, lab in zip(chosen, labels) if lab and lab["ok"]])
-            e_ref = np.array([f.get_potential_energy() / len(f) for f in frames])
-            errors_before["energy_rmse_per_atom"] = float(np.sqrt(np.mean((e_pred - e_ref) ** 2)))
+                rec["error"] = (lab or {}).get("error", "no result")
+            self.labels.append(rec)
+            fault("label-stored")
+
+        if todo:
+            self.executor.map(label_task(self.oracle), [{"atoms": atoms_to_dict(structures[i])} for i in todo],
+                              got, labels=[sources[i] for i in todo])
+        if not converged:
+            known = self.journaled()
+            for src, atoms in free:
+                if src not in known:
+                    self.labels.append({"source": src, "iteration": it, "oracle": self.oracle_id, "kind": "verify",
+                                        "ok": True, **frame_record(atoms, atoms.get_potential_energy(),
+                                                                   atoms.get_forces(),
+                                                                   atoms.get_stress(voigt=False))})
+        mine = [r for r in self.journaled().values() if int(r["iteration"]) == it]
+        from lamcsp.oracle import record_atoms
+
+        oracle_text = json.dumps(self.oracle, sort_keys=True, default=str)
+        frames, failed, kinds = [], [], []
+        for r in mine:
+            if r["ok"]:
+                a = record_atoms(r)
+                a.info = {"iteration": it, "source": r["source"], "oracle": oracle_text, "kind": r["kind"]}
+                frames.append(a)
+                kinds.append(r["kind"])
+            else:
+                failed.append({"source": r["source"], "error": r.get("error", "")})
+        errors_before, vs_error = self._errors(committee, frames)
         models: list[str] = []
         if frames:
             self.data.add(it, frames)
-            latest = self.registry.latest()
+            parent = self.registry.latest(before=it)
             workdir = self.root / "models" / f"iter-{it:03d}"
             data = self.data.systems() if self.trainer.backend == "deepmd" else self.data.frames()
-            models = self.trainer.train(data, workdir, self.members, latest["models"] if latest else None)
-            self.registry.add(
-                {
-                    "iteration": it,
-                    "models": models,
-                    "parent": latest["models"] if latest else None,
-                    "data": [str(p) for p in self.data.systems()],
-                    "n_frames": len(self.data.frames()),
-                    "errors_before": errors_before,
-                    "backend": self.trainer.backend,
-                }
-            )
-        result = IterationResult(
-            it, len(chosen), len(frames), len(failed), sel.fractions, errors_before, models, converged
-        )
-        self.log.append({**dataclasses.asdict(result), "failed": failed})
+            models = self.trainer.train(data, workdir, self.members, parent["models"] if parent else None)
+            self.registry.add({"iteration": it, "models": models, "parent": parent["models"] if parent else None,
+                               "data": [str(p) for p in self.data.systems()], "n_frames": len(self.data.frames()),
+                               "errors_before": errors_before, "backend": self.trainer.backend})
+        return IterationResult(
+            iteration=it, selected=len(chosen), labelled=kinds.count("select"), failed_labels=len(failed),
+            fractions=sel.fractions, errors_before=errors_before, models=models, converged=converged,
+            oracle_calls=len(todo), free_labels=kinds.count("verify"), committee_vs_error=vs_error,
+            stop_reason=reason, failed=failed)
+
+    def _errors(self, committee: Committee | None, frames: list[Any]) -> tuple[dict[str, float], dict[str, float]]:
+        """The committee in use against this iteration's labels: force and energy RMSE, and its
+        deviation against its actual error (:func:`deviation_against_error`)."""
+        if committee is None or not frames:
+            return {}, {}
+        d = committee.evaluate(frames)
+        f_ref = [f.get_forces() for f in frames]
+        e_ref = np.array([f.get_potential_energy() / len(f) for f in frames])
+        err_f = np.array([np.linalg.norm(p - r, axis=1).max() for p, r in zip(d.forces, f_ref)])
+        err_e = np.abs(d.energy - e_ref)
+        before = {"force_rmse": force_rmse(d.forces, f_ref),
+                  "energy_rmse_per_atom": float(np.sqrt(np.mean((d.energy - e_ref) ** 2)))}
+        return before, deviation_against_error(d.max_devi_f, err_f, d.devi_e, err_e, self.lo)
+
+    def finish(self, result: IterationResult, **extra: Any) -> None:
+        """Write the iteration's log entry (the last thing an iteration does)."""
+        self.log.append({**dataclasses.asdict(result), **extra})
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.log_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.log, indent=1, default=float))
         os.replace(tmp, self.log_path)
-        return result

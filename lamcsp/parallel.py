@@ -177,15 +177,18 @@ class SerialExecutor:
     on_result, labels)`` does the same for any :class:`Task`.
     """
 
-    def __init__(self, potential: Potential, **relaxer_options: Any):
+    def __init__(self, potential: Potential | None, **relaxer_options: Any):
         from lamcsp.relax import Relaxer
 
-        self.relaxer = Relaxer(potential, **relaxer_options)
+        # no potential: an executor for other tasks only (``lamcsp verify``: the oracle's)
+        self.relaxer = Relaxer(potential, **relaxer_options) if potential is not None else None
         self._tasks: dict[str, Any] = {}
 
     def relax(self, structures: Sequence[Atoms], pressures: Sequence[float],
               on_result: Callable[[int, RelaxResult], None] | None = None,
               labels: Sequence[str] | None = None, max_steps: int | None = None) -> list[RelaxResult]:
+        if self.relaxer is None:
+            raise RuntimeError("this SerialExecutor has no potential to relax with")
         full = self.relaxer.max_steps
         if max_steps is not None:  # e.g. 0: one model call each, the starts' enthalpies (the prescreen)
             self.relaxer.max_steps = int(max_steps)

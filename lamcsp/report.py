@@ -444,8 +444,23 @@ def _convergence_doc(run: _Run) -> dict[str, Any]:
     return {"pressures": [{"pressure_gpa": p, "compositions": c} for p, c in sorted(pressures.items())]}
 
 
+def _verification_doc(run: _Run) -> list[dict[str, Any]]:
+    """The oracle's verification of the answer (:func:`lamcsp.verify.verification_doc`)."""
+    from lamcsp.verify import verification_doc
+
+    rows = []
+    for row in run.db.select(role="verify", include_data=False):
+        rows.append({"id": int(row.id), "of": int(row.get("of", 0)), "oracle": str(row.get("oracle", "")),
+                     "mode": str(row.get("mode", "")), "pressure": _pressure(row.pressure_gpa),
+                     "formula": str(row.formula), "natoms": int(row.natoms),
+                     "reduced_formula": str(row.get("reduced_formula") or reduced_formula(row.formula)),
+                     "enthalpy_per_atom": float(row.enthalpy_per_atom), "spacegroup": int(row.get("spacegroup", 0)),
+                     "status": str(row.status), "oracle_calls": int(row.get("oracle_calls", 0))})
+    return verification_doc(rows, run.by_id, run.elements)
+
+
 def _summary_doc(run: _Run) -> dict[str, Any]:
-    models = [r.model_id for r in run.records if r.model_id]
+    models = [r.model_id for r in run.records if r.model_id and r.role != "verify"]
     scans, found = _scans_doc(run)
     return {
         "campaign": run.name,
@@ -460,6 +475,7 @@ def _summary_doc(run: _Run) -> dict[str, Any]:
         "transitions": found,
         "convergence": _convergence_doc(run),
         "finetune": _finetune_doc(run),
+        "verification": _verification_doc(run),
     }
 
 
@@ -484,9 +500,22 @@ def _finetune_doc(run: _Run) -> list[dict[str, Any]]:
         out.append({"iteration": it["iteration"], "selected": it["selected"], "labelled": it["labelled"],
                     "failed_labels": it["failed_labels"], "fractions": it["fractions"],
                     "errors_before": it["errors_before"], "converged": it["converged"],
+                    "stop_reason": it.get("stop_reason", ""), "oracle_calls": it.get("oracle_calls"),
+                    "free_labels": it.get("free_labels", 0),
+                    "committee_vs_error": it.get("committee_vs_error", {}),
+                    "verification": _agreement(it.get("verification")),
+                    "verification_before": _agreement(it.get("verification_before")),
                     "n_models": len(it["models"]), "rerelaxed": moved,
                     "hull": hulls.get(int(it["iteration"]), []), "hull_before": hulls.get(-1, [])})
     return out
+
+
+def _agreement(record: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Per unit, whether the model's top-1 was the oracle's, with the ranking statistics."""
+    if not record:
+        return None
+    return {unit: {k: c[k] for k in ("top1_agree", "kendall_tau", "max_error", "answer", "ranking")}
+            for unit, c in record.items()}
 
 
 def _finetune_hulls(run: _Run) -> dict[int, list[dict[str, Any]]]:
@@ -848,9 +877,12 @@ def _html(doc: dict[str, Any], images: dict[str, str]) -> str:
         f"<p>System {_e('-'.join(doc['elements']))}; model {_e(doc['model_id'])}; {doc['n_rows']} rows "
         f"({_e(', '.join(f'{k} {v}' for k, v in doc['n_rows_by_role'].items()))}). "
         f'Data: <a href="summary.json">summary.json</a>.</p>',
-        notes, f"<p>{toc} &middot; <a href=#scans>enthalpy vs pressure</a></p>",
+        notes, f"<p>{toc} &middot; <a href=#scans>enthalpy vs pressure</a>"
+        + (" &middot; <a href=#verify>verification by the oracle</a>" if doc.get("verification") else "")
+        + (" &middot; <a href=#finetune>fine-tune loop</a>" if doc.get("finetune") else "") + "</p>",
         *(_pressure_html(i, p, images) for i, p in enumerate(doc["pressures"])),
         _scans_html(doc, images),
+        _verification_html(doc),
         _finetune_html(doc),
     ]
     if not doc["pressures"]:
@@ -864,18 +896,79 @@ def _finetune_html(doc: dict[str, Any]) -> str:
     its = doc.get("finetune") or []
     if not its:
         return ""
+
+    def agree(v: dict[str, Any] | None) -> str:
+        if not v:
+            return "&ndash;"
+        n = sum(1 for c in v.values() if c["top1_agree"])
+        return f"{n}/{len(v)}"
+
+    def vs(c: dict[str, Any]) -> str:
+        if not c or not c.get("n"):
+            return "&ndash;"
+        return (f"{c['mean_devi_f']:.3f} / {c['mean_error_f']:.3f} "
+                f"({100 * c['agreed_while_wrong']:.0f}% trusted while wrong)")
+
     rows = "".join(
         f"<tr><td>{it['iteration']}</td><td>{it['selected']}</td><td>{it['labelled']}</td>"
-        f"<td>{it['failed_labels']}</td><td>{it['fractions']['accurate']:.2f}</td>"
+        f"<td>{it.get('free_labels', 0)}</td><td>{it['failed_labels']}</td>"
+        f"<td>{it['fractions']['accurate']:.2f}</td>"
         f"<td>{it['fractions']['candidate']:.2f}</td><td>{it['fractions']['failed']:.2f}</td>"
         f"<td>{_e(format(it['errors_before'].get('force_rmse', float('nan')), '.3f'))}</td>"
-        f"<td>{'yes' if it['converged'] else ''}</td>"
+        f"<td>{vs(it.get('committee_vs_error') or {})}</td>"
+        f"<td>{agree(it.get('verification'))}</td>"
+        f"<td>{_e(it.get('stop_reason') or '') if it['converged'] else ''}</td>"
         f"<td>{_e(_stable_text(it['hull']))}</td></tr>" for it in its)
+    before = agree(its[0].get("verification_before"))
     return ("<h2 id=finetune>Fine-tune loop</h2><table><tr><th>iteration</th><th>selected</th>"
-            "<th>labelled</th><th>label failures</th><th>accurate</th><th>candidate</th><th>failed</th>"
-            "<th>force RMSE vs oracle (eV/&Aring;), model in use</th><th>converged</th>"
+            "<th>labelled</th><th>oracle frames from the verification</th><th>label failures</th>"
+            "<th>accurate</th><th>candidate</th><th>failed</th>"
+            "<th>force RMSE vs oracle (eV/&Aring;), model in use</th>"
+            "<th>committee deviation / actual error (max force, eV/&Aring;)</th>"
+            "<th>top-1 agrees with the oracle (units), new model</th><th>converged</th>"
             "<th>hull of the best hits re-relaxed with the new model</th></tr>"
-            f"{rows}</table><p>Hull of the first model's hits: {_e(_stable_text(its[0]['hull_before']))}</p>")
+            f"{rows}</table><p>Hull of the first model's hits: {_e(_stable_text(its[0]['hull_before']))}. "
+            f"Top-1 of the pretrained model agrees with the oracle in {before} units.</p>")
+
+
+def _verification_html(doc: dict[str, Any]) -> str:
+    vers = doc.get("verification") or []
+    if not vers:
+        return ""
+    parts = ["<h2 id=verify>Verification by the oracle</h2>",
+             "<p>The model's best structures of every composition and pressure, relaxed again (or "
+             "evaluated) by the oracle. Enthalpies are relative to the lowest of the verified ones, by "
+             "each; the answer is the oracle's lowest.</p>"]
+    for v in vers:
+        parts.append(f"<h3>{_e(v['oracle'])} ({_e(v['mode'])}): {v['n_verified']} structures, "
+                     f"{v['oracle_calls']} oracle calls</h3>")
+        for pdoc in v["pressures"]:
+            hulls = pdoc["hulls"]
+            if "oracle" in hulls and hulls["oracle"]["kind"] == "phase_diagram":
+                parts.append(f"<p>{pdoc['pressure_gpa']:g} GPa: stable by the oracle "
+                             f"{_e(', '.join(hulls['oracle']['stable']))}; by the model, among the same "
+                             f"structures, {_e(', '.join(hulls.get('model', {}).get('stable', [])))}"
+                             f"{'' if pdoc['hulls_agree'] else ' (they differ)'}.</p>")
+            for formula, comp in pdoc["compositions"].items():
+                c, ans = comp["comparison"], comp["answer"]
+                if c is None:
+                    parts.append(f"<p>{_e(formula)} at {pdoc['pressure_gpa']:g} GPa: every oracle "
+                                 "calculation failed.</p>")
+                    continue
+                tau = "&ndash;" if c["kendall_tau"] is None else f"{c['kendall_tau']:.2f}"
+                parts.append(
+                    f"<p><b>{_e(formula)} at {pdoc['pressure_gpa']:g} GPa</b>: the model's top-1 "
+                    f"{'agrees' if c['top1_agree'] else '<b>disagrees</b>'} with the oracle's; Kendall tau {tau}; "
+                    f"largest error {1000 * c['max_error']:.1f} meV/atom. Answer: #{ans['of']} "
+                    f"(oracle space group {ans['spacegroup']}, {ans['oracle_enthalpy_per_atom']:.4f} eV/atom, "
+                    f"the model's rank {ans['model_rank']}).</p>")
+                rows = [[str(e["model_rank"]), str(e["oracle_rank"]), str(e["of"]), str(e["model_spacegroup"]),
+                         str(e["oracle_spacegroup"]), _num(e["model_relative"], 1000, 1),
+                         _num(e["oracle_relative"], 1000, 1), _e(e["status"])] for e in comp["structures"]]
+                parts.append(_table(["model rank", "oracle rank", "db id", "space group (model)",
+                                     "space group (oracle)", "ΔH model (meV/atom)", "ΔH oracle (meV/atom)",
+                                     "oracle status"], rows, left=0))
+    return "\n".join(parts)
 
 
 def _stable_text(hulls: list[dict[str, Any]]) -> str:

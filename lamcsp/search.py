@@ -34,9 +34,11 @@ back, not relaxed again (so no stored relaxation is lost and none is stored twic
 are relaxed; deduplication is recomputed (idempotent). A kill between the dedupe transaction
 and the checkpoint leaves rows whose flags the rerun writes again, unchanged.
 
-After the loop: with two or more pressures, the ``report.scan_top`` best polymorphs of every
-composition at every pressure are re-relaxed on a grid of ``report.scan_points`` pressures
-(rows with ``role=scan``) for the enthalpy-vs-pressure report; then the report is written.
+After the loop: with ``verify`` on (by default whenever the fine-tune loop runs), the oracle
+verifies the model's best structures of every unit (:mod:`lamcsp.verify`, rows ``role=verify``);
+with two or more pressures, the ``report.scan_top`` best polymorphs of every composition at every
+pressure are re-relaxed on a grid of ``report.scan_points`` pressures (rows with ``role=scan``)
+for the enthalpy-vs-pressure report; then the report is written.
 """
 
 from __future__ import annotations
@@ -269,6 +271,9 @@ class Search:
                  potential: Potential | None = None, resume: bool = False,
                  progress: TextIO | bool | None = None, executor: Any = None,
                  db_url: str | None = None):
+        from lamcsp.extras import check_campaign
+
+        check_campaign(campaign)  # a missing package stops it here, before the run directory exists
         self.campaign = campaign
         self.run_dir = Path(run_dir if run_dir is not None else campaign.output_dir)
         self.resume = resume
@@ -460,6 +465,8 @@ class Search:
         if not self.done:
             self.done = True
             self._checkpoint()
+        if self.campaign.verify_enabled:  # the answer, checked by the oracle (nothing twice on --resume)
+            self._verify("end")
         if report:
             self.pressure_scan()
             self.write_report()
@@ -745,18 +752,13 @@ class Search:
     def _row_item(self, result: RelaxResult, key: str, *, role: str, generation: int, generator: str,
                   unit: int, candidate: int = -1, unique: bool = False, deduped: bool = True,
                   extra: dict[str, Any] | None = None, data: dict[str, Any] | None = None) -> dict[str, Any]:
-        """The arguments of :meth:`ResultStore.add` for one relaxation (space group and
-        reduced formula computed here)."""
-        from lamcsp.io import reduced_formula, spacegroup_number
+        """The arguments of :meth:`ResultStore.add` for one relaxation by the model in use
+        (:func:`lamcsp.store.row_item`)."""
+        from lamcsp.store import row_item
 
-        ok = _result_ok(result)
-        return dict(
-            result=result, key=key, generation=generation, generator=generator,
-            model_id=self.potential.model_id,
-            spacegroup=spacegroup_number(result.atoms, self.campaign.report.symprec) if ok else 0,
-            unique=unique and ok, duplicate_of=None, data=data,
-            extra={"role": role, "unit": unit, "candidate": candidate, "deduped": deduped,
-                   "reduced_formula": reduced_formula(result.atoms.get_chemical_formula()), **(extra or {})})
+        return row_item(result, key, role=role, generation=generation, generator=generator, unit=unit,
+                        model_id=self.potential.model_id, symprec=self.campaign.report.symprec,
+                        candidate=candidate, unique=unique, deduped=deduped, extra=extra, data=data)
 
     def _add_row(self, result: RelaxResult, key: str, **kw: Any) -> int:
         """Store one relaxation now (one transaction); its row id."""
@@ -821,29 +823,29 @@ class Search:
 
     def _finetune_setup(self) -> None:
         """The fine-tune loop of ``campaign.finetune`` (``run/finetune``); on ``--resume`` its
-        data, models and iterations are read back and the latest model is used."""
+        data, models and iterations are read back and the model of its last finished iteration
+        is used."""
         spec = self.campaign.finetune
         self.finetune = None
         if not spec.enabled:
             return
         from lamcsp.campaign import ModelSpec
-        from lamcsp.finetune import CHGNetTrainer, DeePMDTrainer, FinetuneLoop
+        from lamcsp.finetune import FinetuneLoop
+        from lamcsp.oracle import check_oracle
         from lamcsp.potentials.registry import load_model
+        from lamcsp.trainers import CHGNetTrainer, DeePMDTrainer
 
         m = self.campaign.model
         if m.backend == "chgnet":
             trainer: Any = CHGNetTrainer(m.path or m.options.get("version", "0.3.0"), epochs=spec.epochs,
-                                         learning_rate=spec.learning_rate)
+                                         learning_rate=spec.learning_rate, diversity=spec.diversity)
         elif m.backend == "deepmd":  # a .pt checkpoint: parse_campaign checks it
-            trainer = DeePMDTrainer(m.path, m.head, steps=spec.steps,
+            trainer = DeePMDTrainer(m.path, m.head, steps=spec.steps, diversity=spec.diversity,
                                     learning_rate=(spec.learning_rate, spec.learning_rate / 100))
         else:
             raise SetupError("finetune.enabled", f"the fine-tune loop trains chgnet or deepmd models, not "
                                                  f"{m.backend}")
-        if "calculator" in spec.oracle:  # a wrong name or option fails now, not after generations
-            from lamcsp.finetune import LabelTask
-
-            LabelTask(spec.oracle)
+        check_oracle(spec.oracle, "finetune.oracle")  # a wrong name or option fails now
         elements = sorted({el for u in self.units for el in u.composition})
 
         def member(path: str) -> Any:
@@ -854,7 +856,7 @@ class Search:
             members=spec.committee, lo=spec.trust_lo, hi=spec.trust_hi, window=spec.window,
             max_labels=spec.max_labels, conv_accuracy=spec.conv_accuracy,
             max_iterations=spec.max_iterations or 10**9, max_energy=spec.max_energy)
-        latest = self.finetune.registry.latest()
+        latest = self.finetune.registry.latest(before=self.finetune.iteration)
         if latest:
             self.use_model(ModelSpec(**{**dataclasses.asdict(m), **trainer.spec(latest["models"][0]),
                                         "options": {}}))
@@ -869,52 +871,42 @@ class Search:
             self._finetune_iteration()
 
     def _finetune_iteration(self) -> None:
-        """One iteration on every unit's unique hits and the relaxation-trajectory frames (the
-        start and every ``finetune.snapshot_every`` steps) of the last ``every`` generations;
-        then the new model re-relaxes the best hits."""
+        """One iteration on every unit's unique hits, the frames near the minimum of the
+        low-enthalpy ones, and the relaxation-trajectory frames (the start and every
+        ``finetune.snapshot_every`` steps) of the last ``every`` generations; then the new model
+        re-relaxes the best hits and, with ``verify.after_iterations``, the oracle verifies its
+        top-k (the pretrained model's too, before the first iteration: the loop stops only when
+        the verified ranking is stable and the model's top-1 is the oracle's). Kill-safe: an
+        interrupted iteration runs again on ``--resume`` without asking the oracle again (its
+        labels, members and verifications are stored as they come) and writes its log last."""
         from lamcsp.campaign import ModelSpec
-        from lamcsp.generators.base import Candidate
-        from lamcsp.relax.relaxer import atoms_from_dict
-        from lamcsp.report import hull_at, record_of
+        from lamcsp.verify import ranking_stable
 
         ft = self.finetune
-        structures, enthalpy, sources, pressures = [], [], [], []
-        hits = [row for us in self.unit_states for row in self._rows_by_id(us.stored_rows)]
-        # the window counts from the hull of the hits at each pressure (for one composition:
-        # from its lowest hit)
-        records = [record_of(row) for row in hits]
-        above: dict[int, float] = {}
-        for p in {r.pressure for r in records}:
-            at = [r for r in records if r.pressure == p and r.ok]
-            if at:
-                above.update(hull_at(at, self.campaign.system.elements).e_above)
-        for row in hits:
-            structures.append(row.toatoms())
-            enthalpy.append(above.get(int(row.id), math.nan))
-            sources.append(row.key)
-            pressures.append(float(row.pressure_gpa))
-        first = max(0, self.generation - self.campaign.finetune.every)
-        for row in self.store.rows(f"generation>={first}", role="search"):
-            cand = (row.data or {}).get("candidate")
-            frames = [Candidate.from_dict(cand).to_atoms()] if cand else []
-            frames += [atoms_from_dict(f) for f in (row.data or {}).get("frames", [])]
-            names = ([f"{row.key}:start"] if cand else []) + [
-                f"{row.key}:frame{j}" for j in range(len(frames) - bool(cand))]
-            structures += frames
-            enthalpy += [math.nan] * len(frames)
-            sources += names
-            pressures += [float(row.pressure_gpa)] * len(frames)
+        it = ft.iteration
+        verifying = self.campaign.verify_enabled and self.campaign.verify.after_iterations
+        before = self._verify("before") if verifying and it == 0 else None
+        structures, enthalpy, sources, pressures, near = self._finetune_candidates()
+        free = self._verification_frames() if verifying and self.campaign.verify_oracle == \
+            self.campaign.finetune.oracle else []
+        stable = None
+        if verifying:
+            records = [ft.log[0].get("verification_before") if ft.log else before]
+            stable = bool(ranking_stable(records + [e.get("verification") for e in ft.log]))
         if self.progress:
-            self.progress.write(f"fine-tune iteration {ft.iteration}: rating {len(structures)} structures")
+            self.progress.write(f"fine-tune iteration {it}: rating {len(structures)} structures")
         fps = [e.fingerprint for e in self.deduper.describe(structures)]
         width = max((len(f) for f in fps), default=0)
         fingerprints = np.array([np.pad(f, (0, width - len(f))) for f in fps]) if fps else None
-        result = ft.step(structures, enthalpy, sources, fingerprints=fingerprints, pressures=pressures)
+        result = ft.step(structures, enthalpy, sources, fingerprints=fingerprints, pressures=pressures,
+                         near_minimum=near, free=free, ranking_stable=stable)
         if self.progress:
             self.progress.write(
                 f"fine-tune iteration {result.iteration}: accurate {result.fractions['accurate']:.2f}, "
-                f"labelled {result.labelled} (failed {result.failed_labels}), "
-                + ("converged" if result.converged else f"{len(result.models)} models trained"))
+                f"labelled {result.labelled} (failed {result.failed_labels}; {result.oracle_calls} oracle calls, "
+                f"{result.free_labels} frames from the verification), "
+                + (f"converged: {result.stop_reason}" if result.converged else f"{len(result.models)} models trained"))
+        verification = None
         if result.models:
             m = self.campaign.model
             self.use_model(ModelSpec(**{**dataclasses.asdict(m), **ft.trainer.spec(result.models[0]),
@@ -922,7 +914,115 @@ class Search:
             ft.executor = self.executor
             self._rescore()
             self._rerelax_best(result.iteration)
+            if verifying:
+                verification = self._verify(f"iter-{it}")
+        extra: dict[str, Any] = {"verification": verification}
+        if it == 0:
+            extra["verification_before"] = before
+        ft.finish(result, **extra)
+        if result.models:
             self._checkpoint()  # the units' best and patience under the new model
+
+    def _finetune_candidates(self) -> tuple[list[Any], list[float], list[str], list[float], list[int]]:
+        """What the committee rates: every unit's unique hits (``enthalpy``: per atom above the
+        unit's lowest, by the model in use), the relaxation frames of the last ``every``
+        generations and of the hits within ``finetune.window`` (NaN), their sources (row keys),
+        pressures, and the indices of the frames near the low hits' minima (the last
+        ``finetune.minimum_frames`` of each)."""
+        from lamcsp.generators.base import Candidate
+        from lamcsp.relax.relaxer import atoms_from_dict
+
+        spec = self.campaign.finetune
+        structures: list[Any] = []
+        enthalpy: list[float] = []
+        sources: list[str] = []
+        pressures: list[float] = []
+        low: set[int] = set()
+        for us in self.unit_states:
+            rows = [r for r in self._rows_by_id(us.stored_rows) if _row_ok(r)]
+            best = min((_h_now(r) for r in rows), default=math.nan)
+            for row in rows:
+                structures.append(row.toatoms())
+                enthalpy.append(_h_now(row) - best)
+                sources.append(row.key)
+                pressures.append(float(row.pressure_gpa))
+                if _h_now(row) - best <= spec.window:
+                    low.add(int(row.id))
+        first = max(0, self.generation - spec.every)
+        rows = {int(r.id): r for r in self.store.rows(f"generation>={first}", role="search")}
+        rows.update({i: self.store.db.get(id=i) for i in low if i not in rows})
+        near: list[int] = []
+        for rid, row in sorted(rows.items()):
+            cand = (row.data or {}).get("candidate")
+            frames = [Candidate.from_dict(cand).to_atoms()] if cand else []
+            traj = [atoms_from_dict(f) for f in (row.data or {}).get("frames", [])]
+            if rid in low and spec.minimum_frames:
+                near += list(range(len(structures) + len(frames) + max(0, len(traj) - spec.minimum_frames),
+                                   len(structures) + len(frames) + len(traj)))
+            names = ([f"{row.key}:start"] if cand else []) + [f"{row.key}:frame{j}" for j in range(len(traj))]
+            structures += frames + traj
+            enthalpy += [math.nan] * len(names)
+            sources += names
+            pressures += [float(row.pressure_gpa)] * len(names)
+        return structures, enthalpy, sources, pressures, near
+
+    # -- verification ---------------------------------------------------------------------------
+
+    def _hits(self) -> list[Any]:
+        """Every unit's unique hits as :class:`lamcsp.verify.Hit` (the model in use's enthalpies)."""
+        from lamcsp.verify import hits_of
+
+        return hits_of([(us.unit, row) for us in self.unit_states for row in self._rows_by_id(us.stored_rows)],
+                       self.campaign.system.elements)
+
+    def verify_settings(self) -> Any:
+        """The campaign's verification settings (:class:`lamcsp.verify.VerifySettings`)."""
+        from lamcsp.verify import VerifySettings
+
+        v = self.campaign.verify
+        return VerifySettings(oracle=self.campaign.verify_oracle, mode=v.mode, optimizer=v.optimizer, fmax=v.fmax,
+                              max_steps=v.max_steps, top_k=v.top_k, window=v.window)
+
+    def _verify(self, stage: str) -> dict[str, Any]:
+        """Verify the model in use's best structures with the oracle (:mod:`lamcsp.verify`);
+        the verification record per unit (comparison and verified ranking)."""
+        from lamcsp.verify import ranking_record, run_verification
+
+        settings = self.verify_settings()
+        comparisons = run_verification(
+            self._hits(), settings, store=self.store, executor=self.executor, run_dir=self.run_dir, stage=stage,
+            model_id=self.potential.model_id, symprec=self.campaign.report.symprec,
+            progress=self.progress.write if self.progress else None)
+        record = ranking_record(comparisons, settings.top_k)
+        if self.progress:
+            for label, c in record.items():
+                tau = "-" if c["kendall_tau"] is None else f"{c['kendall_tau']:.2f}"
+                self.progress.write(f"  {label}: top-1 {'agrees' if c['top1_agree'] else 'DISAGREES'} with the "
+                                    f"oracle (tau {tau}, largest error {1000 * c['max_error']:.0f} meV/atom); "
+                                    f"answer #{c['answer']}")
+        return record
+
+    def _verification_frames(self) -> list[tuple[str, Any]]:
+        """The oracle frames of every verification so far (``verify.train_frames`` of each: its
+        first, the model's structure, its last, the oracle's minimum, then evenly between), as
+        ``(source, labelled atoms)`` for the fine-tune data."""
+        from lamcsp.oracle import Journal, record_atoms
+        from lamcsp.verify import journal_path
+
+        n = self.campaign.verify.train_frames
+        oid = self.verify_settings().oracle_id
+        out = []
+        for row in self.store.rows(role="verify", oracle=oid, include_data=False):
+            source = self.store.db.get(id=int(row.of))
+            recs = [r for r in Journal(journal_path(self.run_dir, oid, source.key)).read()
+                    if r.get("stress") is not None]
+            if not recs or n == 0:
+                continue
+            picks = sorted({0, len(recs) - 1} | {int(round(x)) for x in np.linspace(0, len(recs) - 1, n)})
+            picks = ([0, len(recs) - 1] + [j for j in picks if j not in (0, len(recs) - 1)])[:n]
+            for j in sorted(set(picks)):
+                out.append((f"verify:{oid}:{source.key}:{j}", record_atoms(recs[j])))
+        return out
 
     def _rescore(self) -> None:
         """After a model switch, the enthalpies the search compares come from the new model:
@@ -1157,7 +1257,9 @@ def screen(candidates: Sequence[Candidate], context: GenerationContext) -> np.nd
 
 
 def _result_ok(r: RelaxResult) -> bool:
-    return not r.failed and bool(np.isfinite(r.enthalpy_per_atom))
+    from lamcsp.store import result_ok
+
+    return result_ok(r)
 
 
 def _h_now(row: Any) -> float:
@@ -1167,7 +1269,9 @@ def _h_now(row: Any) -> float:
 
 
 def _row_ok(row: Any) -> bool:
-    return not str(row.status).startswith("failed") and bool(np.isfinite(row.enthalpy_per_atom))
+    from lamcsp.store import result_ok
+
+    return result_ok(row)
 
 
 def _result_of_row(row: Any) -> RelaxResult:

@@ -53,7 +53,9 @@ __all__ = [
     "plain",
     "read_checkpoint",
     "rng_from_state",
+    "result_ok",
     "rng_state",
+    "row_item",
     "write_checkpoint",
 ]
 
@@ -266,6 +268,31 @@ class ResultStore:
 
     def count(self, *selection: Any, **kv: Any) -> int:
         return int(self.db.count(*selection, **kv))
+
+
+def row_item(result: RelaxResult, key: str, *, role: str, generation: int, generator: str, unit: int,
+             model_id: str, symprec: float = 0.1, candidate: int = -1, unique: bool = False,
+             deduped: bool = True, extra: dict[str, Any] | None = None,
+             data: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The arguments of :meth:`ResultStore.add` for one result: the row's ``role`` (``search``,
+    ``reference``, ``scan``, ``rerelax``, ``verify``), its unit (-1: none) and candidate, its
+    space group (spglib at ``symprec``; 0 for a failed result) and reduced formula, computed
+    here, the one place that writes these key values."""
+    from lamcsp.io import reduced_formula, spacegroup_number
+
+    ok = result_ok(result)
+    return dict(
+        result=result, key=key, generation=generation, generator=generator, model_id=model_id,
+        spacegroup=spacegroup_number(result.atoms, symprec) if ok else 0,
+        unique=unique and ok, duplicate_of=None, data=data,
+        extra={"role": role, "unit": unit, "candidate": candidate, "deduped": deduped,
+               "reduced_formula": reduced_formula(result.atoms.get_chemical_formula()), **(extra or {})})
+
+
+def result_ok(result: Any) -> bool:
+    """A result (a :class:`~lamcsp.relax.relaxer.RelaxResult` or a stored row) that counts: not
+    failed, finite enthalpy."""
+    return not str(result.status).startswith("failed") and bool(np.isfinite(result.enthalpy_per_atom))
 
 
 def _check_key(key: str) -> None:

@@ -9,7 +9,7 @@ import sys
 from ase.build import bulk
 from lamcsp.relax.relaxer import atoms_to_dict
 
-from lamcsp.finetune import label_task
+from lamcsp.oracle import label_task
 from lamcsp.parallel import MPIExecutor, mpi_world, worker_main
 
 if __name__ == "__main__":

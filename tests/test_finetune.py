@@ -19,13 +19,13 @@ from lamcsp.errors import SetupError
 from lamcsp.finetune import (
     Committee,
     FinetuneLoop,
-    LabelTask,
     classify,
     farthest_point_order,
     force_deviation,
     sane,
     select,
 )
+from lamcsp.oracle import LabelTask
 from lamcsp.parallel import SerialExecutor
 from lamcsp.potentials import LennardJones
 
@@ -159,7 +159,7 @@ def test_labels_run_through_the_executor_retry_once_and_record_failures(tmp_path
     assert [g["energy"] for g in got] == pytest.approx([out[0]["energy"], out[1]["energy"]])
     assert np.allclose(got[0]["stress"], out[0]["stress"], atol=1e-8)
     # through the executor's map
-    mapped = ex.map(__import__("lamcsp.finetune", fromlist=["label_task"]).label_task({"calculator": "emt"}), items)
+    mapped = ex.map(__import__("lamcsp.oracle", fromlist=["label_task"]).label_task({"calculator": "emt"}), items)
     assert mapped[1]["energy"] == pytest.approx(out[1]["energy"])
 
 
@@ -175,13 +175,15 @@ class FakeOracle:
 
         self.calls.append(list(labels or []))
         out = []
-        for it in items:
+        for j, it in enumerate(items):
             a = atoms_from_dict(it["atoms"])
             if a.positions[0, 0] < -0.5:
                 out.append({"ok": False, "error": "oracle crashed", "attempts": 2})
             else:
                 out.append({"ok": True, "energy": -0.08 * len(a), "forces": np.full((len(a), 3), 0.01).tolist(),
                             "stress": np.zeros((3, 3)).tolist(), "attempts": 1})
+            if on_result is not None:  # as the executors do: each result as it arrives
+                on_result(j, out[-1])
         return out
 
 
@@ -197,11 +199,13 @@ class FakeTrainer:
         it = len(self.calls)
         self.calls.append((len(data), parents))
         spread = 0.5 / (100**it)
-        return [f"lj:{EPS_AR * (1 + spread * k)}" for k in range(members)]
+        return [str(workdir / f"member-{k}" / f"lj:{EPS_AR * (1 + spread * k)}") for k in range(members)]
 
 
 def make_lj(path: str):
-    return LennardJones(epsilon=float(path.split(":")[1]), sigma=SIG_AR)
+    from pathlib import Path
+
+    return LennardJones(epsilon=float(Path(path).name.split(":")[1]), sigma=SIG_AR)
 
 
 def test_loop_bookkeeping_with_mocked_oracle_and_trainer(tmp_path):
@@ -226,23 +230,35 @@ def test_loop_bookkeeping_with_mocked_oracle_and_trainer(tmp_path):
     assert len(frames) == 3 and frames[0].info["source"] == "u0-g0-c0" and frames[0].info["iteration"] == 0
     assert "emt" in frames[0].info["oracle"]
     assert list((tmp_path / "ft" / "data" / "iter-000" / "npy").glob("*/set.000/force.npy"))
-    assert len(r0.models) == 3 and trainer.calls[0] == (3, None)
+    assert len(r0.models) == 3 and trainer.calls[0] == (3, None) and r0.oracle_calls == 4
+    # a kill before the iteration's log entry: it runs again and asks the oracle nothing (its
+    # labels are journaled, the failed one included)
+    again = loop().step(cells, H, sources)
+    assert len(oracle.calls) == 1 and again.oracle_calls == 0 and again.labelled == 3 and again.failed_labels == 1
+    assert trainer.calls[1] == (3, None)  # FakeTrainer has no saved members to skip
+    ft.finish(r0)
+    trainer.calls.pop()
 
     r1 = ft.step(cells, H, sources)
-    # a committee now: uncertain frames ([lo, hi)) besides the hits, at most 4, the failed one
-    # again, none of those labelled before
+    ft.finish(r1)
+    # a committee now: uncertain frames ([lo, hi)) besides the hits, at most 4, none of those
+    # labelled before; nor the one whose label failed (it was tried twice: oracle time is dear)
     assert r1.selected == 4 and r1.fractions["accurate"] < 0.9 and "force_rmse" in r1.errors_before
-    assert "u0-g0-c4" in oracle.calls[1] and not set(oracle.calls[1]) & set(oracle.calls[0][:1] + oracle.calls[0][2:])
+    assert not set(oracle.calls[1]) & set(oracle.calls[0])
     assert trainer.calls[1][1] == r0.models  # trained from the previous members
     reg = json.loads((tmp_path / "ft" / "models.json").read_text())
-    assert [e["iteration"] for e in reg] == [0, 1] and reg[1]["parent"] == r0.models
+    # paths relative to the loop's folder (a moved run resumes)
+    assert [e["iteration"] for e in reg] == [0, 1] and reg[1]["parent"] == [
+        f"models/iter-000/member-{k}/{m.split('/')[-1]}" for k, m in enumerate(r0.models)]
 
     # resume: a new loop on the same folder continues at iteration 2 with all the data
     ft2 = loop()
     assert ft2.iteration == 2 and len(ft2.data.frames()) == r0.labelled + r1.labelled
     sources2 = [f"u0-g1-c{i}" for i in range(10)]  # the next generation's (found again)
     r2 = ft2.step(cells, H, sources2)
+    ft2.finish(r2)
     r3 = ft2.step(cells, H, sources2)
+    ft2.finish(r3)
     # the committee trained at iteration 2 agrees to 5e-5 relative: every frame accurate, nothing
     # labelled, the loop stops before max_iterations
     assert not r2.converged and r3.converged and ft2.done and ft2.iteration == 4
@@ -312,9 +328,9 @@ def test_chgnet_trainer_on_chgnets_own_labels_keeps_the_model(tmp_path):
     from ase.calculators.singlepoint import SinglePointCalculator
     from lamcsp.relax.state import from_structures
 
-    from lamcsp.finetune import CHGNetTrainer
     from lamcsp.potentials.ase_calc import PotentialCalculator
     from lamcsp.potentials.registry import load_potential
+    from lamcsp.trainers import CHGNetTrainer
 
     pot = load_potential("chgnet", device="cpu")
     frames = []

@@ -330,6 +330,7 @@ def finetune(
     seed: int = 1,
     batch_size: Any = "auto",
     threads: int | None = None,
+    fresh_fitting: bool = False,
 ) -> Path:
     """Fine-tune a DeePMD-kit model on labelled frames; returns the frozen ``.pth`` model.
 
@@ -354,6 +355,9 @@ def finetune(
         seed: training seed.
         batch_size: DeePMD-kit's ``batch_size`` (``"auto"``: frames per batch from atom counts).
         threads: torch threads of the training process (``OMP_NUM_THREADS``).
+        fresh_fitting: keep the descriptor but start from a freshly initialised fitting net
+            (``--model-branch RANDOM``; a committee member that does not share the pretrained
+            fitting net's mistakes).
 
     Raises:
         SetupError: no data, a missing model, or a failed ``dp`` command (quoting its log).
@@ -399,7 +403,9 @@ def finetune(
         extra = ["--init-model", str(model), "--use-pretrain-script"]
     else:
         extra = ["--finetune", str(model), "--use-pretrain-script"]
-        if head is not None:
+        if fresh_fitting:
+            extra += ["--model-branch", "RANDOM"]
+        elif head is not None:
             extra += ["--model-branch", head]
     return train(config, work, extra=extra, threads=threads)
 
@@ -418,8 +424,10 @@ def train(config: dict[str, Any], workdir: str | os.PathLike, *, extra: Sequence
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)
     _dp(["train", "input.json", *extra], work, work / "train.log", env)
-    _dp(["freeze", "-o", "model.pth", *(["--head", freeze_head] if freeze_head else [])], work,
+    # frozen under a temporary name and moved into place: a model.pth is always a whole one
+    _dp(["freeze", "-o", "model.tmp.pth", *(["--head", freeze_head] if freeze_head else [])], work,
         work / "freeze.log", env)
+    os.replace(work / "model.tmp.pth", work / "model.pth")
     return work / "model.pth"
 
 

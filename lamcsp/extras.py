@@ -1,0 +1,70 @@
+"""What a campaign needs installed, checked before any work.
+
+Every feature a campaign can name works after README's first install command, or stops the
+campaign before its first generation (and before its run directory is made) with one paragraph
+naming the field and the extra to install. Packages are looked up, not imported (a heavy import
+is paid when the feature runs).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+from lamcsp.errors import SetupError
+
+#: how to install what an optional feature needs
+DEEPMD_INSTALL = ("`pip install -c constraints.txt \"lamcsp[deepmd]\"`, then rebuild DeePMD-kit's op against "
+                  "this torch: `DP_VARIANT=cpu DP_ENABLE_TENSORFLOW=0 pip install -c constraints.txt "
+                  "--no-build-isolation --no-deps --force-reinstall --no-binary deepmd-kit deepmd-kit==3.2.0` "
+                  "(README, \"DeePMD-kit models\")")
+GPAW_INSTALL = ("`apt-get install libxc-dev libopenblas-dev && pip install pybind11 && pip install "
+                "--no-build-isolation \"lamcsp[dft]\"` (GPAW and its PAW setups, gpaw-data)")
+#: ASE calculators whose Python package lamcsp can install: name -> (module, how)
+ORACLE_PACKAGES: dict[str, tuple[str, str]] = {"gpaw": ("gpaw", GPAW_INSTALL)}
+
+
+def installed(module: str) -> bool:
+    """Whether ``module`` can be imported here (looked up, not imported)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def require(module: str, field: str, feature: str, how: str) -> None:
+    """Raise a :class:`SetupError` naming ``field`` unless ``module`` is installed."""
+    if not installed(module):
+        raise SetupError(field, f"{feature} needs the Python package {module!r}, which is not installed here; "
+                                f"install it with {how}. Nothing was run.")
+
+
+def check_oracle_packages(oracle: dict[str, Any], field: str) -> None:
+    """The oracle's package (GPAW...) and a ``module:Class`` calculator's module are installed."""
+    if "calculator" in oracle:
+        name = str(oracle["calculator"])
+        if name.lower() in ORACLE_PACKAGES:
+            module, how = ORACLE_PACKAGES[name.lower()]
+            require(module, field, f"the {name} oracle", how)
+        elif ":" in name:
+            require(name.partition(":")[0], field, f"the oracle {name}", "pip (it is your own calculator)")
+    else:  # a command's output is read with dpdata (a core dependency)
+        require("dpdata", field, "a command oracle", "`pip install dpdata`")
+
+
+def check_campaign(campaign: Any) -> None:
+    """Every package the campaign's features need is installed, else a :class:`SetupError`
+    naming the field and the extra to install (before any work)."""
+    model = campaign.model
+    if model.backend == "deepmd":
+        require("deepmd", "model.backend", "the deepmd model backend", DEEPMD_INSTALL)
+    if model.backend == "ase" and ":" in str(model.options.get("calculator", "")):
+        name = str(model.options["calculator"])
+        require(name.partition(":")[0], "model.options.calculator", f"the calculator {name}",
+                "pip (it is your own calculator)")
+    if campaign.finetune.enabled:
+        check_oracle_packages(campaign.finetune.oracle, "finetune.oracle")
+        require("dpdata", "finetune.enabled", "the fine-tune loop", "`pip install dpdata`")
+    if campaign.verify_enabled:
+        check_oracle_packages(campaign.verify_oracle,
+                              "verify.oracle" if campaign.verify.oracle is not None else "finetune.oracle")
