@@ -274,8 +274,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from lamcsp.campaign import load_campaign
+    from lamcsp.extras import check_campaign
 
     campaign = load_campaign(args.campaign)
+    check_campaign(campaign)
     print(f"{args.campaign}: valid")
     print(campaign.summary())
     return 0
