@@ -347,6 +347,7 @@ class OracleTask:
             journal = Journal(item["journal"]) if item.get("journal") else None
             result = self._verify(atoms, float(item["pressure"]), journal)
             result["seconds"] = time.perf_counter() - t0
+            result["rank"] = int(os.environ.get("LAMCSP_RANK", "0"))
             emit(j, result)
 
     def _verify(self, atoms: Any, pressure: float, journal: Journal | None) -> dict[str, Any]:

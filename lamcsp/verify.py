@@ -236,7 +236,8 @@ def run_verification(
                 result, verification_key(oid, h.key), role="verify", generation=GENERATION, generator="verify",
                 unit=h.unit, model_id=f"oracle:{oid}", symprec=symprec,
                 extra={"of": h.row_id, "oracle": oid, "mode": settings.mode, "model_h": h.h_model,
-                       "model_h_id": model_id, "stage": stage, "oracle_calls": int(d.get("calls", 0))}))
+                       "model_h_id": model_id, "stage": stage, "oracle_calls": int(d.get("calls", 0)),
+                       "oracle_rank": int(d.get("rank", 0))}))
             fault("verify-stored")
             done[0] += 1
             if progress:

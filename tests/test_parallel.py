@@ -217,6 +217,33 @@ def test_oracle_labels_run_on_every_rank_and_equal_the_serial_labels(tmp_path):
         assert np.allclose(lab["forces"], a.get_forces(), atol=1e-10)
 
 
+def test_lamcsp_verify_on_two_ranks_verifies_what_the_serial_run_verifies(tmp_path):
+    """`mpiexec -n 2 lamcsp verify RUN`: the oracle relaxations run on both ranks' workers, and the
+    rows equal those of a serial verification of the same run."""
+    camp = {"name": "cu", "seed": 3, "system": {"composition": "Cu", "formula_units": "1-3"}, "population": 6,
+            "generations": 2, "stop": {"patience": None}, "model": {"backend": "emt"},
+            "relax": {"fmax": 0.05, "max_steps": 200}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(camp))
+    assert _search(tmp_path / "c.yaml", tmp_path / "a", 1).returncode == 0
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    args = ["verify", "--oracle", "emt", "--top-k", "4", "--window", "0", "--quiet"]
+    serial = subprocess.run([sys.executable, "-m", "lamcsp", args[0], str(tmp_path / "a"), *args[1:]],
+                            capture_output=True, text=True, env=_env(), timeout=600)
+    assert serial.returncode == 0, serial.stderr
+    mpi = subprocess.run([_mpiexec(), "-n", "2", sys.executable, "-m", "lamcsp", args[0], str(tmp_path / "b"),
+                          *args[1:]], capture_output=True, text=True, env=_env(), timeout=600)
+    assert mpi.returncode == 0, mpi.stderr
+
+    def rows(run):
+        db = ase.db.connect(str(run / "results.db"), use_lock_file=False)
+        return {r.key: (round(r.enthalpy_per_atom, 9), r.of, r.oracle_calls) for r in db.select(role="verify")}
+
+    assert len(rows(tmp_path / "a")) == 4 and rows(tmp_path / "b") == rows(tmp_path / "a")
+    db = ase.db.connect(str(tmp_path / "b" / "results.db"), use_lock_file=False)
+    assert {r.oracle_rank for r in db.select(role="verify")} == {0, 1}
+    assert mpi.stdout == serial.stdout.replace(str(tmp_path / "a"), str(tmp_path / "b"))
+
+
 def test_energy_prescreen_on_two_ranks_relaxes_what_the_serial_run_relaxes(tmp_path):
     """The prescreen's start enthalpies (``oversample``) go through the MPI executor as a
     task of their own (max_steps 0): two ranks choose and relax the same candidates."""
