@@ -156,7 +156,7 @@ def evaluate(target: bench.Target, folder: Path, ref_model: bench.Reference, sec
     db = ase.db.connect(str(run_b / "results.db"))
     summary = json.loads((run_b / "report" / "summary.json").read_text())
     log = json.loads((run_b / "finetune" / "iterations.json").read_text())
-    before = next(iter((log[0].get("verification_before") or {}).values()), None) if log else None
+    before = next(iter((log[0].get("verification") or {}).values()), None) if log else None
     ver = summary["verification"][0]["pressures"][0]["compositions"][target.formula]
     answer = db.get(id=ver["answer"]["verify_id"])
     ref_oracle = oracle_reference(target, oracle, args, folder)

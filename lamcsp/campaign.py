@@ -239,10 +239,10 @@ class VerifySpec:
     pressure, and every one within `window` of the model's hull, are relaxed with the oracle
     (or given one single point) and stored as rows `role=verify` beside the model's enthalpy;
     the report ranks them by both and names the answer (the oracle's lowest). With the fine-tune
-    loop, the pretrained model's best are verified before its first iteration and each new
-    model's after it (`after_iterations`); the oracle's frames join the training data, and the
-    loop stops only when the verified top-k ranking no longer changes and the model's top-1 is
-    the oracle's. Every oracle call is journaled, so `--resume` repeats none."""
+    loop, the best structures of the model in use are verified at the start of every iteration
+    (`each_iteration`; the first verifies the pretrained model); the oracle's frames join that
+    iteration's training data, and the loop stops only when the verified answer (the oracle's
+    lowest) has not changed since the last iteration and the model's top-1 is that answer. Every oracle call is journaled, so `--resume` repeats none."""
 
     enabled: bool | None = _field(
         type="bool or null", doc="verify the answer (null: whenever `finetune.enabled`)")
@@ -263,10 +263,10 @@ class VerifySpec:
                             doc="ASE optimizer of the oracle relaxations (through `FrechetCellFilter`)")
     fmax: float = _field(0.05, type="number > 0", doc="oracle relaxations converge at this force, eV/Å")
     max_steps: int = _field(100, type="int ≥ 1", doc="oracle calls per relaxation at most")
-    after_iterations: bool = _field(
+    each_iteration: bool = _field(
         True, type="bool",
-        doc="with the fine-tune loop: verify before its first iteration and after each one that "
-            "trains (needed for the ranking stop rule)")
+        doc="with the fine-tune loop: verify the best structures of the model in use at the start of "
+            "every iteration (the ranking stop rule needs it)")
     train_frames: int = _field(
         3, type="int ≥ 0",
         doc="oracle frames of each verification that join the next fine-tune iteration's data (its "
@@ -386,7 +386,7 @@ class Campaign:
         name = oracle.get("calculator") or f"command {oracle.get('command')!r}"
         return (f"  verify: the top {v.top_k} per composition and pressure (and all within {v.window:g} eV/atom "
                 f"of the hull) by {name}, {v.mode.replace('_', ' ')}"
-                + (", before and after each fine-tune iteration" if self.finetune.enabled and v.after_iterations
+                + (", at every fine-tune iteration" if self.finetune.enabled and v.each_iteration
                    else "") + ", and at the end")
 
     def _finetune_line(self) -> str:
@@ -396,7 +396,7 @@ class Campaign:
                 f"{f.trust_lo:g}-{f.trust_hi:g} eV/Å, at most {f.max_labels} labels per iteration by "
                 f"{oracle}, "
                 f"until {f.conv_accuracy:g} accurate"
-                + (" and the verified ranking stable" if self.verify_enabled and self.verify.after_iterations else "")
+                + (" and the verified answer settled" if self.verify_enabled and self.verify.each_iteration else "")
                 + f", at most {f.max_iterations} iterations")
 
 
@@ -815,7 +815,7 @@ def _parse_verify(raw: Any) -> VerifySpec:
         optimizer=_str(d.get("optimizer", vd.optimizer), "verify.optimizer", choices=("bfgs", "fire", "lbfgs")),
         fmax=_float(d.get("fmax", vd.fmax), "verify.fmax", positive=True),
         max_steps=_int(d.get("max_steps", vd.max_steps), "verify.max_steps", 1),
-        after_iterations=_bool(d.get("after_iterations", vd.after_iterations), "verify.after_iterations"),
+        each_iteration=_bool(d.get("each_iteration", vd.each_iteration), "verify.each_iteration"),
         train_frames=_int(d.get("train_frames", vd.train_frames), "verify.train_frames", 0),
     )
 

@@ -551,8 +551,9 @@ class FinetuneLoop:
             near_minimum: frames near a low-enthalpy hit's minimum, selected with the hits.
             free: ``(source, labelled atoms)`` already labelled by this oracle elsewhere (the
                 verification's oracle frames): they join this iteration's data at no cost.
-            ranking_stable: the verified top-k ranking is unchanged and the model's top-1 is
-                the oracle's (``None``: no verification, the committee alone decides). The loop
+            ranking_stable: the verified answer is the last iteration's and the model's top-1
+                is it (:func:`lamcsp.verify.ranking_stable`; ``None``: no verification, the
+                committee alone decides). The loop
                 converges when the committee is accurate on ``conv_accuracy`` of the candidates
                 and this is not ``False``.
         """
@@ -575,7 +576,7 @@ class FinetuneLoop:
         converged = agree and ranking_stable is not False
         reason = ""
         if converged:
-            reason = ("the committee agrees" + (" and the verified ranking is stable" if ranking_stable else ""))
+            reason = ("the committee agrees" + (" and the verified answer is settled" if ranking_stable else ""))
         chosen = [] if converged else sel.chosen
         todo = [i for i in chosen if sources[i] not in journal]
 

@@ -504,7 +504,6 @@ def _finetune_doc(run: _Run) -> list[dict[str, Any]]:
                     "free_labels": it.get("free_labels", 0),
                     "committee_vs_error": it.get("committee_vs_error", {}),
                     "verification": _agreement(it.get("verification")),
-                    "verification_before": _agreement(it.get("verification_before")),
                     "n_models": len(it["models"]), "rerelaxed": moved,
                     "hull": hulls.get(int(it["iteration"]), []), "hull_before": hulls.get(-1, [])})
     return out
@@ -919,16 +918,14 @@ def _finetune_html(doc: dict[str, Any]) -> str:
         f"<td>{agree(it.get('verification'))}</td>"
         f"<td>{_e(it.get('stop_reason') or '') if it['converged'] else ''}</td>"
         f"<td>{_e(_stable_text(it['hull']))}</td></tr>" for it in its)
-    before = agree(its[0].get("verification_before"))
     return ("<h2 id=finetune>Fine-tune loop</h2><table><tr><th>iteration</th><th>selected</th>"
             "<th>labelled</th><th>oracle frames from the verification</th><th>label failures</th>"
             "<th>accurate</th><th>candidate</th><th>failed</th>"
             "<th>force RMSE vs oracle (eV/&Aring;), model in use</th>"
             "<th>committee deviation / actual error (max force, eV/&Aring;)</th>"
-            "<th>top-1 agrees with the oracle (units), new model</th><th>converged</th>"
+            "<th>top-1 agrees with the oracle (units), model in use at the start</th><th>converged</th>"
             "<th>hull of the best hits re-relaxed with the new model</th></tr>"
-            f"{rows}</table><p>Hull of the first model's hits: {_e(_stable_text(its[0]['hull_before']))}. "
-            f"Top-1 of the pretrained model agrees with the oracle in {before} units.</p>")
+            f"{rows}</table><p>Hull of the first model's hits: {_e(_stable_text(its[0]['hull_before']))}.</p>")
 
 
 def _verification_html(doc: dict[str, Any]) -> str:

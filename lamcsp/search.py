@@ -871,28 +871,30 @@ class Search:
             self._finetune_iteration()
 
     def _finetune_iteration(self) -> None:
-        """One iteration on every unit's unique hits, the frames near the minimum of the
-        low-enthalpy ones, and the relaxation-trajectory frames (the start and every
-        ``finetune.snapshot_every`` steps) of the last ``every`` generations; then the new model
-        re-relaxes the best hits and, with ``verify.after_iterations``, the oracle verifies its
-        top-k (the pretrained model's too, before the first iteration: the loop stops only when
-        the verified ranking is stable and the model's top-1 is the oracle's). Kill-safe: an
-        interrupted iteration runs again on ``--resume`` without asking the oracle again (its
-        labels, members and verifications are stored as they come) and writes its log last."""
+        """One iteration. With ``verify.each_iteration``, the oracle first verifies the best
+        structures of the model in use (the pretrained model's, at the first); the loop stops
+        only when that verification's answer (the oracle's lowest) is the last iteration's and
+        the model's top-1 is it (and the committee agrees). Then the committee rates every unit's
+        unique hits, the model's own minima of its best, the frames near the minima of the
+        low-enthalpy ones and the relaxation-trajectory frames (the start and every
+        ``finetune.snapshot_every`` steps) of the last ``every`` generations; the selection is
+        labelled, with the verification's oracle frames, and the new model re-scores and
+        re-relaxes the best hits. Kill-safe: an interrupted iteration runs again on ``--resume``
+        without asking the oracle again (its labels, members and verifications are stored as
+        they come) and writes its log last."""
         from lamcsp.campaign import ModelSpec
         from lamcsp.verify import ranking_stable
 
         ft = self.finetune
         it = ft.iteration
-        verifying = self.campaign.verify_enabled and self.campaign.verify.after_iterations
-        before = self._verify("before") if verifying and it == 0 else None
+        verifying = self.campaign.verify_enabled and self.campaign.verify.each_iteration
+        verification = self._verify(f"iter-{it}") if verifying else None
+        stable = None
+        if verifying:
+            stable = bool(ranking_stable([e.get("verification") for e in ft.log] + [verification]))
         structures, enthalpy, sources, pressures, near = self._finetune_candidates()
         free = self._verification_frames() if verifying and self.campaign.verify_oracle == \
             self.campaign.finetune.oracle else []
-        stable = None
-        if verifying:
-            records = [ft.log[0].get("verification_before") if ft.log else before]
-            stable = bool(ranking_stable(records + [e.get("verification") for e in ft.log]))
         if self.progress:
             self.progress.write(f"fine-tune iteration {it}: rating {len(structures)} structures")
         fps = [e.fingerprint for e in self.deduper.describe(structures)]
@@ -906,29 +908,23 @@ class Search:
                 f"labelled {result.labelled} (failed {result.failed_labels}; {result.oracle_calls} oracle calls, "
                 f"{result.free_labels} frames from the verification), "
                 + (f"converged: {result.stop_reason}" if result.converged else f"{len(result.models)} models trained"))
-        verification = None
         if result.models:
             m = self.campaign.model
             self.use_model(ModelSpec(**{**dataclasses.asdict(m), **ft.trainer.spec(result.models[0]),
                                         "options": {}}))
             ft.executor = self.executor
-            self._rescore()
-            self._rerelax_best(result.iteration)
-            if verifying:
-                verification = self._verify(f"iter-{it}")
-        extra: dict[str, Any] = {"verification": verification}
-        if it == 0:
-            extra["verification_before"] = before
-        ft.finish(result, **extra)
+            self._rescore(result.iteration)
+        ft.finish(result, verification=verification)
         if result.models:
             self._checkpoint()  # the units' best and patience under the new model
 
     def _finetune_candidates(self) -> tuple[list[Any], list[float], list[str], list[float], list[int]]:
         """What the committee rates: every unit's unique hits (``enthalpy``: per atom above the
-        unit's lowest, by the model in use), the relaxation frames of the last ``every``
-        generations and of the hits within ``finetune.window`` (NaN), their sources (row keys),
-        pressures, and the indices of the frames near the low hits' minima (the last
-        ``finetune.minimum_frames`` of each)."""
+        unit's lowest, by the model in use), the model in use's re-relaxed best hits (its own
+        minima), the relaxation frames of the last ``every`` generations and of the hits within
+        ``finetune.window`` (NaN), their sources (row keys), pressures, and the indices of the
+        structures near a minimum that are labelled whatever the committee says (the re-relaxed
+        hits, and the last ``finetune.minimum_frames`` frames of each low hit)."""
         from lamcsp.generators.base import Candidate
         from lamcsp.relax.relaxer import atoms_from_dict
 
@@ -948,10 +944,19 @@ class Search:
                 pressures.append(float(row.pressure_gpa))
                 if _h_now(row) - best <= spec.window:
                     low.add(int(row.id))
+        near: list[int] = []
+        # the model in use's own minima of its best hits (re-relaxed after the last iteration):
+        # where it ranks them wrong, these labels correct it
+        for row in self.store.rows(role="rerelax", iteration=self.finetune.iteration - 1):
+            if _row_ok(row):
+                near.append(len(structures))
+                structures.append(row.toatoms())
+                enthalpy.append(math.nan)
+                sources.append(row.key)
+                pressures.append(float(row.pressure_gpa))
         first = max(0, self.generation - spec.every)
         rows = {int(r.id): r for r in self.store.rows(f"generation>={first}", role="search")}
         rows.update({i: self.store.db.get(id=i) for i in low if i not in rows})
-        near: list[int] = []
         for rid, row in sorted(rows.items()):
             cand = (row.data or {}).get("candidate")
             frames = [Candidate.from_dict(cand).to_atoms()] if cand else []
@@ -1024,12 +1029,16 @@ class Search:
                 out.append((f"verify:{oid}:{source.key}:{j}", record_atoms(recs[j])))
         return out
 
-    def _rescore(self) -> None:
+    def _rescore(self, iteration: int) -> None:
         """After a model switch, the enthalpies the search compares come from the new model:
         every unit's relaxed population and unique hits are evaluated with it (single points at
-        the stored structures, batched) and the units' best, dedupe entries and the swarm's and
-        GA's fitness take those values. Rows keep the enthalpy of their own relaxation and gain
-        ``enthalpy_now`` (per atom, by ``model_now``), which ``--resume`` and the report read."""
+        the stored structures, batched), the ``finetune.rerelax`` lowest of each unit are
+        re-relaxed with it (rows ``role=rerelax``: a single point at the old model's minimum is
+        not the new model's enthalpy of that structure, and rankings by single points mislead),
+        and the units' best, dedupe entries and the swarm's and GA's fitness take those values
+        (the re-relaxed one where it is lower). Rows keep the enthalpy of their own relaxation
+        and gain ``enthalpy_now`` (per atom, by ``model_now``), which ``--resume``, the
+        verification and the report read."""
         import torch
 
         from lamcsp.relax.state import EV_PER_A3_PER_GPA, from_structures
@@ -1049,6 +1058,8 @@ class Search:
                 pv = float(row.pressure_gpa) * EV_PER_A3_PER_GPA * at.get_volume()
                 h[a + k] = (e[k] + pv) / len(at)
         now = {int(row.id): float(x) for row, x in zip(rows, h)}
+        for rid, x in self._rerelax_best(iteration, now).items():
+            now[rid] = min(now[rid], x)
         with self.store.transaction():
             for rid, x in now.items():
                 self.store.update(rid, enthalpy_now=x, model_now=self.potential.model_id)
@@ -1077,27 +1088,36 @@ class Search:
             us.history.append(us.best)
             us.stagnant = 0
 
-    def _rerelax_best(self, iteration: int) -> None:
-        """The ``finetune.rerelax`` best unique hits of every unit, re-relaxed with the new model
-        (rows ``role=rerelax``, ``iteration``, ``of``: the row re-relaxed)."""
+    def _rerelax_best(self, iteration: int, now: dict[int, float]) -> dict[int, float]:
+        """The ``finetune.rerelax`` best unique hits of every unit by ``now`` (row id -> the new
+        model's single-point enthalpy per atom), re-relaxed with the new model (rows
+        ``role=rerelax``, ``iteration``, ``of``: the row re-relaxed; read back, not relaxed
+        again, on ``--resume``); their enthalpies per atom by the row re-relaxed (ok results)."""
         n = self.campaign.finetune.rerelax
-        todo = []
+        todo, out = [], {}
         for us in self.unit_states:
-            rows = sorted(self._rows_by_id(us.stored_rows), key=_h_now)[:n]
-            for row in rows:
+            ids = sorted((int(i) for i in us.stored_rows if int(i) in now), key=lambda i: now[i])[:n]
+            for row in self._rows_by_id(ids):
                 key = f"ft{iteration}-{row.key}"
-                if self.store.row_id(key) is None:
+                done = self.store.row_id(key)
+                if done is None:
                     todo.append((key, row, us))
-        if not todo:
-            return
+                    continue
+                old = self.store.db.get(id=done)
+                if _row_ok(old):
+                    out[int(row.id)] = float(old.enthalpy_per_atom)
 
         def store_one(i: int, result: RelaxResult) -> None:
             key, row, us = todo[i]
             self._add_row(result, key, role="rerelax", generation=-3, generator="rerelax", unit=us.unit.index,
                           extra={"iteration": iteration, "of": int(row.id)})
+            if _result_ok(result):
+                out[int(row.id)] = float(result.enthalpy_per_atom)
 
-        self.executor.relax([r.toatoms() for _, r, _ in todo], [us.unit.pressure_gpa for *_, us in todo],
-                            on_result=store_one)
+        if todo:
+            self.executor.relax([r.toatoms() for _, r, _ in todo], [us.unit.pressure_gpa for *_, us in todo],
+                                on_result=store_one)
+        return out
 
     # -- references, pressure scan, report ---------------------------------------------------
     def _relax_references(self) -> None:

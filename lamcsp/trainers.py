@@ -105,14 +105,21 @@ class CHGNetTrainer:
     composition model, from the pretrained weights each iteration, on all data so far) into K
     members with torch and data seeds 1..K (``diversity``: see the module docstring); each
     member is saved with ``torch.save(model.as_dict())``, which the ``chgnet`` backend loads as
-    ``chgnet:PATH``."""
+    ``chgnet:PATH``.
+
+    The loss weights: energy per atom (eV) 1, forces (eV/Å) 1, stress (GPa) 0.001, not
+    CHGNet's pretraining 0.1. The labels a search produces hold stresses of several GPa
+    (relaxation starts, structures far from the oracle's volume); weighted 0.1 the stress
+    dominates the loss and the energies, which decide the ranking, are left unfitted; without
+    stress labels the cell relaxations go wrong (measured in docs/verify.md)."""
 
     backend = "chgnet"
 
     def __init__(self, model: str = "0.3.0", *, epochs: int = 30, learning_rate: float = 3e-4,
-                 batch_size: int = 8, stress_loss_ratio: float = 0.1, device: str | None = None,
-                 diversity: str = "bootstrap"):
+                 batch_size: int = 8, stress_loss_ratio: float = 0.001, energy_loss_ratio: float = 1.0,
+                 device: str | None = None, diversity: str = "bootstrap"):
         self.model = model
+        self.energy_loss_ratio = energy_loss_ratio
         self.epochs = epochs
         self.learning_rate = learning_rate
         self.device = device  # None: CHGNet picks (a GPU when there is one)
@@ -159,6 +166,7 @@ class CHGNetTrainer:
             loader = DataLoader(torch.utils.data.Subset(data, idx.tolist()), batch_size=self.batch_size,
                                 shuffle=True, collate_fn=collate_graphs, generator=g)
             trainer = Trainer(model=net, targets="efs", stress_loss_ratio=self.stress_loss_ratio,
+                              energy_loss_ratio=self.energy_loss_ratio,
                               optimizer="Adam", scheduler="CosLR", criterion="MSE", epochs=self.epochs,
                               learning_rate=self.learning_rate, use_device=self.device, torch_seed=k + 1,
                               data_seed=k + 1, print_freq=10**6)

@@ -350,16 +350,21 @@ def ranking_record(comparisons: dict[str, Comparison], top_k: int) -> dict[str, 
 
 
 def ranking_stable(records: Sequence[dict[str, Any] | None]) -> bool | None:
-    """Whether the last two verifications (:func:`ranking_record`) give the same verified top-k
-    ranking for every unit and the model's top-1 agrees with the oracle's in the last;
-    ``None`` when there are not two yet."""
+    """Whether the verified ranking has settled: in the last two verifications
+    (:func:`ranking_record`) every unit has the same answer (the oracle's lowest of all it has
+    verified: nothing the model brought up since is lower by the oracle), and in the last the
+    model's top-1 is that answer. ``None`` when there are not two yet.
+
+    The model's top-k in the oracle's order (``ranking``) is not asked to stay the same: it
+    changes whenever the search finds another near-degenerate structure, and a loop that trains
+    again on every such change trades a model that ranks right for one that may not."""
     recs = [r for r in records if r is not None]
     if len(recs) < 2:
         return None
     last, before = recs[-1], recs[-2]
     if set(last) != set(before) or not last:
         return False
-    return all(last[u]["ranking"] == before[u]["ranking"] and last[u]["top1_agree"] for u in last)
+    return all(last[u]["answer"] == before[u]["answer"] and last[u]["top1_agree"] for u in last)
 
 
 # ------------------------------------------------------------------------------------ report

@@ -66,15 +66,18 @@ def test_pick_takes_the_top_k_of_every_unit_and_the_window_of_the_hull():
     assert [h.row_id for h in pick(hits, top_k=2, window=0.0)] == [1, 2, 5, 6]
 
 
-def test_the_ranking_is_stable_only_when_unchanged_and_the_top1_agrees():
+def test_the_ranking_is_stable_only_when_the_answer_stays_and_the_top1_agrees():
     a = ranking_record({"X": compare([1, 2, 3], [0.0, 0.1, 0.2], [0.0, 0.2, 0.1])}, 3)
     b = ranking_record({"X": compare([1, 2, 3], [0.0, 0.15, 0.2], [0.0, 0.2, 0.1])}, 3)
-    wrong = ranking_record({"X": compare([1, 2, 3], [0.0, 0.1, 0.2], [0.1, 0.0, 0.2])}, 3)
-    moved = ranking_record({"X": compare([1, 2, 4], [0.0, 0.1, 0.2], [0.0, 0.2, 0.1])}, 3)
+    wrong = ranking_record({"X": compare([1, 2, 3], [0.1, 0.0, 0.2], [0.0, 0.2, 0.1])}, 3)
+    more = ranking_record({"X": compare([1, 2, 4], [0.0, 0.1, 0.2], [0.0, 0.2, 0.1])}, 3)
+    lower = ranking_record({"X": compare([1, 2, 5], [0.0, 0.1, 0.2], [0.0, 0.2, -0.1])}, 3)
     assert ranking_stable([a]) is None and ranking_stable([None, a]) is None
-    assert ranking_stable([a, b]) is True
-    assert ranking_stable([wrong, wrong]) is False  # stable, but the model's top-1 is not the oracle's
-    assert ranking_stable([a, moved]) is False and ranking_stable([a, None, b]) is True
+    assert ranking_stable([a, b]) is True and ranking_stable([a, None, b]) is True
+    assert ranking_stable([wrong, wrong]) is False  # the same answer, but the model's top-1 is not it
+    assert ranking_stable([wrong, a]) is True  # the model has come round to the oracle's answer
+    assert ranking_stable([a, more]) is True  # another structure in the top-k, the answer stands
+    assert ranking_stable([a, lower]) is False  # the oracle found a lower one: not settled
 
 
 # ------------------------------------------------------------------------------------ journal
@@ -231,7 +234,7 @@ def test_kill_9_during_oracle_work_then_resume_repeats_no_oracle_call(uninterrup
         assert (tmp_path / "moved" / member.relative_to(tmp_path / "run")).stat().st_mtime_ns == saved
     assert _rows(tmp_path / "moved") == _rows(uninterrupted / "run")
     ft = json.loads((tmp_path / "moved" / "finetune" / "iterations.json").read_text())
-    assert [it["iteration"] for it in ft] == [0, 1] and ft[0]["verification_before"]
+    assert [it["iteration"] for it in ft] == [0, 1] and ft[0]["verification"]
 
 
 # ------------------------------------------------------------------------------------ missing packages
@@ -265,3 +268,67 @@ def test_a_missing_package_is_named_before_any_work(tmp_path, over, blocked, fie
         assert r.returncode == 2 and f"error in {field}" in r.stderr and extra in r.stderr, r.stderr
         assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------------------------------ right answers
+
+
+def _l1_1(a: float = 3.9):
+    """AlPd in the L1_1 (CuPt) order: fcc with alternating (111) planes, 2 atoms."""
+    from ase import Atoms
+
+    p = np.array([[0, a / 2, a / 2], [a / 2, 0, a / 2], [a / 2, a / 2, 0]])
+    cell = np.array([p[0] - p[1], p[1] - p[2], p[0] + p[1]])
+    return Atoms("AlPd", positions=[[0, 0, 0], p[0]], cell=cell, pbc=True)
+
+
+@pytest.mark.slow
+def test_the_loop_turns_a_wrong_answer_into_the_oracles(tmp_path):
+    """AlPd in 2-atom cells: pretrained CHGNet puts a distorted B2 lowest, EMT (the oracle here)
+    the L1_1 (CuPt) order, 41 meV/atom lower by EMT (measured with both potentials relaxing the
+    same 90 random starts and the named prototypes, notes in docs/verify.md). The search with
+    the fine-tune loop and verification must end with EMT's structure as the answer and as the
+    model's own top-1 (its own minimum, re-relaxed by the last model, is the oracle's
+    structure)."""
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+    from pymatgen.io.ase import AseAtomsAdaptor
+    from lamcsp.relax.relaxer import Relaxer
+
+    from lamcsp.potentials.registry import load_potential
+    from lamcsp.report import record_of
+
+    camp = {"name": "alpd", "seed": 1, "system": {"composition": "AlPd", "formula_units": 1}, "population": 8,
+            "generations": 4, "stop": {"patience": None}, "model": {"backend": "chgnet", "device": "cpu"},
+            "relax": {"fmax": 0.05, "max_steps": 200},
+            "finetune": {"enabled": True, "every": 2, "committee": 2, "epochs": 30, "max_labels": 10, "rerelax": 3,
+                         "window": 0.05, "oracle": "emt", "snapshot_every": 10, "max_iterations": 3},
+            "verify": {"top_k": 3}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(camp))
+    r = _lamcsp("search", "c.yaml", "-o", "run", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    run = tmp_path / "run"
+    log = json.loads((run / "finetune" / "iterations.json").read_text())
+    before = log[0]["verification"]["AlPd @ 0 GPa"]
+    assert not before["top1_agree"]  # the premise: the pretrained model's answer is not EMT's
+    summary = json.loads((run / "report" / "summary.json").read_text())
+    comp = summary["verification"][0]["pressures"][0]["compositions"]["AlPd"]
+    assert comp["comparison"]["top1_agree"] and comp["answer"]["model_rank"] == 1
+    db = ase.db.connect(str(run / "results.db"))
+    answer = db.get(id=comp["answer"]["verify_id"])
+    # EMT's own favourite among the named 2-atom orders, relaxed by EMT itself
+    b2 = bulk("Al", "bcc", a=3.0, cubic=True)
+    b2.set_chemical_symbols(["Al", "Pd"])
+    l10 = bulk("Al", "fcc", a=3.9, cubic=True)
+    l10.set_chemical_symbols(["Al", "Pd", "Al", "Pd"])
+    protos = Relaxer(load_potential("emt"), fmax=0.01, max_steps=500).relax([b2, l10, _l1_1()], [0.0] * 3)
+    best = min(protos, key=lambda res: res.enthalpy_per_atom)
+    assert best is protos[2]  # L1_1
+    matcher = StructureMatcher()
+    assert matcher.fit(AseAtomsAdaptor.get_structure(answer.toatoms()), AseAtomsAdaptor.get_structure(best.atoms))
+    assert answer.enthalpy_per_atom == pytest.approx(best.enthalpy_per_atom, abs=2e-3)
+    # the final model's own top-1 is the answer's structure, and its own minimum is EMT's structure
+    rows = [row for row in db.select(role="search", unique=True) if record_of(row).ok]
+    top = min(rows, key=lambda row: record_of(row).enthalpy_per_atom)
+    rerelaxed = list(db.select(role="rerelax", of=top.id))
+    own = max(rerelaxed, key=lambda row: row.iteration).toatoms() if rerelaxed else top.toatoms()
+    assert matcher.fit(AseAtomsAdaptor.get_structure(own), AseAtomsAdaptor.get_structure(best.atoms))
