@@ -82,7 +82,14 @@ def check_oracle(spec: dict[str, Any], field: str) -> None:
     """Fail now, naming ``field``, if the oracle cannot be built here (an unknown calculator, a
     missing package, options it refuses); a command oracle is checked when it runs."""
     if "calculator" in spec:
-        make_calculator(spec, field=field)
+        from lamcsp.parallel import hide_launcher
+
+        # built here as a worker builds it: serially, out of sight of an MPI launcher
+        hidden = hide_launcher()
+        try:
+            make_calculator(spec, field=field)
+        finally:
+            os.environ.update(hidden)
     elif "command" not in spec:
         raise SetupError(field, "an oracle needs `calculator: NAME` or `command: ...`")
 
@@ -357,7 +364,7 @@ class OracleTask:
         replay = journal.read() if journal is not None else []
         if self._calc is None:
             return self._command(atoms, pressure, journal, replay)
-        calc = JournaledCalculator(self._calc, journal, replay)
+        calc = JournaledCalculator(self._calculator_for(atoms), journal, replay)
         a = atoms.copy()
         a.calc = calc
         steps, converged, status = 0, False, "single_point"
@@ -379,6 +386,22 @@ class OracleTask:
         out = RelaxResult(atoms=a, energy=e, enthalpy=h, pressure_gpa=pressure, converged=converged, steps=steps,
                           status=status, fmax=fmax, forces=f, stress=s).to_dict()
         return {**out, "calls": calc.calls, "replayed": calc.replayed}
+
+    def _calculator_for(self, atoms: Any) -> Any:
+        """The oracle for one structure. A k-point density (``kpts: {density: D}``, GPAW's and
+        ASE's) is turned into the grid of the starting cell, kept for the whole relaxation: a
+        grid that changed with the cell would make the energy surface jump under the optimizer."""
+        kpts = (self.oracle.get("options") or {}).get("kpts")
+        if self.mode != "relax" or not isinstance(kpts, dict) or "density" not in kpts:
+            return self._calc
+        from ase.calculators.calculator import kpts2sizeandoffsets
+
+        size, _ = kpts2sizeandoffsets(atoms=atoms, density=float(kpts["density"]), gamma=kpts.get("gamma"),
+                                      even=kpts.get("even"))
+        fixed = {k: v for k, v in kpts.items() if k not in ("density", "even")}
+        fixed["size"] = [int(n) for n in size]
+        return make_calculator({**self.oracle, "options": {**self.oracle["options"], "kpts": fixed}},
+                               field="verify.oracle")
 
     def _relax(self, atoms: Any, pressure: float) -> tuple[bool, int]:
         from ase.filters import FrechetCellFilter

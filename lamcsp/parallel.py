@@ -218,8 +218,25 @@ class SerialExecutor:
 # --------------------------------------------------------------------------------- workers
 
 
+#: environment variables by which an MPI launcher announces itself (and codes such as GPAW
+#: detect one): a worker process never touches MPI, so it runs its tasks without them
+LAUNCHER_PREFIXES = ("PMI_", "PMIX_", "OMPI_COMM_WORLD_", "MV2_COMM_WORLD_", "I_MPI_", "HYDRA_")
+
+
+def hide_launcher(environ: Any = None) -> dict[str, str]:
+    """Remove the MPI launcher's variables from ``environ`` (default ``os.environ``), so that an
+    oracle code that checks for a launcher (GPAW refuses to run serially under one) runs as
+    the serial calculation each worker makes of it; returns what was removed."""
+    env = os.environ if environ is None else environ
+    removed = {k: env[k] for k in list(env) if k.startswith(LAUNCHER_PREFIXES)}
+    for k in removed:
+        del env[k]
+    return removed
+
+
 def _child_main(conn: Any, worker: WorkerInfo) -> None:
     """The relax worker process: runs batches sent by its rank, one at a time."""
+    hide_launcher()
     os.environ["LAMCSP_RANK"] = str(worker.rank)
     tasks: dict[str, Any] = {}
     while True:
@@ -477,9 +494,9 @@ class MPIExecutor:
         status = MPI.Status()
         next_bid = 0
 
-        def dispatch(slot: int) -> None:
+        def dispatch(slot: int, hold: int = PREFETCH) -> None:
             nonlocal next_bid
-            while batches and len(held[slot]) < PREFETCH:
+            while batches and len(held[slot]) < hold:
                 idx = batches.popleft()
                 bid, next_bid = next_bid, next_bid + 1
                 index[bid], held[slot][bid] = idx, set(idx)
@@ -509,8 +526,9 @@ class MPIExecutor:
                                   f"{', '.join(names) or 'no structure'}",
                                   detail=msg[3] if kind == "error" else "")
 
-        for s in slots:
-            dispatch(s)
+        for hold in range(1, PREFETCH + 1):  # round robin: every worker starts before any holds two
+            for s in slots:
+                dispatch(s, hold)
         while any(held[s] for s in slots):
             busy = False
             while self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=_TAG, status=status):
