@@ -118,15 +118,16 @@ def main() -> None:
                 seconds = time.perf_counter() - t0
                 committee = Committee(pots)
                 for name, frames in tests.items():
-                    rows.append({"backend": backend, "diversity": diversity, "test": name, "train_seconds": seconds,
-                                 **measure(committee, frames)})
+                    rows.append({"backend": backend, "diversity": diversity, "test": name,
+                                 "train_seconds": seconds, **measure(committee, frames)})
                     r = rows[-1]
-                    print(f"{backend:7s} {diversity:10s} {name:9s} spearman {r['spearman_f']:5.2f}  error/devi "
-                          f"{r['error_over_devi_f']:6.1f}  agreed-while-wrong {r['agreed_while_wrong']:.2f}  "
+                    print(f"{backend:7s} {diversity:10s} {name:9s} spearman {r['spearman_f']:5.2f}  "
+                          f"error/devi {r['error_over_devi_f']:6.1f}  "
+                          f"agreed-while-wrong {r['agreed_while_wrong']:.2f}  "
                           f"RMSE {r['force_rmse']:.3f}  ({seconds:.0f} s)", flush=True)
     print(f"\n{len(train)} training frames, K = {args.members}, CPU, {torch.get_num_threads()} threads")
-    print(f"{'backend':8s} {'diversity':11s} {'test':9s} {'spearman':>8s} {'err/devi':>8s} {'trusted&wrong':>13s} "
-          f"{'mean devi':>9s} {'mean err':>8s} {'RMSE':>6s} {'train s':>7s}")
+    print(f"{'backend':8s} {'diversity':11s} {'test':9s} {'spearman':>8s} {'err/devi':>8s} "
+          f"{'trusted&wrong':>13s} {'mean devi':>9s} {'mean err':>8s} {'RMSE':>6s} {'train s':>7s}")
     for r in rows:
         print(f"{r['backend']:8s} {r['diversity']:11s} {r['test']:9s} {r['spearman_f']:8.2f} "
               f"{r['error_over_devi_f']:8.1f} {r['agreed_while_wrong']:13.2f} {r['mean_devi_f']:9.3f} "

@@ -62,9 +62,11 @@ def oracle_spec(text: str) -> dict[str, Any]:
     return {"calculator": raw} if isinstance(raw, str) else dict(raw)
 
 
-def campaigns(target: bench.Target, args: argparse.Namespace, oracle: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def campaigns(target: bench.Target, args: argparse.Namespace,
+              oracle: dict[str, Any]) -> dict[str, dict[str, Any]]:
     base = {"seed": args.seed,
-            "system": {"composition": target.composition, "formula_units": target.formula_units, "pressures": 0.0},
+            "system": {"composition": target.composition, "formula_units": target.formula_units,
+                       "pressures": 0.0},
             "population": args.population, "generations": args.generations, "stop": {"patience": None},
             "model": {"backend": "chgnet", "device": args.device}, "report": {"top_n": bench.TOP_K}}
     loop = {**base,
@@ -135,10 +137,10 @@ def describe(row: Any, ref: bench.Reference) -> dict[str, Any]:
 def oracle_reference(target: bench.Target, oracle: dict[str, Any], args: argparse.Namespace,
                      folder: Path) -> dict[str, Any]:
     """The MP structure relaxed with the oracle (journaled: a rerun repeats no oracle call)."""
+    from lamcsp.relax.relaxer import atoms_to_dict
     from pymatgen.io.ase import AseAtomsAdaptor
 
     from lamcsp.oracle import OracleTask
-    from lamcsp.relax.relaxer import atoms_to_dict
 
     task = OracleTask({"oracle": oracle, "mode": args.mode, "optimizer": "bfgs", "fmax": 0.05,
                        "max_steps": args.oracle_steps})
@@ -166,7 +168,8 @@ def evaluate(target: bench.Target, folder: Path, ref_model: bench.Reference, sec
     ref_oracle = oracle_reference(target, oracle, args, folder)
     h_answer = float(answer.enthalpy_per_atom)
     return {
-        "target": target.id, "formula": target.formula, "nsites": target.nsites, "spacegroup": target.spacegroup,
+        "target": target.id, "formula": target.formula, "nsites": target.nsites,
+        "spacegroup": target.spacegroup,
         "oracle": summary["verification"][0]["oracle"],
         "model": {"seconds": seconds["model"], "top1": describe(top1(run_a), ref_model)},
         "loop": {
@@ -174,11 +177,13 @@ def evaluate(target: bench.Target, folder: Path, ref_model: bench.Reference, sec
             "iterations": len(log), "stop_reason": log[-1].get("stop_reason", "") if log else "",
             "top1_before": describe(db.get(id=before["ids"][0]), ref_model) if before else None,
             "top1_after": describe(top1(run_b), ref_model),
-            "answer": {"verify_id": int(answer.id), "of": int(answer.of), "spacegroup": int(answer.spacegroup),
+            "answer": {"verify_id": int(answer.id), "of": int(answer.of),
+                       "spacegroup": int(answer.spacegroup),
                        "oracle_enthalpy_per_atom": h_answer,
                        "matches_reference": ref_mp.matches(AseAtomsAdaptor.get_structure(answer.toatoms())),
                        "model_rank": ver["answer"]["model_rank"]},
-            "top1_agrees": bool(ver["comparison"]["top1_agree"]), "kendall_tau": ver["comparison"]["kendall_tau"],
+            "top1_agrees": bool(ver["comparison"]["top1_agree"]),
+            "kendall_tau": ver["comparison"]["kendall_tau"],
             "verified": len(ver["structures"]),
             "reference_by_oracle": ref_oracle,
             "answer_minus_reference_mev": 1000 * (h_answer - ref_oracle["enthalpy_per_atom"]),
@@ -213,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     from lamcsp.potentials.registry import load_potential
 
     targets = bench.load_targets(args.targets)
-    subset = args.subset or (f"ids:{','.join(DEFAULT_IDS)}" if args.targets == [str(bench.DEFAULT_TARGETS)] else None)
+    default = args.targets == [str(bench.DEFAULT_TARGETS)]
+    subset = args.subset or (f"ids:{','.join(DEFAULT_IDS)}" if default else None)
     targets = bench.select(targets, subset)
     oracle = oracle_spec(args.oracle)
     out = Path(args.out)
@@ -237,8 +243,9 @@ def main(argv: list[str] | None = None) -> int:
         rec = evaluate(t, folder, ref_model, seconds, oracle, args)
         bench._write_json(record, rec)
         records.append(rec)
-    print(f"\n{'target':12s} {'formula':8s} {'(a) top-1':>9s} {'(b) before':>10s} {'after':>6s} {'answer':>7s} "
-          f"{'agrees':>6s} {'answer-ref':>10s} {'oracle calls':>12s} {'(a) s':>6s} {'(b) s':>7s}")
+    print(f"\n{'target':12s} {'formula':8s} {'(a) top-1':>9s} {'(b) before':>10s} {'after':>6s} "
+          f"{'answer':>7s} {'agrees':>6s} {'answer-ref':>10s} {'oracle calls':>12s} {'(a) s':>6s} "
+          f"{'(b) s':>7s}")
     yes = {True: "ref", False: "other", None: "-"}
     for r in records:
         b = r["loop"]

@@ -242,7 +242,8 @@ class VerifySpec:
     loop, the best structures of the model in use are verified at the start of every iteration
     (`each_iteration`; the first verifies the pretrained model); the oracle's frames join that
     iteration's training data, and the loop stops only when the verified answer (the oracle's
-    lowest) has not changed since the last iteration and the model's top-1 is that answer. Every oracle call is journaled, so `--resume` repeats none."""
+    lowest) has not changed since the last iteration and the model's top-1 is that answer. Every
+    oracle call is journaled, so `--resume` repeats none."""
 
     enabled: bool | None = _field(
         type="bool or null", doc="verify the answer (null: whenever `finetune.enabled`)")
@@ -384,8 +385,8 @@ class Campaign:
     def _verify_line(self) -> str:
         v, oracle = self.verify, self.verify_oracle
         name = oracle.get("calculator") or f"command {oracle.get('command')!r}"
-        return (f"  verify: the top {v.top_k} per composition and pressure (and all within {v.window:g} eV/atom "
-                f"of the hull) by {name}, {v.mode.replace('_', ' ')}"
+        return (f"  verify: the top {v.top_k} per composition and pressure (and all within {v.window:g} "
+                f"eV/atom of the hull) by {name}, {v.mode.replace('_', ' ')}"
                 + (", at every fine-tune iteration" if self.finetune.enabled and v.each_iteration
                    else "") + ", and at the end")
 
@@ -396,7 +397,8 @@ class Campaign:
                 f"{f.trust_lo:g}-{f.trust_hi:g} eV/Å, at most {f.max_labels} labels per iteration by "
                 f"{oracle}, "
                 f"until {f.conv_accuracy:g} accurate"
-                + (" and the verified answer settled" if self.verify_enabled and self.verify.each_iteration else "")
+                + (" and the verified answer settled"
+                   if self.verify_enabled and self.verify.each_iteration else "")
                 + f", at most {f.max_iterations} iterations")
 
 
@@ -789,7 +791,9 @@ def _parse_parallel(raw: Any) -> ParallelSpec:
     )
 
 
-def _parse_oracle(oracle: Any, field: str) -> dict[str, Any]:
+def parse_oracle(oracle: Any, field: str) -> dict[str, Any]:
+    """An oracle spec (a calculator name, ``{calculator: NAME, options: {...}}`` or ``{command:
+    ...}``) as a mapping; a :class:`SetupError` naming ``field`` if it is neither."""
     if isinstance(oracle, str):  # a calculator name
         oracle = {"calculator": oracle}
     if not isinstance(oracle, Mapping) or not ({"calculator", "command"} & set(oracle)):
@@ -808,11 +812,12 @@ def _parse_verify(raw: Any) -> VerifySpec:
     oracle = d.get("oracle")
     return VerifySpec(
         enabled=None if enabled is None else _bool(enabled, "verify.enabled"),
-        oracle=None if oracle is None else _parse_oracle(oracle, "verify.oracle"),
+        oracle=None if oracle is None else parse_oracle(oracle, "verify.oracle"),
         mode=_str(d.get("mode", vd.mode), "verify.mode", choices=("relax", "single_point")),
         top_k=_int(d.get("top_k", vd.top_k), "verify.top_k", 1),
         window=_float(d.get("window", vd.window), "verify.window", nonneg=True),
-        optimizer=_str(d.get("optimizer", vd.optimizer), "verify.optimizer", choices=("bfgs", "fire", "lbfgs")),
+        optimizer=_str(d.get("optimizer", vd.optimizer), "verify.optimizer",
+                       choices=("bfgs", "fire", "lbfgs")),
         fmax=_float(d.get("fmax", vd.fmax), "verify.fmax", positive=True),
         max_steps=_int(d.get("max_steps", vd.max_steps), "verify.max_steps", 1),
         each_iteration=_bool(d.get("each_iteration", vd.each_iteration), "verify.each_iteration"),
@@ -823,7 +828,7 @@ def _parse_verify(raw: Any) -> VerifySpec:
 def _parse_finetune(raw: Any) -> FinetuneSpec:
     d = _keys(raw, FinetuneSpec, "finetune")
     fd = FinetuneSpec()
-    oracle = _parse_oracle(d.get("oracle", fd.oracle), "finetune.oracle")
+    oracle = parse_oracle(d.get("oracle", fd.oracle), "finetune.oracle")
     ft = FinetuneSpec(
         enabled=_bool(d.get("enabled", fd.enabled), "finetune.enabled"),
         every=_int(d.get("every", fd.every), "finetune.every", 1),
@@ -906,8 +911,8 @@ def parse_campaign(raw: Any, source: str = "<campaign>", base_dir: str | None = 
                                              "false")
     if camp.verify.enabled and camp.verify.oracle is None and not camp.finetune.enabled \
             and "oracle" not in (d.get("finetune") or {}):
-        raise SetupError("verify.oracle", "verification needs an oracle: give verify.oracle (e.g. {calculator: "
-                                          "gpaw, options: {...}}), or set verify.enabled: false")
+        raise SetupError("verify.oracle", "verification needs an oracle: give verify.oracle (e.g. "
+                                          "{calculator: gpaw, options: {...}}), or set verify.enabled: false")
     if camp.finetune.enabled and camp.model.backend == "deepmd" and not str(camp.model.path).endswith(".pt"):
         raise SetupError("model.path", "fine-tuning a deepmd model starts from its .pt checkpoint, "
                                        f"not {camp.model.path}")

@@ -139,12 +139,14 @@ def build_parser() -> argparse.ArgumentParser:
     vf.add_argument("run", metavar="RUN", help="run directory")
     vf.add_argument("--oracle", default=None, metavar="SPEC",
                     help="an ASE calculator name (emt, gpaw...), a YAML/JSON mapping such as "
-                         "'{calculator: gpaw, options: {mode: {name: pw, ecut: 400}, xc: PBE}}', or a YAML file")
+                         "'{calculator: gpaw, options: {mode: {name: pw, ecut: 400}, xc: PBE}}', "
+                         "or a YAML file")
     vf.add_argument("--top-k", type=_positive(int, "--top-k"), default=None, metavar="K")
     vf.add_argument("--window", type=float, default=None, metavar="EV", help="eV/atom above the model's hull")
     vf.add_argument("--mode", choices=["relax", "single_point"], default=None)
     vf.add_argument("--fmax", type=_positive(float, "--fmax"), default=None, help="eV/Å (relax)")
-    vf.add_argument("--max-steps", type=_positive(int, "--max-steps"), default=None, help="oracle calls per relaxation")
+    vf.add_argument("--max-steps", type=_positive(int, "--max-steps"), default=None,
+                    help="oracle calls per relaxation")
     vf.add_argument("--quiet", action="store_true", help="no progress lines")
     vf.set_defaults(func=cmd_verify)
 
@@ -315,6 +317,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stderr_line(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     from lamcsp.parallel import MPIExecutor, mpi_world, worker_main
     from lamcsp.verify import verify_run
@@ -326,7 +332,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     try:
         out = verify_run(args.run, oracle=args.oracle, top_k=args.top_k, window=args.window, mode=args.mode,
                          fmax=args.fmax, max_steps=args.max_steps, executor=executor,
-                         progress=None if args.quiet else lambda text: print(text, file=sys.stderr, flush=True))
+                         progress=None if args.quiet else _stderr_line)
     finally:
         if executor is not None:
             executor.close()

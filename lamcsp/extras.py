@@ -14,10 +14,10 @@ from typing import Any
 from lamcsp.errors import SetupError
 
 #: how to install what an optional feature needs
-DEEPMD_INSTALL = ("`pip install -c constraints.txt \"lamcsp[deepmd]\"`, then rebuild DeePMD-kit's op against "
-                  "this torch: `DP_VARIANT=cpu DP_ENABLE_TENSORFLOW=0 pip install -c constraints.txt "
-                  "--no-build-isolation --no-deps --force-reinstall --no-binary deepmd-kit deepmd-kit==3.2.0` "
-                  "(README, \"DeePMD-kit models\")")
+DEEPMD_INSTALL = ("`pip install -c constraints.txt \"lamcsp[deepmd]\"`, then rebuild DeePMD-kit's op "
+                  "against this torch: `DP_VARIANT=cpu DP_ENABLE_TENSORFLOW=0 pip install -c "
+                  "constraints.txt --no-build-isolation --no-deps --force-reinstall --no-binary deepmd-kit "
+                  "deepmd-kit==3.2.0` (README, \"DeePMD-kit models\")")
 GPAW_INSTALL = ("`apt-get install libxc-dev libopenblas-dev && pip install pybind11 && pip install "
                 "--no-build-isolation \"lamcsp[dft]\"` (GPAW and its PAW setups, gpaw-data)")
 #: ASE calculators whose Python package lamcsp can install: name -> (module, how)
@@ -35,8 +35,8 @@ def installed(module: str) -> bool:
 def require(module: str, field: str, feature: str, how: str) -> None:
     """Raise a :class:`SetupError` naming ``field`` unless ``module`` is installed."""
     if not installed(module):
-        raise SetupError(field, f"{feature} needs the Python package {module!r}, which is not installed here; "
-                                f"install it with {how}. Nothing was run.")
+        raise SetupError(field, f"{feature} needs the Python package {module!r}, which is not installed "
+                                f"here; install it with {how}. Nothing was run.")
 
 
 def check_oracle_packages(oracle: dict[str, Any], field: str) -> None:

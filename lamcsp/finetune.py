@@ -193,8 +193,9 @@ def select(
     the low-enthalpy hits, whatever the committee says: the energy differences between the
     competitors decide the ranking. Without a committee (the first iteration) every relaxed hit
     may be selected (the initial data), the low-enthalpy ones first. Frames that fail
-    :func:`sane` are cleaned out first. If more than ``max_labels`` remain, the low-enthalpy hits come first, then the
-    rest in farthest-point order of ``fingerprints`` (diverse), else by decreasing deviation.
+    :func:`sane` are cleaned out first. If more than ``max_labels`` remain, the low-enthalpy hits
+    come first, then the rest in farthest-point order of ``fingerprints`` (diverse), else by
+    decreasing deviation.
     """
     n = len(structures)
     reasons: dict[int, str] = {}
@@ -216,7 +217,8 @@ def select(
         # initial data), the lowest first, then the most diverse, up to max_labels
         uncertain = [i for i in range(n) if np.isfinite(H[i])]
     picked = []
-    for i in sorted(set(low) | set(uncertain), key=lambda i: (i not in low, np.isnan(H[i]), np.nan_to_num(H[i]), i)):
+    for i in sorted(set(low) | set(uncertain),
+                    key=lambda i: (i not in low, np.isnan(H[i]), np.nan_to_num(H[i]), i)):
         if already and i in already:
             reasons[i] = "labelled before"
             continue
@@ -266,11 +268,11 @@ class Dataset:
         return self.root / f"iter-{it:03d}"
 
     def add(self, it: int, frames: Sequence[Any]) -> list[Path]:
+        import shutil
+
         import ase.io
 
         from lamcsp.potentials.deepmd import write_frames
-
-        import shutil
 
         d = self.iteration_dir(it)
         d.mkdir(parents=True, exist_ok=True)
@@ -576,7 +578,8 @@ class FinetuneLoop:
         converged = agree and ranking_stable is not False
         reason = ""
         if converged:
-            reason = ("the committee agrees" + (" and the verified answer is settled" if ranking_stable else ""))
+            settled = " and the verified answer is settled" if ranking_stable else ""
+            reason = "the committee agrees" + settled
         chosen = [] if converged else sel.chosen
         todo = [i for i in chosen if sources[i] not in journal]
 
@@ -585,7 +588,8 @@ class FinetuneLoop:
             rec = {"source": sources[i], "iteration": it, "oracle": self.oracle_id, "kind": "select",
                    "ok": bool(lab and lab.get("ok"))}
             if rec["ok"]:
-                rec.update(frame_record(structures[i], lab["energy"], np.asarray(lab["forces"]), lab.get("stress")))
+                rec.update(frame_record(structures[i], lab["energy"], np.asarray(lab["forces"]),
+                                        lab.get("stress")))
                 rec["seconds"] = lab.get("seconds")
             else:
                 rec["error"] = (lab or {}).get("error", "no result")
@@ -593,16 +597,17 @@ class FinetuneLoop:
             fault("label-stored")
 
         if todo:
-            self.executor.map(label_task(self.oracle), [{"atoms": atoms_to_dict(structures[i])} for i in todo],
-                              got, labels=[sources[i] for i in todo])
+            self.executor.map(label_task(self.oracle),
+                              [{"atoms": atoms_to_dict(structures[i])} for i in todo], got,
+                              labels=[sources[i] for i in todo])
         if not converged:
             known = self.journaled()
             for src, atoms in free:
                 if src not in known:
-                    self.labels.append({"source": src, "iteration": it, "oracle": self.oracle_id, "kind": "verify",
-                                        "ok": True, **frame_record(atoms, atoms.get_potential_energy(),
-                                                                   atoms.get_forces(),
-                                                                   atoms.get_stress(voigt=False))})
+                    self.labels.append({"source": src, "iteration": it, "oracle": self.oracle_id,
+                                        "kind": "verify", "ok": True,
+                                        **frame_record(atoms, atoms.get_potential_energy(),
+                                                       atoms.get_forces(), atoms.get_stress(voigt=False))})
         mine = [r for r in self.journaled().values() if int(r["iteration"]) == it]
         from lamcsp.oracle import record_atoms
 
@@ -624,16 +629,19 @@ class FinetuneLoop:
             workdir = self.root / "models" / f"iter-{it:03d}"
             data = self.data.systems() if self.trainer.backend == "deepmd" else self.data.frames()
             models = self.trainer.train(data, workdir, self.members, parent["models"] if parent else None)
-            self.registry.add({"iteration": it, "models": models, "parent": parent["models"] if parent else None,
-                               "data": [str(p) for p in self.data.systems()], "n_frames": len(self.data.frames()),
-                               "errors_before": errors_before, "backend": self.trainer.backend})
+            self.registry.add({"iteration": it, "models": models,
+                               "parent": parent["models"] if parent else None,
+                               "data": [str(p) for p in self.data.systems()],
+                               "n_frames": len(self.data.frames()), "errors_before": errors_before,
+                               "backend": self.trainer.backend})
         return IterationResult(
             iteration=it, selected=len(chosen), labelled=kinds.count("select"), failed_labels=len(failed),
             fractions=sel.fractions, errors_before=errors_before, models=models, converged=converged,
             oracle_calls=len(todo), free_labels=kinds.count("verify"), committee_vs_error=vs_error,
             stop_reason=reason, failed=failed)
 
-    def _errors(self, committee: Committee | None, frames: list[Any]) -> tuple[dict[str, float], dict[str, float]]:
+    def _errors(self, committee: Committee | None,
+                frames: list[Any]) -> tuple[dict[str, float], dict[str, float]]:
         """The committee in use against this iteration's labels: force and energy RMSE, and its
         deviation against its actual error (:func:`deviation_against_error`)."""
         if committee is None or not frames:

@@ -232,8 +232,10 @@ class JournaledCalculator(Calculator):
                         "stress": full_3x3_to_voigt_6_stress(np.asarray(rec["stress"]))}
 
 
-def _run_command(spec: dict[str, Any], atoms: Any, all_frames: bool = False) -> list[tuple[Any, float, np.ndarray,
-                                                                                           np.ndarray | None]]:
+Frame = tuple[Any, float, np.ndarray, "np.ndarray | None"]
+
+
+def _run_command(spec: dict[str, Any], atoms: Any, all_frames: bool = False) -> list[Frame]:
     """Run a command oracle on ``atoms`` in a fresh folder; its output's last frame (or every
     frame, for a command that relaxes) as ``(atoms, energy, forces, stress)``."""
     import ase.io
@@ -246,13 +248,14 @@ def _run_command(spec: dict[str, Any], atoms: Any, all_frames: bool = False) -> 
         ase.io.write(os.path.join(tmp, spec.get("input_file", name)), atoms, format=fmt)
         rc = subprocess.run(
             spec["command"] if spec.get("shell", True) else shlex.split(spec["command"]),
-            shell=spec.get("shell", True), cwd=tmp, capture_output=True, text=True, timeout=spec.get("timeout"),
+            shell=spec.get("shell", True), cwd=tmp, capture_output=True, text=True,
+            timeout=spec.get("timeout"),
         )
         if rc.returncode:
             raise RuntimeError(f"exit {rc.returncode}: {rc.stderr.strip()[-300:]}")
         out = os.path.join(tmp, spec.get("output_file", "OUTCAR"))
         system = dpdata.LabeledSystem(out, fmt=spec.get("output", "vasp/outcar"))
-        structures = system.to("ase/structure")
+        structures: Any = system.to("ase/structure")
         frames = range(len(system)) if all_frames else [len(system) - 1]
         result = []
         for k in frames:
@@ -343,7 +346,8 @@ class OracleTask:
         self.spec = dict(spec)
         self.oracle = dict(spec["oracle"])
         self.mode = str(spec.get("mode", "relax"))
-        self._calc = make_calculator(self.oracle, field="verify.oracle") if "calculator" in self.oracle else None
+        self._calc = (make_calculator(self.oracle, field="verify.oracle") if "calculator" in self.oracle
+                      else None)
 
     def __call__(self, items: Sequence[dict[str, Any]], emit: Callable[[int, Any], None]) -> None:
         from lamcsp.relax.relaxer import atoms_from_dict
@@ -383,8 +387,8 @@ class OracleTask:
             status = f"failed: {type(exc).__name__}: {str(exc)[:200]}"
         a.calc = None
         h = e + pressure * EV_PER_A3_PER_GPA * a.get_volume()
-        out = RelaxResult(atoms=a, energy=e, enthalpy=h, pressure_gpa=pressure, converged=converged, steps=steps,
-                          status=status, fmax=fmax, forces=f, stress=s).to_dict()
+        out = RelaxResult(atoms=a, energy=e, enthalpy=h, pressure_gpa=pressure, converged=converged,
+                          steps=steps, status=status, fmax=fmax, forces=f, stress=s).to_dict()
         return {**out, "calls": calc.calls, "replayed": calc.replayed}
 
     def _calculator_for(self, atoms: Any) -> Any:
@@ -443,8 +447,9 @@ class OracleTask:
             status = f"failed: {type(exc).__name__}: {str(exc)[:200]}"
         s = np.zeros((3, 3)) if s is None else s
         h = e + pressure * EV_PER_A3_PER_GPA * a.get_volume()
-        out = RelaxResult(atoms=a, energy=e, enthalpy=h, pressure_gpa=pressure, converged=status == "converged",
-                          steps=max(0, len(frames) - 1), status=status, fmax=fmax, forces=f, stress=s).to_dict()
+        out = RelaxResult(atoms=a, energy=e, enthalpy=h, pressure_gpa=pressure,
+                          converged=status == "converged", steps=max(0, len(frames) - 1), status=status,
+                          fmax=fmax, forces=f, stress=s).to_dict()
         return {**out, "calls": calls, "replayed": 0 if calls else len(replay)}
 
 

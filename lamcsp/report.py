@@ -454,7 +454,8 @@ def _verification_doc(run: _Run) -> list[dict[str, Any]]:
                      "mode": str(row.get("mode", "")), "pressure": _pressure(row.pressure_gpa),
                      "formula": str(row.formula), "natoms": int(row.natoms),
                      "reduced_formula": str(row.get("reduced_formula") or reduced_formula(row.formula)),
-                     "enthalpy_per_atom": float(row.enthalpy_per_atom), "spacegroup": int(row.get("spacegroup", 0)),
+                     "enthalpy_per_atom": float(row.enthalpy_per_atom),
+                     "spacegroup": int(row.get("spacegroup", 0)),
                      "status": str(row.status), "oracle_calls": int(row.get("oracle_calls", 0))})
     return verification_doc(rows, run.by_id, run.elements)
 
@@ -925,7 +926,8 @@ def _finetune_html(doc: dict[str, Any]) -> str:
             "<th>committee deviation / actual error (max force, eV/&Aring;)</th>"
             "<th>top-1 agrees with the oracle (units), model in use at the start</th><th>converged</th>"
             "<th>hull of the best hits re-relaxed with the new model</th></tr>"
-            f"{rows}</table><p>Hull of the first model's hits: {_e(_stable_text(its[0]['hull_before']))}.</p>")
+            f"{rows}</table><p>Hull of the first model's hits: "
+            f"{_e(_stable_text(its[0]['hull_before']))}.</p>")
 
 
 def _verification_html(doc: dict[str, Any]) -> str:
@@ -955,13 +957,16 @@ def _verification_html(doc: dict[str, Any]) -> str:
                 tau = "&ndash;" if c["kendall_tau"] is None else f"{c['kendall_tau']:.2f}"
                 parts.append(
                     f"<p><b>{_e(formula)} at {pdoc['pressure_gpa']:g} GPa</b>: the model's top-1 "
-                    f"{'agrees' if c['top1_agree'] else '<b>disagrees</b>'} with the oracle's; Kendall tau {tau}; "
+                    f"{'agrees' if c['top1_agree'] else '<b>disagrees</b>'} with the oracle's; "
+                    f"Kendall tau {tau}; "
                     f"largest error {1000 * c['max_error']:.1f} meV/atom. Answer: #{ans['of']} "
-                    f"(oracle space group {ans['spacegroup']}, {ans['oracle_enthalpy_per_atom']:.4f} eV/atom, "
+                    f"(oracle space group {ans['spacegroup']}, "
+                    f"{ans['oracle_enthalpy_per_atom']:.4f} eV/atom, "
                     f"the model's rank {ans['model_rank']}).</p>")
-                rows = [[str(e["model_rank"]), str(e["oracle_rank"]), str(e["of"]), str(e["model_spacegroup"]),
-                         str(e["oracle_spacegroup"]), _num(e["model_relative"], 1000, 1),
-                         _num(e["oracle_relative"], 1000, 1), _e(e["status"])] for e in comp["structures"]]
+                rows = [[str(e["model_rank"]), str(e["oracle_rank"]), str(e["of"]),
+                         str(e["model_spacegroup"]), str(e["oracle_spacegroup"]),
+                         _num(e["model_relative"], 1000, 1), _num(e["oracle_relative"], 1000, 1),
+                         _e(e["status"])] for e in comp["structures"]]
                 parts.append(_table(["model rank", "oracle rank", "db id", "space group (model)",
                                      "space group (oracle)", "ΔH model (meV/atom)", "ΔH oracle (meV/atom)",
                                      "oracle status"], rows, left=0))

@@ -826,7 +826,7 @@ class Search:
         data, models and iterations are read back and the model of its last finished iteration
         is used."""
         spec = self.campaign.finetune
-        self.finetune = None
+        self.finetune: Any = None
         if not spec.enabled:
             return
         from lamcsp.campaign import ModelSpec
@@ -905,9 +905,10 @@ class Search:
         if self.progress:
             self.progress.write(
                 f"fine-tune iteration {result.iteration}: accurate {result.fractions['accurate']:.2f}, "
-                f"labelled {result.labelled} (failed {result.failed_labels}; {result.oracle_calls} oracle calls, "
-                f"{result.free_labels} frames from the verification), "
-                + (f"converged: {result.stop_reason}" if result.converged else f"{len(result.models)} models trained"))
+                f"labelled {result.labelled} (failed {result.failed_labels}; {result.oracle_calls} oracle "
+                f"calls, {result.free_labels} frames from the verification), "
+                + (f"converged: {result.stop_reason}" if result.converged
+                   else f"{len(result.models)} models trained"))
         if result.models:
             m = self.campaign.model
             self.use_model(ModelSpec(**{**dataclasses.asdict(m), **ft.trainer.spec(result.models[0]),
@@ -935,9 +936,9 @@ class Search:
         pressures: list[float] = []
         low: set[int] = set()
         for us in self.unit_states:
-            rows = [r for r in self._rows_by_id(us.stored_rows) if _row_ok(r)]
-            best = min((_h_now(r) for r in rows), default=math.nan)
-            for row in rows:
+            hits = [r for r in self._rows_by_id(us.stored_rows) if _row_ok(r)]
+            best = min((_h_now(r) for r in hits), default=math.nan)
+            for row in hits:
                 structures.append(row.toatoms())
                 enthalpy.append(_h_now(row) - best)
                 sources.append(row.key)
@@ -947,7 +948,8 @@ class Search:
         near: list[int] = []
         # the model in use's own minima of its best hits (re-relaxed after the last iteration):
         # where it ranks them wrong, these labels correct it
-        for row in self.store.rows(role="rerelax", iteration=self.finetune.iteration - 1):
+        rerelaxed: list[Any] = self.store.rows(role="rerelax", iteration=self.finetune.iteration - 1)
+        for row in rerelaxed:
             if _row_ok(row):
                 near.append(len(structures))
                 structures.append(row.toatoms())
@@ -977,16 +979,16 @@ class Search:
         """Every unit's unique hits as :class:`lamcsp.verify.Hit` (the model in use's enthalpies)."""
         from lamcsp.verify import hits_of
 
-        return hits_of([(us.unit, row) for us in self.unit_states for row in self._rows_by_id(us.stored_rows)],
-                       self.campaign.system.elements)
+        pairs = [(us.unit, row) for us in self.unit_states for row in self._rows_by_id(us.stored_rows)]
+        return hits_of(pairs, self.campaign.system.elements)
 
     def verify_settings(self) -> Any:
         """The campaign's verification settings (:class:`lamcsp.verify.VerifySettings`)."""
         from lamcsp.verify import VerifySettings
 
         v = self.campaign.verify
-        return VerifySettings(oracle=self.campaign.verify_oracle, mode=v.mode, optimizer=v.optimizer, fmax=v.fmax,
-                              max_steps=v.max_steps, top_k=v.top_k, window=v.window)
+        return VerifySettings(oracle=self.campaign.verify_oracle, mode=v.mode, optimizer=v.optimizer,
+                              fmax=v.fmax, max_steps=v.max_steps, top_k=v.top_k, window=v.window)
 
     def _verify(self, stage: str) -> dict[str, Any]:
         """Verify the model in use's best structures with the oracle (:mod:`lamcsp.verify`);
@@ -995,16 +997,16 @@ class Search:
 
         settings = self.verify_settings()
         comparisons = run_verification(
-            self._hits(), settings, store=self.store, executor=self.executor, run_dir=self.run_dir, stage=stage,
-            model_id=self.potential.model_id, symprec=self.campaign.report.symprec,
+            self._hits(), settings, store=self.store, executor=self.executor, run_dir=self.run_dir,
+            stage=stage, model_id=self.potential.model_id, symprec=self.campaign.report.symprec,
             progress=self.progress.write if self.progress else None)
         record = ranking_record(comparisons, settings.top_k)
         if self.progress:
             for label, c in record.items():
                 tau = "-" if c["kendall_tau"] is None else f"{c['kendall_tau']:.2f}"
-                self.progress.write(f"  {label}: top-1 {'agrees' if c['top1_agree'] else 'DISAGREES'} with the "
-                                    f"oracle (tau {tau}, largest error {1000 * c['max_error']:.0f} meV/atom); "
-                                    f"answer #{c['answer']}")
+                agrees = "agrees" if c["top1_agree"] else "DISAGREES"
+                self.progress.write(f"  {label}: top-1 {agrees} with the oracle (tau {tau}, largest error "
+                                    f"{1000 * c['max_error']:.0f} meV/atom); answer #{c['answer']}")
         return record
 
     def _verification_frames(self) -> list[tuple[str, Any]]:
@@ -1018,7 +1020,7 @@ class Search:
         oid = self.verify_settings().oracle_id
         out = []
         for row in self.store.rows(role="verify", oracle=oid, include_data=False):
-            source = self.store.db.get(id=int(row.of))
+            source = self.store.db.get(id=int(row.get("of")))
             recs = [r for r in Journal(journal_path(self.run_dir, oid, source.key)).read()
                     if r.get("stress") is not None]
             if not recs or n == 0:

@@ -69,12 +69,12 @@ class DeePMDTrainer:
                 out.append(str(work / "model.pth"))
                 continue
             data = self._resample(systems, work, k)
-            common = dict(steps=self.steps, seed=k + 1, learning_rate=self.learning_rate, threads=self.threads)
             if parents:
-                finetune(Path(parents[k]).parent / "model.ckpt.pt", data, work, init=True, **common)
+                finetune(Path(parents[k]).parent / "model.ckpt.pt", data, work, init=True, steps=self.steps,
+                         seed=k + 1, learning_rate=self.learning_rate, threads=self.threads)
             else:
                 finetune(self.model, data, work, head=self.head, fresh_fitting=self.diversity == "fresh_head",
-                         **common)
+                         steps=self.steps, seed=k + 1, learning_rate=self.learning_rate, threads=self.threads)
             fault("member-trained")
             out.append(str(work / "model.pth"))
         return out
@@ -175,7 +175,7 @@ class CHGNetTrainer:
                 trainer.train(loader, loader, save_dir=str(work), train_composition_model=False)
             (work / "train.log").write_text(log.getvalue())
             tmp = work / "model.pt.tmp"
-            torch.save(trainer.model.as_dict(), tmp)
+            torch.save(net.as_dict(), tmp)  # the trainer trained `net` in place
             os.replace(tmp, path)
             fault("member-trained")
             out.append(str(path))

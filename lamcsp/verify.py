@@ -233,10 +233,12 @@ def run_verification(
             h = todo[i]
             result = RelaxResult.from_dict(d)
             store.add(**row_item(
-                result, verification_key(oid, h.key), role="verify", generation=GENERATION, generator="verify",
-                unit=h.unit, model_id=f"oracle:{oid}", symprec=symprec,
+                result, verification_key(oid, h.key), role="verify", generation=GENERATION,
+                generator="verify", unit=h.unit, model_id=f"oracle:{oid}", symprec=symprec,
                 extra={"of": h.row_id, "oracle": oid, "mode": settings.mode, "model_h": h.h_model,
-                       "model_h_id": model_id, "stage": stage, "oracle_calls": int(d.get("calls", 0)),
+                       "model_h_id": model_id, "stage": stage,
+                       # every oracle call this verification took (those a resume replayed too)
+                       "oracle_calls": int(d.get("calls", 0)) + int(d.get("replayed", 0)),
                        "oracle_rank": int(d.get("rank", 0))}))
             fault("verify-stored")
             done[0] += 1
@@ -256,7 +258,7 @@ def parse_oracle_option(text: str) -> dict[str, Any]:
     """``--oracle``: a calculator name, a YAML/JSON mapping, or a YAML file holding one."""
     import yaml
 
-    from lamcsp.campaign import _parse_oracle
+    from lamcsp.campaign import parse_oracle
     from lamcsp.errors import SetupError
 
     path = Path(text)
@@ -264,7 +266,7 @@ def parse_oracle_option(text: str) -> dict[str, Any]:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else yaml.safe_load(text)
     except (yaml.YAMLError, OSError, UnicodeDecodeError) as exc:
         raise SetupError("--oracle", f"cannot read {text!r}: {exc}") from None
-    return _parse_oracle(raw, "--oracle")
+    return parse_oracle(raw, "--oracle")
 
 
 def verify_run(run_dir: str | Path, *, oracle: str | None = None, top_k: int | None = None,
@@ -288,16 +290,17 @@ def verify_run(run_dir: str | Path, *, oracle: str | None = None, top_k: int | N
 
     run_dir = Path(run_dir)
     if not (run_dir / DB_NAME).is_file() or not (run_dir / "campaign.yaml").is_file():
-        raise SetupError("RUN", f"{str(run_dir)!r} is not a run directory (it needs {DB_NAME} and campaign.yaml); "
-                                "give the output directory of a search")
+        raise SetupError("RUN", f"{str(run_dir)!r} is not a run directory (it needs {DB_NAME} and "
+                                "campaign.yaml); give the output directory of a search")
     campaign = load_campaign(run_dir / "campaign.yaml")
     if oracle is not None:
         spec = parse_oracle_option(oracle)
     elif campaign.verify.oracle is not None or campaign.finetune.enabled:
         spec = campaign.verify_oracle
     else:
-        raise SetupError("--oracle", f"the campaign of {run_dir} names no oracle; give one, e.g. --oracle emt or "
-                                     "--oracle '{calculator: gpaw, options: {mode: {name: pw, ecut: 400}, xc: PBE}}'")
+        raise SetupError("--oracle", f"the campaign of {run_dir} names no oracle; give one, e.g. --oracle "
+                                     "emt or --oracle '{calculator: gpaw, options: {mode: {name: pw, "
+                                     "ecut: 400}, xc: PBE}}'")
     check_oracle_packages(spec, "--oracle")
     check_oracle(spec, "--oracle")
     v = campaign.verify
@@ -308,12 +311,13 @@ def verify_run(run_dir: str | Path, *, oracle: str | None = None, top_k: int | N
                               window=v.window if window is None else window)
     store = ResultStore(run_dir)
     units = {u.index: u for u in search_units(campaign)}
-    pairs = [(units[int(row.unit)], row) for row in store.rows(role="search", unique=True, include_data=False)
-             if int(row.get("unit", -1)) in units]
+    rows: list[Any] = store.rows(role="search", unique=True, include_data=False)
+    pairs = [(units[int(row.get("unit", -1))], row) for row in rows if int(row.get("unit", -1)) in units]
     hits = hits_of(pairs, campaign.system.elements)
-    models = sorted({str(row.get("model_now", row.model_id)) for _, row in pairs})
-    out = run_verification(hits, settings, store=store, executor=executor or SerialExecutor(None), run_dir=run_dir,
-                           stage="lamcsp verify", model_id=", ".join(models), symprec=campaign.report.symprec,
+    models = sorted({str(row.get("model_now", row.get("model_id"))) for _, row in pairs})
+    out = run_verification(hits, settings, store=store, executor=executor or SerialExecutor(None),
+                           run_dir=run_dir, stage="lamcsp verify", model_id=", ".join(models),
+                           symprec=campaign.report.symprec,
                            progress=progress)
     write_report(run_dir)
     return out
@@ -346,7 +350,8 @@ def compare_units(hits: Sequence[Hit], oracle_h: dict[int, float]) -> dict[str, 
 def ranking_record(comparisons: dict[str, Comparison], top_k: int) -> dict[str, Any]:
     """Plain data of one verification for the fine-tune log: per unit the comparison and the
     verified top-k ranking (:func:`signature`)."""
-    return {label: {**c.to_dict(), "ranking": signature(c, top_k)} for label, c in sorted(comparisons.items())}
+    return {label: {**c.to_dict(), "ranking": signature(c, top_k)}
+            for label, c in sorted(comparisons.items())}
 
 
 def ranking_stable(records: Sequence[dict[str, Any] | None]) -> bool | None:
@@ -409,9 +414,11 @@ def verification_doc(rows: Sequence[dict[str, Any]], sources: dict[int, Any], el
                     for k, i in enumerate(c.ids):
                         r = by_of[i]
                         structures.append({
-                            "of": i, "verify_id": int(r["id"]), "model_rank": k + 1, "oracle_rank": oracle_rank[i],
+                            "of": i, "verify_id": int(r["id"]), "model_rank": k + 1,
+                            "oracle_rank": oracle_rank[i],
                             "model_relative": c.model[k], "oracle_relative": c.oracle[k],
-                            "model_spacegroup": int(sources[i].spacegroup), "oracle_spacegroup": int(r["spacegroup"]),
+                            "model_spacegroup": int(sources[i].spacegroup),
+                            "oracle_spacegroup": int(r["spacegroup"]),
                             "oracle_enthalpy_per_atom": float(r["enthalpy_per_atom"]), "status": r["status"],
                             "oracle_calls": int(r.get("oracle_calls", 0))})
                 failed = [int(r["of"]) for r in rs if str(r["status"]).startswith("failed")]

@@ -18,10 +18,10 @@ import pytest
 import yaml
 from ase.build import bulk
 from ase.calculators.emt import EMT
+from lamcsp.relax.relaxer import atoms_to_dict
 from scipy.stats import kendalltau
 
 from lamcsp.oracle import Journal, OracleTask, oracle_id
-from lamcsp.relax.relaxer import atoms_to_dict
 from lamcsp.verify import Hit, compare, pick, ranking_record, ranking_stable, signature
 
 HERE = Path(__file__).parent
@@ -290,9 +290,9 @@ def test_the_loop_turns_a_wrong_answer_into_the_oracles(tmp_path):
     the fine-tune loop and verification must end with EMT's structure as the answer and as the
     model's own top-1 (its own minimum, re-relaxed by the last model, is the oracle's
     structure)."""
+    from lamcsp.relax.relaxer import Relaxer
     from pymatgen.analysis.structure_matcher import StructureMatcher
     from pymatgen.io.ase import AseAtomsAdaptor
-    from lamcsp.relax.relaxer import Relaxer
 
     from lamcsp.potentials.registry import load_potential
     from lamcsp.report import record_of
