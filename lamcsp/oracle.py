@@ -82,14 +82,16 @@ def check_oracle(spec: dict[str, Any], field: str) -> None:
     """Fail now, naming ``field``, if the oracle cannot be built here (an unknown calculator, a
     missing package, options it refuses); a command oracle is checked when it runs."""
     if "calculator" in spec:
-        from lamcsp.parallel import hide_launcher
+        from lamcsp.parallel import launcher_size
 
-        # built here as a worker builds it: serially, out of sight of an MPI launcher
-        hidden = hide_launcher()
-        try:
+        if launcher_size() > 1:
+            # under MPI the workers build it (serially, each in its own process): here, where
+            # mpi4py runs, a code such as GPAW refuses to be built; its class is looked up only
+            from lamcsp.potentials.ase_calc import ase_calculator_factory
+
+            ase_calculator_factory(str(spec["calculator"]), field=field)
+        else:
             make_calculator(spec, field=field)
-        finally:
-            os.environ.update(hidden)
     elif "command" not in spec:
         raise SetupError(field, "an oracle needs `calculator: NAME` or `command: ...`")
 

@@ -53,15 +53,25 @@ def make_ase_calculator(name: str, *, field: str = "model", **kwargs: Any) -> Ca
     ``get_calculator_class`` knows (``gpaw``, ``vasp``, ``espresso``, ``cp2k``, ``abacus`` with
     the ase-abacus plugin, ...), or a ``module:Class`` path. ``field`` names the campaign
     field in errors."""
+    factory = ase_calculator_factory(name, field=field)
+    try:
+        return factory(**kwargs)
+    except TypeError as exc:
+        raise SetupError(field, f"ASE calculator {name!r} refused its options: {exc}") from exc
+
+
+def ase_calculator_factory(name: str, *, field: str = "model") -> Callable[..., Calculator]:
+    """What :func:`make_ase_calculator` calls to build the calculator ``name`` (looked up and
+    imported, not built)."""
     key = name.lower()
     if key in ASE_CALCULATORS:
-        return ASE_CALCULATORS[key](**kwargs)
+        return ASE_CALCULATORS[key]
     if ":" in name:
         import importlib
 
         mod, _, cls = name.partition(":")
         try:
-            return getattr(importlib.import_module(mod), cls)(**kwargs)
+            return getattr(importlib.import_module(mod), cls)
         except (ImportError, AttributeError) as exc:
             raise SetupError(field, f"cannot import ASE calculator {name!r}: {exc}") from exc
     from ase.calculators.calculator import get_calculator_class
@@ -76,10 +86,7 @@ def make_ase_calculator(name: str, *, field: str = "model", **kwargs: Any) -> Ca
             f"unknown ASE calculator {name!r} ({exc}); give a name ASE knows (emt, lj, gpaw, vasp, "
             "espresso, cp2k, ...) or a 'package.module:ClassName' path",
         ) from exc
-    try:
-        return factory(**kwargs)
-    except TypeError as exc:
-        raise SetupError(field, f"ASE calculator {name!r} refused its options: {exc}") from exc
+    return factory
 
 
 class ASECalculatorPotential(Potential):
