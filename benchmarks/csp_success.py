@@ -16,10 +16,13 @@ For every target structure (default: the 60 MP-20 test structures of
    .get_refined_structure()``).
 
 Recorded per run: success; the relaxations spent until the first relaxed structure (duplicate
-or not) that matches the reference, and the wall time until then; the energy distance (the
-run's best enthalpy per atom minus the relaxed reference's: negative when the model prefers
-another structure); and, for a failed run, why: ``model_prefers_other`` (at least 5 unique
-structures lie below the reference, so it could not be among the top 5 even if found),
+or not) that matches the reference, the model steps (force calls: every relaxation's steps + 1
+and the energy prescreen's calls of every generation up to the match's) and the wall time until
+then; success at equal wall time (``success_at_random_seconds``: the run judged on what it had
+stored when symmetric random search of the same target and seed had spent its whole budget);
+the energy distance (the run's best enthalpy per atom minus the relaxed reference's: negative
+when the model prefers another structure); and, for a failed run, why: ``model_prefers_other``
+(at least 5 unique structures lie below the reference, so it could not be among the top 5 even if found),
 ``found_not_top5`` (found, but fewer than 5 structures lie below the reference, so a
 representative that does not match took its place) or ``not_reached`` (the search never
 produced it within the budget). ``found`` says separately whether any relaxation matched.
@@ -37,6 +40,12 @@ Methods (each a campaign's ``generators``; the rest of the campaign is lamcsp's 
   (lamcsp's default before the benchmark made ``oversample`` 4 its default);
 * ``lamcsp_prior``: the same mix, its random structures (the ``random`` generator's and the
   swarm's new particles) drawn with the symmetry prior ``SMALL_CELL_PRIOR`` (below);
+* ``lamcsp_mp``: lamcsp's default (the mix with ``oversample`` 4), its random structures drawn
+  with the data-driven prior ``MP_PRIOR`` (space groups and Wyckoff sets in proportion to their
+  frequency among known crystals of the same cell size: PyXtal's Materials Project statistics;
+  the targets are Materials Project structures, so each adds one count to the table it is
+  drawn from, among 88,678);
+* ``random_mp``: symmetric random search with ``MP_PRIOR`` and the screen (the prior alone);
 * ``lamcsp_prescreen``: the same mix, its ``random`` generator with the energy prescreen
   (``oversample`` 2, below; the swarm's new particles are not prescreened, unlike the
   default's, where both generators draw with ``oversample`` 4);
@@ -56,6 +65,9 @@ Methods (each a campaign's ``generators``; the rest of the campaign is lamcsp's 
   the same with ``oversample`` K;
 * ``lamcsp_oversampleK``: the mix with ``oversample`` K in both generators (the swarm's new
   particles ranked with the random draws; ``lamcsp_oversample4`` is the default);
+* ``lamcsp_funnelN`` (``N`` an integer ≥ 1, e.g. ``lamcsp_funnel10``): lamcsp's default mix, its
+  prescreen ranking the oversampled candidates after ``N`` FIRE steps (``relax.quench_steps``) in
+  one batch instead of by their start enthalpy; the kept ones relax on from the quench;
 * ``pso``: CALYPSO-style particle swarm alone (with its own share of random structures);
 * ``ga``: the genetic generator (USPEX-style heredity, lattice mutation, permutation).
 
@@ -101,8 +113,8 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_TARGETS = HERE / "data" / "mp20_small.json"
 #: the CI smoke run: three small, quick targets (rocksalt AgBr, hexagonal CrN and AlAg)
 SMOKE_IDS = ("mp-23231", "mp-1183691", "mp-1228901")
-METHODS = ("lamcsp", "lamcsp_plain", "lamcsp_prior", "lamcsp_prescreen", "random_prescreen", "random",
-           "random_p1", "random_screen", "random_prior", "pso", "ga")
+METHODS = ("lamcsp", "lamcsp_plain", "lamcsp_prior", "lamcsp_mp", "lamcsp_prescreen", "random_prescreen",
+           "random", "random_p1", "random_screen", "random_prior", "random_mp", "pso", "ga")
 
 DEFAULT_METHODS = ("lamcsp", "random", "random_p1", "ga")
 TOP_K = 5
@@ -300,6 +312,18 @@ def method_generators(method: str) -> list[dict[str, Any]] | None:
         if kind == "lamcsp_oversample":
             swarm["options"] = {"oversample": k}
         return [ranked, swarm]
+    if method in ("lamcsp_mp", "random_mp"):
+        from lamcsp.generators.symmetric import MP_PRIOR
+
+        if method == "random_mp":
+            return [{"name": "random", "share": 1.0, "options": dict(MP_PRIOR)}]
+        from lamcsp.campaign import DEFAULT_OVERSAMPLE
+
+        return [{"name": "random", "share": 0.5, "options": {**MP_PRIOR, "oversample": DEFAULT_OVERSAMPLE}},
+                {"name": "pso", "share": 0.5, "options": {"random_options": dict(MP_PRIOR),
+                                                          "oversample": DEFAULT_OVERSAMPLE}}]
+    if re.fullmatch(r"lamcsp_funnel\d+", method):
+        return None
     if method == "pso":
         return [{"name": "pso", "share": 1.0}]
     if method == "ga":
@@ -325,6 +349,11 @@ def campaign_for(target: Target, method: str, seed: int, args: argparse.Namespac
         # its default similarity screen before relaxation
         "dedupe": {"before_relax": False} if baseline else {},
     }
+    funnel = re.fullmatch(r"lamcsp_funnel(\d+)", method)
+    if funnel:
+        if int(funnel.group(1)) < 1:
+            raise SystemExit(f"--methods: {method!r}: the funnel needs at least one quench step")
+        raw["relax"] = {"quench_steps": int(funnel.group(1))}
     gens = method_generators(method)
     if gens is not None:
         raw["generators"] = gens
@@ -394,19 +423,24 @@ def distinct_lowest(rows: Sequence[Any], symmetrized_of: Callable[[Any], Any], b
     return [r for r, _ in reps], sum(1 for r, _ in reps if float(r.enthalpy_per_atom) < below)
 
 
-def evaluate(run_dir: Path, ref: Reference) -> dict[str, Any]:
-    """Success, first match, energy distance and failure reason of a finished (or stopped) run."""
+def evaluate(run_dir: Path, ref: Reference, until: float | None = None) -> dict[str, Any]:
+    """Success, first match, energy distance and failure reason of a finished (or stopped) run;
+    with ``until`` (seconds), of what it had stored that many seconds after its start."""
     from ase.db.core import T2000, YEAR
     from pymatgen.io.ase import AseAtomsAdaptor
 
     from lamcsp.store import ResultStore
 
     store = ResultStore(run_dir)
+    meta = run_dir / "bench_run.json"
+    start = json.loads(meta.read_text())["start"] if meta.exists() else None
     # in the order the search relaxed them: by generation, then the order it scheduled them in
     # (lowest start enthalpy first where it prescreened; rows written before the search
     # recorded an order fall back to the drawn order)
     rows = sorted(store.rows(role="search", include_data=False),
                   key=lambda r: (r.generation, r.get("order", -1), r.unit, r.candidate))
+    if until is not None and start is not None:
+        rows = [r for r in rows if r.ctime * YEAR + T2000 - start <= until]
     ok = [r for r in rows if not str(r.status).startswith("failed") and math.isfinite(r.enthalpy_per_atom)]
     # each row's structure and symmetrised structure are made once, for both walks below
     structures: dict[int, Any] = {int(r.id): AseAtomsAdaptor.get_structure(r.toatoms()) for r in ok}
@@ -430,8 +464,14 @@ def evaluate(run_dir: Path, ref: Reference) -> dict[str, Any]:
         if int(r.id) in structures and match(r):
             first = (n, r)
             break
-    meta = run_dir / "bench_run.json"
-    start = json.loads(meta.read_text())["start"] if meta.exists() else None
+    # model steps: each relaxation's steps + 1, and every generation's prescreen (single points
+    # or quenches; rows record their unit's per generation), up to the match
+    prescreen = {(int(r.unit), int(r.generation)): int(r.get("prescreen_calls", 0)) for r in rows}
+
+    def model_steps(upto: list[Any]) -> int:
+        gens = {(int(r.unit), int(r.generation)) for r in upto}
+        return sum(int(r.steps) + 1 for r in upto) + sum(prescreen[k] for k in gens)
+
     best = unique[0].enthalpy_per_atom if unique else math.nan
     success = bool(top_match)
     reason = None
@@ -455,6 +495,8 @@ def evaluate(run_dir: Path, ref: Reference) -> dict[str, Any]:
         "relaxations_through_generation": (sum(1 for r in rows if r.generation <= first[1].generation)
                                            if first else None),
         "seconds_to_match": (first[1].ctime * YEAR + T2000 - start) if first and start else None,
+        "model_steps_to_match": model_steps(rows[:first[0]]) if first else None,
+        "model_steps": model_steps(rows),
         "best_enthalpy_per_atom": best,
         "energy_distance": best - ref.enthalpy_per_atom if unique else None,
         "n_below_reference": n_below,
@@ -543,6 +585,11 @@ def summarize(records: list[dict[str, Any]], methods: Sequence[str], budget: int
             "median_relaxations_through_generation": _median([r.get("relaxations_through_generation")
                                                               for r in hits]),
             "median_seconds_to_match": _median([r["seconds_to_match"] for r in hits]),
+            "median_model_steps_to_match": _median([r.get("model_steps_to_match") for r in hits]),
+            "model_steps": sum(r.get("model_steps") or 0 for r in rs),
+            "hits_at_random_seconds": (sum(bool(r.get("success_at_random_seconds")) for r in rs)
+                                       if any(r.get("success_at_random_seconds") is not None for r in rs)
+                                       else None),
             "relaxations_spent": sum(r["relaxations"] for r in rs),
             "seconds": sum(r["seconds"] for r in rs),
             "failure_reasons": reasons,
@@ -563,7 +610,47 @@ def summarize(records: list[dict[str, Any]], methods: Sequence[str], budget: int
                 a, b = _median([x for x, _ in both]), _median([y for _, y in both])
                 out[m]["common_hits"] = len(both)
                 out[m]["median_ratio_vs_random_common"] = a / b if a and b else None
+            for key in ("relaxations_to_match", "model_steps_to_match", "seconds_to_match"):
+                out[m][f"per_run_{key}_vs_random"] = ratios_vs_random(records, m, key)
     return out
+
+
+def equal_time(records: list[dict[str, Any]], refs: dict[str, Reference], out: Path) -> None:
+    """Success at equal wall time: each run judged on what it had stored when symmetric random
+    search of the same target and seed had spent its whole budget (``success_at_random_seconds``;
+    ``None`` without a random run to compare with)."""
+    base = {(r["target"], r["seed"]): r for r in records if r["method"] == "random"}
+    for r in records:
+        b = base.get((r["target"], r["seed"]))
+        if b is None or r.get("reason") == "error":
+            r["success_at_random_seconds"] = None
+        elif r is b or r["seconds"] <= b["seconds"]:
+            r["success_at_random_seconds"] = r["success"]
+        else:
+            run_dir = out / "runs" / r["target"] / f"{r['method']}-s{r['seed']}"
+            cut = evaluate(run_dir, refs[r["target"]], until=b["seconds"])
+            r["success_at_random_seconds"] = cut["success"]
+
+
+def ratios_vs_random(records: list[dict[str, Any]], method: str, key: str) -> dict[str, Any] | None:
+    """Per-run ratios ``method / random`` of ``key`` (e.g. ``seconds_to_match``) on the runs both
+    hit: their median, geometric mean and worst (largest); and the runs only the method hit
+    (wins at the budget) or only random hit."""
+    base = {(r["target"], r["seed"]): r for r in records if r["method"] == "random"}
+    ratios, wins, losses = [], 0, 0
+    for r in records:
+        b = base.get((r["target"], r["seed"]))
+        if r["method"] != method or b is None:
+            continue
+        if r["success"] and b["success"] and r.get(key) and b.get(key):
+            ratios.append(float(r[key]) / float(b[key]))
+        wins += int(r["success"] and not b["success"])
+        losses += int(b["success"] and not r["success"])
+    if not ratios:
+        return None
+    return {"runs": len(ratios), "median": statistics.median(ratios),
+            "geomean": float(np.exp(np.mean(np.log(ratios)))), "worst": max(ratios), "best": min(ratios),
+            "wins_at_budget": wins, "losses_at_budget": losses}
 
 
 def _median(xs: Sequence[float | None]) -> float | None:
@@ -611,6 +698,28 @@ def print_table(records: list[dict[str, Any]], summary: dict[str, Any], methods:
               f"{_fmt(common, '.2f'):>9} {_fmt(s['median_seconds_to_match'], '.1f'):>7} "
               f"{s['relaxations_spent']:>7} {s['seconds']:>7.0f}  "
               + ", ".join(f"{k} {v}" for k, v in sorted(s["failure_reasons"].items())))
+
+
+def print_costs(summary: dict[str, Any]) -> None:
+    """What the user pays against symmetric random search, on the runs both hit: per-run ratios
+    (method / random) of relaxations, model steps and wall seconds to the first match."""
+    if "random" not in summary:
+        return
+    print()
+    print(f"{'method':<18} {'hits':>5} {'@random s':>9} {'med steps':>9} {'med s':>7}   "
+          "per-run ratio vs random on common hits (median / geomean / worst): relaxations | steps | "
+          "seconds;  wins/losses at the budget")
+    for m, s in summary.items():
+        cells = []
+        for key in ("relaxations_to_match", "model_steps_to_match", "seconds_to_match"):
+            r = s.get(f"per_run_{key}_vs_random")
+            cells.append("-" if r is None else f"{r['median']:.2f}/{r['geomean']:.2f}/{r['worst']:.2f}")
+        r = s.get("per_run_seconds_to_match_vs_random") or {}
+        at = s.get("hits_at_random_seconds")
+        steps = _fmt(s.get("median_model_steps_to_match"), ".0f")
+        tail = f"  (n={r.get('runs')});  {r.get('wins_at_budget')}/{r.get('losses_at_budget')}" if r else ""
+        print(f"{m:<18} {s['hits']:>5} {_fmt(at, 'd'):>9} {steps:>9} "
+              f"{_fmt(s['median_seconds_to_match'], '.1f'):>7}   " + " | ".join(cells) + tail)
 
 
 def _fmt(x: float | None, spec: str) -> str:
@@ -707,7 +816,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="N (seeds 1..N) or a comma list of seeds (default 2)")
     ap.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                     help=f"comma list of {', '.join(METHODS)}, random_prescreenK, lamcsp_prescreenK, "
-                         "lamcsp_oversampleK "
+                         "lamcsp_oversampleK, lamcsp_funnelN "
                          f"(default {','.join(DEFAULT_METHODS)})")
     ap.add_argument("--model", default="chgnet",
                     help="chgnet (pretrained 0.3.0), chgnet:VERSION, chgnet:PATH, emt, lj... "
@@ -812,9 +921,11 @@ def main(argv: list[str] | None = None) -> int:
                     rec = _error_record(t, m, seed, refs[t.id], exc)
                 done(k, rec)
     records = [by_task[k] for k in sorted(by_task)]
+    equal_time(records, refs, out)
     summary = summarize(records, methods, args.budget)
     print()
     print_table(records, summary, methods, targets, seeds)
+    print_costs(summary)
     result = {
         "config": {"targets": args.targets, "subset": args.subset, "n_targets": len(targets),
                    "budget": args.budget, "seeds": seeds, "methods": methods, "model": potential.model_id,

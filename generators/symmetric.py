@@ -812,6 +812,74 @@ def check_no_oversample(random_options: dict[str, Any], owner: str, own: bool = 
 #: free coordinates. Not the default: the CSP benchmark's ``lamcsp_prior`` measured it (README)
 SMALL_CELL_PRIOR: dict[str, Any] = {"group_weights": "point_group", "special": 0.5}
 
+#: the data-driven symmetry prior: space groups and Wyckoff sets drawn by their frequency among
+#: known crystals of the same conventional-cell size (PyXtal's Materials Project statistics)
+MP_PRIOR: dict[str, Any] = {"group_weights": "mp", "wyckoff_weights": "mp"}
+
+#: added to every group's count under ``group_weights="mp"``: a group no known crystal of that
+#: size has is drawn about as often as one seen once
+MP_PSEUDOCOUNT = 1.0
+#: under ``wyckoff_weights="mp"``, the share of Wyckoff assignments drawn among the known sets
+#: (the rest by :func:`~lamcsp.generators.wyckoff.random_assignment`, so unseen ones stay open)
+MP_WYCKOFF_SHARE = 0.5
+
+
+@functools.lru_cache(maxsize=1)
+def _mp_counts() -> dict[tuple[int, int], int]:
+    """Known crystals per (space group, atoms in the conventional cell): PyXtal's statistics of
+    the Materials Project (``pyxtal/database/spg_num_wps_mp.csv``, 88,678 structures; the
+    Wyckoff sets summed)."""
+    import csv
+    from importlib.resources import files
+
+    counts: dict[tuple[int, int], int] = {}
+    with files("pyxtal").joinpath("database/spg_num_wps_mp.csv").open() as fh:
+        for row in csv.DictReader(fh):
+            key = (int(row["spg"]), int(row["n_atoms"]))
+            counts[key] = counts.get(key, 0) + int(row["count"])
+    return counts
+
+
+@functools.lru_cache(maxsize=1)
+def _mp_wyckoff_sets() -> dict[tuple[int, int, str], int]:
+    """Known crystals per (space group, atoms in the conventional cell, Wyckoff set): the set
+    as PyXtal writes it, the occupied positions' indices (0 the general position) sorted and
+    joined by ``-``, whatever the species."""
+    import csv
+    from importlib.resources import files
+
+    counts: dict[tuple[int, int, str], int] = {}
+    with files("pyxtal").joinpath("database/spg_num_wps_mp.csv").open() as fh:
+        for row in csv.DictReader(fh):
+            counts[(int(row["spg"]), int(row["n_atoms"]), row["wps"])] = int(row["count"])
+    return counts
+
+
+@functools.lru_cache(maxsize=4096)
+def mp_assignments(sg: int, counts: tuple[tuple[int, int], ...]
+                   ) -> tuple[tuple[tuple[tuple[int, int], ...], ...], np.ndarray]:
+    """The Wyckoff assignments of ``counts`` (``((Z, atoms in the cell), ...)``) in group ``sg``
+    whose Wyckoff set some known crystals of that group and cell size have, and how many
+    (``wyckoff_weights="mp"``; of the first 10,000 assignments)."""
+    from lamcsp.generators.wyckoff import feasible_assignments
+
+    n_atoms = sum(n for _, n in counts)
+    table = _mp_wyckoff_sets()
+    found, weights = [], []
+    for a in feasible_assignments(sg, dict(counts)):
+        c = table.get((sg, n_atoms, "-".join(str(i) for i in sorted(i for _, i in a))), 0)
+        if c:
+            found.append(tuple(a))
+            weights.append(float(c))
+    w = np.array(weights)
+    return tuple(found), (w / w.sum() if len(w) else w)
+
+
+def mp_group_count(sg: int, n_atoms: int) -> int:
+    """How many Materials Project crystals have space group ``sg`` with ``n_atoms`` atoms in its
+    conventional cell (``group_weights="mp"``, :func:`_mp_counts`)."""
+    return _mp_counts().get((int(sg), int(n_atoms)), 0)
+
 
 def group_weight(sg: int) -> int:
     """The order of space group ``sg``'s point group (1 for P1, 48 for Fm-3m): its general
@@ -875,9 +943,12 @@ class _Plan:
             if ok:
                 self.choices.append((fu, ok))
         self.cell = cell
-        #: point-group weights of each choice's groups, normalised (``group_weights="point_group"``)
-        self.weights = [w / w.sum() for w in (np.array([group_weight(sg) for sg in ok], dtype=float)
-                                               for _, ok in self.choices)]
+        self.per_fu = per_fu
+        #: each choice's group weights, normalised (``group_weights`` other than ``"uniform"``)
+        self.weights = [w / w.sum() for w in (np.array(
+            [group_weight(sg) if gen.group_weights == "point_group"
+             else mp_group_count(sg, self._conventional_atoms(fu, sg)) + MP_PSEUDOCOUNT for sg in ok],
+            dtype=float) for fu, ok in self.choices)]
         if not self.choices:
             formula = "".join(f"{_symbol(z)}{n}" for z, n in per_fu.items())
             raise SetupError(
@@ -922,6 +993,11 @@ class _Plan:
                 f"needs {packed / _MAX_PACKING:.1f} Å^3. Lower min_distance/distance_factor or raise "
                 "volume_factor/element_volumes.",
             )
+
+    def _conventional_atoms(self, fu: int, sg: int) -> int:
+        """Atoms in the conventional cell of ``sg`` holding ``fu`` formula units."""
+        lattice_points = centring_multiplicity(sg) if self.cell == "primitive" else 1
+        return fu * lattice_points * sum(self.per_fu.values())
 
     def draw_group(self, rng: np.random.Generator, group_weights: str) -> tuple[int, int]:
         """Formula units (uniformly) and a space group holding them, uniformly or by
@@ -975,13 +1051,21 @@ class SymmetricRandom:
         group_weights: how a space group is drawn among those that hold the formula units:
             ``"uniform"`` (default; AIRSS, PyXtal and CALYPSO draw so), or ``"point_group"``:
             in proportion to the order of its point group (1 for P1 up to 48 for m-3m), a prior
-            for the high symmetry of small-cell ground states (see :func:`group_weight`).
+            for the high symmetry of small-cell ground states (see :func:`group_weight`), or
+            ``"mp"``: in proportion to how many known crystals (PyXtal's Materials Project
+            statistics, :func:`mp_group_count`) have that group with as many atoms in the
+            conventional cell, plus ``MP_PSEUDOCOUNT``.
         special: probability that a structure's Wyckoff assignment is drawn among the
             group's assignments with the fewest free coordinates (uniformly among those),
             instead of by :func:`~lamcsp.generators.wyckoff.random_assignment` (default 0).
             Once such a draw comes out with a higher symmetry than its group, the group's
             remaining tries use the usual draw, so the option does not move structures away
             from the groups whose special positions combine into larger ones.
+        wyckoff_weights: ``"uniform"`` (default): Wyckoff assignments as above; ``"mp"``:
+            ``MP_WYCKOFF_SHARE`` of them drawn among the group's assignments whose Wyckoff set
+            (positions, whatever the species) known crystals of that group and conventional-cell
+            size have (PyXtal's Materials Project statistics), in proportion to how many
+            (:func:`mp_assignments`); where none has, the usual draw.
         oversample: candidates drawn per structure relaxed (default 1: each one drawn is
             relaxed). Above 1 the search evaluates the model once at each start (batched, not
             counted as relaxations) and relaxes those with the lowest enthalpy per atom
@@ -1002,11 +1086,13 @@ class SymmetricRandom:
         group_weights: str = "uniform",
         special: float = 0.0,
         oversample: int = 1,
+        wyckoff_weights: str = "uniform",
     ):
         if cell not in ("primitive", "conventional"):
             raise SetupError("cell", f"must be 'primitive' or 'conventional', got {cell!r}")
-        if group_weights not in ("uniform", "point_group"):
-            raise SetupError("group_weights", f"must be 'uniform' or 'point_group', got {group_weights!r}")
+        if group_weights not in ("uniform", "point_group", "mp"):
+            raise SetupError("group_weights",
+                             f"must be 'uniform', 'point_group' or 'mp', got {group_weights!r}")
         if (isinstance(special, bool) or not isinstance(special, (int, float))
                 or not 0.0 <= float(special) <= 1.0):
             raise SetupError("special", f"must be a probability within [0, 1], got {special!r}")
@@ -1014,6 +1100,9 @@ class SymmetricRandom:
         self.cell = cell
         self.group_weights = group_weights
         self.special = float(special)
+        if wyckoff_weights not in ("uniform", "mp"):
+            raise SetupError("wyckoff_weights", f"must be 'uniform' or 'mp', got {wyckoff_weights!r}")
+        self.wyckoff_weights = wyckoff_weights
         if (isinstance(max_attempts, bool) or not isinstance(max_attempts, (int, np.integer))
                 or max_attempts < 1):
             raise SetupError("max_attempts", f"must be a positive integer, got {max_attempts!r}")
@@ -1099,9 +1188,14 @@ class SymmetricRandom:
                 if left <= 0:
                     break
                 drew_special = special > 0.0 and rng.random() < special
+                known: tuple[Any, np.ndarray] = ((), np.empty(0))
+                if not drew_special and self.wyckoff_weights == "mp" and rng.random() < MP_WYCKOFF_SHARE:
+                    known = mp_assignments(sg, tuple(counts.items()))
                 if drew_special:
                     fewest = fewest_dof_assignments(sg, tuple(counts.items()))
                     assignment = fewest[int(rng.integers(len(fewest)))]
+                elif known[0]:
+                    assignment = known[0][int(rng.choice(len(known[0]), p=known[1]))]
                 else:
                     assignment = tuple(random_assignment(sg, counts, rng))
                 comp = _compiled(sg, assignment, plan.species)

@@ -127,6 +127,11 @@ class RelaxSpec:
     max_atoms: int | None = _field(
         type="int ≥ 1 or null",
         doc="atoms per model call (null: from GPU memory, or a measured CPU default)")
+    quench_steps: int = _field(
+        0, type="int ≥ 0",
+        doc="the energy prescreen of oversampling generators ranks their candidates after this many "
+            "optimizer steps (a funnel: all quenched in one batch, the lowest relaxed on from where "
+            "the quench left them); 0: by the enthalpy at the start (one model call each)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -740,6 +745,7 @@ def _parse_relax(raw: Any) -> RelaxSpec:
         optimizer=_str(d.get("optimizer", default.optimizer), "relax.optimizer",
                        choices=("fire", "lbfgs")),
         max_atoms=_opt_int(d.get("max_atoms"), "relax.max_atoms", 1),
+        quench_steps=_int(d.get("quench_steps", default.quench_steps), "relax.quench_steps", 0),
     )
 
 

@@ -203,6 +203,10 @@ class UnitState:
     #: candidates not relaxed because their start's enthalpy ranked them out (a generator's
     #: ``oversample``)
     prescreened: int = 0
+    #: model calls of the energy prescreen by generation (single points, or ``relax.quench_steps``
+    #: + 1 per candidate), written on the generation's rows as ``prescreen_calls`` (not
+    #: checkpointed: a resumed generation prescreens again, the same way)
+    prescreen_calls: dict[int, int] = dataclasses.field(default_factory=dict)
     #: every relaxed structure and its start, at the unit's volume per atom (not checkpointed:
     #: rebuilt from the database on resume)
     seen: StoredStructures | None = None
@@ -632,11 +636,19 @@ class Search:
             return ok, {}
         # labelled with the keys they would be stored under, so that a worker lost during the
         # prescreen names what it held
+        quench = self.campaign.relax.quench_steps
         res = self.executor.relax([cands[k].to_atoms() for k in todo], [us.unit.pressure_gpa] * len(todo),
-                                  max_steps=0,
+                                  max_steps=quench,
                                   labels=[f"{candidate_key(us.unit.index, g, k)} (prescreen)" for k in todo])
         h = {k: float(r.enthalpy_per_atom) if not r.failed and np.isfinite(r.enthalpy_per_atom) else math.inf
              for k, r in zip(todo, res)}
+        us.prescreen_calls[g] = sum(int(r.steps) + 1 for r in res)
+        if quench:  # the funnel: the kept candidates are relaxed on from where the quench left them
+            for k, r in zip(todo, res):
+                if math.isfinite(h[k]) and r.steps > 0:
+                    cands[k].frac = np.asarray(r.atoms.get_scaled_positions(wrap=False), dtype=float)
+                    cands[k].lattice = np.asarray(r.atoms.cell.array, dtype=float)
+                    cands[k].origin["quench_steps"] = int(r.steps)
         if len(pool) > slots:
             for j in np.argsort(np.array([h[k] for k in pool]), kind="stable")[slots:]:
                 ok[pool[j]] = False
@@ -706,7 +718,8 @@ class Search:
                 data["frames"] = [atoms_to_dict(a) for a in result.frames]
             buffer.add(i, self._row_item(result, keys[i], role="search", generation=g,
                                          generator=cand.generator, unit=us.unit.index, candidate=k,
-                                         deduped=False, data=data, extra={"order": i}))
+                                         deduped=False, data=data,
+                                         extra={"order": i, "prescreen_calls": us.prescreen_calls.get(g, 0)}))
             for i2, rid in buffer.ready():
                 row_ids[i2] = rid
 

@@ -369,6 +369,47 @@ def test_energy_prescreen_relaxes_the_lowest_starts_of_an_oversampling_generator
     assert state["units"][0]["prescreened"] == prescreened > 0
 
 
+def test_the_funnel_relaxes_the_lowest_quenched_candidates_on_from_their_quench(tmp_path):
+    """``relax.quench_steps`` (the funnel): every oversampled candidate gets that many optimizer
+    steps in one batch; the lowest enthalpies after the quench are relaxed, each on from the
+    quenched geometry (the start the row records), and every row of the generation records the
+    prescreen's model calls (steps + 1 per candidate). Checked by drawing the same candidates
+    again and quenching them with the model."""
+    from lamcsp.generators.base import Candidate
+    from lamcsp.relax import Relaxer
+
+    from lamcsp.search import screen, unit_rng
+
+    raw = {**AR_CAMPAIGN, "system": {"composition": "Ar", "formula_units": "2-4"},
+           "generators": [{"name": "random", "share": 1.0, "options": {"oversample": 3}}],
+           "population": 6, "generations": 2, "dedupe": {"before_relax": False}, "relax": {"quench_steps": 4}}
+    search = Search(parse_campaign(raw), tmp_path / "funnel", progress=False)
+    search.run(report=False)
+    db = ase.db.connect(str(tmp_path / "funnel" / "results.db"), use_lock_file=False)
+    us = search.unit_states[0]
+    gen = us.generators[0][2]
+    quencher = Relaxer(search.potential, max_steps=4, progress=False)
+    for g in range(2):
+        drawn = gen.propose(18, unit_rng(7, 0, 0, g), us.context)
+        drawn = [c for c, ok in zip(drawn, screen(drawn, us.context)) if ok]
+        quenched = quencher.relax([c.to_atoms() for c in drawn])
+        h = np.array([r.enthalpy_per_atom for r in quenched])
+        lowest = np.argsort(h, kind="stable")[:6]
+        assert h[lowest[-1]] + 1e-6 < np.sort(h)[6]  # a real choice
+        rows = list(db.select(role="search", generation=g))
+        assert len(rows) == 6
+        assert {r.prescreen_calls for r in rows} == {sum(r.steps + 1 for r in quenched)}
+        assert any(quenched[i].steps == 4 for i in lowest)  # the quench moved them
+        for r in rows:  # each relaxation started where the quench left its candidate
+            start = Candidate.from_dict(r.data["candidate"])
+            h0 = start.origin["start_enthalpy"]
+            i = min(lowest, key=lambda i: abs(quenched[i].enthalpy_per_atom - h0))
+            assert abs(quenched[i].enthalpy_per_atom - h0) < 1e-8
+            assert start.origin.get("quench_steps", 0) == quenched[i].steps
+            np.testing.assert_allclose(start.lattice, quenched[i].atoms.cell.array, atol=1e-8)
+            np.testing.assert_allclose(start.to_atoms().get_volume(), quenched[i].atoms.get_volume(), rtol=1e-10)
+
+
 def test_the_swarm_waits_only_for_the_proposals_that_are_relaxed(tmp_path):
     """Swarm proposals the search does not relax (in 1-4 atom argon cells the similarity screen
     drops many: draws and moves repeat relaxed structures) are discarded by the swarm: after the
