@@ -315,10 +315,28 @@ class LabelTask:
             emit(j, result)
 
     def _label(self, atoms: Any) -> tuple[float, np.ndarray, np.ndarray | None]:
-        if self._calc is not None:
-            return _evaluate(self._calc, atoms)
+        if self._calc is not None:  # same atoms, same Cartesian frame: the forces are the frame's
+            return _evaluate(self._calc, reduced_cell(atoms))
         _, e, f, s = _run_command(self.spec, atoms)[-1]
         return e, f, (np.zeros((3, 3)) if s is None else s)
+
+
+def reduced_cell(atoms: Any) -> Any:
+    """``atoms`` in its Niggli-reduced cell (a copy; the same crystal, atoms in the same order and
+    Cartesian frame, so forces and stress are the original's), for the oracle: a search's cells
+    can be very oblique (angles of 30-40 degrees after a cell relaxation), where plane-wave codes
+    warn that results may be wrong and a k-point density gives a poor grid. Not fully periodic
+    structures are returned as they are."""
+    from ase.build.tools import niggli_reduce_cell
+
+    a = atoms.copy()
+    if not (a.pbc.all() and len(a)):
+        return a
+    _, op = niggli_reduce_cell(a.cell.array)  # ASE's reduced cell is rotated; op is not
+    frac = np.linalg.solve(op, a.get_scaled_positions(wrap=False).T).T % 1.0 % 1.0
+    a.set_cell(op.T @ a.cell.array, scale_atoms=False)
+    a.set_scaled_positions(frac)
+    return a
 
 
 def label_task(oracle: dict[str, Any]) -> Any:
@@ -356,7 +374,7 @@ class OracleTask:
 
         for j, item in enumerate(items):
             t0 = time.perf_counter()
-            atoms = atoms_from_dict(item["atoms"])
+            atoms = reduced_cell(atoms_from_dict(item["atoms"]))
             journal = Journal(item["journal"]) if item.get("journal") else None
             result = self._verify(atoms, float(item["pressure"]), journal)
             result["seconds"] = time.perf_counter() - t0

@@ -377,7 +377,7 @@ def test_mp_prior_draws_groups_and_wyckoff_sets_as_often_as_known_crystals_have_
     counts = df.groupby(["spg", "n_atoms"])["count"].sum()
     ctx = GenerationContext(composition={"Ti": 1, "O": 2}, formula_units=[4])
     plan = sym._Plan(sym.SymmetricRandom(group_weights="mp"), ctx)
-    (fu, groups), w = plan.choices[0], plan.weights[0]
+    (_, groups), w = plan.choices[0], plan.weights[0]
     ref = np.array([counts.get((sg, 12 * sym.centring_multiplicity(sg)), 0) + sym.MP_PSEUDOCOUNT
                     for sg in groups])
     np.testing.assert_allclose(w, ref / ref.sum(), rtol=1e-12)

@@ -332,3 +332,29 @@ def test_the_loop_turns_a_wrong_answer_into_the_oracles(tmp_path):
     rerelaxed = list(db.select(role="rerelax", of=top.id))
     own = max(rerelaxed, key=lambda row: row.iteration).toatoms() if rerelaxed else top.toatoms()
     assert matcher.fit(AseAtomsAdaptor.get_structure(own), AseAtomsAdaptor.get_structure(best.atoms))
+
+
+def test_the_oracle_sees_a_reduced_cell_with_the_same_forces_and_stress():
+    """An oblique cell (angles down to 8 degrees) goes to the oracle Niggli-reduced, in the same
+    Cartesian frame and atom order: EMT's energy, forces and stress equal the original cell's,
+    and the labelling task returns them."""
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+    from lamcsp.relax.relaxer import atoms_to_dict
+
+    from lamcsp.oracle import LabelTask, reduced_cell
+
+    a = bulk("Cu", "fcc", a=3.6).repeat((2, 1, 1))
+    a[0].symbol = "Au"
+    a.rattle(0.05, seed=1)
+    a.set_cell(np.array([[1, 0, 0], [3, 1, 0], [0, 2, 1]]) @ a.cell.array, scale_atoms=False)
+    b = reduced_cell(a)
+    assert min(a.cell.angles()) < 10 and min(b.cell.angles()) > 55
+    for x in (a, b):
+        x.calc = EMT()
+    assert b.get_potential_energy() == pytest.approx(a.get_potential_energy(), abs=1e-10)
+    np.testing.assert_allclose(b.get_forces(), a.get_forces(), atol=1e-10)
+    np.testing.assert_allclose(b.get_stress(), a.get_stress(), atol=1e-12)
+    got: list = []
+    LabelTask({"calculator": "emt"})([{"atoms": atoms_to_dict(a)}], lambda j, r: got.append(r))
+    np.testing.assert_allclose(got[0]["forces"], a.get_forces(), atol=1e-10)
