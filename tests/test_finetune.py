@@ -415,7 +415,7 @@ def test_loop_on_ag_pd_learns_emt_and_its_verified_hull_is_emts(tmp_path):
             "system": {"variable": {"Ag": [1, 2], "Pd": [1, 2]}, "max_atoms": 3, "pressures": [0.0]},
             "population": 4, "generations": 2, "stop": {"patience": None},
             "model": {"backend": "chgnet", "device": "cpu"}, "relax": {"fmax": 0.02, "max_steps": 200},
-            "finetune": {"enabled": True, "every": 1, "committee": 2, "epochs": 30, "max_labels": 14,
+            "finetune": {"enabled": True, "every": 1, "committee": 2, "epochs": 30, "max_labels": 20,
                          "rerelax": 2, "window": 0.05, "oracle": "emt", "snapshot_every": 10, "max_iterations": 2},
             "verify": {"top_k": 2}}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(camp))
