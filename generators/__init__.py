@@ -1,4 +1,5 @@
-"""Everything that proposes structures: symmetric random, particle swarm, genetic operators.
+"""Everything that proposes structures: symmetric random, particle swarm, genetic operators,
+substitution into known structures (``template``).
 
 The public seam is :class:`Generator` (``propose(n, rng, context) -> list[Candidate]``),
 registered by name and through the ``lamcsp.generators`` entry-point group.
@@ -17,7 +18,7 @@ from lamcsp.generators.base import (
 )
 
 # the built-in generators register themselves on import
-from lamcsp.generators import genetic, swarm, symmetric  # noqa: E402,F401  isort: skip
+from lamcsp.generators import genetic, swarm, symmetric, template  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "Candidate",
