@@ -957,7 +957,6 @@ class _Plan:
                 f"units (space groups {_ranges(sgs)}); the Wyckoff multiplicities of these groups "
                 "cannot add up to the atom counts. Allow more space groups or other formula units.",
             )
-        self.per_fu = per_fu
 
         # minimum-distance matrix (species order) and volumes
         k = len(self.species)
