@@ -131,7 +131,9 @@ class RelaxSpec:
         0, type="int ≥ 0",
         doc="the energy prescreen of oversampling generators ranks their candidates after this many "
             "optimizer steps (a funnel: all quenched in one batch, the lowest relaxed on from where "
-            "the quench left them); 0: by the enthalpy at the start (one model call each)")
+            "the quench left them; with `dedupe.before_relax`, a quenched candidate that duplicates "
+            "a structure already relaxed, or a lower quenched one, is not relaxed); 0: by the "
+            "enthalpy at the start (one model call each)")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -649,6 +649,19 @@ class Search:
                     cands[k].frac = np.asarray(r.atoms.get_scaled_positions(wrap=False), dtype=float)
                     cands[k].lattice = np.asarray(r.atoms.cell.array, dtype=float)
                     cands[k].origin["quench_steps"] = int(r.steps)
+            if us.seen is not None:
+                # the similarity screen again, on the quenched structures (lowest first, so that
+                # of two quenched into one basin the lower is kept): a quench falls into its basin,
+                # so a candidate bound for a structure already relaxed (a swarm move near its
+                # leader, most often) shows it here, at a few steps' cost instead of a relaxation
+                live = sorted((k for k in todo if math.isfinite(h[k])), key=lambda k: h[k])
+                fresh = self._screen_seen(us, [cands[k] for k in live])
+                for k, f in zip(live, fresh):
+                    if not f:
+                        ok[k] = False
+                        us.screened += 1
+                pool = [k for k in pool if ok[k]]
+                slots = max(0, self.campaign.population - sum(1 for k in rest if ok[k]))
         if len(pool) > slots:
             for j in np.argsort(np.array([h[k] for k in pool]), kind="stable")[slots:]:
                 ok[pool[j]] = False

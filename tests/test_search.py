@@ -410,6 +410,41 @@ def test_the_funnel_relaxes_the_lowest_quenched_candidates_on_from_their_quench(
             np.testing.assert_allclose(start.to_atoms().get_volume(), quenched[i].atoms.get_volume(), rtol=1e-10)
 
 
+def test_the_funnel_does_not_relax_a_quenched_candidate_that_repeats_a_known_structure(tmp_path):
+    """With the similarity screen on (``dedupe.before_relax``), the funnel screens again after
+    its quench: no relaxation starts from a quenched structure that duplicates (the search's
+    own rule, checked here with a fresh deduper) a structure relaxed or started in an earlier
+    generation, or a lower quenched candidate of its own generation. In 2-4 atom argon cells
+    most quenches fall into the basins of fcc and hcp, so the screen has much to drop."""
+    from lamcsp.generators.base import Candidate
+    from lamcsp.generators.dedupe import Deduper
+
+    raw = {**AR_CAMPAIGN, "system": {"composition": "Ar", "formula_units": "2-4"},
+           "generators": [{"name": "random", "share": 0.5, "options": {"oversample": 3}},
+                          {"name": "pso", "share": 0.5, "options": {"oversample": 3}}],
+           "population": 6, "generations": 4, "relax": {"quench_steps": 5}}
+    search = Search(parse_campaign(raw), tmp_path / "funnel", progress=False)
+    search.run(report=False)
+    us = search.unit_states[0]
+    db = ase.db.connect(str(tmp_path / "funnel" / "results.db"), use_lock_file=False)
+    deduper = Deduper()  # the campaign's dedupe settings are the defaults
+    seen = deduper.new_store()
+    n_quenched = 0
+    for g in range(4):
+        rows = sorted(db.select(role="search", generation=g), key=lambda r: r.candidate)
+        starts = [Candidate.from_dict(r.data["candidate"]) for r in rows]
+        quenched = [c for c in starts if c.origin.get("quench_steps")]
+        n_quenched += len(quenched)
+        lowest_first = sorted(quenched, key=lambda c: c.origin["start_enthalpy"])
+        entries = deduper.describe(search._at_unit_volume(us, lowest_first))
+        _, dup = deduper.unique(entries)
+        assert all(d < 0 for d in dup), f"generation {g}: two quenched starts are one structure"
+        assert all(k < 0 for k in deduper.against(entries, seen)), f"generation {g}: a known structure"
+        seen.extend(deduper.describe(search._at_unit_volume(us, starts + [r.toatoms() for r in rows])))
+    assert n_quenched >= 12  # the screen was put to work
+    assert us.screened > 0
+
+
 def test_the_swarm_waits_only_for_the_proposals_that_are_relaxed(tmp_path):
     """Swarm proposals the search does not relax (in 1-4 atom argon cells the similarity screen
     drops many: draws and moves repeat relaxed structures) are discarded by the swarm: after the
