@@ -67,7 +67,9 @@ Methods (each a campaign's ``generators``; the rest of the campaign is lamcsp's 
   particles ranked with the random draws; ``lamcsp_oversample4`` is the default);
 * ``lamcsp_funnelN`` (``N`` an integer ≥ 1, e.g. ``lamcsp_funnel10``): lamcsp's default mix, its
   prescreen ranking the oversampled candidates after ``N`` FIRE steps (``relax.quench_steps``) in
-  one batch instead of by their start enthalpy; the kept ones relax on from the quench;
+  one batch instead of by their start enthalpy; the kept ones relax on from the quench, those
+  that duplicate a known structure after it are not relaxed; any lamcsp method takes the suffix
+  (``lamcsp_mp_funnel10``, ``lamcsp_template_funnel5``);
 * ``template``: the template generator alone (substitution into known structures; leave-one-out:
   the templates are ``--templates``, by default the MP-20 list, without the target);
 * ``lamcsp_template``: lamcsp's default mix on three quarters of the population, the template
@@ -327,8 +329,9 @@ def method_generators(method: str) -> list[dict[str, Any]] | None:
         return [{"name": "random", "share": 0.5, "options": {**MP_PRIOR, "oversample": DEFAULT_OVERSAMPLE}},
                 {"name": "pso", "share": 0.5, "options": {"random_options": dict(MP_PRIOR),
                                                           "oversample": DEFAULT_OVERSAMPLE}}]
-    if re.fullmatch(r"lamcsp_funnel\d+", method):
-        return None
+    funnel = re.fullmatch(r"(lamcsp\w*)_funnel\d+", method)
+    if funnel:  # a lamcsp method with the funnel (relax.quench_steps, set by campaign_for)
+        return method_generators(funnel.group(1))
     if method in ("template", "lamcsp_template"):  # the sources are filled in by campaign_for
         return [{"name": "template", "share": 1.0}]
     if method == "pso":
@@ -356,17 +359,18 @@ def campaign_for(target: Target, method: str, seed: int, args: argparse.Namespac
         # its default similarity screen before relaxation
         "dedupe": {"before_relax": False} if baseline else {},
     }
-    funnel = re.fullmatch(r"lamcsp_funnel(\d+)", method)
+    funnel = re.fullmatch(r"(lamcsp\w*)_funnel(\d+)", method)
     if funnel:
-        if int(funnel.group(1)) < 1:
+        if int(funnel.group(2)) < 1:
             raise SystemExit(f"--methods: {method!r}: the funnel needs at least one quench step")
-        raw["relax"] = {"quench_steps": int(funnel.group(1))}
+        raw["relax"] = {"quench_steps": int(funnel.group(2))}
     gens = method_generators(method)
-    if method in ("template", "lamcsp_template"):
+    base = funnel.group(1) if funnel else method
+    if base in ("template", "lamcsp_template"):
         # leave-one-out: the templates are the benchmark lists' other structures, never the target
         tpl = {"name": "template", "share": 1.0,
                "options": {"source": str(args.templates or DEFAULT_TARGETS), "exclude": [target.id]}}
-        if method == "template":
+        if base == "template":
             gens = [tpl]
         else:  # a quarter of the default mix's population from the templates
             from lamcsp.campaign import Campaign
