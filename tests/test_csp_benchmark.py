@@ -180,3 +180,49 @@ def test_top5_unique_by_the_benchmarks_own_matcher():
     assert n_below == 2
     reps, _ = bench.distinct_lowest(rows, sym, -3.25, k=2)
     assert [r.id for r in reps] == [1, 4]  # k found and past the reference: the walk stops
+
+
+def test_stop_at_match_ratios_leave_out_targets_the_model_puts_something_under():
+    # with --stop-at-match a "hit" on a target the model does not prefer only says which came
+    # first; the per-run ratios and wins/losses against random leave such targets out
+    bench = _bench_module()
+
+    def rec(target, method, success, seconds, below=0):
+        return {"target": target, "method": method, "seed": 1, "success": success, "rank": 1 if success else None,
+                "relaxations": 10, "relaxations_to_match": 5 if success else None,
+                "relaxations_through_generation": 5 if success else None,
+                "seconds_to_match": seconds if success else None, "model_steps_to_match": None,
+                "model_steps": 0, "reason": None if success else "model_prefers_other", "seconds": 9.0,
+                "n_below_reference": below}
+
+    records = [rec("a", "lamcsp", True, 2.0), rec("a", "random", True, 4.0),
+               rec("b", "lamcsp", False, None, below=3), rec("b", "random", True, 1.0),
+               rec("c", "lamcsp", True, 8.0), rec("c", "random", True, 2.0, below=1)]
+    assert bench.model_below(records) == ["b", "c"]
+    every = bench.summarize(records, ["lamcsp", "random"], 10)["lamcsp"]["per_run_seconds_to_match_vs_random"]
+    assert every["runs"] == 2 and every["losses_at_budget"] == 1 and every["worst"] == 4.0
+    kept = bench.summarize(records, ["lamcsp", "random"], 10, exclude=bench.model_below(records))
+    r = kept["lamcsp"]["per_run_seconds_to_match_vs_random"]
+    assert (r["runs"], r["median"], r["losses_at_budget"]) == (1, 0.5, 0)
+
+
+def test_search_origins_accounts_for_every_relaxation_of_the_smoke_runs(smoke):
+    # benchmarks/search_origins.py sorts each relaxation by generator and operator: the counts
+    # add up to the runs' relaxations, and each first match is put down to one origin
+    out, _, result = smoke
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import search_origins
+    finally:
+        sys.path.pop(0)
+    assert search_origins.main([str(out), "--methods", "lamcsp,random"]) == 0
+    got = json.loads((out / "search_origins.json").read_text())
+    for method in ("lamcsp", "random"):
+        recs = [r for r in result["records"] if r["method"] == method]
+        origins = got[method]["origins"]
+        assert got[method]["runs"] == len(recs)
+        assert sum(o["relaxations"] for o in origins.values()) == sum(r["relaxations"] for r in recs)
+        assert sum(o.get("first_match", 0) for o in origins.values()) == \
+            sum(1 for r in recs if r["relaxations_to_match"])
+    assert set(got["random"]["origins"]) == {"random"}
+    assert {"random", "pso/new"} <= set(got["lamcsp"]["origins"])  # the default mix's two sources
