@@ -445,6 +445,13 @@ def distinct_lowest(rows: Sequence[Any], symmetrized_of: Callable[[Any], Any], b
     return [r for r, _ in reps], sum(1 for r, _ in reps if float(r.enthalpy_per_atom) < below)
 
 
+def in_search_order(rows: Sequence[Any]) -> list[Any]:
+    """Search rows in the order the search relaxed them: by generation, then the order it
+    scheduled them in (lowest start enthalpy first where it prescreened; rows written before the
+    search recorded an order fall back to the drawn order)."""
+    return sorted(rows, key=lambda r: (r.generation, r.get("order", -1), r.unit, r.candidate))
+
+
 def evaluate(run_dir: Path, ref: Reference, until: float | None = None) -> dict[str, Any]:
     """Success, first match, energy distance and failure reason of a finished (or stopped) run;
     with ``until`` (seconds), of what it had stored that many seconds after its start."""
@@ -456,11 +463,7 @@ def evaluate(run_dir: Path, ref: Reference, until: float | None = None) -> dict[
     store = ResultStore(run_dir)
     meta = run_dir / "bench_run.json"
     start = json.loads(meta.read_text())["start"] if meta.exists() else None
-    # in the order the search relaxed them: by generation, then the order it scheduled them in
-    # (lowest start enthalpy first where it prescreened; rows written before the search
-    # recorded an order fall back to the drawn order)
-    rows = sorted(store.rows(role="search", include_data=False),
-                  key=lambda r: (r.generation, r.get("order", -1), r.unit, r.candidate))
+    rows = in_search_order(store.rows(role="search", include_data=False))
     if until is not None and start is not None:
         rows = [r for r in rows if r.ctime * YEAR + T2000 - start <= until]
     ok = [r for r in rows if not str(r.status).startswith("failed") and math.isfinite(r.enthalpy_per_atom)]

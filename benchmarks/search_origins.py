@@ -51,13 +51,13 @@ def origin_of(row: Any) -> str:
 
 def run_origins(run_dir: Path) -> dict[str, Any] | None:
     """Per-origin counts of one run (``None`` where it has no database)."""
+    from csp_success import in_search_order
+
     from lamcsp.store import ResultStore
 
     if not (run_dir / "results.db").exists():
         return None
-    store = ResultStore(run_dir)
-    rows = sorted(store.rows(role="search"),
-                  key=lambda r: (r.generation, r.get("order", -1), r.unit, r.candidate))
+    rows = in_search_order(ResultStore(run_dir).rows(role="search"))
     ok = [r for r in rows if not str(r.status).startswith("failed") and math.isfinite(r.enthalpy_per_atom)]
     if not ok:
         return None
