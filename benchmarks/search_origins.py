@@ -32,6 +32,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from csp_success import in_search_order  # this folder's benchmark: its search order
+
 RECORD_TOL = 1e-3  # eV/atom
 NEAR_TOL = 5e-3  # eV/atom
 
@@ -51,8 +53,6 @@ def origin_of(row: Any) -> str:
 
 def run_origins(run_dir: Path) -> dict[str, Any] | None:
     """Per-origin counts of one run (``None`` where it has no database)."""
-    from csp_success import in_search_order
-
     from lamcsp.store import ResultStore
 
     if not (run_dir / "results.db").exists():
