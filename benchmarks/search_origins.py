@@ -53,22 +53,22 @@ def origin_of(row: Any) -> str:
 
 def run_origins(run_dir: Path) -> dict[str, Any] | None:
     """Per-origin counts of one run (``None`` where it has no database)."""
-    from lamcsp.store import ResultStore
+    from lamcsp.store import ResultStore, result_ok
 
     if not (run_dir / "results.db").exists():
         return None
     rows = in_search_order(ResultStore(run_dir).rows(role="search"))
-    ok = [r for r in rows if not str(r.status).startswith("failed") and math.isfinite(r.enthalpy_per_atom)]
+    ok = {int(r.id) for r in rows if result_ok(r)}
     if not ok:
         return None
-    final = min(r.enthalpy_per_atom for r in ok)
+    final = min(float(r.enthalpy_per_atom) for r in rows if int(r.id) in ok)
     best: dict[int, float] = {}
     out: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     for r in rows:
         o = out[origin_of(r)]
         o["relaxations"] += 1
         o["steps"] += int(r.steps) + 1
-        if r not in ok:
+        if int(r.id) not in ok:
             continue
         h, u = float(r.enthalpy_per_atom), int(r.unit)
         if h < best.get(u, math.inf) - RECORD_TOL:
