@@ -458,7 +458,7 @@ def evaluate(run_dir: Path, ref: Reference, until: float | None = None) -> dict[
     from ase.db.core import T2000, YEAR
     from pymatgen.io.ase import AseAtomsAdaptor
 
-    from lamcsp.store import ResultStore
+    from lamcsp.store import ResultStore, result_ok
 
     store = ResultStore(run_dir)
     meta = run_dir / "bench_run.json"
@@ -466,7 +466,7 @@ def evaluate(run_dir: Path, ref: Reference, until: float | None = None) -> dict[
     rows = in_search_order(store.rows(role="search", include_data=False))
     if until is not None and start is not None:
         rows = [r for r in rows if r.ctime * YEAR + T2000 - start <= until]
-    ok = [r for r in rows if not str(r.status).startswith("failed") and math.isfinite(r.enthalpy_per_atom)]
+    ok = [r for r in rows if result_ok(r)]
     # each row's structure and symmetrised structure are made once, for both walks below
     structures: dict[int, Any] = {int(r.id): AseAtomsAdaptor.get_structure(r.toatoms()) for r in ok}
     symmetrised: dict[int, Any] = {}

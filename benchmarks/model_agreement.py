@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -53,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from lamcsp.campaign import load_campaign
     from lamcsp.potentials.registry import load_potential
-    from lamcsp.store import ResultStore
+    from lamcsp.store import ResultStore, result_ok
 
     potential = load_potential("ase:sevenn.calculator:SevenNetCalculator", device="cpu", model=args.model)
     targets = {t.id: t for t in bench.load_targets(args.targets)}
@@ -73,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             # the distinct structures the benchmark counted below the run's own reference
             own_ref = rec["best_enthalpy_per_atom"] - rec["energy_distance"]
             rows = sorted((r for r in ResultStore(path.parent).rows(role="search", include_data=False)
-                           if not str(r.status).startswith("failed") and math.isfinite(r.enthalpy_per_atom)),
+                           if result_ok(r)),
                           key=lambda r: r.enthalpy_per_atom)
             reps, n_below = bench.distinct_lowest(
                 rows, lambda r: bench.symmetrized(AseAtomsAdaptor.get_structure(r.toatoms())),

@@ -52,6 +52,8 @@ def evaluate_target(run_root: Path, target: str, steps: list[int], potential: An
     from pymatgen.core import Structure
     from pymatgen.io.ase import AseAtomsAdaptor
 
+    from lamcsp.store import result_ok
+
     d = json.loads((run_root / "refs" / f"{target}.json").read_text())
     ref = cs.Reference(Structure.from_dict(d["structure"]), d["enthalpy_per_atom"], d["spacegroup"])
     entry: dict[str, Any] = {"runs": {}}
@@ -61,7 +63,7 @@ def evaluate_target(run_root: Path, target: str, steps: list[int], potential: An
         starts, match = [], []
         for r in rows:
             starts.append(Candidate.from_dict(r.data["candidate"]).to_atoms())
-            ok = not str(r.status).startswith("failed") and np.isfinite(r.enthalpy_per_atom)
+            ok = result_ok(r)
             match.append(bool(ok and ref.matches(AseAtomsAdaptor.get_structure(r.toatoms()),
                                                  float(r.enthalpy_per_atom))))
         early = {}

@@ -55,19 +55,24 @@ def force_deviation(forces: np.ndarray) -> np.ndarray:
 
 
 class Committee:
-    """K potentials evaluated on the same structures, one batched call per model.
+    """K models evaluated on the same structures, one batched pass per model.
 
     Args:
         potentials: the members (fine-tuned copies with different seeds, or several heads of
-            one model); any :class:`~lamcsp.potentials.base.Potential`.
+            one model): each a :class:`~lamcsp.potentials.base.Potential` (evaluated in this
+            process) or, with an ``executor``, a campaign ``model`` section evaluated through
+            its ``evaluate`` (on the workers under MPI).
+        executor: the executor (:class:`lamcsp.parallel.Executor`) for members given as
+            ``model`` sections.
     """
 
-    def __init__(self, potentials: Sequence[Any]):
+    def __init__(self, potentials: Sequence[Any], executor: Any = None):
         if len(potentials) < 2:
             raise SetupError(
                 "finetune.committee", f"a committee needs at least 2 models, got {len(potentials)}"
             )
         self.potentials = list(potentials)
+        self.executor = executor
 
     def __len__(self) -> int:
         return len(self.potentials)
@@ -84,10 +89,17 @@ class Committee:
         starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
         energies, forces = [], []
         for pot in self.potentials:
-            state = from_structures(list(structures), dtype=torch.float64, device=pot.device)
-            out = pot(state)
-            energies.append(out["energy"].detach().cpu().numpy() / counts)
-            forces.append(out["forces"].detach().cpu().numpy())
+            if callable(pot):  # a Potential, here
+                state = from_structures(list(structures), dtype=torch.float64, device=pot.device)
+                out = pot(state)
+                energies.append(out["energy"].detach().cpu().numpy() / counts)
+                forces.append(out["forces"].detach().cpu().numpy())
+                continue
+            if self.executor is None:
+                raise TypeError("a committee member given as a model section needs an executor")
+            points = self.executor.evaluate(list(structures), [0.0] * len(structures), model=pot)
+            energies.append(np.array([p.energy for p in points]) / counts)
+            forces.append(np.concatenate([p.forces for p in points]))
         E = np.stack(energies)  # (K, S)
         F = np.stack(forces)  # (K, N, 3)
         per_atom = force_deviation(F)
@@ -467,7 +479,8 @@ class FinetuneLoop:
         executor: runs the labelling (``map``): serial, or MPI ranks.
         oracle: the oracle spec (:mod:`lamcsp.oracle`).
         trainer: a trainer of :mod:`lamcsp.trainers` (``train``, ``backend``, ``spec``).
-        make_potential: model path -> Potential (the committee members).
+        make_potential: model path -> the committee member: a campaign ``model`` section
+            (evaluated through ``executor``) or a Potential (here).
         members: committee size K.
         lo, hi, window, max_labels, conv_accuracy, max_iterations, max_energy: as the
             campaign's ``finetune`` section.
@@ -526,7 +539,7 @@ class FinetuneLoop:
         latest = self.registry.latest(before=self.iteration if before is None else before)
         if not latest:
             return None
-        return Committee([self.make_potential(p) for p in latest["models"]])
+        return Committee([self.make_potential(p) for p in latest["models"]], executor=self.executor)
 
     def journaled(self) -> dict[str, dict[str, Any]]:
         """The labels journaled so far by this loop's oracle, by source."""

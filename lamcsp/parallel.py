@@ -1,9 +1,23 @@
 """Executors: where batches of work run. Serial in this process, or across MPI ranks.
 
-The seam is :meth:`map`: a :class:`Task` (an importable factory and its plain-data spec) is
-applied to a list of plain-data items, and ``on_result(index, result)`` is called as each
-result arrives. ``relax(structures, pressures, on_result)`` is the relaxation task on top of it;
-oracle labelling (the fine-tune loop) is another task on the same executor.
+The seam is the :class:`Executor` protocol, which both :class:`SerialExecutor` and
+:class:`MPIExecutor` implement whole, and :func:`make_executor` the one factory; the search
+never asks which it has:
+
+* ``relax(structures, pressures, on_result, labels, max_steps)``: relaxations with the model in
+  use (``max_steps``: other than the campaign's, e.g. the funnel's quench);
+* ``evaluate(structures, pressures, labels, model)``: single points
+  (:class:`~lamcsp.relax.relaxer.SinglePoint`) with the model in use or another ``model``
+  section (a committee member): the energy prescreen, the fine-tune loop's rescoring and its
+  committee;
+* ``map(task, items, on_result, labels)``: any :class:`Task` (an importable factory and its
+  plain-data spec) over plain-data items, ``on_result(index, result)`` as each result arrives
+  (oracle labels, verification);
+* ``set_model(model, potential)``: go on with another model (the fine-tune loop's);
+* ``close()``.
+
+``relax`` and ``evaluate`` are tasks on top of ``map`` (:class:`RelaxTask`,
+:class:`EvaluateTask`).
 
 MPI (``mpiexec -n N lamcsp search campaign.yaml``, or ``srun``):
 
@@ -38,7 +52,7 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from lamcsp.errors import SetupError, WorkerError
 from lamcsp.faults import fault
@@ -47,7 +61,7 @@ if TYPE_CHECKING:
     from ase import Atoms
 
     from lamcsp.potentials.base import Potential
-    from lamcsp.relax.relaxer import RelaxResult
+    from lamcsp.relax.relaxer import RelaxResult, SinglePoint
 
 #: batches a worker holds at once (one running, the rest waiting)
 PREFETCH = 2
@@ -56,9 +70,33 @@ BATCHES_PER_WORKER = 2
 #: how long an idle loop waits for a message, seconds
 POLL = 0.002
 _TAG = 11
+#: tasks a worker keeps built (their models loaded); the least recently used goes first
+MAX_TASKS = 6
 #: environment variables that say this process was started by an MPI launcher, and the world size
 _LAUNCHER_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MV2_COMM_WORLD_SIZE",
                        "SLURM_STEP_NUM_TASKS")
+
+
+# --------------------------------------------------------------------------------- protocol
+
+
+@runtime_checkable
+class Executor(Protocol):
+    """Where batched work runs (see the module docstring)."""
+
+    def relax(self, structures: Sequence[Atoms], pressures: Sequence[float],
+              on_result: Callable[[int, RelaxResult], None] | None = None,
+              labels: Sequence[str] | None = None, max_steps: int | None = None) -> list[RelaxResult]: ...
+
+    def evaluate(self, structures: Sequence[Atoms], pressures: Sequence[float],
+                 labels: Sequence[str] | None = None, model: Any = None) -> list[SinglePoint]: ...
+
+    def map(self, task: Task, items: Sequence[Any], on_result: Callable[[int, Any], None] | None = None,
+            labels: Sequence[str] | None = None) -> list[Any]: ...
+
+    def set_model(self, model: Any, potential: Potential | None = None) -> None: ...
+
+    def close(self) -> None: ...
 
 
 # --------------------------------------------------------------------------------- tasks
@@ -123,23 +161,30 @@ def worker_device(requested: str, worker: WorkerInfo) -> str:
     return requested
 
 
+def _worker_potential(spec: dict[str, Any], worker: WorkerInfo) -> Potential:
+    """The model of a task spec on the worker's device (its ``model``: a campaign ``model``
+    section as a dict; ``threads``: torch threads on a CPU, or null)."""
+    import torch
+
+    from lamcsp.campaign import ModelSpec
+    from lamcsp.potentials.registry import load_model
+
+    model = ModelSpec(**spec["model"])
+    model = dataclasses.replace(model, device=worker_device(model.device, worker))
+    if not model.device.startswith("cuda"):
+        torch.set_num_threads(cpu_threads(spec.get("threads"), worker.local_size))
+    return load_model(model)
+
+
 class RelaxTask:
     """The relaxation task: items ``{"atoms": atoms_to_dict(a), "pressure": GPa}``, results
     ``RelaxResult.to_dict()``. Spec: ``model`` (a campaign ``model`` section as a dict),
     ``relaxer`` (Relaxer options), ``threads`` (torch threads on a CPU, or null)."""
 
     def __init__(self, spec: dict[str, Any], worker: WorkerInfo):
-        import torch
-
-        from lamcsp.campaign import ModelSpec
-        from lamcsp.potentials.registry import load_model
         from lamcsp.relax import Relaxer
 
-        model = ModelSpec(**spec["model"])
-        model = dataclasses.replace(model, device=worker_device(model.device, worker))
-        if not model.device.startswith("cuda"):
-            torch.set_num_threads(cpu_threads(spec.get("threads"), worker.local_size))
-        self.potential: Potential = load_model(model)
+        self.potential: Potential = _worker_potential(spec, worker)
         self.relaxer = Relaxer(self.potential, progress=False, **spec.get("relaxer", {}))
 
     def __call__(self, items: Sequence[dict[str, Any]], emit: Callable[[int, Any], None]) -> None:
@@ -151,6 +196,58 @@ class RelaxTask:
 
         self.relaxer.relax([atoms_from_dict(it["atoms"]) for it in items],
                            [float(it["pressure"]) for it in items], on_result=done)
+
+
+class EvaluateTask:
+    """The single-point task: items as :class:`RelaxTask`'s, results ``SinglePoint.to_dict()``.
+    Spec: ``model``, ``threads`` as :class:`RelaxTask`'s; ``max_atoms`` (the batch budget)."""
+
+    def __init__(self, spec: dict[str, Any], worker: WorkerInfo):
+        from lamcsp.relax import Relaxer
+
+        self.relaxer = Relaxer(_worker_potential(spec, worker), progress=False,
+                               max_atoms=spec.get("max_atoms"))
+
+    def __call__(self, items: Sequence[dict[str, Any]], emit: Callable[[int, Any], None]) -> None:
+        from lamcsp.relax.relaxer import atoms_from_dict
+
+        self.relaxer.evaluate([atoms_from_dict(it["atoms"]) for it in items],
+                              [float(it["pressure"]) for it in items],
+                              on_result=lambda j, sp: emit(j, sp.to_dict()))
+
+
+def evaluate_task(relax: Task, model: Any = None) -> Task:
+    """The single-point task beside a relaxation task: its model (or ``model``, a campaign
+    ``model`` section), threads and atom budget."""
+    spec = relax.spec
+    return Task("lamcsp.parallel:EvaluateTask", {
+        "model": dataclasses.asdict(model) if model is not None else spec["model"],
+        "threads": spec.get("threads"), "max_atoms": spec.get("relaxer", {}).get("max_atoms")})
+
+
+def _items(structures: Sequence[Atoms], pressures: Sequence[float]) -> list[dict[str, Any]]:
+    from lamcsp.relax.relaxer import atoms_to_dict
+
+    return [{"atoms": atoms_to_dict(a), "pressure": float(p)} for a, p in zip(structures, pressures)]
+
+
+class TaskCache:
+    """Built tasks by key (their models loaded), the ``MAX_TASKS`` most recently used kept:
+    a fine-tune loop's old models and committees do not pile up in a worker."""
+
+    def __init__(self, worker: WorkerInfo, size: int = MAX_TASKS):
+        self.worker = worker
+        self.size = size
+        self._tasks: dict[str, Any] = {}
+
+    def get(self, task: Task) -> Any:
+        built = self._tasks.pop(task.key, None)
+        if built is None:
+            built = _load_target(task.target)(task.spec, self.worker)
+        self._tasks[task.key] = built  # the most recently used last
+        while len(self._tasks) > self.size:
+            del self._tasks[next(iter(self._tasks))]
+        return built
 
 
 def relax_task(campaign: Any) -> Task:
@@ -168,21 +265,52 @@ def relax_task(campaign: Any) -> Task:
 
 
 class SerialExecutor:
-    """Everything in this process: relaxation with one batched :class:`~lamcsp.relax.Relaxer`
-    on ``potential``; other tasks built here and kept.
+    """Everything in this process (:class:`Executor`): relaxations and single points with one
+    batched :class:`~lamcsp.relax.Relaxer` on ``potential``; other tasks built here and kept
+    (:class:`TaskCache`). Results come in input order, ``on_result(index, result)`` as each
+    one finishes.
 
-    The executor seam: ``relax(structures, pressures, on_result, labels, max_steps)`` returns
-    results in input order and calls ``on_result(index, result)`` as each one finishes
-    (``max_steps``: other than the campaign's, e.g. 0 for enthalpies of the starts); ``map(task, items,
-    on_result, labels)`` does the same for any :class:`Task`.
+    Args:
+        potential: the model in use (``None``: an executor for other tasks only, such as
+            ``lamcsp verify``'s oracle).
+        relaxer_options: the :class:`~lamcsp.relax.Relaxer`'s options.
     """
 
     def __init__(self, potential: Potential | None, **relaxer_options: Any):
         from lamcsp.relax import Relaxer
 
-        # no potential: an executor for other tasks only (``lamcsp verify``: the oracle's)
+        self._options = dict(relaxer_options)
         self.relaxer = Relaxer(potential, **relaxer_options) if potential is not None else None
-        self._tasks: dict[str, Any] = {}
+        self._tasks = TaskCache(WorkerInfo())
+        self._members: dict[str, Any] = {}  # single-point relaxers of other models, by model section
+
+    def set_model(self, model: Any, potential: Potential | None = None) -> None:
+        """Go on with ``model`` (a campaign ``model`` section), or the ``potential`` already
+        loaded from it."""
+        from lamcsp.relax import Relaxer
+
+        if potential is None:
+            from lamcsp.potentials.registry import load_model
+
+            potential = load_model(model)
+        self.relaxer = Relaxer(potential, **self._options)
+
+    def evaluate(self, structures: Sequence[Atoms], pressures: Sequence[float],
+                 labels: Sequence[str] | None = None, model: Any = None) -> list[SinglePoint]:
+        relaxer = self.relaxer
+        if model is not None:
+            key = json.dumps(dataclasses.asdict(model), sort_keys=True, default=str)
+            if key not in self._members:
+                from lamcsp.potentials.registry import load_model
+                from lamcsp.relax import Relaxer
+
+                if len(self._members) >= MAX_TASKS:
+                    del self._members[next(iter(self._members))]
+                self._members[key] = Relaxer(load_model(model), **{**self._options, "snapshot_every": 0})
+            relaxer = self._members[key]
+        if relaxer is None:
+            raise RuntimeError("this SerialExecutor has no potential to evaluate with")
+        return relaxer.evaluate(list(structures), list(pressures))
 
     def relax(self, structures: Sequence[Atoms], pressures: Sequence[float],
               on_result: Callable[[int, RelaxResult], None] | None = None,
@@ -199,8 +327,7 @@ class SerialExecutor:
 
     def map(self, task: Task, items: Sequence[Any], on_result: Callable[[int, Any], None] | None = None,
             labels: Sequence[str] | None = None) -> list[Any]:
-        if task.key not in self._tasks:
-            self._tasks[task.key] = _load_target(task.target)(task.spec, WorkerInfo())
+        run = self._tasks.get(task)
         out: list[Any] = [None] * len(items)
 
         def emit(j: int, result: Any) -> None:
@@ -208,7 +335,7 @@ class SerialExecutor:
             if on_result is not None:
                 on_result(j, result)
 
-        self._tasks[task.key](list(items), emit)
+        run(list(items), emit)
         return out
 
     def close(self) -> None:
@@ -238,7 +365,7 @@ def _child_main(conn: Any, worker: WorkerInfo) -> None:
     """The relax worker process: runs batches sent by its rank, one at a time."""
     hide_launcher()
     os.environ["LAMCSP_RANK"] = str(worker.rank)
-    tasks: dict[str, Any] = {}
+    tasks = TaskCache(worker)
     while True:
         try:
             msg = conn.recv()
@@ -247,11 +374,9 @@ def _child_main(conn: Any, worker: WorkerInfo) -> None:
         if msg[0] == "stop":
             return
         _, bid, target, spec, items = msg
-        task = Task(target, spec)
         try:
-            if task.key not in tasks:
-                tasks[task.key] = _load_target(target)(spec, worker)
-            tasks[task.key](items, lambda j, result, bid=bid: conn.send(("result", bid, j, result)))
+            run = tasks.get(Task(target, spec))
+            run(items, lambda j, result, bid=bid: conn.send(("result", bid, j, result)))
             conn.send(("done", bid))
         except BaseException as exc:  # noqa: BLE001 - reported to the coordinator, which stops
             text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
@@ -442,10 +567,26 @@ class MPIExecutor:
         self._closed = False
 
     def configure(self, campaign: Any) -> None:
-        """Take the campaign's relaxation task and parallel settings."""
+        """Take the campaign's relaxation task and parallel settings (:func:`make_executor`)."""
         self.task = relax_task(campaign)
         self.coordinator_relaxes = campaign.parallel.coordinator_relaxes
         self.batch_size = campaign.parallel.batch_size
+
+    def set_model(self, model: Any, potential: Potential | None = None) -> None:
+        """Go on with ``model`` (a campaign ``model`` section): every worker loads it for its
+        next batch (``potential``, a model loaded here, is not sent)."""
+        if self.task is None:
+            raise RuntimeError("MPIExecutor.set_model before configure(campaign)")
+        self.task = Task(self.task.target, {**self.task.spec, "model": dataclasses.asdict(model)})
+
+    def evaluate(self, structures: Sequence[Atoms], pressures: Sequence[float],
+                 labels: Sequence[str] | None = None, model: Any = None) -> list[SinglePoint]:
+        from lamcsp.relax.relaxer import SinglePoint
+
+        if self.task is None:
+            raise RuntimeError("MPIExecutor.evaluate before configure(campaign)")
+        out = self.map(evaluate_task(self.task, model), _items(structures, pressures), labels=labels)
+        return [SinglePoint.from_dict(d) for d in out]
 
     @property
     def slots(self) -> list[int]:
@@ -454,7 +595,7 @@ class MPIExecutor:
     def relax(self, structures: Sequence[Atoms], pressures: Sequence[float],
               on_result: Callable[[int, RelaxResult], None] | None = None,
               labels: Sequence[str] | None = None, max_steps: int | None = None) -> list[RelaxResult]:
-        from lamcsp.relax.relaxer import RelaxResult, atoms_to_dict
+        from lamcsp.relax.relaxer import RelaxResult
 
         if self.task is None:
             raise RuntimeError("MPIExecutor.relax before configure(campaign)")
@@ -469,8 +610,7 @@ class MPIExecutor:
             if on_result is not None:
                 on_result(i, results[i])
 
-        items = [{"atoms": atoms_to_dict(a), "pressure": float(p)} for a, p in zip(structures, pressures)]
-        self.map(task, items, got, labels=labels)
+        self.map(task, _items(structures, pressures), got, labels=labels)
         return results
 
     def map(self, task: Task, items: Sequence[Any], on_result: Callable[[int, Any], None] | None = None,
@@ -577,7 +717,7 @@ class MPIExecutor:
         self._sends = [r for r in self._sends if not r.Test()]
 
 
-def make_executor(campaign: Any, potential: Potential | None = None, comm: Any = None) -> Any:
+def make_executor(campaign: Any, potential: Potential | None = None, comm: Any = None) -> Executor:
     """The executor for a campaign: :class:`MPIExecutor` when ``comm`` has two or more ranks,
     else :class:`SerialExecutor` on ``potential``."""
     if comm is not None and comm.Get_size() > 1:

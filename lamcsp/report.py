@@ -35,91 +35,25 @@ from urllib.parse import quote
 
 from lamcsp.campaign import ReportSpec, load_campaign
 from lamcsp.errors import SetupError
+from lamcsp.hull import HULL_KINDS, Hull, composition_fractions, hull_at, transitions
 from lamcsp.io import reduced_formula
+from lamcsp.store import Record, RunDir, pressure_key, record_of
 
 if TYPE_CHECKING:
     from ase import Atoms
     from matplotlib.axes import Axes
     from pymatgen.analysis.phase_diagram import PhaseDiagram
 
-__all__ = ["EXPORT_FORMATS", "Record", "export", "hull_at", "record_of", "summary", "transitions",
-           "write_report"]
+__all__ = ["EXPORT_FORMATS", "HULL_KINDS", "Record", "export", "hull_at", "record_of", "summary",
+           "transitions", "write_report"]
 
-DB_NAME = "results.db"
-CAMPAIGN_NAME = "campaign.yaml"
+DB_NAME = RunDir.DB
+CAMPAIGN_NAME = RunDir.CAMPAIGN
 EXPORT_FORMATS = ("cif", "poscar", "extxyz")
-HULL_KINDS = ("phase_diagram", "lowest_polymorph")
 _MAX_PANELS = 6  # compositions per convergence figure
 
 
 # ------------------------------------------------------------------------------------ rows
-
-
-@dataclasses.dataclass(frozen=True)
-class Record:
-    """One database row, as the report needs it (``pressure`` rounded to 1e-6 GPa)."""
-
-    db_id: int
-    formula: str
-    reduced_formula: str
-    role: str
-    pressure: float
-    enthalpy: float
-    enthalpy_per_atom: float
-    natoms: int
-    spacegroup: int
-    generation: int
-    generator: str
-    unique: bool
-    status: str
-    model_id: str
-    polymorph: int
-
-    @property
-    def ok(self) -> bool:
-        return not self.status.startswith("failed") and math.isfinite(self.enthalpy_per_atom)
-
-    @property
-    def eligible(self) -> bool:
-        """Enters hulls and tables: a unique search row or a reference row, not failed."""
-        return self.ok and (self.role == "reference" or (self.role == "search" and self.unique))
-
-
-def _pressure(value: Any) -> float:
-    return round(float(value), 6) + 0.0  # + 0.0 turns -0.0 into 0.0
-
-
-def _number(value: Any) -> float:
-    return float("nan") if value is None else float(value)
-
-
-def record_of(row: Any, *, now: bool = True) -> Record:
-    """The :class:`Record` of a database row. With ``now``, a row relaxed before a fine-tune
-    model switch counts with ``enthalpy_now`` (the model in use at the end, a single point at
-    its structure), so that every hull compares energies of one model."""
-    enthalpy = _number(row.get("enthalpy"))
-    per_atom = row.get("enthalpy_per_atom")
-    model = row.get("model_id", "")
-    if now and row.get("enthalpy_now") is not None:
-        per_atom, model = float(row.enthalpy_now), row.get("model_now", model)
-        enthalpy = per_atom * row.natoms
-    return Record(
-        db_id=int(row.id),
-        formula=str(row.formula),
-        reduced_formula=str(row.get("reduced_formula") or reduced_formula(row.formula)),
-        role=str(row.get("role", "search")),
-        pressure=_pressure(row.get("pressure_gpa", 0.0)),
-        enthalpy=enthalpy,
-        enthalpy_per_atom=_number(per_atom) if per_atom is not None else enthalpy / row.natoms,
-        natoms=int(row.natoms),
-        spacegroup=int(row.get("spacegroup", 0)),
-        generation=int(row.get("generation", 0)),
-        generator=str(row.get("generator", "")),
-        unique=bool(row.get("unique", True)),
-        status=str(row.get("status", "converged")),
-        model_id=str(model),
-        polymorph=int(row.get("polymorph", 0)),
-    )
 
 
 def _connect(run_dir: Path) -> Any:
@@ -133,112 +67,8 @@ def _connect(run_dir: Path) -> Any:
     return ase.db.connect(str(path), use_lock_file=False)
 
 
-# ------------------------------------------------------------------------------------ hulls
-
-
-@dataclasses.dataclass
-class Hull:
-    """The hull of the eligible rows at one pressure.
-
-    Attributes:
-        kind: ``"phase_diagram"`` or ``"lowest_polymorph"``.
-        stable: ids of the hull structures, sorted by composition fraction.
-        e_above: energy above the hull (or above the lowest polymorph) per row id, eV/atom.
-        formation: formation enthalpy per atom per row id, eV/atom (None: lowest_polymorph).
-        pd: the phase diagram (None: lowest_polymorph).
-    """
-
-    kind: str
-    stable: list[int]
-    e_above: dict[int, float]
-    formation: dict[int, float | None]
-    pd: PhaseDiagram | None = None
-
-
-def _covers(records: Sequence[Record], elements: Sequence[str]) -> bool:
-    from pymatgen.core import Composition
-
-    pure = {str(Composition(r.formula).elements[0]) for r in records
-            if len(Composition(r.formula).elements) == 1}
-    return set(elements) <= pure
-
-
-def _fractions(formula: str, elements: Sequence[str]) -> tuple[float, ...]:
-    from pymatgen.core import Composition
-
-    comp = Composition(formula)
-    return tuple(comp.get_atomic_fraction(el) for el in elements[1:])
-
-
-def hull_at(records: Sequence[Record], elements: Sequence[str]) -> Hull:
-    """The hull of ``records`` (eligible rows at one pressure) in the system ``elements``."""
-    if _covers(records, elements):
-        return _phase_diagram(records, elements)
-    return _lowest_polymorph(records, elements)
-
-
-def _phase_diagram(records: Sequence[Record], elements: Sequence[str]) -> Hull:
-    from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
-    from pymatgen.core import Composition, Element
-
-    entries = [PDEntry(Composition(r.formula), r.enthalpy, name=r.reduced_formula, attribute=r.db_id)
-               for r in records]
-    pd = PhaseDiagram(entries, elements=[Element(el) for el in elements])
-    stable = sorted(cast("list[PDEntry]", list(pd.stable_entries)),
-                    key=lambda e: (_fractions(e.composition.formula, elements), e.name))
-    return Hull(
-        kind="phase_diagram",
-        stable=[cast(int, e.attribute) for e in stable],
-        e_above={r.db_id: cast(float, pd.get_e_above_hull(e)) for r, e in zip(records, entries)},
-        formation={r.db_id: float(pd.get_form_energy_per_atom(e)) for r, e in zip(records, entries)},
-        pd=pd,
-    )
-
-
-def _lowest_polymorph(records: Sequence[Record], elements: Sequence[str]) -> Hull:
-    lowest: dict[str, Record] = {}
-    for r in records:
-        best = lowest.get(r.reduced_formula)
-        if best is None or (r.enthalpy_per_atom, r.db_id) < (best.enthalpy_per_atom, best.db_id):
-            lowest[r.reduced_formula] = r
-    stable = sorted(lowest.values(), key=lambda r: (_fractions(r.formula, elements), r.reduced_formula))
-    return Hull(
-        kind="lowest_polymorph",
-        stable=[r.db_id for r in stable],
-        e_above={r.db_id: r.enthalpy_per_atom - lowest[r.reduced_formula].enthalpy_per_atom
-                 for r in records},
-        formation={r.db_id: None for r in records},
-    )
-
-
 # ------------------------------------------------------------------------------------ scans
 
-
-def transitions(curves: dict[int, dict[float, float]]) -> list[tuple[float, int, int, bool]]:
-    """Pressures where the lowest of several enthalpy curves changes.
-
-    Args:
-        curves: ``{polymorph id: {pressure GPa: enthalpy per atom eV}}`` of one composition.
-
-    Returns:
-        ``(pressure, from id, to id, interpolated)`` in order of pressure. Between consecutive
-        grid pressures with different lowest polymorphs A and B, the pressure is where the
-        straight lines through H_B - H_A meet zero; when A or B lacks one of the two points it
-        is the midpoint (``interpolated`` False).
-    """
-    grid = sorted({p for curve in curves.values() for p in curve})
-    lowest = [(p, min((c[p], k) for k, c in curves.items() if p in c)[1]) for p in grid]
-    out = []
-    for (p0, a), (p1, b) in zip(lowest, lowest[1:]):
-        if a == b:
-            continue
-        ca, cb = curves[a], curves[b]
-        if all(p in c for p in (p0, p1) for c in (ca, cb)):
-            d0, d1 = cb[p0] - ca[p0], cb[p1] - ca[p1]
-            out.append((p0 + d0 / (d0 - d1) * (p1 - p0), a, b, True))
-        else:
-            out.append((0.5 * (p0 + p1), a, b, False))
-    return out
 
 
 def _scan_curves(records: Sequence[Record]) -> dict[str, dict[int, dict[float, float]]]:
@@ -374,7 +204,8 @@ def _top_entries(run: _Run, p: float) -> list[dict[str, Any]]:
 def _pressure_doc(run: _Run, p: float) -> dict[str, Any]:
     rows = sorted(run.eligible_at(p), key=lambda r: (r.enthalpy_per_atom, r.db_id))
     compositions: dict[str, list[dict[str, Any]]] = {}
-    for r in sorted(rows, key=lambda r: _fractions(r.formula, run.elements)):  # stable sort: H order kept
+    # a stable sort: the enthalpy order is kept within a composition
+    for r in sorted(rows, key=lambda r: composition_fractions(r.formula, run.elements)):
         compositions.setdefault(r.reduced_formula, []).append(_entry(run, r))
     return {
         "pressure_gpa": p,
@@ -451,7 +282,7 @@ def _verification_doc(run: _Run) -> list[dict[str, Any]]:
     rows = []
     for row in run.db.select(role="verify", include_data=False):
         rows.append({"id": int(row.id), "of": int(row.get("of", 0)), "oracle": str(row.get("oracle", "")),
-                     "mode": str(row.get("mode", "")), "pressure": _pressure(row.pressure_gpa),
+                     "mode": str(row.get("mode", "")), "pressure": pressure_key(row.pressure_gpa),
                      "formula": str(row.formula), "natoms": int(row.natoms),
                      "reduced_formula": str(row.get("reduced_formula") or reduced_formula(row.formula)),
                      "enthalpy_per_atom": float(row.enthalpy_per_atom),
@@ -671,11 +502,11 @@ def _plot_binary(run: _Run, p: float, ax: Axes) -> None:
     hull = run.hulls[p]
     second = run.elements[1]
     rows = run.eligible_at(p)
-    x = [_fractions(r.formula, run.elements)[0] for r in rows]
+    x = [composition_fractions(r.formula, run.elements)[0] for r in rows]
     y = _nan([hull.formation[r.db_id] for r in rows])
     ax.scatter(x, y, s=18, c="0.6", label="all structures", zorder=2)
     stable = [run.by_id[i] for i in hull.stable]
-    xs = [_fractions(r.formula, run.elements)[0] for r in stable]
+    xs = [composition_fractions(r.formula, run.elements)[0] for r in stable]
     ys = _nan([hull.formation[r.db_id] for r in stable])
     ax.plot(xs, ys, "o-", color="tab:red", label="convex hull", zorder=3)
     for r, xi, yi in zip(stable, xs, ys):
@@ -707,7 +538,7 @@ def _plot_ternary(run: _Run, p: float, ax: Axes) -> None:
 def _plot_above(run: _Run, p: float, ax: Axes) -> None:
     hull = run.hulls[p]
     rows = run.eligible_at(p)
-    formulas = sorted({r.reduced_formula for r in rows}, key=lambda f: _fractions(f, run.elements))
+    formulas = sorted({r.reduced_formula for r in rows}, key=lambda f: composition_fractions(f, run.elements))
     where = {f: k for k, f in enumerate(formulas)}
     ax.scatter([where[r.reduced_formula] for r in rows], [1000 * hull.e_above[r.db_id] for r in rows],
                s=18, c="tab:blue")

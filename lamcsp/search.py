@@ -58,6 +58,7 @@ import numpy as np
 from lamcsp.errors import SetupError
 from lamcsp.faults import fault
 from lamcsp.parallel import SerialExecutor
+from lamcsp.store import RunDir, h_now, result_of_row, result_ok
 
 if TYPE_CHECKING:
     from ase import Atoms
@@ -69,8 +70,8 @@ if TYPE_CHECKING:
     from lamcsp.relax.relaxer import RelaxResult
     from lamcsp.store import ResultStore
 
-CHECKPOINT_NAME = "checkpoint.json"
-CAMPAIGN_COPY = "campaign.yaml"
+CHECKPOINT_NAME = RunDir.CHECKPOINT
+CAMPAIGN_COPY = RunDir.CAMPAIGN
 #: campaign fields that may change between a run and its ``--resume`` (budget and reporting)
 RESUMABLE_CHANGES = ("generations", "max_relaxations", "stop", "report", "parallel")
 
@@ -280,6 +281,7 @@ class Search:
         check_campaign(campaign)  # a missing package stops it here, before the run directory exists
         self.campaign = campaign
         self.run_dir = Path(run_dir if run_dir is not None else campaign.output_dir)
+        self.paths = RunDir(self.run_dir)
         self.resume = resume
         self._check_run_dir(db_url)
         self.seed = campaign.seed
@@ -305,13 +307,10 @@ class Search:
 
     # -- setup ----------------------------------------------------------------------------
     def _check_run_dir(self, db_url: str | None) -> None:
-        ckpt = self.run_dir / CHECKPOINT_NAME
-        has_results = ckpt.exists() or (self.run_dir / CAMPAIGN_COPY).exists() or (
-            db_url is None and (self.run_dir / "results.db").exists())
-        if has_results and not self.resume:
+        if self.paths.holds_run(db_url) and not self.resume:
             raise SetupError("output", f"{self.run_dir} already holds a run; pass --resume to continue "
                                        "it, or choose another output directory (nothing was changed)")
-        if self.resume and not (self.run_dir / CAMPAIGN_COPY).exists():
+        if self.resume and not self.paths.campaign.exists():
             raise SetupError("--resume", f"{self.run_dir} holds no run to resume ({CAMPAIGN_COPY} "
                                          "missing); start it without --resume")
 
@@ -335,11 +334,8 @@ class Search:
 
         self._model = model
         self._potential = load_model(model)
-        ex = self._executor
-        if ex is not None and hasattr(ex, "configure"):  # MPI: the workers load it for the next batch
-            ex.configure(dataclasses.replace(self.campaign, model=model))
-        else:
-            self._executor = None  # the serial executor is rebuilt on the new potential
+        if self._executor is not None:  # MPI: the workers load it for their next batch
+            self._executor.set_model(model, self._potential)
 
     @property
     def executor(self) -> Any:
@@ -410,12 +406,12 @@ class Search:
         text += yaml.safe_dump(data, sort_keys=False)
         tmp = self.run_dir / f".{CAMPAIGN_COPY}.tmp"
         tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, self.run_dir / CAMPAIGN_COPY)
+        os.replace(tmp, self.paths.campaign)
 
     def _check_same_campaign(self) -> None:
         import yaml
 
-        with open(self.run_dir / CAMPAIGN_COPY, encoding="utf-8") as fh:
+        with open(self.paths.campaign, encoding="utf-8") as fh:
             old = yaml.safe_load(fh)
         new = self.campaign.to_dict()
         new["seed"] = self.seed if self.seed is not None else old.get("seed")
@@ -447,7 +443,7 @@ class Search:
         self.potential.check_numbers([atomic_numbers[el] for el in elements], field="model")
         self.deduper = self._deduper()
         self.unit_states = [self._new_unit_state(u) for u in self.units]
-        state = read_checkpoint(self.run_dir / CHECKPOINT_NAME) if self.resume else None
+        state = read_checkpoint(self.paths.checkpoint) if self.resume else None
         if state is not None:
             self._restore(state)
             self.done = not self._budget_left()
@@ -491,7 +487,7 @@ class Search:
     def _checkpoint(self) -> None:
         from lamcsp.store import write_checkpoint
 
-        write_checkpoint(self.run_dir / CHECKPOINT_NAME, self.state_dict())
+        write_checkpoint(self.paths.checkpoint, self.state_dict())
 
     def _restore(self, state: dict[str, Any]) -> None:
         """Back to the state after the last completed generation (see the module docstring)."""
@@ -516,8 +512,8 @@ class Search:
                     gen.load_state_dict(gs)
             rows = sorted(by_unit.get(us.unit.index, []), key=lambda r: (r.generation, r.candidate))
             for row in rows:
-                ok = _row_ok(row)
-                h = _h_now(row) if ok else math.inf
+                ok = result_ok(row)
+                h = h_now(row) if ok else math.inf
                 us.context.population.append(Evaluated(
                     Candidate.from_dict(row.data["candidate"]), Candidate.from_atoms(row.toatoms()), h, ok))
             self._remember(us, [e.candidate for e in us.context.population]
@@ -527,7 +523,7 @@ class Search:
             us.stored_rows = [int(i) for i in d["stored_rows"]]
             if us.stored_rows:
                 rows = self._rows_by_id(us.stored_rows)
-                hs = [_h_now(r) for r in rows]
+                hs = [h_now(r) for r in rows]
                 us.stored.extend(self.deduper.describe([r.toatoms() for r in rows], hs))
 
     # -- one generation -------------------------------------------------------------------
@@ -637,12 +633,17 @@ class Search:
         # labelled with the keys they would be stored under, so that a worker lost during the
         # prescreen names what it held
         quench = self.campaign.relax.quench_steps
-        res = self.executor.relax([cands[k].to_atoms() for k in todo], [us.unit.pressure_gpa] * len(todo),
-                                  max_steps=quench,
-                                  labels=[f"{candidate_key(us.unit.index, g, k)} (prescreen)" for k in todo])
+        structures = [cands[k].to_atoms() for k in todo]
+        labels = [f"{candidate_key(us.unit.index, g, k)} (prescreen)" for k in todo]
+        res: Sequence[Any]
+        if quench:
+            res = self.executor.relax(structures, [us.unit.pressure_gpa] * len(todo), max_steps=quench,
+                                      labels=labels)
+        else:  # single points
+            res = self.executor.evaluate(structures, [us.unit.pressure_gpa] * len(todo), labels=labels)
         h = {k: float(r.enthalpy_per_atom) if not r.failed and np.isfinite(r.enthalpy_per_atom) else math.inf
              for k, r in zip(todo, res)}
-        us.prescreen_calls[g] = sum(int(r.steps) + 1 for r in res)
+        us.prescreen_calls[g] = sum(int(r.steps) + 1 for r in res) if quench else len(res)
         if quench:  # the funnel: the kept candidates are relaxed on from where the quench left them
             for k, r in zip(todo, res):
                 if math.isfinite(h[k]) and r.steps > 0:
@@ -717,7 +718,7 @@ class Search:
         row_ids: list[int | None] = [None] * len(todo)
         for i, key in enumerate(keys):
             if key in stored:  # relaxed before an interruption: read back, not relaxed again
-                results[i], row_ids[i] = _result_of_row(stored[key]), int(stored[key].id)
+                results[i], row_ids[i] = result_of_row(stored[key]), int(stored[key].id)
 
         buffer = RowBuffer(self.store)
 
@@ -756,13 +757,13 @@ class Search:
             self._dedupe_unit(us, [results[i] for i in idx], [row_ids[i] for i in idx], updates)
             for i in idx:
                 r = results[i]
-                ok = _result_ok(r)
+                ok = result_ok(r)
                 h = float(r.enthalpy_per_atom) if ok else math.inf
                 us.context.population.append(Evaluated(todo[i][2], Candidate.from_atoms(r.atoms), h, ok))
                 us.relaxed += 1
                 us.failed += int(not ok)
             self._remember(us, [todo[i][2] for i in idx]
-                           + [results[i].atoms for i in idx if _result_ok(results[i])])
+                           + [results[i].atoms for i in idx if result_ok(results[i])])
             self._update_best(us, [results[i] for i in idx])
         with self.store.transaction():
             for rid, kv in sorted(updates.items()):
@@ -796,7 +797,7 @@ class Search:
 
     def _dedupe_unit(self, us: UnitState, results: list[RelaxResult], rows: list[int | None],
                      updates: dict[int, dict[str, Any]]) -> None:
-        ok = [j for j, r in enumerate(results) if _result_ok(r)]
+        ok = [j for j, r in enumerate(results) if result_ok(r)]
         for j in range(len(results)):
             if j not in ok:
                 updates[rows[j]] = {"unique": False, "duplicate_of": 0, "deduped": True}
@@ -833,7 +834,7 @@ class Search:
                 updates[rows[ok[a]]] = {"unique": False, "duplicate_of": final[int(d)], "deduped": True}
 
     def _update_best(self, us: UnitState, results: list[RelaxResult]) -> None:
-        hs = [float(r.enthalpy_per_atom) for r in results if _result_ok(r)]
+        hs = [float(r.enthalpy_per_atom) for r in results if result_ok(r)]
         new = min(hs) if hs else math.inf
         if new < us.best - self.campaign.stop.min_improvement:
             us.stagnant = 0
@@ -858,7 +859,6 @@ class Search:
         from lamcsp.campaign import ModelSpec
         from lamcsp.finetune import FinetuneLoop
         from lamcsp.oracle import check_oracle
-        from lamcsp.potentials.registry import load_model
         from lamcsp.trainers import CHGNetTrainer, DeePMDTrainer
 
         m = self.campaign.model
@@ -874,11 +874,11 @@ class Search:
         check_oracle(spec.oracle, "finetune.oracle")  # a wrong name or option fails now
         elements = sorted({el for u in self.units for el in u.composition})
 
-        def member(path: str) -> Any:
-            return load_model(ModelSpec(**{**dataclasses.asdict(m), **trainer.spec(path), "options": {}}))
+        def member(path: str) -> Any:  # a model section: the executor evaluates it (on the workers)
+            return ModelSpec(**{**dataclasses.asdict(m), **trainer.spec(path), "options": {}})
 
         self.finetune = FinetuneLoop(
-            self.run_dir / "finetune", elements, self.executor, spec.oracle, trainer, member,
+            self.paths.finetune, elements, self.executor, spec.oracle, trainer, member,
             members=spec.committee, lo=spec.trust_lo, hi=spec.trust_hi, window=spec.window,
             max_labels=spec.max_labels, conv_accuracy=spec.conv_accuracy,
             max_iterations=spec.max_iterations or 10**9, max_energy=spec.max_energy)
@@ -962,21 +962,21 @@ class Search:
         pressures: list[float] = []
         low: set[int] = set()
         for us in self.unit_states:
-            hits = [r for r in self._rows_by_id(us.stored_rows) if _row_ok(r)]
-            best = min((_h_now(r) for r in hits), default=math.nan)
+            hits = [r for r in self._rows_by_id(us.stored_rows) if result_ok(r)]
+            best = min((h_now(r) for r in hits), default=math.nan)
             for row in hits:
                 structures.append(row.toatoms())
-                enthalpy.append(_h_now(row) - best)
+                enthalpy.append(h_now(row) - best)
                 sources.append(row.key)
                 pressures.append(float(row.pressure_gpa))
-                if _h_now(row) - best <= spec.window:
+                if h_now(row) - best <= spec.window:
                     low.add(int(row.id))
         near: list[int] = []
         # the model in use's own minima of its best hits (re-relaxed after the last iteration):
         # where it ranks them wrong, these labels correct it
         rerelaxed: list[Any] = self.store.rows(role="rerelax", iteration=self.finetune.iteration - 1)
         for row in rerelaxed:
-            if _row_ok(row):
+            if result_ok(row):
                 near.append(len(structures))
                 structures.append(row.toatoms())
                 enthalpy.append(math.nan)
@@ -1040,14 +1040,13 @@ class Search:
         first, the model's structure, its last, the oracle's minimum, then evenly between), as
         ``(source, labelled atoms)`` for the fine-tune data."""
         from lamcsp.oracle import Journal, record_atoms
-        from lamcsp.verify import journal_path
 
         n = self.campaign.verify.train_frames
         oid = self.verify_settings().oracle_id
         out = []
         for row in self.store.rows(role="verify", oracle=oid, include_data=False):
             source = self.store.db.get(id=int(row.get("of")))
-            recs = [r for r in Journal(journal_path(self.run_dir, oid, source.key)).read()
+            recs = [r for r in Journal(self.paths.journal(oid, source.key)).read()
                     if r.get("stress") is not None]
             if not recs or n == 0:
                 continue
@@ -1067,25 +1066,14 @@ class Search:
         (the re-relaxed one where it is lower). Rows keep the enthalpy of their own relaxation
         and gain ``enthalpy_now`` (per atom, by ``model_now``), which ``--resume``, the
         verification and the report read."""
-        import torch
-
-        from lamcsp.relax.state import EV_PER_A3_PER_GPA, from_structures
-
         every = list(self.store.rows(role="search"))  # one read: the ok ones to score, all for the units
-        rows = [row for row in every if _row_ok(row)]
+        rows = [row for row in every if result_ok(row)]
         if not rows:
             return
-        atoms = [row.toatoms() for row in rows]
-        h = np.empty(len(rows))
-        pot = self.potential
-        for a in range(0, len(rows), 64):
-            chunk = atoms[a : a + 64]
-            state = from_structures(chunk, dtype=torch.float64, device=pot.device)
-            e = pot(state)["energy"].detach().cpu().numpy()
-            for k, (at, row) in enumerate(zip(chunk, rows[a : a + 64])):
-                pv = float(row.pressure_gpa) * EV_PER_A3_PER_GPA * at.get_volume()
-                h[a + k] = (e[k] + pv) / len(at)
-        now = {int(row.id): float(x) for row, x in zip(rows, h)}
+        points = self.executor.evaluate([row.toatoms() for row in rows],
+                                        [float(row.pressure_gpa) for row in rows],
+                                        labels=[f"{row.key} (rescore)" for row in rows])
+        now = {int(row.id): float(p.enthalpy_per_atom) for row, p in zip(rows, points)}
         for rid, x in self._rerelax_best(iteration, now).items():
             now[rid] = min(now[rid], x)
         with self.store.transaction():
@@ -1132,14 +1120,14 @@ class Search:
                     todo.append((key, row, us))
                     continue
                 old = self.store.db.get(id=done)
-                if _row_ok(old):
+                if result_ok(old):
                     out[int(row.id)] = float(old.enthalpy_per_atom)
 
         def store_one(i: int, result: RelaxResult) -> None:
             key, row, us = todo[i]
             self._add_row(result, key, role="rerelax", generation=-3, generator="rerelax", unit=us.unit.index,
                           extra={"iteration": iteration, "of": int(row.id)})
-            if _result_ok(result):
+            if result_ok(result):
                 out[int(row.id)] = float(result.enthalpy_per_atom)
 
         if todo:
@@ -1184,7 +1172,7 @@ class Search:
                       | {round(float(p), 6) for p in pressures})
         picked: dict[tuple[str, int], Any] = {}
         for us in self.unit_states:
-            rows = sorted(self._rows_by_id(us.stored_rows), key=_h_now)
+            rows = sorted(self._rows_by_id(us.stored_rows), key=h_now)
             taken = 0
             for row in rows:
                 if taken == spec.scan_top:
@@ -1302,41 +1290,6 @@ def screen(candidates: Sequence[Candidate], context: GenerationContext) -> np.nd
                               np.array([c.n_atoms for c in candidates]),
                               np.concatenate([c.numbers for c in candidates]), dmin * 0.999)
     return keep
-
-
-def _result_ok(r: RelaxResult) -> bool:
-    from lamcsp.store import result_ok
-
-    return result_ok(r)
-
-
-def _h_now(row: Any) -> float:
-    """A row's enthalpy per atom by the model in use (``enthalpy_now`` after a fine-tune model
-    switch; else its own)."""
-    return float(row.get("enthalpy_now", row.enthalpy_per_atom))
-
-
-def _row_ok(row: Any) -> bool:
-    from lamcsp.store import result_ok
-
-    return result_ok(row)
-
-
-def _result_of_row(row: Any) -> RelaxResult:
-    """A stored row as the :class:`RelaxResult` it was written from."""
-    from lamcsp.relax.relaxer import RelaxResult
-
-    atoms = row.toatoms()
-    stress = row.get("stress")
-    if stress is not None:
-        from ase.stress import voigt_6_to_full_3x3_stress
-
-        stress = voigt_6_to_full_3x3_stress(np.asarray(stress))
-    atoms.calc = None
-    return RelaxResult(atoms=atoms, energy=float(row.energy), enthalpy=float(row.enthalpy),
-                       pressure_gpa=float(row.pressure_gpa), converged=bool(row.converged),
-                       steps=int(row.steps), status=str(row.status), fmax=float(row.final_fmax),
-                       forces=np.asarray(row.get("forces")), stress=stress)
 
 
 def _canonical(value: Any) -> Any:

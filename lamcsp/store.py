@@ -31,11 +31,12 @@ checkpoint or the new one, never a partial file.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -49,6 +50,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CHECKPOINT_VERSION",
+    "Record",
+    "RunDir",
+    "h_now",
+    "record_of",
+    "result_of_row",
     "ResultStore",
     "plain",
     "read_checkpoint",
@@ -293,6 +299,158 @@ def result_ok(result: Any) -> bool:
     """A result (a :class:`~lamcsp.relax.relaxer.RelaxResult` or a stored row) that counts: not
     failed, finite enthalpy."""
     return not str(result.status).startswith("failed") and bool(np.isfinite(result.enthalpy_per_atom))
+
+
+def h_now(row: Any) -> float:
+    """A row's enthalpy per atom by the model in use (``enthalpy_now`` after a fine-tune model
+    switch; else its own)."""
+    return float(row.get("enthalpy_now", row.enthalpy_per_atom))
+
+
+def result_of_row(row: Any) -> RelaxResult:
+    """A stored row as the :class:`~lamcsp.relax.relaxer.RelaxResult` it was written from."""
+    from lamcsp.relax.relaxer import RelaxResult
+
+    atoms = row.toatoms()
+    stress = row.get("stress")
+    if stress is not None:
+        from ase.stress import voigt_6_to_full_3x3_stress
+
+        stress = voigt_6_to_full_3x3_stress(np.asarray(stress))
+    atoms.calc = None
+    return RelaxResult(atoms=atoms, energy=float(row.energy), enthalpy=float(row.enthalpy),
+                       pressure_gpa=float(row.pressure_gpa), converged=bool(row.converged),
+                       steps=int(row.steps), status=str(row.status), fmax=float(row.final_fmax),
+                       forces=np.asarray(row.get("forces")), stress=stress)
+
+
+# ------------------------------------------------------------------------------ the row record
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+    """The typed row record: one database row as the report, the verification and the hull
+    maths read it (``pressure`` rounded to 1e-6 GPa; see :func:`record_of`)."""
+
+    db_id: int
+    formula: str
+    reduced_formula: str
+    role: str
+    pressure: float
+    enthalpy: float
+    enthalpy_per_atom: float
+    natoms: int
+    spacegroup: int
+    generation: int
+    generator: str
+    unique: bool
+    status: str
+    model_id: str
+    polymorph: int
+
+    @property
+    def ok(self) -> bool:
+        """Counts (:func:`result_ok`): not failed, finite enthalpy."""
+        return result_ok(self)
+
+    @property
+    def eligible(self) -> bool:
+        """Enters hulls and tables: a unique search row or a reference row, not failed."""
+        return self.ok and (self.role == "reference" or (self.role == "search" and self.unique))
+
+
+def pressure_key(value: Any) -> float:
+    return round(float(value), 6) + 0.0  # + 0.0 turns -0.0 into 0.0
+
+
+def _number(value: Any) -> float:
+    return float("nan") if value is None else float(value)
+
+
+def record_of(row: Any, *, now: bool = True) -> Record:
+    """The :class:`Record` of a database row. With ``now``, a row relaxed before a fine-tune
+    model switch counts with ``enthalpy_now`` (the model in use at the end, a single point at
+    its structure), so that every hull compares energies of one model."""
+    enthalpy = _number(row.get("enthalpy"))
+    per_atom = row.get("enthalpy_per_atom")
+    model = row.get("model_id", "")
+    if now and row.get("enthalpy_now") is not None:
+        per_atom, model = float(row.enthalpy_now), row.get("model_now", model)
+        enthalpy = per_atom * row.natoms
+    return Record(
+        db_id=int(row.id),
+        formula=str(row.formula),
+        reduced_formula=str(row.get("reduced_formula") or _reduced(row.formula)),
+        role=str(row.get("role", "search")),
+        pressure=pressure_key(row.get("pressure_gpa", 0.0)),
+        enthalpy=enthalpy,
+        enthalpy_per_atom=_number(per_atom) if per_atom is not None else enthalpy / row.natoms,
+        natoms=int(row.natoms),
+        spacegroup=int(row.get("spacegroup", 0)),
+        generation=int(row.get("generation", 0)),
+        generator=str(row.get("generator", "")),
+        unique=bool(row.get("unique", True)),
+        status=str(row.get("status", "converged")),
+        model_id=str(model),
+        polymorph=int(row.get("polymorph", 0)),
+    )
+
+
+def _reduced(formula: str) -> str:
+    from lamcsp.io import reduced_formula
+
+    return reduced_formula(formula)
+
+
+# ------------------------------------------------------------------------------ the run directory
+
+
+@dataclasses.dataclass(frozen=True)
+class RunDir:
+    """The run directory's file names and paths, in one place.
+
+    ``results.db`` (the ASE database, unless a URL is given), ``campaign.yaml`` (the campaign
+    with its seed, written at the start and checked by ``--resume``), ``checkpoint.json`` (the
+    search state after every generation), ``finetune/`` (the fine-tune loop's data, models and
+    log), ``verify/<oracle id>/<row key>.jsonl`` (oracle journals) and ``report/``.
+    """
+
+    root: Path
+
+    DB: ClassVar[str] = DB_NAME
+    CAMPAIGN: ClassVar[str] = "campaign.yaml"
+    CHECKPOINT: ClassVar[str] = "checkpoint.json"
+
+    def __init__(self, root: str | os.PathLike[str]):
+        object.__setattr__(self, "root", Path(root))
+
+    @property
+    def db(self) -> Path:
+        return self.root / self.DB
+
+    @property
+    def campaign(self) -> Path:
+        return self.root / self.CAMPAIGN
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.root / self.CHECKPOINT
+
+    @property
+    def finetune(self) -> Path:
+        return self.root / "finetune"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report"
+
+    def journal(self, oracle: str, key: str) -> Path:
+        """Where the oracle calls of one verification of row ``key`` are journaled."""
+        return self.root / "verify" / oracle / f"{key}.jsonl"
+
+    def holds_run(self, db_url: str | None = None) -> bool:
+        """Whether a search has written here (its checkpoint, campaign copy, or database)."""
+        return self.checkpoint.exists() or self.campaign.exists() or (db_url is None and self.db.exists())
 
 
 def _check_key(key: str) -> None:

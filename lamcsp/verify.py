@@ -68,8 +68,8 @@ def hits_of(pairs: Sequence[tuple[Any, Any]], elements: Sequence[str]) -> list[H
     unique row; failed rows left out): the model's enthalpy (the model in use at the end:
     ``enthalpy_now`` after a fine-tune model switch) and the energy above the hull of these
     rows at each pressure."""
-    from lamcsp.report import hull_at, record_of
-    from lamcsp.store import result_ok
+    from lamcsp.hull import hull_at
+    from lamcsp.store import record_of, result_ok
 
     pairs = [(u, row) for u, row in pairs if result_ok(row)]
     records = [record_of(row) for _, row in pairs]
@@ -178,8 +178,10 @@ class VerifySettings:
 
 
 def journal_path(run_dir: str | Path, oracle: str, key: str) -> Path:
-    """Where the oracle calls of one verification are journaled."""
-    return Path(run_dir) / "verify" / oracle / f"{key}.jsonl"
+    """Where the oracle calls of one verification are journaled (:meth:`lamcsp.store.RunDir.journal`)."""
+    from lamcsp.store import RunDir
+
+    return RunDir(run_dir).journal(oracle, key)
 
 
 def run_verification(
@@ -383,7 +385,7 @@ def verification_doc(rows: Sequence[dict[str, Any]], sources: dict[int, Any], el
         rows: the verification rows as dicts (``id``, ``of``, ``oracle``, ``mode``, ``pressure``,
             ``formula``, ``reduced_formula``, ``enthalpy_per_atom``, ``enthalpy``, ``natoms``,
             ``spacegroup``, ``status``, ``oracle_calls``).
-        sources: the report's :class:`~lamcsp.report.Record` of every row, by id (the model's
+        sources: the typed row record (:class:`~lamcsp.store.Record`) of every row, by id (the model's
             enthalpies: the model in use at the end).
         elements: the system's elements (for the hulls).
 
@@ -392,7 +394,8 @@ def verification_doc(rows: Sequence[dict[str, Any]], sources: dict[int, Any], el
         oracle's relative enthalpies and ranks), the comparison and the answer; and the oracle's
         hull of the verified structures beside the model's hull of the same structures.
     """
-    from lamcsp.report import Record, hull_at
+    from lamcsp.hull import hull_at
+    from lamcsp.store import Record
 
     out = []
     for oid in sorted({r["oracle"] for r in rows}):

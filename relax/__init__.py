@@ -1,6 +1,6 @@
 """The batched relaxer: batched state, in-flight batching, convergence, device placement."""
 
-from lamcsp.relax.relaxer import Relaxer, RelaxResult, relax
+from lamcsp.relax.relaxer import Relaxer, RelaxResult, SinglePoint, relax
 from lamcsp.relax.state import (
     EV_PER_A3_PER_GPA,
     BatchedState,
@@ -17,6 +17,7 @@ __all__ = [
     "BatchedState",
     "RelaxResult",
     "Relaxer",
+    "SinglePoint",
     "concatenate",
     "from_structures",
     "relax",

@@ -113,6 +113,50 @@ class RelaxResult:
                    frames=[atoms_from_dict(a) for a in d.get("frames", [])])
 
 
+@dataclasses.dataclass
+class SinglePoint:
+    """The model at one fixed structure (no optimizer step): what the energy prescreen, the
+    fine-tune loop's rescoring and its committee need.
+
+    Attributes:
+        n_atoms: atoms in the structure. energy: eV. enthalpy: ``E + pV``, eV.
+        pressure_gpa: the pressure of ``enthalpy``, GPa.
+        forces: ``(n, 3)`` eV/Å. stress: ``(3, 3)`` eV/Å³.
+        status: ``"ok"`` or ``"failed: REASON"`` (the relaxer's checks: a model error,
+            non-finite output, atoms closer than its ``min_distance``).
+    """
+
+    n_atoms: int
+    energy: float
+    enthalpy: float
+    pressure_gpa: float
+    forces: np.ndarray
+    stress: np.ndarray
+    status: str = "ok"
+
+    @property
+    def enthalpy_per_atom(self) -> float:
+        return self.enthalpy / self.n_atoms
+
+    @property
+    def failed(self) -> bool:
+        return self.status.startswith("failed")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (what crosses MPI ranks)."""
+        return {"n_atoms": int(self.n_atoms), "energy": float(self.energy), "enthalpy": float(self.enthalpy),
+                "pressure_gpa": float(self.pressure_gpa), "status": str(self.status),
+                "forces": np.asarray(self.forces, dtype=float).tolist(),
+                "stress": np.asarray(self.stress, dtype=float).tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SinglePoint:
+        return cls(n_atoms=int(d["n_atoms"]), energy=float(d["energy"]), enthalpy=float(d["enthalpy"]),
+                   pressure_gpa=float(d["pressure_gpa"]), status=str(d["status"]),
+                   forces=np.asarray(d["forces"], dtype=float).reshape(-1, 3),
+                   stress=np.asarray(d["stress"], dtype=float).reshape(3, 3))
+
+
 class Relaxer:
     """Relax many structures with one potential, batched.
 
@@ -296,6 +340,46 @@ class Relaxer:
                 self._tick("optimizer", t0)
         if bar is not None:
             bar.close()
+        return results  # type: ignore[return-value]
+
+    def evaluate(self, structures: Sequence[Any], pressure_gpa: float | Sequence[float] = 0.0,
+                 on_result: Callable[[int, SinglePoint], None] | None = None) -> list[SinglePoint]:
+        """Single points: the model once at each of ``structures`` (in batches of the relaxer's
+        atom budget), with the same failure checks as :meth:`relax`; in input order."""
+        from lamcsp.relax.state import EV_PER_A3_PER_GPA, _as_atoms
+
+        atoms_in = [_as_atoms(s) for s in structures]
+        n = len(atoms_in)
+        if n == 0:
+            return []
+        pressures = np.broadcast_to(np.asarray(pressure_gpa, dtype=float), (n,)).copy()
+        self.potential.check_numbers(np.concatenate([a.numbers for a in atoms_in]))
+        budget = self.max_atoms or default_max_atoms(
+            self.potential.device, getattr(self.potential, "bytes_per_atom", None)
+        )
+        batcher = InFlightBatcher([len(a) for a in atoms_in], budget)
+        results: list[SinglePoint | None] = [None] * n
+        while True:
+            join = batcher.take(0)
+            if not join:
+                break
+            state = self._new_states([atoms_in[i] for i in join], pressures[join])
+            out = self.potential(state)
+            self.n_model_calls += 1
+            reasons = self._failures(state, out)
+            energy = out["energy"].detach().cpu().numpy()
+            forces = out["forces"].detach().cpu().numpy()
+            stress = out["stress"].detach().cpu().numpy()
+            counts = state.n_atoms_per_system.cpu().numpy()
+            bounds = np.concatenate([[0], np.cumsum(counts)])
+            for k, i in enumerate(join):
+                pv = float(pressures[i]) * EV_PER_A3_PER_GPA * float(atoms_in[i].get_volume())
+                results[i] = SinglePoint(
+                    n_atoms=int(counts[k]), energy=float(energy[k]), enthalpy=float(energy[k]) + pv,
+                    pressure_gpa=float(pressures[i]), forces=forces[bounds[k] : bounds[k + 1]],
+                    stress=stress[k], status="ok" if reasons[k] is None else f"failed: {reasons[k]}")
+                if on_result is not None:
+                    on_result(i, results[i])  # type: ignore[arg-type]
         return results  # type: ignore[return-value]
 
     def _snapshot(self, state: RelaxState, ids: list[int], finished: np.ndarray,

@@ -70,6 +70,26 @@ def test_committee_deviation_grows_with_disagreement():
         Committee([lj1])
 
 
+def test_a_committee_of_model_sections_runs_through_the_executor_and_equals_one_of_potentials():
+    """The fine-tune loop gives its members as ``model`` sections: the executor evaluates them
+    (on the workers under MPI), with the same deviation as the potentials evaluated here."""
+    from lamcsp.campaign import ModelSpec
+
+    cells = ar_cells(5, seed=2)
+    facs = (1.0, 1.1, 1.3)
+    here = Committee([LennardJones(epsilon=EPS_AR * f, sigma=SIG_AR) for f in facs]).evaluate(cells)
+    specs = [ModelSpec(backend="lj", device="cpu", options={"epsilon": EPS_AR * f, "sigma": SIG_AR})
+             for f in facs]
+    ex = SerialExecutor(LennardJones(epsilon=EPS_AR, sigma=SIG_AR))
+    there = Committee(specs, executor=ex).evaluate(cells)
+    assert np.all(here.max_devi_f > 0)
+    np.testing.assert_allclose(there.max_devi_f, here.max_devi_f, rtol=1e-10)
+    np.testing.assert_allclose(there.devi_e, here.devi_e, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(there.energy, here.energy, rtol=1e-12)
+    with pytest.raises(TypeError, match="needs an executor"):
+        Committee(specs).evaluate(cells)
+
+
 def test_selection_takes_uncertain_and_low_enthalpy_frames_cleans_and_caps():
     cells = ar_cells(8)
     bad = cells[5].copy()

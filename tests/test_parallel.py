@@ -259,3 +259,50 @@ def test_energy_prescreen_on_two_ranks_relaxes_what_the_serial_run_relaxes(tmp_p
         units[ranks] = [(u["relaxed"], u["prescreened"]) for u in state["units"]]
     assert _unique(tmp_path / "r2") == _unique(tmp_path / "r1")
     assert units[2] == units[1] and all(p >= 8 for _, p in units[1])
+
+
+def test_both_executors_implement_the_whole_protocol():
+    from lamcsp.parallel import Executor, MPIExecutor
+
+    assert isinstance(SerialExecutor(None), Executor)
+    for name in ("relax", "evaluate", "map", "set_model", "close"):
+        assert callable(getattr(MPIExecutor, name))
+
+
+def test_single_points_on_two_ranks_equal_the_serial_ones_for_any_model(tmp_path):
+    """``evaluate`` through MPI with the campaign's model, with another model section (how the
+    fine-tune loop's committee members are evaluated) and after ``set_model`` (its model
+    switch) equals the serial executor's; and ``relax`` follows ``set_model`` too."""
+    import dataclasses
+
+    from lamcsp.relax.relaxer import atoms_from_dict
+
+    sys.path.insert(0, str(TESTS))
+    try:
+        import mpi_evaluate
+    finally:
+        sys.path.remove(str(TESTS))
+    from lamcsp.campaign import parse_campaign
+
+    out = tmp_path / "sp.json"
+    proc = subprocess.run([_mpiexec(), "-n", "2", sys.executable, str(TESTS / "mpi_evaluate.py"), str(out)],
+                          capture_output=True, text=True, env=_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(out.read_text())
+    assert res["protocol"]
+    cells = [atoms_from_dict(d) for d in res["cells"]]
+    model = parse_campaign(mpi_evaluate.CAMPAIGN).model
+    other = dataclasses.replace(model, options=mpi_evaluate.OTHER)
+    ex = SerialExecutor(LennardJones(epsilon=0.0104, sigma=3.4))
+    own = ex.evaluate(cells, res["pressures"])
+    member = ex.evaluate(cells, res["pressures"], model=other)
+    assert [p.enthalpy_per_atom for p in own] != pytest.approx([p.enthalpy_per_atom for p in member])
+    for key, serial in (("own", own), ("member", member), ("after_set_model", member)):
+        got = res[key]
+        assert [d["enthalpy"] for d in got] == pytest.approx([p.enthalpy for p in serial], rel=1e-12), key
+        for d, p in zip(got, serial):
+            np.testing.assert_allclose(np.reshape(d["forces"], (-1, 3)), p.forces, atol=1e-12)
+    assert res["relaxed"] == pytest.approx([p.enthalpy_per_atom for p in member], rel=1e-12)
+    ex.set_model(other)
+    assert [p.enthalpy for p in ex.evaluate(cells, res["pressures"])] == pytest.approx(
+        [p.enthalpy for p in member], rel=1e-12)

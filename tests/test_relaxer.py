@@ -134,3 +134,28 @@ def test_trajectory_snapshots_leave_the_relaxation_unchanged(lj):
     assert moved and not np.allclose(moved[0].frames[0].positions, moved[0].frames[-1].positions)
     back = RelaxResult.from_dict(moved[0].to_dict())
     assert [f.positions.tolist() for f in back.frames] == [f.positions.tolist() for f in moved[0].frames]
+
+
+def test_single_points_equal_the_start_of_a_relaxation_and_fail_the_same_way(binary_lj):
+    """``Relaxer.evaluate`` (the executor's single points) gives, in any batch size, the energy,
+    enthalpy, forces and stress the relaxer reports at step 0, and the same failures."""
+    structs = _random_binary_set(n=12, seed=3)
+    overlap = bulk("Ar", "fcc", 5.3, cubic=True)
+    overlap.positions[1] = overlap.positions[0] + [0.2, 0.1, 0.0]
+    nan_one = bulk("Ar", "fcc", 5.3, cubic=True)
+    nan_one.numbers[0] = 10
+    structs += [overlap, nan_one]
+    pressures = np.linspace(-1.0, 5.0, len(structs))
+    pot = NaNForOne(binary_lj)
+    start = Relaxer(pot, max_steps=0).relax(structs, pressures)
+    for budget in (None, 7):
+        sp = Relaxer(pot, max_atoms=budget).evaluate(structs, pressures)
+        for a, s, r in zip(structs, sp, start):
+            assert s.n_atoms == len(a) and s.pressure_gpa == r.pressure_gpa
+            assert s.failed == r.failed and s.status.removeprefix("ok") == r.status.removeprefix("max_steps") \
+                .removeprefix("converged")
+            if not r.failed:
+                assert s.enthalpy_per_atom == pytest.approx(r.enthalpy_per_atom, rel=1e-12, abs=1e-12)
+                np.testing.assert_allclose(s.forces, r.forces, atol=1e-12)
+                np.testing.assert_allclose(s.stress, r.stress, atol=1e-12)
+    assert sp[-2].status.startswith("failed: atoms") and sp[-1].status == "failed: non-finite energy"
