@@ -211,7 +211,7 @@ class ParticleSwarm:
         oversample: new random structures drawn per one relaxed (default 1). Above 1 the
             search asks for ``oversample`` × the swarm's share and relaxes, among the new
             structures (with those of other oversampling generators), the ones with the
-            lowest enthalpy at the start (:meth:`lamcsp.search.Search._prescreen`); moved
+            lowest enthalpy at the start (:func:`lamcsp.stages.prescreen`); moved
             particles are always relaxed (their origin says ``prescreen: False``), and the
             new particles left out leave the swarm (:meth:`discard`).
     """

@@ -1068,7 +1068,7 @@ class SymmetricRandom:
         oversample: candidates drawn per structure relaxed (default 1: each one drawn is
             relaxed). Above 1 the search evaluates the model once at each start (batched, not
             counted as relaxations) and relaxes those with the lowest enthalpy per atom
-            (:meth:`lamcsp.search.Search._prescreen`), lowest first: random starts whose atoms
+            (:func:`lamcsp.stages.prescreen`), lowest first: random starts whose atoms
             sit badly cost a model call instead of a relaxation.
     """
 

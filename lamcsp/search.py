@@ -1,22 +1,18 @@
 """The campaign loop: ``lamcsp search campaign.yaml [--resume]``.
 
-A campaign is split into *search units*, one per (composition, pressure): a fixed composition
-gives one unit per pressure; a variable composition gives one unit per reduced composition in
-its ranges (all cells of that composition up to ``system.max_atoms``; pure-element end members
-are always searched, unless a reference structure file is given for that element) and pressure.
-Each unit has its own generators (named in the campaign, sharing ``population`` by their
-``share``), its own relaxed population (what evolutionary generators see), and its own
-deduplication; every unit proposes ``population`` structures per generation.
+The campaign's search units (one per composition and pressure) are :mod:`lamcsp.units`; one
+generation is the stages of :mod:`lamcsp.stages`, for all active units together::
 
-One generation, for all active units together::
-
-    propose (each generator, its own RNG)  ->  screen (kernels.screen: minimum distances)
-    -> relax (through the executor, lamcsp.parallel: one batched relaxer call over all units and
-       pressures here, or batches pulled by the relax workers of MPI ranks; results are stored
-       as they arrive, those arriving together in one transaction: RowBuffer)
-    -> dedupe (per unit: within the generation, then against what is stored; one transaction)
-    -> fold back (populations, best enthalpies, swarm updates on the next propose)
+    propose -> screen (minimum distances; similarity to what the unit has seen, topped up)
+    -> prescreen (oversampling generators: single points or the funnel's quench)
+    -> relax (through the executor, lamcsp.parallel; results stored as they arrive)
+    -> dedupe (per unit; the flags of all units in one transaction)
+    -> tell (populations, counters, seen structures, best enthalpies and patience)
     -> checkpoint (atomic)
+
+:class:`Search` strings them together (:meth:`Search.run_generation`), and runs the steps
+around the loop: the reference structures, the fine-tune iterations, the verification, the
+pressure scan and the report.
 
 A unit stops when its best enthalpy per atom has not dropped by more than
 ``stop.min_improvement`` for ``stop.patience`` generations; the campaign stops when every unit
@@ -44,7 +40,6 @@ for the enthalpy-vs-pressure report; then the report is written.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
 import os
 import sys
@@ -55,17 +50,19 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
+from lamcsp import stages
 from lamcsp.errors import SetupError
 from lamcsp.faults import fault
 from lamcsp.parallel import SerialExecutor
-from lamcsp.store import RunDir, h_now, result_of_row, result_ok
+from lamcsp.stages import RowBuffer, SimilarityScreen, UnitState, candidate_key, oversample_of, screen
+from lamcsp.store import RunDir, h_now, result_ok
+from lamcsp.units import SearchUnit, generator_counts, search_units, unit_rng, variable_compositions
 
 if TYPE_CHECKING:
-    from ase import Atoms
 
     from lamcsp.campaign import Campaign
-    from lamcsp.generators.base import Candidate, GenerationContext, Generator
-    from lamcsp.generators.dedupe import Deduper, StoredStructures
+    from lamcsp.generators.base import Candidate
+    from lamcsp.generators.dedupe import Deduper
     from lamcsp.potentials.base import Potential
     from lamcsp.relax.relaxer import RelaxResult
     from lamcsp.store import ResultStore
@@ -76,159 +73,7 @@ CAMPAIGN_COPY = RunDir.CAMPAIGN
 RESUMABLE_CHANGES = ("generations", "max_relaxations", "stop", "report", "parallel")
 
 
-# --------------------------------------------------------------------------------- units
-
-
-@dataclasses.dataclass(frozen=True)
-class SearchUnit:
-    """One (composition, pressure) of a campaign.
-
-    Attributes:
-        index: position in the campaign's unit list (part of row keys and RNG spawn keys).
-        composition: atoms per formula unit (reduced for variable compositions).
-        formula_units: allowed formula units per cell.
-        pressure_gpa: the pressure, GPa; ``pressure_index`` its position in the campaign.
-    """
-
-    index: int
-    composition: dict[str, int]
-    formula_units: tuple[int, ...]
-    pressure_gpa: float
-    pressure_index: int
-
-    @property
-    def reduced_formula(self) -> str:
-        from lamcsp.io import reduced_formula
-
-        return reduced_formula(self.composition)
-
-    @property
-    def label(self) -> str:
-        return f"{self.reduced_formula} @ {self.pressure_gpa:g} GPa"
-
-
-def variable_compositions(
-    variable: dict[str, tuple[int, int]], max_atoms: int, references: Sequence[str] = ()
-) -> list[tuple[dict[str, int], tuple[int, ...]]]:
-    """Every reduced composition of a variable-composition system with its formula units.
-
-    Cells hold ``lo..hi`` atoms of each element and ``1..max_atoms`` in all. Pure-element end
-    members (needed for formation enthalpies) are added with ``1..min(max_atoms, max(hi, 4))``
-    atoms when the ranges exclude them, unless ``references`` names the element.
-    """
-    elements = list(variable)
-    groups: dict[tuple[int, ...], set[int]] = {}
-    for counts in itertools.product(*(range(lo, hi + 1) for lo, hi in variable.values())):
-        total = sum(counts)
-        if total == 0 or total > max_atoms:
-            continue
-        g = math.gcd(*counts)
-        groups.setdefault(tuple(c // g for c in counts), set()).add(g)
-    for i, el in enumerate(elements):
-        pure = tuple(int(k == i) for k in range(len(elements)))
-        if pure not in groups and el not in references:
-            top = min(max_atoms, max(variable[el][1], 4))
-            groups[pure] = set(range(1, top + 1))
-    out = []
-    for red, fus in groups.items():
-        comp = {el: n for el, n in zip(elements, red) if n}
-        out.append((comp, tuple(sorted(fus))))
-    out.sort(key=lambda cf: (len(cf[0]), tuple(-cf[0].get(el, 0) for el in elements)))
-    return out
-
-
-def search_units(campaign: Campaign) -> list[SearchUnit]:
-    """The campaign's units: every composition at every pressure (pressure-major order)."""
-    s = campaign.system
-    if s.composition is not None:
-        fus = tuple(f for f in s.formula_units
-                    if s.max_atoms is None or f * sum(s.composition.values()) <= s.max_atoms)
-        comps = [(dict(s.composition), fus)]
-    else:
-        assert s.variable is not None and s.max_atoms is not None
-        comps = variable_compositions(s.variable, s.max_atoms, list(s.references))
-    units = []
-    for j, p in enumerate(s.pressures):
-        for comp, fus in comps:
-            units.append(SearchUnit(len(units), comp, fus, float(p), j))
-    return units
-
-
-def generator_counts(shares: Sequence[float], population: int) -> list[int]:
-    """Structures per generator: ``population`` split by ``shares``, largest remainders first."""
-    raw = [s * population for s in shares]
-    counts = [int(math.floor(x)) for x in raw]
-    order = sorted(range(len(raw)), key=lambda i: (-(raw[i] - counts[i]), i))
-    for i in order[: population - sum(counts)]:
-        counts[i] += 1
-    return counts
-
-
-#: rounds of new random candidates that replace screened duplicates (dedupe.before_relax)
-TOP_UP_ROUNDS = 4
-#: the spawn key "generator" index of the top-up random stream
-TOP_UP_STREAM = 1000
-
-
-def unit_rng(seed: int, unit: int, generator: int, generation: int) -> np.random.Generator:
-    """The RNG of one generator of one unit in one generation (derived from the seed)."""
-    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(unit, generator, generation)))
-
-
-# --------------------------------------------------------------------------------- executor
-
-
-# the executors live in lamcsp.parallel (SerialExecutor is re-exported here)
-
-
-# --------------------------------------------------------------------------------- state
-
-
-@dataclasses.dataclass
-class UnitState:
-    """What a unit carries from one generation to the next."""
-
-    unit: SearchUnit
-    generators: list[tuple[str, float, Generator]]
-    context: GenerationContext
-    stored: StoredStructures
-    stored_rows: list[int] = dataclasses.field(default_factory=list)
-    best: float = math.inf
-    history: list[float] = dataclasses.field(default_factory=list)
-    stagnant: int = 0
-    active: bool = True
-    relaxed: int = 0
-    failed: int = 0
-    #: candidates not relaxed because they duplicate what ``seen`` holds (dedupe.before_relax)
-    screened: int = 0
-    #: candidates not relaxed because their start's enthalpy ranked them out (a generator's
-    #: ``oversample``)
-    prescreened: int = 0
-    #: model calls of the energy prescreen by generation (single points, or ``relax.quench_steps``
-    #: + 1 per candidate), written on the generation's rows as ``prescreen_calls`` (not
-    #: checkpointed: a resumed generation prescreens again, the same way)
-    prescreen_calls: dict[int, int] = dataclasses.field(default_factory=dict)
-    #: every relaxed structure and its start, at the unit's volume per atom (not checkpointed:
-    #: rebuilt from the database on resume)
-    seen: StoredStructures | None = None
-    #: why the unit stopped, where it did not simply run out of budget or patience
-    note: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "screened": self.screened,
-            "prescreened": self.prescreened,
-            "note": self.note,
-            "best": None if not math.isfinite(self.best) else self.best,
-            "history": [None if not math.isfinite(h) else h for h in self.history],
-            "stagnant": self.stagnant,
-            "active": self.active,
-            "relaxed": self.relaxed,
-            "failed": self.failed,
-            "stored_rows": list(self.stored_rows),
-            "generators": [g.state_dict() if hasattr(g, "state_dict") else None
-                           for _, _, g in self.generators],
-        }
+# --------------------------------------------------------------------------------- progress
 
 
 @dataclasses.dataclass
@@ -365,38 +210,6 @@ class Search:
         seen = self.deduper.new_store() if self.campaign.dedupe.before_relax else None
         return UnitState(unit, gens, ctx, self.deduper.new_store(), seen=seen)
 
-    # -- the similarity screen before relaxation (dedupe.before_relax) ---------------------------
-    def _at_unit_volume(self, us: UnitState, items: Sequence[Candidate | Atoms]) -> list[Candidate]:
-        """Structures scaled to the unit's target volume per atom (fingerprints depend on scale)."""
-        from ase.data import atomic_numbers
-
-        from lamcsp.generators.base import Candidate
-        from lamcsp.generators.symmetric import default_element_volume
-
-        comp = us.unit.composition  # every structure of a unit has it: one volume per atom
-        volume = sum(n * default_element_volume(int(atomic_numbers[el])) for el, n in comp.items())
-        v0 = us.context.volume_factor * volume / sum(comp.values())
-        out = []
-        for it in items:
-            c = it if isinstance(it, Candidate) else Candidate.from_atoms(it)
-            scale = (v0 * c.n_atoms / c.volume) ** (1.0 / 3.0)
-            out.append(Candidate(c.numbers, c.frac, c.lattice * scale))
-        return out
-
-    def _remember(self, us: UnitState, items: Sequence[Candidate | Atoms]) -> None:
-        if us.seen is not None and items:
-            us.seen.extend(self.deduper.describe(self._at_unit_volume(us, items)))
-
-    def _screen_seen(self, us: UnitState, cands: list[Candidate]) -> list[bool]:
-        """Which of ``cands`` are new: no duplicate among the earlier ones of the list or what
-        the unit has seen (structure matcher at equal volume per atom, no energy test)."""
-        if us.seen is None or not cands:
-            return [True] * len(cands)
-        entries = self.deduper.describe(self._at_unit_volume(us, cands))
-        _, dup = self.deduper.unique(entries)
-        known = self.deduper.against(entries, us.seen)
-        return [bool(d < 0 and k < 0) for d, k in zip(dup, known)]
-
     def _write_campaign_copy(self) -> None:
         import yaml
 
@@ -442,6 +255,7 @@ class Search:
         elements = sorted({el for u in self.units for el in u.composition})
         self.potential.check_numbers([atomic_numbers[el] for el in elements], field="model")
         self.deduper = self._deduper()
+        self.similarity = SimilarityScreen(self.deduper)
         self.unit_states = [self._new_unit_state(u) for u in self.units]
         state = read_checkpoint(self.paths.checkpoint) if self.resume else None
         if state is not None:
@@ -516,7 +330,7 @@ class Search:
                 h = h_now(row) if ok else math.inf
                 us.context.population.append(Evaluated(
                     Candidate.from_dict(row.data["candidate"]), Candidate.from_atoms(row.toatoms()), h, ok))
-            self._remember(us, [e.candidate for e in us.context.population]
+            self.similarity.remember(us, [e.candidate for e in us.context.population]
                            + [e.relaxed for e in us.context.population if e.ok])
             us.screened, us.note = int(d.get("screened", 0)), str(d.get("note", ""))
             us.prescreened = int(d.get("prescreened", 0))
@@ -528,250 +342,37 @@ class Search:
 
     # -- one generation -------------------------------------------------------------------
     def propose(self, g: int) -> list[tuple[UnitState, int, Candidate]]:
-        """Every active unit's candidates of generation ``g`` that pass the distance screen,
-        as ``(unit, candidate index, candidate)``, within the relaxation budget."""
-        pop = self.campaign.population
-        out: list[tuple[UnitState, int, Candidate]] = []
-        errors: list[tuple[UnitState, str, SetupError]] = []
-        proposed: list[tuple[UnitState, list[Candidate], list[int | None]]] = []  # with each one's generator
-        for us in self.unit_states:
-            if not us.active:
-                continue
-            us.context.generation = g
-            counts = generator_counts([s for _, s, _ in us.generators], pop)
-            cands: list[Candidate] = []
-            owner: list[int | None] = []  # the generator (index) of each candidate
-            ranked: set[int] = set()  # indices of the candidates the energy prescreen ranks
-            for gi, ((name, _, gen), n) in enumerate(zip(us.generators, counts)):
-                if n == 0:
-                    continue
-                k = oversample_of(gen)
-                n *= k
-                try:
-                    got = list(gen.propose(n, unit_rng(self.seed, us.unit.index, gi, g), us.context))[:n]
-                except SetupError as exc:  # this composition cannot be built by this generator
-                    errors.append((us, name, exc))
-                    got = []
-                for c in got:
-                    c.generator = name
-                if k > 1:  # all but those the generator asks to relax (a swarm's moved particles)
-                    ranked.update(len(cands) + j for j, c in enumerate(got)
-                                  if c.origin.get("prescreen", True))
-                cands.extend(got)
-                owner.extend([gi] * len(got))
-            keep = screen(cands, us.context)
-            if us.seen is not None:
-                keep = self._top_up(us, g, cands, keep, errors)
-            owner.extend([None] * (len(cands) - len(owner)))  # the top-up's random structures
-            proposed.append((us, cands, owner))
-            start: dict[int, float] = {}
-            if ranked:
-                keep, start = self._prescreen(us, g, cands, keep, ranked)
-            if not any(keep) and us.seen is not None and not any(e[0] is us for e in errors):
-                us.active = False
-                us.note = "every new candidate duplicated one already relaxed"
-            # where the prescreen has the starts' enthalpies, the lowest is relaxed first
-            kept = sorted((k for k in range(len(cands)) if keep[k]), key=lambda k: start.get(k, math.inf))
-            out.extend((us, k, cands[k]) for k in kept)
-        if errors and not out:  # nothing at all can be built: a campaign error, not bad luck
-            exc = errors[0][2]
-            raise SetupError(exc.field, f"no generator could build a structure of {errors[0][0].unit.label} "
-                                        f"({errors[0][1]}): {exc.message}")
-        for us, name, exc in errors:
-            if (us.unit.index, name) not in self.warned:
-                self.warned.add((us.unit.index, name))
-                if self.progress:
-                    self.progress.write(f"  warning: {name} built nothing for {us.unit.label} in generation "
-                                        f"{g + 1} ({exc.field}: {exc.message})")
-        if self.campaign.max_relaxations is not None:
-            out = out[: max(0, self.campaign.max_relaxations - self.spent)]
-        self._discard(proposed, out)
-        return out
+        """Generation ``g``'s candidates to relax (:func:`lamcsp.stages.propose`)."""
+        return stages.propose(self.unit_states, g, self.campaign, self.seed, spent=self.spent,
+                              executor=self.executor, similarity=self.similarity, warn=self._warn)
 
-    @staticmethod
-    def _discard(proposed: list[tuple[UnitState, list[Candidate], list[int | None]]],
-                 out: list[tuple[UnitState, int, Candidate]]) -> None:
-        """Tell each generator that has a ``discard`` method which of its candidates will not
-        be relaxed (too close, duplicating a relaxed structure, left out by the energy
-        prescreen, or beyond the budget), so that it does not wait for their results (the
-        swarm drops the particles they would have started)."""
-        relaxed = {(us.unit.index, k) for us, k, _ in out}
-        for us, cands, owner in proposed:
-            dropped: dict[int, list[Candidate]] = {}
-            for k, (c, gi) in enumerate(zip(cands, owner)):
-                if gi is not None and (us.unit.index, k) not in relaxed:
-                    dropped.setdefault(gi, []).append(c)
-            for gi, cs in dropped.items():
-                discard = getattr(us.generators[gi][2], "discard", None)
-                if discard is not None:
-                    discard(cs)
-
-    def _prescreen(self, us: UnitState, g: int, cands: list[Candidate], keep: Sequence[bool],
-                   ranked: set[int]) -> tuple[list[bool], dict[int, float]]:
-        """The energy prescreen of oversampling generators (their ``oversample`` option): of
-        their candidates that passed the screens, those with the lowest enthalpy per atom at
-        the start (one model call each, batched through the executor) fill what the other
-        candidates leave of the population; the rest are not relaxed.
-
-        The other candidates that passed get their single point in the same call, so that the
-        generation is relaxed in order of start enthalpy, lowest first (:meth:`propose`): the
-        in-flight batcher and the MPI coordinator start structures in that order, and a budget
-        that ends within the generation keeps the most promising. Each evaluated candidate
-        keeps its value in ``origin["start_enthalpy"]`` (eV/atom).
-
-        Returns:
-            the new keep mask, and the start enthalpy per atom of each kept candidate (by index;
-            ``inf`` where the single point failed).
-        """
-        ok = [bool(k) for k in keep]
-        pool = [k for k in sorted(ranked) if ok[k]]
-        rest = [k for k, f in enumerate(ok) if f and k not in ranked]
-        slots = max(0, self.campaign.population - len(rest))
-        todo = pool + rest
-        if not todo:
-            return ok, {}
-        # labelled with the keys they would be stored under, so that a worker lost during the
-        # prescreen names what it held
-        quench = self.campaign.relax.quench_steps
-        structures = [cands[k].to_atoms() for k in todo]
-        labels = [f"{candidate_key(us.unit.index, g, k)} (prescreen)" for k in todo]
-        res: Sequence[Any]
-        if quench:
-            res = self.executor.relax(structures, [us.unit.pressure_gpa] * len(todo), max_steps=quench,
-                                      labels=labels)
-        else:  # single points
-            res = self.executor.evaluate(structures, [us.unit.pressure_gpa] * len(todo), labels=labels)
-        h = {k: float(r.enthalpy_per_atom) if not r.failed and np.isfinite(r.enthalpy_per_atom) else math.inf
-             for k, r in zip(todo, res)}
-        us.prescreen_calls[g] = sum(int(r.steps) + 1 for r in res) if quench else len(res)
-        if quench:  # the funnel: the kept candidates are relaxed on from where the quench left them
-            for k, r in zip(todo, res):
-                if math.isfinite(h[k]) and r.steps > 0:
-                    cands[k].frac = np.asarray(r.atoms.get_scaled_positions(wrap=False), dtype=float)
-                    cands[k].lattice = np.asarray(r.atoms.cell.array, dtype=float)
-                    cands[k].origin["quench_steps"] = int(r.steps)
-            if us.seen is not None:
-                # the similarity screen again, on the quenched structures (lowest first, so that
-                # of two quenched into one basin the lower is kept): a quench falls into its basin,
-                # so a candidate bound for a structure already relaxed (a swarm move near its
-                # leader, most often) shows it here, at a few steps' cost instead of a relaxation
-                live = sorted((k for k in todo if math.isfinite(h[k])), key=lambda k: h[k])
-                fresh = self._screen_seen(us, [cands[k] for k in live])
-                for k, f in zip(live, fresh):
-                    if not f:
-                        ok[k] = False
-                        us.screened += 1
-                pool = [k for k in pool if ok[k]]
-                slots = max(0, self.campaign.population - sum(1 for k in rest if ok[k]))
-        if len(pool) > slots:
-            for j in np.argsort(np.array([h[k] for k in pool]), kind="stable")[slots:]:
-                ok[pool[j]] = False
-            us.prescreened += len(pool) - slots
-        for k in todo:
-            if math.isfinite(h[k]):
-                cands[k].origin["start_enthalpy"] = h[k]
-        return ok, {k: h[k] for k in todo if ok[k]}
-
-    def _top_up(self, us: UnitState, g: int, cands: list[Candidate], keep: np.ndarray,
-                errors: list[tuple[UnitState, str, SetupError]]) -> list[bool]:
-        """CALYPSO's similarity screen (``dedupe.before_relax``): candidates that duplicate a
-        structure the unit has relaxed (or started from), or an earlier candidate, are dropped
-        and replaced by new symmetric random structures (appended to ``cands``), in up to
-        ``TOP_UP_ROUNDS`` rounds; returns the new keep mask."""
-        from lamcsp.generators import get_generator
-
-        ok = [bool(k) for k in keep]
-        new = self._screen_seen(us, [c for c, k in zip(cands, ok) if k])
-        it = iter(new)
-        ok = [k and next(it) for k in ok]
-        us.screened += sum(1 for c, k in zip(cands, keep) if k) - sum(ok)
-        random = get_generator("random")
-        rng = unit_rng(self.seed, us.unit.index, TOP_UP_STREAM, g)
-        for _ in range(TOP_UP_ROUNDS):
-            missing = self.campaign.population - sum(ok)
-            if missing <= 0:
-                break
-            try:
-                extra = list(random.propose(missing, rng, us.context))[:missing]
-            except SetupError as exc:
-                errors.append((us, "random", exc))
-                break
-            for c in extra:
-                c.generator = "random"
-            fit = screen(extra, us.context)
-            kept = [c for c, f in zip(extra, fit) if f]
-            fresh = self._screen_seen(us, [c for c, k in zip(cands, ok) if k] + kept)[sum(ok):]
-            us.screened += len(kept) - sum(fresh)
-            for c, f in zip(extra, fit):
-                cands.append(c)
-                ok.append(bool(f) and (fresh.pop(0) if f else False))
-        return ok
+    def _warn(self, us: UnitState, name: str, exc: SetupError, g: int) -> None:
+        if (us.unit.index, name) not in self.warned:
+            self.warned.add((us.unit.index, name))
+            if self.progress:
+                self.progress.write(f"  warning: {name} built nothing for {us.unit.label} in generation "
+                                    f"{g + 1} ({exc.field}: {exc.message})")
 
     def run_generation(self, g: int) -> None:
-        from lamcsp.generators.base import Candidate, Evaluated
-        from lamcsp.relax.relaxer import atoms_to_dict
-
+        """One generation: propose (screens, prescreen) -> relax and store -> dedupe -> tell
+        (:mod:`lamcsp.stages`); the dedupe flags of all units in one transaction."""
         todo = self.propose(g)
-        keys = [candidate_key(us.unit.index, g, k) for us, k, _ in todo]
-        stored = {r.key: r for r in self.store.rows(role="search", generation=g, include_data=False)}
-        results: list[Any] = [None] * len(todo)
-        row_ids: list[int | None] = [None] * len(todo)
-        for i, key in enumerate(keys):
-            if key in stored:  # relaxed before an interruption: read back, not relaxed again
-                results[i], row_ids[i] = result_of_row(stored[key]), int(stored[key].id)
-
-        buffer = RowBuffer(self.store)
-
-        def store_one(j: int, result: RelaxResult) -> None:
-            fault("relaxed")
-            i = pending[j]
-            us, k, cand = todo[i]
-            results[i] = result
-            data: dict[str, Any] = {"candidate": cand.to_dict()}
-            if result.frames:  # relaxation-trajectory frames, for the fine-tune loop
-                data["frames"] = [atoms_to_dict(a) for a in result.frames]
-            buffer.add(i, self._row_item(result, keys[i], role="search", generation=g,
-                                         generator=cand.generator, unit=us.unit.index, candidate=k,
-                                         deduped=False, data=data,
-                                         extra={"order": i, "prescreen_calls": us.prescreen_calls.get(g, 0)}))
-            for i2, rid in buffer.ready():
-                row_ids[i2] = rid
-
-        pending = [i for i in range(len(todo)) if results[i] is None]
-        if pending:
-            try:
-                self.executor.relax([todo[i][2].to_atoms() for i in pending],
-                                    [todo[i][0].unit.pressure_gpa for i in pending], on_result=store_one,
-                                    labels=[keys[i] for i in pending])
-            finally:  # what arrived is stored, also when a worker failed
-                for i, rid in buffer.flush():
-                    row_ids[i] = rid
+        results, row_ids = stages.relax_and_store(todo, g, self.store, self.executor, self._row_item)
         self.spent += len(todo)
-
-        # dedupe per unit, one transaction for all flags of this generation
         updates: dict[int, dict[str, Any]] = {}
         for us in self.unit_states:
             idx = [i for i in range(len(todo)) if todo[i][0] is us]
             if not idx:
+                if us.active:
+                    stages.update_best(us, [], self.campaign)
                 continue
-            self._dedupe_unit(us, [results[i] for i in idx], [row_ids[i] for i in idx], updates)
-            for i in idx:
-                r = results[i]
-                ok = result_ok(r)
-                h = float(r.enthalpy_per_atom) if ok else math.inf
-                us.context.population.append(Evaluated(todo[i][2], Candidate.from_atoms(r.atoms), h, ok))
-                us.relaxed += 1
-                us.failed += int(not ok)
-            self._remember(us, [todo[i][2] for i in idx]
-                           + [results[i].atoms for i in idx if result_ok(results[i])])
-            self._update_best(us, [results[i] for i in idx])
+            mine = [results[i] for i in idx]
+            stages.dedupe(us, mine, [row_ids[i] for i in idx], updates, self.deduper, self.store)
+            stages.tell(us, [todo[i][2] for i in idx], mine, self.similarity, self.campaign)
         with self.store.transaction():
             for rid, kv in sorted(updates.items()):
                 self.store.update(rid, **kv)
                 fault("dedupe-write")
-        for us in self.unit_states:
-            if us.active and not any(t[0] is us for t in todo):
-                self._update_best(us, [])
         if self.progress:
             n_unique = {us.unit.index: len(us.stored_rows) for us in self.unit_states}
             self.progress.generation(g, self.campaign.generations, self.unit_states, n_unique, self.spent)
@@ -794,57 +395,6 @@ class Search:
     def _rows_by_id(self, ids: Sequence[int]) -> list[Any]:
         """Rows by id, in the order given (primary-key lookups)."""
         return [self.store.db.get(id=int(i)) for i in ids]
-
-    def _dedupe_unit(self, us: UnitState, results: list[RelaxResult], rows: list[int | None],
-                     updates: dict[int, dict[str, Any]]) -> None:
-        ok = [j for j, r in enumerate(results) if result_ok(r)]
-        for j in range(len(results)):
-            if j not in ok:
-                updates[rows[j]] = {"unique": False, "duplicate_of": 0, "deduped": True}
-        if not ok:
-            return
-        energies = [float(results[j].enthalpy_per_atom) for j in ok]
-        entries = self.deduper.describe([results[j].atoms for j in ok], energies)
-        reps, dup = self.deduper.unique(entries)
-        match = self.deduper.against([entries[r] for r in reps], us.stored)
-        final: dict[int, int] = {}  # position in `ok` -> row id it stands for
-        for r, m in zip(reps, match):
-            rid = rows[ok[r]]
-            if m < 0:
-                us.stored.append(entries[r])
-                us.stored_rows.append(rid)
-                final[r] = rid
-                updates[rid] = {"unique": True, "duplicate_of": 0, "deduped": True}
-                continue
-            old = us.stored_rows[m]
-            old_h = us.stored.entries[m].energy
-            if old_h is not None and entries[r].energy < old_h:  # the new copy is lower: it represents
-                us.stored.replace(int(m), entries[r])
-                us.stored_rows[m] = rid
-                final[r] = rid
-                updates[rid] = {"unique": True, "duplicate_of": 0, "deduped": True}
-                updates[old] = {"unique": False, "duplicate_of": rid, "deduped": True}
-                for row in self.store.rows(duplicate_of=old):
-                    updates[int(row.id)] = {**updates.get(int(row.id), {}), "duplicate_of": rid}
-            else:
-                final[r] = old
-                updates[rid] = {"unique": False, "duplicate_of": old, "deduped": True}
-        for a, d in enumerate(dup):
-            if d >= 0:
-                updates[rows[ok[a]]] = {"unique": False, "duplicate_of": final[int(d)], "deduped": True}
-
-    def _update_best(self, us: UnitState, results: list[RelaxResult]) -> None:
-        hs = [float(r.enthalpy_per_atom) for r in results if result_ok(r)]
-        new = min(hs) if hs else math.inf
-        if new < us.best - self.campaign.stop.min_improvement:
-            us.stagnant = 0
-        else:
-            us.stagnant += 1
-        us.best = min(us.best, new)
-        us.history.append(us.best)
-        patience = self.campaign.stop.patience
-        if patience is not None and us.stagnant >= patience:
-            us.active = False
 
     # -- fine-tune loop -------------------------------------------------------------------
 
@@ -1213,85 +763,6 @@ class Search:
 # --------------------------------------------------------------------------------- helpers
 
 
-class RowBuffer:
-    """Relaxation results on their way to the store, written one transaction per batch.
-
-    A commit costs about as much as writing a whole row (the database's fsync), so results that
-    arrive close together are written together: the buffer is written when it holds ``rows``
-    results, or when its oldest result has waited ``seconds`` by the time another arrives, and
-    by :meth:`flush`. A kill loses at most what the buffer holds; those candidates are relaxed
-    again on ``--resume`` (a stored row is never lost, nor written twice). Measured in
-    ``benchmarks/mpi_scaling.py``.
-    """
-
-    def __init__(self, store: ResultStore, rows: int = 256, seconds: float = 2.0):
-        self.store = store
-        self.rows = rows
-        self.seconds = seconds
-        self._tags: list[Any] = []
-        self._items: list[dict[str, Any]] = []
-        self._since = 0.0
-
-    def add(self, tag: Any, item: dict[str, Any]) -> None:
-        """Queue one row (``item``: the arguments of :meth:`ResultStore.add`) under ``tag``."""
-        if not self._items:
-            self._since = time.monotonic()
-        self._tags.append(tag)
-        self._items.append(item)
-
-    def ready(self) -> list[tuple[Any, int]]:
-        """Write the queue if it is full or old enough; ``(tag, row id)`` of what was written."""
-        if len(self._items) >= self.rows or time.monotonic() - self._since >= self.seconds:
-            return self.flush()
-        return []
-
-    def flush(self) -> list[tuple[Any, int]]:
-        """Write the queue now (one transaction); ``(tag, row id)`` of what was written."""
-        if not self._items:
-            return []
-        ids = self.store.add_many(self._items)
-        out = list(zip(self._tags, ids))
-        self._tags, self._items = [], []
-        return out
-
-
-def candidate_key(unit: int, generation: int, candidate: int) -> str:
-    """The key a relaxed candidate is stored under (``u<unit>-g<generation>-c<candidate>``)."""
-    return f"u{unit}-g{generation}-c{candidate}"
-
-
-def oversample_of(generator: Any) -> int:
-    """Candidates a generator draws per structure relaxed (its ``oversample`` option, 1 when it
-    has none): the search relaxes the lowest-enthalpy starts among them (``Search._prescreen``)."""
-    return max(1, int(getattr(generator, "oversample", 1) or 1))
-
-
-def screen(candidates: Sequence[Candidate], context: GenerationContext) -> np.ndarray:
-    """Which candidates keep every pair of atoms at least the context's minimum distance apart
-    (``kernels.screen.distance_screen``), one batched call."""
-    from ase.data import covalent_radii
-
-    from lamcsp.kernels.screen import distance_screen
-
-    if not candidates:
-        return np.zeros(0, dtype=bool)
-    zmax = max(int(c.numbers.max()) for c in candidates)
-    dmin = np.zeros((zmax + 1, zmax + 1))
-    zs = sorted({int(z) for c in candidates for z in c.numbers})
-    for a in zs:
-        for b in zs:
-            d = context.min_distance.get((a, b), context.min_distance.get((b, a)))
-            if d is None:
-                d = context.distance_factor * (covalent_radii[a] + covalent_radii[b])
-            dmin[a, b] = d
-    # a little slack: generators place atoms at exactly the minimum distance
-    keep, _ = distance_screen(np.concatenate([c.positions for c in candidates]),
-                              np.stack([c.lattice for c in candidates]),
-                              np.array([c.n_atoms for c in candidates]),
-                              np.concatenate([c.numbers for c in candidates]), dmin * 0.999)
-    return keep
-
-
 def _canonical(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _canonical(v) for k, v in value.items()}
@@ -1309,5 +780,7 @@ def run_search(campaign: Campaign, run_dir: str | Path | None = None, **kwargs: 
     return s
 
 
-__all__ = ["SearchUnit", "Search", "SerialExecutor", "run_search", "search_units", "variable_compositions",
-           "generator_counts", "unit_rng", "screen"]
+# re-exported: the units (lamcsp.units) and the stages' helpers (lamcsp.stages) lived here before
+__all__ = ["RowBuffer", "Search", "SearchUnit", "SerialExecutor", "UnitState", "candidate_key",
+           "generator_counts", "oversample_of", "run_search", "screen", "search_units", "unit_rng",
+           "variable_compositions"]

@@ -287,8 +287,8 @@ def verify_run(run_dir: str | Path, *, oracle: str | None = None, top_k: int | N
     from lamcsp.oracle import check_oracle
     from lamcsp.parallel import SerialExecutor
     from lamcsp.report import write_report
-    from lamcsp.search import search_units
     from lamcsp.store import DB_NAME, ResultStore
+    from lamcsp.units import search_units
 
     run_dir = Path(run_dir)
     if not (run_dir / DB_NAME).is_file() or not (run_dir / "campaign.yaml").is_file():

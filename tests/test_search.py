@@ -343,7 +343,8 @@ def test_energy_prescreen_relaxes_the_lowest_starts_of_an_oversampling_generator
     from lamcsp.relax import Relaxer
     from pymatgen.io.ase import AseAtomsAdaptor
 
-    from lamcsp.search import screen, unit_rng
+    from lamcsp.stages import screen
+    from lamcsp.units import unit_rng
 
     raw = {**AR_CAMPAIGN, "system": {"composition": "Ar", "formula_units": "2-4"},
            "generators": [{"name": "random", "share": 1.0, "options": {"oversample": 3}}],
@@ -378,7 +379,8 @@ def test_the_funnel_relaxes_the_lowest_quenched_candidates_on_from_their_quench(
     from lamcsp.generators.base import Candidate
     from lamcsp.relax import Relaxer
 
-    from lamcsp.search import screen, unit_rng
+    from lamcsp.stages import screen
+    from lamcsp.units import unit_rng
 
     raw = {**AR_CAMPAIGN, "system": {"composition": "Ar", "formula_units": "2-4"},
            "generators": [{"name": "random", "share": 1.0, "options": {"oversample": 3}}],
@@ -436,11 +438,11 @@ def test_the_funnel_does_not_relax_a_quenched_candidate_that_repeats_a_known_str
         quenched = [c for c in starts if c.origin.get("quench_steps")]
         n_quenched += len(quenched)
         lowest_first = sorted(quenched, key=lambda c: c.origin["start_enthalpy"])
-        entries = deduper.describe(search._at_unit_volume(us, lowest_first))
+        entries = deduper.describe(search.similarity.at_unit_volume(us, lowest_first))
         _, dup = deduper.unique(entries)
         assert all(d < 0 for d in dup), f"generation {g}: two quenched starts are one structure"
         assert all(k < 0 for k in deduper.against(entries, seen)), f"generation {g}: a known structure"
-        seen.extend(deduper.describe(search._at_unit_volume(us, starts + [r.toatoms() for r in rows])))
+        seen.extend(deduper.describe(search.similarity.at_unit_volume(us, starts + [r.toatoms() for r in rows])))
     assert n_quenched >= 12  # the screen was put to work
     assert us.screened > 0
 
@@ -472,7 +474,8 @@ def test_energy_prescreen_ranks_the_swarms_new_particles_with_the_random_draws(t
     from lamcsp.relax import Relaxer
     from pymatgen.io.ase import AseAtomsAdaptor
 
-    from lamcsp.search import screen, unit_rng
+    from lamcsp.stages import screen
+    from lamcsp.units import unit_rng
 
     raw = {**AR_CAMPAIGN, "system": {"composition": "Ar", "formula_units": "2-4"},
            "generators": [{"name": "random", "share": 0.5, "options": {"oversample": 3}},
@@ -512,7 +515,8 @@ def test_a_prescreened_generation_is_relaxed_lowest_start_first(tmp_path):
     from lamcsp.generators.base import Candidate
     from lamcsp.relax import Relaxer
 
-    from lamcsp.search import screen, unit_rng
+    from lamcsp.stages import screen
+    from lamcsp.units import unit_rng
 
     raw = {**AR_CAMPAIGN, "system": {"composition": "Ar", "formula_units": "2-4"},
            "generators": [{"name": "random", "share": 0.5, "options": {"oversample": 3}},

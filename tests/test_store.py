@@ -326,7 +326,7 @@ def test_rng_state_round_trip(tmp_path, bit_generator):
 
 
 def test_row_buffer_writes_when_full_old_or_flushed(tmp_path):
-    from lamcsp.search import RowBuffer
+    from lamcsp.stages import RowBuffer
 
     store = ResultStore(tmp_path)
     args = dict(generation=0, generator="random", model_id="m", spacegroup=225, unique=False,

@@ -1,0 +1,553 @@
+"""One generation of the search as stages over plain data.
+
+::
+
+    propose    each active unit's generators, their own RNG streams (lamcsp.units.unit_rng)
+    screen     minimum distances (kernels.screen), then CALYPSO's similarity screen against what
+               the unit has seen (dedupe.before_relax), topped up with new random structures
+    prescreen  oversampling generators: single points (or the funnel's quench) through the
+               executor; the lowest starts fill the population
+    relax      the executor, results stored as they arrive (RowBuffer)
+    dedupe     per unit, within the generation and against the unit's unique structures
+    tell       the relaxed population, counters and the seen structures (what the generators
+               read next generation); best enthalpy and patience
+
+Each stage is a function (or the small :class:`SimilarityScreen`) of a unit's
+:class:`UnitState`, the campaign and the parts it uses (deduper, executor, store), so a test or
+a benchmark calls it by its public name; :meth:`lamcsp.search.Search.run_generation` strings
+them together.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from lamcsp.errors import SetupError
+from lamcsp.faults import fault
+from lamcsp.store import result_ok
+from lamcsp.units import SearchUnit, generator_counts, unit_rng
+
+if TYPE_CHECKING:
+    from ase import Atoms
+
+    from lamcsp.campaign import Campaign
+    from lamcsp.generators.base import Candidate, GenerationContext, Generator
+    from lamcsp.generators.dedupe import Deduper, StoredStructures
+    from lamcsp.relax.relaxer import RelaxResult
+    from lamcsp.store import ResultStore
+
+__all__ = ["TOP_UP_ROUNDS", "TOP_UP_STREAM", "RowBuffer", "SimilarityScreen", "UnitState", "candidate_key",
+           "dedupe", "discard", "oversample_of", "prescreen", "propose", "relax_and_store", "screen", "tell",
+           "top_up", "update_best"]
+
+#: rounds of new random candidates that replace screened duplicates (dedupe.before_relax)
+TOP_UP_ROUNDS = 4
+#: the spawn key "generator" index of the top-up random stream
+TOP_UP_STREAM = 1000
+
+#: a unit, the index of one of its candidates, and the candidate
+Proposed = tuple["UnitState", int, "Candidate"]
+
+
+# --------------------------------------------------------------------------------- state
+
+
+@dataclasses.dataclass
+class UnitState:
+    """What a unit carries from one generation to the next."""
+
+    unit: SearchUnit
+    generators: list[tuple[str, float, Generator]]
+    context: GenerationContext
+    stored: StoredStructures
+    stored_rows: list[int] = dataclasses.field(default_factory=list)
+    best: float = math.inf
+    history: list[float] = dataclasses.field(default_factory=list)
+    stagnant: int = 0
+    active: bool = True
+    relaxed: int = 0
+    failed: int = 0
+    #: candidates not relaxed because they duplicate what ``seen`` holds (dedupe.before_relax)
+    screened: int = 0
+    #: candidates not relaxed because their start's enthalpy ranked them out (a generator's
+    #: ``oversample``)
+    prescreened: int = 0
+    #: model calls of the energy prescreen by generation (single points, or ``relax.quench_steps``
+    #: + 1 per candidate), written on the generation's rows as ``prescreen_calls`` (not
+    #: checkpointed: a resumed generation prescreens again, the same way)
+    prescreen_calls: dict[int, int] = dataclasses.field(default_factory=dict)
+    #: every relaxed structure and its start, at the unit's volume per atom (not checkpointed:
+    #: rebuilt from the database on resume)
+    seen: StoredStructures | None = None
+    #: why the unit stopped, where it did not simply run out of budget or patience
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "screened": self.screened,
+            "prescreened": self.prescreened,
+            "note": self.note,
+            "best": None if not math.isfinite(self.best) else self.best,
+            "history": [None if not math.isfinite(h) else h for h in self.history],
+            "stagnant": self.stagnant,
+            "active": self.active,
+            "relaxed": self.relaxed,
+            "failed": self.failed,
+            "stored_rows": list(self.stored_rows),
+            "generators": [g.state_dict() if hasattr(g, "state_dict") else None
+                           for _, _, g in self.generators],
+        }
+
+
+# --------------------------------------------------------------------------------- screens
+
+
+class SimilarityScreen:
+    """CALYPSO's similarity screen before relaxation (``dedupe.before_relax``): structures are
+    compared at the unit's target volume per atom (fingerprints depend on scale) with what the
+    unit has relaxed or started from (``UnitState.seen``), by the structure matcher, without
+    an energy test."""
+
+    def __init__(self, deduper: Deduper):
+        self.deduper = deduper
+
+    def at_unit_volume(self, us: UnitState, items: Sequence[Candidate | Atoms]) -> list[Candidate]:
+        """Structures scaled to the unit's target volume per atom."""
+        from ase.data import atomic_numbers
+
+        from lamcsp.generators.base import Candidate
+        from lamcsp.generators.symmetric import default_element_volume
+
+        comp = us.unit.composition  # every structure of a unit has it: one volume per atom
+        volume = sum(n * default_element_volume(int(atomic_numbers[el])) for el, n in comp.items())
+        v0 = us.context.volume_factor * volume / sum(comp.values())
+        out = []
+        for it in items:
+            c = it if isinstance(it, Candidate) else Candidate.from_atoms(it)
+            scale = (v0 * c.n_atoms / c.volume) ** (1.0 / 3.0)
+            out.append(Candidate(c.numbers, c.frac, c.lattice * scale))
+        return out
+
+    def remember(self, us: UnitState, items: Sequence[Candidate | Atoms]) -> None:
+        """Add ``items`` to what the unit has seen."""
+        if us.seen is not None and items:
+            us.seen.extend(self.deduper.describe(self.at_unit_volume(us, items)))
+
+    def new(self, us: UnitState, cands: list[Candidate]) -> list[bool]:
+        """Which of ``cands`` are new: no duplicate among the earlier ones of the list or what
+        the unit has seen."""
+        if us.seen is None or not cands:
+            return [True] * len(cands)
+        entries = self.deduper.describe(self.at_unit_volume(us, cands))
+        _, dup = self.deduper.unique(entries)
+        known = self.deduper.against(entries, us.seen)
+        return [bool(d < 0 and k < 0) for d, k in zip(dup, known)]
+
+
+# --------------------------------------------------------------------------------- propose
+
+
+def propose(unit_states: Sequence[UnitState], g: int, campaign: Campaign, seed: int, *, spent: int,
+            executor: Any, similarity: SimilarityScreen,
+            warn: Callable[[UnitState, str, SetupError, int], None] | None = None) -> list[Proposed]:
+    """Every active unit's candidates of generation ``g`` that pass the screens (and the energy
+    prescreen), as ``(unit, candidate index, candidate)``, within the relaxation budget
+    (``spent`` relaxations so far); lowest start enthalpy first where the prescreen has it.
+    Generators are told which of their candidates will not be relaxed (:func:`discard`).
+
+    Raises:
+        SetupError: no generator of any unit could build a structure.
+    """
+    pop = campaign.population
+    out: list[Proposed] = []
+    errors: list[tuple[UnitState, str, SetupError]] = []
+    proposed: list[tuple[UnitState, list[Candidate], list[int | None]]] = []  # with each one's generator
+    for us in unit_states:
+        if not us.active:
+            continue
+        us.context.generation = g
+        counts = generator_counts([s for _, s, _ in us.generators], pop)
+        cands: list[Candidate] = []
+        owner: list[int | None] = []  # the generator (index) of each candidate
+        ranked: set[int] = set()  # indices of the candidates the energy prescreen ranks
+        for gi, ((name, _, gen), n) in enumerate(zip(us.generators, counts)):
+            if n == 0:
+                continue
+            k = oversample_of(gen)
+            n *= k
+            try:
+                got = list(gen.propose(n, unit_rng(seed, us.unit.index, gi, g), us.context))[:n]
+            except SetupError as exc:  # this composition cannot be built by this generator
+                errors.append((us, name, exc))
+                got = []
+            for c in got:
+                c.generator = name
+            if k > 1:  # all but those the generator asks to relax (a swarm's moved particles)
+                ranked.update(len(cands) + j for j, c in enumerate(got) if c.origin.get("prescreen", True))
+            cands.extend(got)
+            owner.extend([gi] * len(got))
+        keep = screen(cands, us.context)
+        if us.seen is not None:
+            keep = top_up(us, g, cands, keep, errors, campaign, seed, similarity)
+        owner.extend([None] * (len(cands) - len(owner)))  # the top-up's random structures
+        proposed.append((us, cands, owner))
+        start: dict[int, float] = {}
+        if ranked:
+            keep, start = prescreen(us, g, cands, keep, ranked, campaign, executor, similarity)
+        if not any(keep) and us.seen is not None and not any(e[0] is us for e in errors):
+            us.active = False
+            us.note = "every new candidate duplicated one already relaxed"
+        # where the prescreen has the starts' enthalpies, the lowest is relaxed first
+        kept = sorted((k for k in range(len(cands)) if keep[k]), key=lambda k: start.get(k, math.inf))
+        out.extend((us, k, cands[k]) for k in kept)
+    if errors and not out:  # nothing at all can be built: a campaign error, not bad luck
+        exc = errors[0][2]
+        raise SetupError(exc.field, f"no generator could build a structure of {errors[0][0].unit.label} "
+                                    f"({errors[0][1]}): {exc.message}")
+    if warn is not None:
+        for us, name, exc in errors:
+            warn(us, name, exc, g)
+    if campaign.max_relaxations is not None:
+        out = out[: max(0, campaign.max_relaxations - spent)]
+    discard(proposed, out)
+    return out
+
+
+def discard(proposed: list[tuple[UnitState, list[Candidate], list[int | None]]], out: list[Proposed]) -> None:
+    """Tell each generator that has a ``discard`` method which of its candidates will not be
+    relaxed (too close, duplicating a relaxed structure, left out by the energy prescreen, or
+    beyond the budget), so that it does not wait for their results (the swarm drops the
+    particles they would have started)."""
+    relaxed = {(us.unit.index, k) for us, k, _ in out}
+    for us, cands, owner in proposed:
+        dropped: dict[int, list[Candidate]] = {}
+        for k, (c, gi) in enumerate(zip(cands, owner)):
+            if gi is not None and (us.unit.index, k) not in relaxed:
+                dropped.setdefault(gi, []).append(c)
+        for gi, cs in dropped.items():
+            drop = getattr(us.generators[gi][2], "discard", None)
+            if drop is not None:
+                drop(cs)
+
+
+def top_up(us: UnitState, g: int, cands: list[Candidate], keep: np.ndarray,
+           errors: list[tuple[UnitState, str, SetupError]], campaign: Campaign, seed: int,
+           similarity: SimilarityScreen) -> list[bool]:
+    """CALYPSO's similarity screen (``dedupe.before_relax``): candidates that duplicate a
+    structure the unit has relaxed (or started from), or an earlier candidate, are dropped and
+    replaced by new symmetric random structures (appended to ``cands``), in up to
+    ``TOP_UP_ROUNDS`` rounds; returns the new keep mask."""
+    from lamcsp.generators import get_generator
+
+    ok = [bool(k) for k in keep]
+    new = similarity.new(us, [c for c, k in zip(cands, ok) if k])
+    it = iter(new)
+    ok = [k and next(it) for k in ok]
+    us.screened += sum(1 for c, k in zip(cands, keep) if k) - sum(ok)
+    random = get_generator("random")
+    rng = unit_rng(seed, us.unit.index, TOP_UP_STREAM, g)
+    for _ in range(TOP_UP_ROUNDS):
+        missing = campaign.population - sum(ok)
+        if missing <= 0:
+            break
+        try:
+            extra = list(random.propose(missing, rng, us.context))[:missing]
+        except SetupError as exc:
+            errors.append((us, "random", exc))
+            break
+        for c in extra:
+            c.generator = "random"
+        fit = screen(extra, us.context)
+        kept = [c for c, f in zip(extra, fit) if f]
+        fresh = similarity.new(us, [c for c, k in zip(cands, ok) if k] + kept)[sum(ok):]
+        us.screened += len(kept) - sum(fresh)
+        for c, f in zip(extra, fit):
+            cands.append(c)
+            ok.append(bool(f) and (fresh.pop(0) if f else False))
+    return ok
+
+
+def prescreen(us: UnitState, g: int, cands: list[Candidate], keep: Sequence[bool], ranked: set[int],
+              campaign: Campaign, executor: Any, similarity: SimilarityScreen
+              ) -> tuple[list[bool], dict[int, float]]:
+    """The energy prescreen of oversampling generators (their ``oversample`` option): of
+    their candidates that passed the screens, those with the lowest enthalpy per atom at the
+    start (one model call each, batched through the executor's ``evaluate``) fill what the
+    other candidates leave of the population; the rest are not relaxed.
+
+    With ``relax.quench_steps`` (the funnel) the starts are relaxed that many steps instead
+    (``executor.relax``) and ranked where the quench left them; the kept ones go on from there,
+    and the quenched candidates are screened again for similarity (lowest first).
+
+    The other candidates that passed get their single point in the same call, so that the
+    generation is relaxed in order of start enthalpy, lowest first (:func:`propose`): the
+    in-flight batcher and the MPI coordinator start structures in that order, and a budget
+    that ends within the generation keeps the most promising. Each evaluated candidate keeps
+    its value in ``origin["start_enthalpy"]`` (eV/atom).
+
+    Returns:
+        the new keep mask, and the start enthalpy per atom of each kept candidate (by index;
+        ``inf`` where the single point failed).
+    """
+    ok = [bool(k) for k in keep]
+    pool = [k for k in sorted(ranked) if ok[k]]
+    rest = [k for k, f in enumerate(ok) if f and k not in ranked]
+    slots = max(0, campaign.population - len(rest))
+    todo = pool + rest
+    if not todo:
+        return ok, {}
+    # labelled with the keys they would be stored under, so that a worker lost during the
+    # prescreen names what it held
+    quench = campaign.relax.quench_steps
+    structures = [cands[k].to_atoms() for k in todo]
+    labels = [f"{candidate_key(us.unit.index, g, k)} (prescreen)" for k in todo]
+    res: Sequence[Any]
+    if quench:
+        res = executor.relax(structures, [us.unit.pressure_gpa] * len(todo), max_steps=quench, labels=labels)
+    else:  # single points
+        res = executor.evaluate(structures, [us.unit.pressure_gpa] * len(todo), labels=labels)
+    h = {k: float(r.enthalpy_per_atom) if not r.failed and np.isfinite(r.enthalpy_per_atom) else math.inf
+         for k, r in zip(todo, res)}
+    us.prescreen_calls[g] = sum(int(r.steps) + 1 for r in res) if quench else len(res)
+    if quench:  # the funnel: the kept candidates are relaxed on from where the quench left them
+        for k, r in zip(todo, res):
+            if math.isfinite(h[k]) and r.steps > 0:
+                cands[k].frac = np.asarray(r.atoms.get_scaled_positions(wrap=False), dtype=float)
+                cands[k].lattice = np.asarray(r.atoms.cell.array, dtype=float)
+                cands[k].origin["quench_steps"] = int(r.steps)
+        if us.seen is not None:
+            # the similarity screen again, on the quenched structures (lowest first, so that
+            # of two quenched into one basin the lower is kept): a quench falls into its basin,
+            # so a candidate bound for a structure already relaxed (a swarm move near its
+            # leader, most often) shows it here, at a few steps' cost instead of a relaxation
+            live = sorted((k for k in todo if math.isfinite(h[k])), key=lambda k: h[k])
+            fresh = similarity.new(us, [cands[k] for k in live])
+            for k, f in zip(live, fresh):
+                if not f:
+                    ok[k] = False
+                    us.screened += 1
+            pool = [k for k in pool if ok[k]]
+            slots = max(0, campaign.population - sum(1 for k in rest if ok[k]))
+    if len(pool) > slots:
+        for j in np.argsort(np.array([h[k] for k in pool]), kind="stable")[slots:]:
+            ok[pool[j]] = False
+        us.prescreened += len(pool) - slots
+    for k in todo:
+        if math.isfinite(h[k]):
+            cands[k].origin["start_enthalpy"] = h[k]
+    return ok, {k: h[k] for k in todo if ok[k]}
+
+
+# --------------------------------------------------------------------------------- relax
+
+
+def relax_and_store(todo: Sequence[Proposed], g: int, store: ResultStore, executor: Any,
+                    row_item: Callable[..., dict[str, Any]]) -> tuple[list[RelaxResult], list[int]]:
+    """Relax generation ``g``'s candidates through the executor and store each result as it
+    arrives (:class:`RowBuffer`; ``row_item(result, key, **kw)`` makes its row). A candidate
+    already stored under its key (relaxed before an interruption) is read back, not relaxed
+    again. Returns the results and their row ids, in the order of ``todo``."""
+    from lamcsp.relax.relaxer import atoms_to_dict
+    from lamcsp.store import result_of_row
+
+    keys = [candidate_key(us.unit.index, g, k) for us, k, _ in todo]
+    stored = {r.key: r for r in store.rows(role="search", generation=g, include_data=False)}
+    results: list[Any] = [None] * len(todo)
+    row_ids: list[Any] = [None] * len(todo)
+    for i, key in enumerate(keys):
+        if key in stored:  # relaxed before an interruption: read back, not relaxed again
+            results[i], row_ids[i] = result_of_row(stored[key]), int(stored[key].id)
+    buffer = RowBuffer(store)
+    pending = [i for i in range(len(todo)) if results[i] is None]
+
+    def store_one(j: int, result: RelaxResult) -> None:
+        fault("relaxed")
+        i = pending[j]
+        us, k, cand = todo[i]
+        results[i] = result
+        data: dict[str, Any] = {"candidate": cand.to_dict()}
+        if result.frames:  # relaxation-trajectory frames, for the fine-tune loop
+            data["frames"] = [atoms_to_dict(a) for a in result.frames]
+        buffer.add(i, row_item(result, keys[i], role="search", generation=g, generator=cand.generator,
+                               unit=us.unit.index, candidate=k, deduped=False, data=data,
+                               extra={"order": i, "prescreen_calls": us.prescreen_calls.get(g, 0)}))
+        for i2, rid in buffer.ready():
+            row_ids[i2] = rid
+
+    if pending:
+        try:
+            executor.relax([todo[i][2].to_atoms() for i in pending],
+                           [todo[i][0].unit.pressure_gpa for i in pending], on_result=store_one,
+                           labels=[keys[i] for i in pending])
+        finally:  # what arrived is stored, also when a worker failed
+            for i, rid in buffer.flush():
+                row_ids[i] = rid
+    return results, row_ids
+
+
+# --------------------------------------------------------------------------------- after relaxing
+
+
+def dedupe(us: UnitState, results: list[RelaxResult], rows: list[int | None],
+           updates: dict[int, dict[str, Any]], deduper: Deduper, store: ResultStore) -> None:
+    """Dedupe one unit's results of a generation (row ids ``rows``) within the generation and
+    against the unit's unique structures (``us.stored``; a lower new copy replaces the stored
+    representative). The rows' new flags go to ``updates`` (row id -> key values), written by
+    the caller in one transaction."""
+    ok = [j for j, r in enumerate(results) if result_ok(r)]
+    for j in range(len(results)):
+        if j not in ok:
+            updates[rows[j]] = {"unique": False, "duplicate_of": 0, "deduped": True}
+    if not ok:
+        return
+    energies = [float(results[j].enthalpy_per_atom) for j in ok]
+    entries = deduper.describe([results[j].atoms for j in ok], energies)
+    reps, dup = deduper.unique(entries)
+    match = deduper.against([entries[r] for r in reps], us.stored)
+    final: dict[int, int] = {}  # position in `ok` -> row id it stands for
+    for r, m in zip(reps, match):
+        rid = rows[ok[r]]
+        if m < 0:
+            us.stored.append(entries[r])
+            us.stored_rows.append(rid)
+            final[r] = rid
+            updates[rid] = {"unique": True, "duplicate_of": 0, "deduped": True}
+            continue
+        old = us.stored_rows[m]
+        old_h = us.stored.entries[m].energy
+        if old_h is not None and entries[r].energy < old_h:  # the new copy is lower: it represents
+            us.stored.replace(int(m), entries[r])
+            us.stored_rows[m] = rid
+            final[r] = rid
+            updates[rid] = {"unique": True, "duplicate_of": 0, "deduped": True}
+            updates[old] = {"unique": False, "duplicate_of": rid, "deduped": True}
+            for row in store.rows(duplicate_of=old):
+                updates[int(row.id)] = {**updates.get(int(row.id), {}), "duplicate_of": rid}
+        else:
+            final[r] = old
+            updates[rid] = {"unique": False, "duplicate_of": old, "deduped": True}
+    for a, d in enumerate(dup):
+        if d >= 0:
+            updates[rows[ok[a]]] = {"unique": False, "duplicate_of": final[int(d)], "deduped": True}
+
+
+def tell(us: UnitState, candidates: Sequence[Candidate], results: Sequence[RelaxResult],
+         similarity: SimilarityScreen, campaign: Campaign) -> None:
+    """Fold a unit's relaxed candidates back: its relaxed population (what the evolutionary
+    generators read next generation), its counters, what it has seen (the starts and the ok
+    results) and its best enthalpy and patience (:func:`update_best`)."""
+    from lamcsp.generators.base import Candidate, Evaluated
+
+    for cand, r in zip(candidates, results):
+        ok = result_ok(r)
+        h = float(r.enthalpy_per_atom) if ok else math.inf
+        us.context.population.append(Evaluated(cand, Candidate.from_atoms(r.atoms), h, ok))
+        us.relaxed += 1
+        us.failed += int(not ok)
+    similarity.remember(us, list(candidates) + [r.atoms for r in results if result_ok(r)])
+    update_best(us, results, campaign)
+
+
+def update_best(us: UnitState, results: Sequence[RelaxResult], campaign: Campaign) -> None:
+    """The unit's best enthalpy per atom and patience after a generation (``results``: its
+    relaxations, none when it proposed nothing): it stops after ``stop.patience`` generations
+    without an improvement over ``stop.min_improvement``."""
+    hs = [float(r.enthalpy_per_atom) for r in results if result_ok(r)]
+    new = min(hs) if hs else math.inf
+    if new < us.best - campaign.stop.min_improvement:
+        us.stagnant = 0
+    else:
+        us.stagnant += 1
+    us.best = min(us.best, new)
+    us.history.append(us.best)
+    patience = campaign.stop.patience
+    if patience is not None and us.stagnant >= patience:
+        us.active = False
+
+
+# --------------------------------------------------------------------------------- helpers
+
+
+class RowBuffer:
+    """Relaxation results on their way to the store, written one transaction per batch.
+
+    A commit costs about as much as writing a whole row (the database's fsync), so results that
+    arrive close together are written together: the buffer is written when it holds ``rows``
+    results, or when its oldest result has waited ``seconds`` by the time another arrives, and
+    by :meth:`flush`. A kill loses at most what the buffer holds; those candidates are relaxed
+    again on ``--resume`` (a stored row is never lost, nor written twice). Measured in
+    ``benchmarks/mpi_scaling.py``.
+    """
+
+    def __init__(self, store: ResultStore, rows: int = 256, seconds: float = 2.0):
+        self.store = store
+        self.rows = rows
+        self.seconds = seconds
+        self._tags: list[Any] = []
+        self._items: list[dict[str, Any]] = []
+        self._since = 0.0
+
+    def add(self, tag: Any, item: dict[str, Any]) -> None:
+        """Queue one row (``item``: the arguments of :meth:`ResultStore.add`) under ``tag``."""
+        if not self._items:
+            self._since = time.monotonic()
+        self._tags.append(tag)
+        self._items.append(item)
+
+    def ready(self) -> list[tuple[Any, int]]:
+        """Write the queue if it is full or old enough; ``(tag, row id)`` of what was written."""
+        if len(self._items) >= self.rows or time.monotonic() - self._since >= self.seconds:
+            return self.flush()
+        return []
+
+    def flush(self) -> list[tuple[Any, int]]:
+        """Write the queue now (one transaction); ``(tag, row id)`` of what was written."""
+        if not self._items:
+            return []
+        ids = self.store.add_many(self._items)
+        out = list(zip(self._tags, ids))
+        self._tags, self._items = [], []
+        return out
+
+
+def candidate_key(unit: int, generation: int, candidate: int) -> str:
+    """The key a relaxed candidate is stored under (``u<unit>-g<generation>-c<candidate>``)."""
+    return f"u{unit}-g{generation}-c{candidate}"
+
+
+def oversample_of(generator: Any) -> int:
+    """Candidates a generator draws per structure relaxed (its ``oversample`` option, 1 when it
+    has none): the search relaxes the lowest-enthalpy starts among them (:func:`prescreen`)."""
+    return max(1, int(getattr(generator, "oversample", 1) or 1))
+
+
+def screen(candidates: Sequence[Candidate], context: GenerationContext) -> np.ndarray:
+    """Which candidates keep every pair of atoms at least the context's minimum distance apart
+    (``kernels.screen.distance_screen``), one batched call."""
+    from ase.data import covalent_radii
+
+    from lamcsp.kernels.screen import distance_screen
+
+    if not candidates:
+        return np.zeros(0, dtype=bool)
+    zmax = max(int(c.numbers.max()) for c in candidates)
+    dmin = np.zeros((zmax + 1, zmax + 1))
+    zs = sorted({int(z) for c in candidates for z in c.numbers})
+    for a in zs:
+        for b in zs:
+            d = context.min_distance.get((a, b), context.min_distance.get((b, a)))
+            if d is None:
+                d = context.distance_factor * (covalent_radii[a] + covalent_radii[b])
+            dmin[a, b] = d
+    # a little slack: generators place atoms at exactly the minimum distance
+    keep, _ = distance_screen(np.concatenate([c.positions for c in candidates]),
+                              np.stack([c.lattice for c in candidates]),
+                              np.array([c.n_atoms for c in candidates]),
+                              np.concatenate([c.numbers for c in candidates]), dmin * 0.999)
+    return keep
