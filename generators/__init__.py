@@ -1,8 +1,9 @@
 """Everything that proposes structures: symmetric random, particle swarm, genetic operators,
 substitution into known structures (``template``).
 
-The public seam is :class:`Generator` (``propose(n, rng, context) -> list[Candidate]``),
-registered by name and through the ``lamcsp.generators`` entry-point group.
+The public seam is :class:`Generator` (``propose(n, rng, context) -> list[Candidate]``,
+``tell(outcomes)``, ``state_dict()`` / ``load_state_dict()``; :class:`GeneratorBase` for one that
+carries nothing), registered by name and through the ``lamcsp.generators`` entry-point group.
 """
 
 from lamcsp.generators.base import (
@@ -10,6 +11,8 @@ from lamcsp.generators.base import (
     Evaluated,
     GenerationContext,
     Generator,
+    GeneratorBase,
+    Outcome,
     WyckoffSite,
     available_generators,
     candidates_to_state,
@@ -25,6 +28,8 @@ __all__ = [
     "Evaluated",
     "GenerationContext",
     "Generator",
+    "GeneratorBase",
+    "Outcome",
     "WyckoffSite",
     "available_generators",
     "candidates_to_state",

@@ -7,7 +7,10 @@
 * :class:`GenerationContext`: what a generator may know about the search (composition,
   formula units, space groups, distance matrix, target volume, and for evolutionary
   generators the relaxed population so far).
-* :class:`Generator`: ``propose(n, rng, context) -> list[Candidate]``; registered by name with
+* :class:`Generator`: ``propose(n, rng, context) -> list[Candidate]``, ``tell(outcomes)``
+  (what became of its candidates: :class:`Outcome`), ``state_dict()`` / ``load_state_dict()``
+  (what it carries between generations, checkpointed as plain data); :class:`GeneratorBase`
+  gives the three for a generator that carries nothing. Registered by name with
   :func:`register`, and also found through the ``lamcsp.generators`` entry-point group so an
   installed package can add one that a campaign file names (:func:`get_generator`).
 """
@@ -15,6 +18,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -193,25 +197,82 @@ class GenerationContext:
     generation: int = 0
 
 
+#: what becomes of a candidate: relaxed (``ok``, or ``failed``), or not relaxed because it failed
+#: the distance screen (``screened``), repeats a structure the unit has seen or an earlier
+#: candidate (``duplicate``, the similarity screen), lost the energy prescreen
+#: (``prescreened``), or lies beyond the relaxation budget (``budget``)
+OUTCOMES = ("ok", "failed", "screened", "duplicate", "prescreened", "budget")
+#: the outcomes of candidates that were not relaxed
+NOT_RELAXED = ("screened", "duplicate", "prescreened", "budget")
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What became of one proposed candidate (:data:`OUTCOMES`); for a relaxed one, the relaxed
+    structure and its enthalpy per atom (``inf`` when it failed)."""
+
+    candidate: Candidate
+    status: str
+    relaxed: Candidate | None = None
+    enthalpy_per_atom: float = math.inf
+
+    @property
+    def was_relaxed(self) -> bool:
+        return self.status in ("ok", "failed")
+
+
 @runtime_checkable
 class Generator(Protocol):
-    """Proposes candidate structures.
+    """Proposes candidate structures, and hears what became of them.
 
-    ``name`` is how campaign files refer to it. ``propose`` must use only ``rng`` for
-    randomness (same seed, same candidates) and return at most ``n`` candidates.
+    * ``name``: how campaign files refer to it.
+    * ``propose(n, rng, context)``: at most ``n`` candidates; randomness only from ``rng``
+      (same seed, same candidates); no files, MPI or printing.
+    * ``tell(outcomes)``: after each ``propose``, the search tells it what became of its
+      candidates (:class:`Outcome`): those not relaxed right after the screens and the
+      prescreen (so a generator that waits for results, the swarm, stops waiting), the relaxed
+      ones once relaxed. Their relaxed structures also join ``context.population``.
+    * ``state_dict()`` / ``load_state_dict(state)``: what it carries from one generation to the
+      next, as plain data (JSON); checkpointed after every generation and restored by
+      ``--resume``.
 
     A generator with an ``oversample`` attribute K > 1 is asked for K × its share; the search
     evaluates the model once at the starts of its candidates (except those whose ``origin``
-    has ``prescreen: False``) and relaxes the lowest in enthalpy. A generator that waits for
-    the results of its proposals (the swarm) may also have ``discard(candidates)``: after each
-    ``propose`` the search passes it those of its candidates that will not be relaxed (too
-    close, duplicating a relaxed structure, left out by the energy prescreen, or beyond the
-    budget).
+    has ``prescreen: False``) and relaxes the lowest in enthalpy.
     """
 
     name: str
 
     def propose(self, n: int, rng: np.random.Generator, context: GenerationContext) -> list[Candidate]: ...
+
+    def tell(self, outcomes: Sequence[Outcome]) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class GeneratorBase:
+    """A base for generators that carry nothing between generations: ``tell`` ignores the
+    outcomes and the state is empty. Subclasses set ``name`` and write ``propose``."""
+
+    name: str = ""
+
+    def propose(self, n: int, rng: np.random.Generator, context: GenerationContext) -> list[Candidate]:
+        raise NotImplementedError
+
+    def tell(self, outcomes: Sequence[Outcome]) -> None:
+        """Nothing to learn: the outcomes are ignored."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Nothing to restore."""
+
+
+#: the methods of the protocol (a generator that lacks one is refused by :func:`get_generator`)
+PROTOCOL_METHODS = ("propose", "tell", "state_dict", "load_state_dict")
 
 
 _REGISTRY: dict[str, Callable[..., Generator]] = {}
@@ -244,8 +305,8 @@ def get_generator(name: str, **options: Any) -> Generator:
     """A generator instance by name, with its options.
 
     Raises:
-        SetupError: unknown name (the message lists the known ones), or an entry point that
-            fails to load.
+        SetupError: unknown name (the message lists the known ones), an entry point that fails
+            to load, bad options, or an object that does not implement the protocol.
     """
     found = available_generators()
     if name not in found:
@@ -259,6 +320,15 @@ def get_generator(name: str, **options: Any) -> Generator:
                 "generator", f"generator {name!r} failed to load from its entry point: {exc}"
             ) from exc
     try:
-        return factory(**options)
+        gen = factory(**options)
     except TypeError as exc:
         raise SetupError("generator", f"bad options for generator {name!r}: {exc}") from exc
+    missing = [m for m in PROTOCOL_METHODS if not callable(getattr(gen, m, None))]
+    if missing or not isinstance(getattr(gen, "name", None), str):
+        what = ", ".join(f"{m}()" for m in missing) or "a name"
+        kind = f"{type(gen).__module__}.{type(gen).__name__}"
+        raise SetupError("generator", f"generator {name!r} ({kind}) lacks {what} of the Generator "
+                                      "protocol; subclass "
+                                      "lamcsp.generators.GeneratorBase (which gives tell, state_dict and "
+                                      "load_state_dict for a generator that carries nothing) or write them")
+    return gen

@@ -43,7 +43,15 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from lamcsp.generators.base import Candidate, Evaluated, GenerationContext, Generator, get_generator, register
+from lamcsp.generators.base import (
+    Candidate,
+    Evaluated,
+    GenerationContext,
+    Generator,
+    GeneratorBase,
+    get_generator,
+    register,
+)
 
 from lamcsp.errors import SetupError
 
@@ -225,7 +233,7 @@ def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
 
 
 @register("ga")
-class GeneticGenerator:
+class GeneticGenerator(GeneratorBase):
     """Evolutionary generator with heredity, lattice mutation and permutation (USPEX-like).
 
     Of the ``n`` structures asked for, ``round(fraction_random * n)`` come from the random

@@ -47,10 +47,11 @@ All state the swarm carries between generations is plain data (:meth:`ParticleSw
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from lamcsp.generators.base import Candidate, Evaluated, GenerationContext, register
+from lamcsp.generators.base import NOT_RELAXED, Candidate, Evaluated, GenerationContext, Outcome, register
 
 from lamcsp.errors import SetupError
 
@@ -213,7 +214,7 @@ class ParticleSwarm:
             structures (with those of other oversampling generators), the ones with the
             lowest enthalpy at the start (:func:`lamcsp.stages.prescreen`); moved
             particles are always relaxed (their origin says ``prescreen: False``), and the
-            new particles left out leave the swarm (:meth:`discard`).
+            new particles left out leave the swarm (:meth:`tell`).
     """
 
     name = "pso"
@@ -389,13 +390,15 @@ class ParticleSwarm:
             else:
                 p.stagnant += 1
 
-    def discard(self, candidates: list[Candidate]) -> None:
-        """Proposals the search will not relax (screened out, left out by the energy prescreen,
-        or beyond the budget): a new particle one would have started leaves the swarm; a moved
-        particle stops waiting (it moves again next generation) and counts the wasted move
-        towards its stagnation."""
+    def tell(self, outcomes: Sequence[Outcome]) -> None:
+        """What became of its proposals. One the search will not relax (screened out, a
+        duplicate, left out by the energy prescreen, or beyond the budget): a new particle it
+        would have started leaves the swarm; a moved particle stops waiting (it moves again next
+        generation) and counts the wasted move towards its stagnation. The relaxed ones are
+        read from ``context.population`` at the next :meth:`propose` (:meth:`observe`), where
+        a resumed search finds them too."""
         by_pid = {p.pid: p for p in self.particles}
-        for c in candidates:
+        for c in (o.candidate for o in outcomes if o.status in NOT_RELAXED):
             prop = c.origin.get("pso_proposal")
             if prop is None or prop not in self.pending:
                 continue

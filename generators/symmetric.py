@@ -88,7 +88,7 @@ from typing import Any
 
 import numba
 import numpy as np
-from lamcsp.generators.base import Candidate, GenerationContext, WyckoffSite, register
+from lamcsp.generators.base import Candidate, GenerationContext, GeneratorBase, WyckoffSite, register
 from lamcsp.generators.wyckoff import (
     LATTICE_TYPES,
     can_hold,
@@ -1028,7 +1028,7 @@ def _ranges(values: Sequence[int]) -> str:
 
 
 @register("random")
-class SymmetricRandom:
+class SymmetricRandom(GeneratorBase):
     """Random structures with a chosen space group and Wyckoff assignment (module docstring).
 
     Args:

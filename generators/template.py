@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from lamcsp.generators.base import Candidate, GenerationContext, register
+from lamcsp.generators.base import Candidate, GenerationContext, GeneratorBase, register
 
 from lamcsp.errors import SetupError
 
@@ -101,7 +101,7 @@ def _read_file(f: Path) -> list[tuple[str, Any]]:
 
 
 @register("template")
-class TemplateGenerator:
+class TemplateGenerator(GeneratorBase):
     """Substitutes the campaign's elements into known structures (module docstring).
 
     Options:

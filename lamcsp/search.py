@@ -368,7 +368,7 @@ class Search:
                 continue
             mine = [results[i] for i in idx]
             stages.dedupe(us, mine, [row_ids[i] for i in idx], updates, self.deduper, self.store)
-            stages.tell(us, [todo[i][2] for i in idx], mine, self.similarity, self.campaign)
+            stages.tell(us, [(todo[i][1], todo[i][2]) for i in idx], mine, self.similarity, self.campaign)
         with self.store.transaction():
             for rid, kv in sorted(updates.items()):
                 self.store.update(rid, **kv)

@@ -43,8 +43,8 @@ if TYPE_CHECKING:
     from lamcsp.store import ResultStore
 
 __all__ = ["TOP_UP_ROUNDS", "TOP_UP_STREAM", "RowBuffer", "SimilarityScreen", "UnitState", "candidate_key",
-           "dedupe", "discard", "oversample_of", "prescreen", "propose", "relax_and_store", "screen", "tell",
-           "top_up", "update_best"]
+           "dedupe", "oversample_of", "prescreen", "propose", "relax_and_store", "screen", "tell",
+           "tell_not_relaxed", "top_up", "update_best"]
 
 #: rounds of new random candidates that replace screened duplicates (dedupe.before_relax)
 TOP_UP_ROUNDS = 4
@@ -87,6 +87,9 @@ class UnitState:
     seen: StoredStructures | None = None
     #: why the unit stopped, where it did not simply run out of budget or patience
     note: str = ""
+    #: the generator (index into ``generators``) of each candidate of the generation in flight
+    #: (not checkpointed: a resumed generation proposes again)
+    owners: dict[int, int] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -100,8 +103,7 @@ class UnitState:
             "relaxed": self.relaxed,
             "failed": self.failed,
             "stored_rows": list(self.stored_rows),
-            "generators": [g.state_dict() if hasattr(g, "state_dict") else None
-                           for _, _, g in self.generators],
+            "generators": [g.state_dict() for _, _, g in self.generators],
         }
 
 
@@ -159,7 +161,8 @@ def propose(unit_states: Sequence[UnitState], g: int, campaign: Campaign, seed: 
     """Every active unit's candidates of generation ``g`` that pass the screens (and the energy
     prescreen), as ``(unit, candidate index, candidate)``, within the relaxation budget
     (``spent`` relaxations so far); lowest start enthalpy first where the prescreen has it.
-    Generators are told which of their candidates will not be relaxed (:func:`discard`).
+    Generators are told which of their candidates will not be relaxed, and why
+(:func:`tell_not_relaxed`); ``us.owners`` maps each candidate to its generator for :func:`tell`.
 
     Raises:
         SetupError: no generator of any unit could build a structure.
@@ -167,7 +170,7 @@ def propose(unit_states: Sequence[UnitState], g: int, campaign: Campaign, seed: 
     pop = campaign.population
     out: list[Proposed] = []
     errors: list[tuple[UnitState, str, SetupError]] = []
-    proposed: list[tuple[UnitState, list[Candidate], list[int | None]]] = []  # with each one's generator
+    proposed: list[tuple[UnitState, list[Candidate], list[int | None], list[str | None]]] = []
     for us in unit_states:
         if not us.active:
             continue
@@ -193,13 +196,21 @@ def propose(unit_states: Sequence[UnitState], g: int, campaign: Campaign, seed: 
             cands.extend(got)
             owner.extend([gi] * len(got))
         keep = screen(cands, us.context)
+        why: list[str | None] = [None if f else "screened" for f in keep]  # why not relaxed
         if us.seen is not None:
             keep = top_up(us, g, cands, keep, errors, campaign, seed, similarity)
+            why += [None if f else "screened" for f in keep[len(why):]]  # the top-up's
+            why = [w or (None if f else "duplicate") for w, f in zip(why, keep)]
         owner.extend([None] * (len(cands) - len(owner)))  # the top-up's random structures
-        proposed.append((us, cands, owner))
+        proposed.append((us, cands, owner, why))
+        us.owners = {k: gi for k, gi in enumerate(owner) if gi is not None}
         start: dict[int, float] = {}
         if ranked:
-            keep, start = prescreen(us, g, cands, keep, ranked, campaign, executor, similarity)
+            dup: set[int] = set()
+            keep, start = prescreen(us, g, cands, keep, ranked, campaign, executor, similarity, dup)
+            why = [w or (None if f else "duplicate" if k in dup else "prescreened")
+                   for k, (w, f) in enumerate(zip(why, keep))]
+            proposed[-1] = (us, cands, owner, why)
         if not any(keep) and us.seen is not None and not any(e[0] is us for e in errors):
             us.active = False
             us.note = "every new candidate duplicated one already relaxed"
@@ -215,25 +226,26 @@ def propose(unit_states: Sequence[UnitState], g: int, campaign: Campaign, seed: 
             warn(us, name, exc, g)
     if campaign.max_relaxations is not None:
         out = out[: max(0, campaign.max_relaxations - spent)]
-    discard(proposed, out)
+    tell_not_relaxed(proposed, out)
     return out
 
 
-def discard(proposed: list[tuple[UnitState, list[Candidate], list[int | None]]], out: list[Proposed]) -> None:
-    """Tell each generator that has a ``discard`` method which of its candidates will not be
-    relaxed (too close, duplicating a relaxed structure, left out by the energy prescreen, or
-    beyond the budget), so that it does not wait for their results (the swarm drops the
-    particles they would have started)."""
+def tell_not_relaxed(proposed: list[tuple[UnitState, list[Candidate], list[int | None], list[str | None]]],
+                     out: list[Proposed]) -> None:
+    """Tell each generator which of its candidates will not be relaxed, and why (an
+    :class:`~lamcsp.generators.base.Outcome` each: ``screened``, ``duplicate``,
+    ``prescreened``, or ``budget`` for one that passed but lies beyond the budget), so that it
+    does not wait for their results (the swarm drops the particles they would have started)."""
+    from lamcsp.generators.base import Outcome
+
     relaxed = {(us.unit.index, k) for us, k, _ in out}
-    for us, cands, owner in proposed:
-        dropped: dict[int, list[Candidate]] = {}
+    for us, cands, owner, why in proposed:
+        told: dict[int, list[Outcome]] = {}
         for k, (c, gi) in enumerate(zip(cands, owner)):
             if gi is not None and (us.unit.index, k) not in relaxed:
-                dropped.setdefault(gi, []).append(c)
-        for gi, cs in dropped.items():
-            drop = getattr(us.generators[gi][2], "discard", None)
-            if drop is not None:
-                drop(cs)
+                told.setdefault(gi, []).append(Outcome(c, why[k] or "budget"))
+        for gi, outcomes in told.items():
+            us.generators[gi][2].tell(outcomes)
 
 
 def top_up(us: UnitState, g: int, cands: list[Candidate], keep: np.ndarray,
@@ -274,8 +286,8 @@ def top_up(us: UnitState, g: int, cands: list[Candidate], keep: np.ndarray,
 
 
 def prescreen(us: UnitState, g: int, cands: list[Candidate], keep: Sequence[bool], ranked: set[int],
-              campaign: Campaign, executor: Any, similarity: SimilarityScreen
-              ) -> tuple[list[bool], dict[int, float]]:
+              campaign: Campaign, executor: Any, similarity: SimilarityScreen,
+              duplicates: set[int] | None = None) -> tuple[list[bool], dict[int, float]]:
     """The energy prescreen of oversampling generators (their ``oversample`` option): of
     their candidates that passed the screens, those with the lowest enthalpy per atom at the
     start (one model call each, batched through the executor's ``evaluate``) fill what the
@@ -293,7 +305,8 @@ def prescreen(us: UnitState, g: int, cands: list[Candidate], keep: Sequence[bool
 
     Returns:
         the new keep mask, and the start enthalpy per atom of each kept candidate (by index;
-        ``inf`` where the single point failed).
+        ``inf`` where the single point failed); the quenched candidates the similarity screen
+        dropped are added to ``duplicates``.
     """
     ok = [bool(k) for k in keep]
     pool = [k for k in sorted(ranked) if ok[k]]
@@ -332,6 +345,8 @@ def prescreen(us: UnitState, g: int, cands: list[Candidate], keep: Sequence[bool
                 if not f:
                     ok[k] = False
                     us.screened += 1
+                    if duplicates is not None:
+                        duplicates.add(k)
             pool = [k for k in pool if ok[k]]
             slots = max(0, campaign.population - sum(1 for k in rest if ok[k]))
     if len(pool) > slots:
@@ -437,19 +452,29 @@ def dedupe(us: UnitState, results: list[RelaxResult], rows: list[int | None],
             updates[rows[ok[a]]] = {"unique": False, "duplicate_of": final[int(d)], "deduped": True}
 
 
-def tell(us: UnitState, candidates: Sequence[Candidate], results: Sequence[RelaxResult],
+def tell(us: UnitState, relaxed: Sequence[tuple[int, Candidate]], results: Sequence[RelaxResult],
          similarity: SimilarityScreen, campaign: Campaign) -> None:
-    """Fold a unit's relaxed candidates back: its relaxed population (what the evolutionary
-    generators read next generation), its counters, what it has seen (the starts and the ok
-    results) and its best enthalpy and patience (:func:`update_best`)."""
-    from lamcsp.generators.base import Candidate, Evaluated
+    """Fold a unit's relaxed candidates (``(candidate index, candidate)``) back: each generator
+    is told the outcomes of its own (``ok`` or ``failed``, the relaxed structure and its
+    enthalpy per atom); the relaxed population (what the evolutionary generators read next
+    generation), the counters, what the unit has seen (the starts and the ok results) and its
+    best enthalpy and patience (:func:`update_best`)."""
+    from lamcsp.generators.base import Candidate, Evaluated, Outcome
 
-    for cand, r in zip(candidates, results):
+    told: dict[int, list[Outcome]] = {}
+    candidates = [c for _, c in relaxed]
+    for (k, cand), r in zip(relaxed, results):
         ok = result_ok(r)
         h = float(r.enthalpy_per_atom) if ok else math.inf
-        us.context.population.append(Evaluated(cand, Candidate.from_atoms(r.atoms), h, ok))
+        relaxed_as = Candidate.from_atoms(r.atoms)
+        us.context.population.append(Evaluated(cand, relaxed_as, h, ok))
         us.relaxed += 1
         us.failed += int(not ok)
+        gi = us.owners.get(k)
+        if gi is not None:
+            told.setdefault(gi, []).append(Outcome(cand, "ok" if ok else "failed", relaxed_as, h))
+    for gi, outcomes in sorted(told.items()):
+        us.generators[gi][2].tell(outcomes)
     similarity.remember(us, list(candidates) + [r.atoms for r in results if result_ok(r)])
     update_best(us, results, campaign)
 

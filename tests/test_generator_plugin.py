@@ -127,6 +127,30 @@ def test_unknown_generator_lists_the_known_ones(probe):
     assert "rocksalt" in probe["bad_option"]["message"]
 
 
+def test_a_generator_without_the_whole_protocol_is_refused_naming_what_it_lacks(monkeypatch):
+    """An object with only ``propose`` (the protocol before ``tell`` and the state) is refused
+    when a campaign names it, with the methods it lacks; the same object given ``tell`` and the
+    state through :class:`GeneratorBase` is accepted."""
+    from lamcsp.generators import GeneratorBase, base
+
+    class OnlyPropose:
+        name = "only-propose"
+
+        def propose(self, n, rng, context):
+            return []
+
+    class Whole(OnlyPropose, GeneratorBase):
+        pass
+
+    monkeypatch.setitem(base._REGISTRY, "only-propose", OnlyPropose)
+    monkeypatch.setitem(base._REGISTRY, "whole", Whole)
+    with pytest.raises(SetupError, match=r"lacks tell\(\), state_dict\(\), load_state_dict\(\)") as info:
+        get_generator("only-propose")
+    assert info.value.field == "generator" and "GeneratorBase" in str(info.value)
+    gen = get_generator("whole")
+    assert gen.propose(3, None, None) == [] and gen.state_dict() == {}
+
+
 def test_unknown_generator_in_this_process():
     with pytest.raises(SetupError) as info:
         get_generator("no-such-generator")

@@ -553,3 +553,51 @@ def test_a_prescreened_generation_is_relaxed_lowest_start_first(tmp_path):
     start = Candidate.from_dict(last.data["candidate"]).to_atoms()
     assert relaxer.relax([start])[0].enthalpy_per_atom == pytest.approx(min(h), abs=1e-8)
     assert sorted(h)[1] > min(h) + 1e-6
+
+
+def test_every_proposed_candidate_is_told_once_with_what_became_of_it(tmp_path, monkeypatch):
+    """The generator protocol's ``tell``: a random generator that oversamples (so some lose the
+    prescreen), under the similarity screen (so some are duplicates) and a budget that ends
+    within a generation (so some are cut), hears once about every candidate it proposed; its
+    ``ok``/``failed`` outcomes are its stored rows, with their relaxed enthalpies, and its
+    ``prescreened`` and ``budget`` counts are the search's."""
+    from lamcsp.generators import base
+    from lamcsp.generators.symmetric import SymmetricRandom
+
+    heard: list[tuple[int, str, float]] = []
+    proposed: list[int] = []
+
+    class Recorder(SymmetricRandom):
+        name = "recorder"
+
+        def propose(self, n, rng, context):
+            got = super().propose(n, rng, context)
+            for c in got:
+                c.origin["serial"] = len(proposed)
+                proposed.append(context.generation)
+            return got
+
+        def tell(self, outcomes):
+            heard.extend((o.candidate.origin["serial"], o.status, o.enthalpy_per_atom) for o in outcomes)
+
+    monkeypatch.setitem(base._REGISTRY, "recorder", Recorder)
+    raw = {**AR_CAMPAIGN, "system": {"composition": "Ar", "formula_units": "2-4"},
+           "generators": [{"name": "recorder", "share": 1.0, "options": {"oversample": 3}}],
+           "population": 6, "generations": 5, "max_relaxations": 27}
+    search = Search(parse_campaign(raw), tmp_path / "told", progress=False)
+    state = search.run(report=False)
+    serials = [s for s, _, _ in heard]
+    assert sorted(serials) == list(range(len(proposed)))  # every one, once
+    status = {s: st for s, st, _ in heard}
+    db = ase.db.connect(str(tmp_path / "told" / "results.db"), use_lock_file=False)
+    rows = {r.data["candidate"]["origin"]["serial"]: r for r in db.select(role="search")}
+    relaxed = {s for s, st in status.items() if st in ("ok", "failed")}
+    assert relaxed == set(rows) and len(rows) == 27
+    for s, st, h in heard:
+        if st == "ok":
+            assert h == pytest.approx(rows[s].enthalpy_per_atom, abs=1e-12)
+    counts = {k: sum(1 for st in status.values() if st == k) for k in base.OUTCOMES}
+    assert counts["prescreened"] == state["units"][0]["prescreened"] > 0
+    assert counts["budget"] > 0
+    # the top-up's own random draws are screened too, so the unit counts at least the recorder's
+    assert 0 < counts["duplicate"] <= state["units"][0]["screened"]

@@ -1,8 +1,11 @@
 """An example lamcsp generator, installed as a plugin: strained, rattled copies of a prototype.
 
-A generator is any object with a ``name`` and a method
-``propose(n, rng, context) -> list[Candidate]`` (the :class:`lamcsp.generators.Generator`
-protocol). This one takes a textbook prototype (rocksalt, CsCl, zincblende, wurtzite for AB
+A generator implements the :class:`lamcsp.generators.Generator` protocol: a ``name``,
+``propose(n, rng, context) -> list[Candidate]``, ``tell(outcomes)`` (what became of its
+candidates: relaxed, or not and why) and ``state_dict()`` / ``load_state_dict(state)`` (what it
+carries between generations, as plain data for the checkpoint). One that carries nothing, as
+this one, subclasses :class:`lamcsp.generators.GeneratorBase`, which gives the last three.
+This one takes a textbook prototype (rocksalt, CsCl, zincblende, wurtzite for AB
 compounds; fcc, bcc, hcp, diamond for elements), puts the target's elements on its sites,
 scales it so that the closest contact equals the sum of the covalent radii, makes the supercell
 that holds the requested number of formula units, and returns copies with a random symmetric
@@ -26,7 +29,7 @@ from ase import Atoms
 from ase.build import bulk
 from ase.data import atomic_numbers, covalent_radii
 from ase.neighborlist import neighbor_list
-from lamcsp.generators import Candidate, GenerationContext
+from lamcsp.generators import Candidate, GenerationContext, GeneratorBase
 
 from lamcsp.errors import SetupError
 
@@ -43,7 +46,7 @@ PROTOTYPES: dict[str, dict] = {
 }
 
 
-class StrainedSeeds:
+class StrainedSeeds(GeneratorBase):
     """Strained, rattled copies of a prototype crystal with the target's elements.
 
     Args:
