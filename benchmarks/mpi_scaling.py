@@ -258,7 +258,7 @@ def coordinator(args: argparse.Namespace) -> list[dict[str, Any]]:
                 return wrapper
 
             search.propose = timed("propose", search.propose)  # type: ignore[method-assign]
-            search._row_item = timed("store", search._row_item)  # type: ignore[method-assign]
+            search.row_item = timed("store", search.row_item)  # type: ignore[method-assign]
             search.store.add_many = timed("store", search.store.add_many)  # type: ignore[method-assign]
             dedupe = stages.dedupe
             stages.dedupe = timed("dedupe", dedupe)  # the stage, as run_generation calls it

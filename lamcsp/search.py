@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
-from lamcsp import stages
+from lamcsp import stages, steps
 from lamcsp.errors import SetupError
 from lamcsp.faults import fault
 from lamcsp.parallel import SerialExecutor
@@ -149,6 +149,8 @@ class Search:
         self.spent = 0
         self.done = False
         self.warned: set[tuple[int, str]] = set()
+        self.finetune = steps.FinetuneStep(self)
+        self.verification = steps.Verification(self)
 
     # -- setup ----------------------------------------------------------------------------
     def _check_run_dir(self, db_url: str | None) -> None:
@@ -267,22 +269,22 @@ class Search:
                 f"directory: {self.run_dir}" + (f"; resuming at generation {self.generation + 1}"
                                                if state is not None else ""))
         if not self.done:
-            self._relax_references()
-        self._finetune_setup()
-        self._maybe_finetune()  # an iteration a kill interrupted
+            steps.relax_references(self)
+        self.finetune.setup()
+        self.finetune.catch_up()  # an iteration a kill interrupted
         while not self.done and self._budget_left():
             self.run_generation(self.generation)
             self.generation += 1
             self.done = not self._budget_left() or bool(until is not None and until(self))
             self._checkpoint()
-            self._maybe_finetune()
+            self.finetune.catch_up()
         if not self.done:
             self.done = True
             self._checkpoint()
         if self.campaign.verify_enabled:  # the answer, checked by the oracle (nothing twice on --resume)
-            self._verify("end")
+            self.verification.run("end")
         if report:
-            self.pressure_scan()
+            steps.pressure_scan(self)
             self.write_report()
         return self.state_dict()
 
@@ -336,7 +338,7 @@ class Search:
             us.prescreened = int(d.get("prescreened", 0))
             us.stored_rows = [int(i) for i in d["stored_rows"]]
             if us.stored_rows:
-                rows = self._rows_by_id(us.stored_rows)
+                rows = self.rows_by_id(us.stored_rows)
                 hs = [h_now(r) for r in rows]
                 us.stored.extend(self.deduper.describe([r.toatoms() for r in rows], hs))
 
@@ -357,7 +359,7 @@ class Search:
         """One generation: propose (screens, prescreen) -> relax and store -> dedupe -> tell
         (:mod:`lamcsp.stages`); the dedupe flags of all units in one transaction."""
         todo = self.propose(g)
-        results, row_ids = stages.relax_and_store(todo, g, self.store, self.executor, self._row_item)
+        results, row_ids = stages.relax_and_store(todo, g, self.store, self.executor, self.row_item)
         self.spent += len(todo)
         updates: dict[int, dict[str, Any]] = {}
         for us in self.unit_states:
@@ -377,7 +379,7 @@ class Search:
             n_unique = {us.unit.index: len(us.stored_rows) for us in self.unit_states}
             self.progress.generation(g, self.campaign.generations, self.unit_states, n_unique, self.spent)
 
-    def _row_item(self, result: RelaxResult, key: str, *, role: str, generation: int, generator: str,
+    def row_item(self, result: RelaxResult, key: str, *, role: str, generation: int, generator: str,
                   unit: int, candidate: int = -1, unique: bool = False, deduped: bool = True,
                   extra: dict[str, Any] | None = None, data: dict[str, Any] | None = None) -> dict[str, Any]:
         """The arguments of :meth:`ResultStore.add` for one relaxation by the model in use
@@ -388,368 +390,13 @@ class Search:
                         model_id=self.potential.model_id, symprec=self.campaign.report.symprec,
                         candidate=candidate, unique=unique, deduped=deduped, extra=extra, data=data)
 
-    def _add_row(self, result: RelaxResult, key: str, **kw: Any) -> int:
+    def add_row(self, result: RelaxResult, key: str, **kw: Any) -> int:
         """Store one relaxation now (one transaction); its row id."""
-        return self.store.add(**self._row_item(result, key, **kw))
+        return self.store.add(**self.row_item(result, key, **kw))
 
-    def _rows_by_id(self, ids: Sequence[int]) -> list[Any]:
+    def rows_by_id(self, ids: Sequence[int]) -> list[Any]:
         """Rows by id, in the order given (primary-key lookups)."""
         return [self.store.db.get(id=int(i)) for i in ids]
-
-    # -- fine-tune loop -------------------------------------------------------------------
-
-    def _finetune_setup(self) -> None:
-        """The fine-tune loop of ``campaign.finetune`` (``run/finetune``); on ``--resume`` its
-        data, models and iterations are read back and the model of its last finished iteration
-        is used."""
-        spec = self.campaign.finetune
-        self.finetune: Any = None
-        if not spec.enabled:
-            return
-        from lamcsp.campaign import ModelSpec
-        from lamcsp.finetune import FinetuneLoop
-        from lamcsp.oracle import check_oracle
-        from lamcsp.trainers import CHGNetTrainer, DeePMDTrainer
-
-        m = self.campaign.model
-        if m.backend == "chgnet":
-            trainer: Any = CHGNetTrainer(m.path or m.options.get("version", "0.3.0"), epochs=spec.epochs,
-                                         learning_rate=spec.learning_rate, diversity=spec.diversity)
-        elif m.backend == "deepmd":  # a .pt checkpoint: parse_campaign checks it
-            trainer = DeePMDTrainer(m.path, m.head, steps=spec.steps, diversity=spec.diversity,
-                                    learning_rate=(spec.learning_rate, spec.learning_rate / 100))
-        else:
-            raise SetupError("finetune.enabled", f"the fine-tune loop trains chgnet or deepmd models, not "
-                                                 f"{m.backend}")
-        check_oracle(spec.oracle, "finetune.oracle")  # a wrong name or option fails now
-        elements = sorted({el for u in self.units for el in u.composition})
-
-        def member(path: str) -> Any:  # a model section: the executor evaluates it (on the workers)
-            return ModelSpec(**{**dataclasses.asdict(m), **trainer.spec(path), "options": {}})
-
-        self.finetune = FinetuneLoop(
-            self.paths.finetune, elements, self.executor, spec.oracle, trainer, member,
-            members=spec.committee, lo=spec.trust_lo, hi=spec.trust_hi, window=spec.window,
-            max_labels=spec.max_labels, conv_accuracy=spec.conv_accuracy,
-            max_iterations=spec.max_iterations or 10**9, max_energy=spec.max_energy)
-        latest = self.finetune.registry.latest(before=self.finetune.iteration)
-        if latest:
-            self.use_model(ModelSpec(**{**dataclasses.asdict(m), **trainer.spec(latest["models"][0]),
-                                        "options": {}}))
-            self.finetune.executor = self.executor
-
-    def _maybe_finetune(self) -> None:
-        ft = getattr(self, "finetune", None)
-        if ft is None or ft.done:
-            return
-        due = self.generation // self.campaign.finetune.every
-        while ft.iteration < due and not ft.done:
-            self._finetune_iteration()
-
-    def _finetune_iteration(self) -> None:
-        """One iteration. With ``verify.each_iteration``, the oracle first verifies the best
-        structures of the model in use (the pretrained model's, at the first); the loop stops
-        only when that verification's answer (the oracle's lowest) is the last iteration's and
-        the model's top-1 is it (and the committee agrees). Then the committee rates every unit's
-        unique hits, the model's own minima of its best, the frames near the minima of the
-        low-enthalpy ones and the relaxation-trajectory frames (the start and every
-        ``finetune.snapshot_every`` steps) of the last ``every`` generations; the selection is
-        labelled, with the verification's oracle frames, and the new model re-scores and
-        re-relaxes the best hits. Kill-safe: an interrupted iteration runs again on ``--resume``
-        without asking the oracle again (its labels, members and verifications are stored as
-        they come) and writes its log last."""
-        from lamcsp.campaign import ModelSpec
-        from lamcsp.verify import ranking_stable
-
-        ft = self.finetune
-        it = ft.iteration
-        verifying = self.campaign.verify_enabled and self.campaign.verify.each_iteration
-        verification = self._verify(f"iter-{it}") if verifying else None
-        stable = None
-        if verifying:
-            stable = bool(ranking_stable([e.get("verification") for e in ft.log] + [verification]))
-        structures, enthalpy, sources, pressures, near = self._finetune_candidates()
-        free = self._verification_frames() if verifying and self.campaign.verify_oracle == \
-            self.campaign.finetune.oracle else []
-        if self.progress:
-            self.progress.write(f"fine-tune iteration {it}: rating {len(structures)} structures")
-        fps = [e.fingerprint for e in self.deduper.describe(structures)]
-        width = max((len(f) for f in fps), default=0)
-        fingerprints = np.array([np.pad(f, (0, width - len(f))) for f in fps]) if fps else None
-        result = ft.step(structures, enthalpy, sources, fingerprints=fingerprints, pressures=pressures,
-                         near_minimum=near, free=free, ranking_stable=stable)
-        if self.progress:
-            self.progress.write(
-                f"fine-tune iteration {result.iteration}: accurate {result.fractions['accurate']:.2f}, "
-                f"labelled {result.labelled} (failed {result.failed_labels}; {result.oracle_calls} oracle "
-                f"calls, {result.free_labels} frames from the verification), "
-                + (f"converged: {result.stop_reason}" if result.converged
-                   else f"{len(result.models)} models trained"))
-        if result.models:
-            m = self.campaign.model
-            self.use_model(ModelSpec(**{**dataclasses.asdict(m), **ft.trainer.spec(result.models[0]),
-                                        "options": {}}))
-            ft.executor = self.executor
-            self._rescore(result.iteration)
-        ft.finish(result, verification=verification)
-        if result.models:
-            self._checkpoint()  # the units' best and patience under the new model
-
-    def _finetune_candidates(self) -> tuple[list[Any], list[float], list[str], list[float], list[int]]:
-        """What the committee rates: every unit's unique hits (``enthalpy``: per atom above the
-        unit's lowest, by the model in use), the model in use's re-relaxed best hits (its own
-        minima), the relaxation frames of the last ``every`` generations and of the hits within
-        ``finetune.window`` (NaN), their sources (row keys), pressures, and the indices of the
-        structures near a minimum that are labelled whatever the committee says (the re-relaxed
-        hits, and the last ``finetune.minimum_frames`` frames of each low hit)."""
-        from lamcsp.generators.base import Candidate
-        from lamcsp.relax.relaxer import atoms_from_dict
-
-        spec = self.campaign.finetune
-        structures: list[Any] = []
-        enthalpy: list[float] = []
-        sources: list[str] = []
-        pressures: list[float] = []
-        low: set[int] = set()
-        for us in self.unit_states:
-            hits = [r for r in self._rows_by_id(us.stored_rows) if result_ok(r)]
-            best = min((h_now(r) for r in hits), default=math.nan)
-            for row in hits:
-                structures.append(row.toatoms())
-                enthalpy.append(h_now(row) - best)
-                sources.append(row.key)
-                pressures.append(float(row.pressure_gpa))
-                if h_now(row) - best <= spec.window:
-                    low.add(int(row.id))
-        near: list[int] = []
-        # the model in use's own minima of its best hits (re-relaxed after the last iteration):
-        # where it ranks them wrong, these labels correct it
-        rerelaxed: list[Any] = self.store.rows(role="rerelax", iteration=self.finetune.iteration - 1)
-        for row in rerelaxed:
-            if result_ok(row):
-                near.append(len(structures))
-                structures.append(row.toatoms())
-                enthalpy.append(math.nan)
-                sources.append(row.key)
-                pressures.append(float(row.pressure_gpa))
-        first = max(0, self.generation - spec.every)
-        rows = {int(r.id): r for r in self.store.rows(f"generation>={first}", role="search")}
-        rows.update({i: self.store.db.get(id=i) for i in low if i not in rows})
-        for rid, row in sorted(rows.items()):
-            cand = (row.data or {}).get("candidate")
-            frames = [Candidate.from_dict(cand).to_atoms()] if cand else []
-            traj = [atoms_from_dict(f) for f in (row.data or {}).get("frames", [])]
-            if rid in low and spec.minimum_frames:
-                near += list(range(len(structures) + len(frames) + max(0, len(traj) - spec.minimum_frames),
-                                   len(structures) + len(frames) + len(traj)))
-            names = ([f"{row.key}:start"] if cand else []) + [f"{row.key}:frame{j}" for j in range(len(traj))]
-            structures += frames + traj
-            enthalpy += [math.nan] * len(names)
-            sources += names
-            pressures += [float(row.pressure_gpa)] * len(names)
-        return structures, enthalpy, sources, pressures, near
-
-    # -- verification ---------------------------------------------------------------------------
-
-    def _hits(self) -> list[Any]:
-        """Every unit's unique hits as :class:`lamcsp.verify.Hit` (the model in use's enthalpies)."""
-        from lamcsp.verify import hits_of
-
-        pairs = [(us.unit, row) for us in self.unit_states for row in self._rows_by_id(us.stored_rows)]
-        return hits_of(pairs, self.campaign.system.elements)
-
-    def verify_settings(self) -> Any:
-        """The campaign's verification settings (:class:`lamcsp.verify.VerifySettings`)."""
-        from lamcsp.verify import VerifySettings
-
-        v = self.campaign.verify
-        return VerifySettings(oracle=self.campaign.verify_oracle, mode=v.mode, optimizer=v.optimizer,
-                              fmax=v.fmax, max_steps=v.max_steps, top_k=v.top_k, window=v.window)
-
-    def _verify(self, stage: str) -> dict[str, Any]:
-        """Verify the model in use's best structures with the oracle (:mod:`lamcsp.verify`);
-        the verification record per unit (comparison and verified ranking)."""
-        from lamcsp.verify import ranking_record, run_verification
-
-        settings = self.verify_settings()
-        comparisons = run_verification(
-            self._hits(), settings, store=self.store, executor=self.executor, run_dir=self.run_dir,
-            stage=stage, model_id=self.potential.model_id, symprec=self.campaign.report.symprec,
-            progress=self.progress.write if self.progress else None)
-        record = ranking_record(comparisons, settings.top_k)
-        if self.progress:
-            for label, c in record.items():
-                tau = "-" if c["kendall_tau"] is None else f"{c['kendall_tau']:.2f}"
-                agrees = "agrees" if c["top1_agree"] else "DISAGREES"
-                self.progress.write(f"  {label}: top-1 {agrees} with the oracle (tau {tau}, largest error "
-                                    f"{1000 * c['max_error']:.0f} meV/atom); answer #{c['answer']}")
-        return record
-
-    def _verification_frames(self) -> list[tuple[str, Any]]:
-        """The oracle frames of every verification so far (``verify.train_frames`` of each: its
-        first, the model's structure, its last, the oracle's minimum, then evenly between), as
-        ``(source, labelled atoms)`` for the fine-tune data."""
-        from lamcsp.oracle import Journal, record_atoms
-
-        n = self.campaign.verify.train_frames
-        oid = self.verify_settings().oracle_id
-        out = []
-        for row in self.store.rows(role="verify", oracle=oid, include_data=False):
-            source = self.store.db.get(id=int(row.get("of")))
-            recs = [r for r in Journal(self.paths.journal(oid, source.key)).read()
-                    if r.get("stress") is not None]
-            if not recs or n == 0:
-                continue
-            picks = sorted({0, len(recs) - 1} | {int(round(x)) for x in np.linspace(0, len(recs) - 1, n)})
-            picks = ([0, len(recs) - 1] + [j for j in picks if j not in (0, len(recs) - 1)])[:n]
-            for j in sorted(set(picks)):
-                out.append((f"verify:{oid}:{source.key}:{j}", record_atoms(recs[j])))
-        return out
-
-    def _rescore(self, iteration: int) -> None:
-        """After a model switch, the enthalpies the search compares come from the new model:
-        every unit's relaxed population and unique hits are evaluated with it (single points at
-        the stored structures, batched), the ``finetune.rerelax`` lowest of each unit are
-        re-relaxed with it (rows ``role=rerelax``: a single point at the old model's minimum is
-        not the new model's enthalpy of that structure, and rankings by single points mislead),
-        and the units' best, dedupe entries and the swarm's and GA's fitness take those values
-        (the re-relaxed one where it is lower). Rows keep the enthalpy of their own relaxation
-        and gain ``enthalpy_now`` (per atom, by ``model_now``), which ``--resume``, the
-        verification and the report read."""
-        every = list(self.store.rows(role="search"))  # one read: the ok ones to score, all for the units
-        rows = [row for row in every if result_ok(row)]
-        if not rows:
-            return
-        points = self.executor.evaluate([row.toatoms() for row in rows],
-                                        [float(row.pressure_gpa) for row in rows],
-                                        labels=[f"{row.key} (rescore)" for row in rows])
-        now = {int(row.id): float(p.enthalpy_per_atom) for row, p in zip(rows, points)}
-        for rid, x in self._rerelax_best(iteration, now).items():
-            now[rid] = min(now[rid], x)
-        with self.store.transaction():
-            for rid, x in now.items():
-                self.store.update(rid, enthalpy_now=x, model_now=self.potential.model_id)
-        by_unit: dict[int, list[Any]] = {}
-        for row in every:
-            by_unit.setdefault(int(row.unit), []).append(row)
-        for us in self.unit_states:
-            self._apply_now(us, now, sorted(by_unit.get(us.unit.index, []),
-                                            key=lambda r: (r.generation, r.candidate)))
-
-    def _apply_now(self, us: UnitState, now: dict[int, float], rows: list[Any]) -> None:
-        """A unit's enthalpies from ``now`` (row id -> enthalpy per atom): its unique hits, its
-        population (one entry per row of the unit, by generation and candidate) and its best;
-        patience starts again."""
-        from lamcsp.generators.dedupe import StoredStructures
-
-        entries = self.deduper.describe(list(us.stored.entries), [now.get(int(i)) for i in us.stored_rows])
-        us.stored = StoredStructures(us.stored.signature, entries)
-        pop = us.context.population
-        if len(pop) == len(rows):
-            pop[:] = [dataclasses.replace(e, enthalpy_per_atom=now.get(int(r.id), e.enthalpy_per_atom))
-                      if e.ok else e for e, r in zip(pop, rows)]
-        hs = [now[int(i)] for i in us.stored_rows if int(i) in now]
-        if hs:
-            us.best = min(hs)
-            us.history.append(us.best)
-            us.stagnant = 0
-
-    def _rerelax_best(self, iteration: int, now: dict[int, float]) -> dict[int, float]:
-        """The ``finetune.rerelax`` best unique hits of every unit by ``now`` (row id -> the new
-        model's single-point enthalpy per atom), re-relaxed with the new model (rows
-        ``role=rerelax``, ``iteration``, ``of``: the row re-relaxed; read back, not relaxed
-        again, on ``--resume``); their enthalpies per atom by the row re-relaxed (ok results)."""
-        n = self.campaign.finetune.rerelax
-        todo, out = [], {}
-        for us in self.unit_states:
-            ids = sorted((int(i) for i in us.stored_rows if int(i) in now), key=lambda i: now[i])[:n]
-            for row in self._rows_by_id(ids):
-                key = f"ft{iteration}-{row.key}"
-                done = self.store.row_id(key)
-                if done is None:
-                    todo.append((key, row, us))
-                    continue
-                old = self.store.db.get(id=done)
-                if result_ok(old):
-                    out[int(row.id)] = float(old.enthalpy_per_atom)
-
-        def store_one(i: int, result: RelaxResult) -> None:
-            key, row, us = todo[i]
-            self._add_row(result, key, role="rerelax", generation=-3, generator="rerelax", unit=us.unit.index,
-                          extra={"iteration": iteration, "of": int(row.id)})
-            if result_ok(result):
-                out[int(row.id)] = float(result.enthalpy_per_atom)
-
-        if todo:
-            self.executor.relax([r.toatoms() for _, r, _ in todo], [us.unit.pressure_gpa for *_, us in todo],
-                                on_result=store_one)
-        return out
-
-    # -- references, pressure scan, report ---------------------------------------------------
-    def _relax_references(self) -> None:
-        refs = self.campaign.system.references
-        if not refs:
-            return
-        from lamcsp.io import read_structures
-
-        todo = []
-        for el, path in refs.items():
-            atoms = read_structures([path], field=f"system.references.{el}")[0]
-            if set(atoms.get_chemical_symbols()) != {el}:
-                raise SetupError(f"system.references.{el}", f"{path} holds {atoms.get_chemical_formula()}, "
-                                                            f"not pure {el}")
-            for j, p in enumerate(self.campaign.system.pressures):
-                key = f"ref-{el}-p{j}"
-                if self.store.row_id(key) is None:
-                    todo.append((key, atoms, float(p)))
-        if not todo:
-            return
-
-        def store_one(i: int, result: RelaxResult) -> None:
-            self._add_row(result, todo[i][0], role="reference", generation=-1, generator="reference",
-                          unit=-1, unique=True)
-
-        self.executor.relax([a for _, a, _ in todo], [p for *_, p in todo], on_result=store_one)
-
-    def pressure_scan(self) -> int:
-        """Re-relax the best polymorphs over a pressure grid (two or more pressures only);
-        returns the number of scan rows written."""
-        pressures = self.campaign.system.pressures
-        if len(pressures) < 2:
-            return 0
-        spec = self.campaign.report
-        grid = sorted(set(np.round(np.linspace(min(pressures), max(pressures), spec.scan_points), 6).tolist())
-                      | {round(float(p), 6) for p in pressures})
-        picked: dict[tuple[str, int], Any] = {}
-        for us in self.unit_states:
-            rows = sorted(self._rows_by_id(us.stored_rows), key=h_now)
-            taken = 0
-            for row in rows:
-                if taken == spec.scan_top:
-                    break
-                tag = (row.reduced_formula, int(row.spacegroup))
-                if tag in picked:  # the same polymorph, found at another pressure
-                    continue
-                picked[tag] = row
-                taken += 1
-        todo = []
-        for row in sorted(picked.values(), key=lambda r: r.id):
-            for j, p in enumerate(grid):
-                key = f"scan-{row.key}-p{j}"
-                if self.store.row_id(key) is None:
-                    todo.append((key, row, p))
-        if not todo:
-            return 0
-        if self.progress:
-            self.progress.write(f"pressure scan: {len(picked)} polymorphs x {len(grid)} pressures")
-
-        def store_one(i: int, result: RelaxResult) -> None:
-            key, row, _ = todo[i]
-            self._add_row(result, key, role="scan", generation=-2, generator="scan", unit=int(row.unit),
-                          extra={"polymorph": int(row.id)})
-
-        self.executor.relax([r.toatoms() for _, r, _ in todo], [p for *_, p in todo], on_result=store_one)
-        return len(todo)
 
     def write_report(self) -> Path | None:
         from lamcsp.report import write_report
