@@ -82,7 +82,9 @@ class FinetuneStep:
             self.loop.executor = self.s.executor
 
     def catch_up(self) -> None:
-        ft = getattr(self, "finetune", None)
+        """Run the iterations due by the search's generation (``finetune.every``), the one a
+        kill interrupted first."""
+        ft = self.loop
         if ft is None or ft.done:
             return
         due = self.s.generation // self.s.campaign.finetune.every
