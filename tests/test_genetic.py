@@ -13,7 +13,14 @@ import pytest
 from ase.build import bulk, niggli_reduce
 from ase.data import covalent_radii
 from ase.neighborlist import neighbor_list
-from lamcsp.generators.base import Candidate, Evaluated, GenerationContext, get_generator, register
+from lamcsp.generators.base import (
+    Candidate,
+    Evaluated,
+    GenerationContext,
+    GeneratorBase,
+    get_generator,
+    register,
+)
 from lamcsp.generators.genetic import GeneticGenerator, min_distance_matrix, target_numbers
 
 from lamcsp.errors import SetupError
@@ -282,7 +289,7 @@ def test_registered_as_ga():
 
 
 @register("_test_fallback")
-class _Fallback:
+class _Fallback(GeneratorBase):
     """A stand-in random generator: rattled rocksalt, so the delegation is tested without
     generators/symmetric.py."""
 
