@@ -162,7 +162,8 @@ def propose(unit_states: Sequence[UnitState], g: int, campaign: Campaign, seed: 
     prescreen), as ``(unit, candidate index, candidate)``, within the relaxation budget
     (``spent`` relaxations so far); lowest start enthalpy first where the prescreen has it.
     Generators are told which of their candidates will not be relaxed, and why
-(:func:`tell_not_relaxed`); ``us.owners`` maps each candidate to its generator for :func:`tell`.
+    (:func:`tell_not_relaxed`); ``us.owners`` maps each candidate to its generator for
+    :func:`tell`.
 
     Raises:
         SetupError: no generator of any unit could build a structure.
