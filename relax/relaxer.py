@@ -252,6 +252,20 @@ class Relaxer:
                 reasons[k] = f"atoms {dmin[k]:.3f} A apart, closer than {self.min_distance:g} A"
         return reasons
 
+    def _inputs(self, structures: Sequence[Any], pressure_gpa: float | Sequence[float]
+                ) -> tuple[list[Atoms], np.ndarray, InFlightBatcher]:
+        """The structures as ``Atoms``, one pressure each, checked against the model's elements,
+        and the batcher of the relaxer's atom budget over them."""
+        from lamcsp.relax.state import _as_atoms
+
+        atoms_in = [_as_atoms(s) for s in structures]
+        pressures = np.broadcast_to(np.asarray(pressure_gpa, dtype=float), (len(atoms_in),)).copy()
+        self.potential.check_numbers(np.concatenate([a.numbers for a in atoms_in]))
+        budget = self.max_atoms or default_max_atoms(
+            self.potential.device, getattr(self.potential, "bytes_per_atom", None)
+        )
+        return atoms_in, pressures, InFlightBatcher([len(a) for a in atoms_in], budget)
+
     def _new_states(self, structures: Sequence[Atoms], pressures: np.ndarray) -> RelaxState:
         dev = self.potential.device
         base = from_structures(structures, pressure_gpa=pressures, device=dev, dtype=self.dtype)
@@ -272,18 +286,10 @@ class Relaxer:
             on_result: called as ``on_result(index, result)`` as soon as each structure
                 finishes (converged, failed or out of steps), e.g. to store it at once.
         """
-        from lamcsp.relax.state import _as_atoms
-
-        atoms_in = [_as_atoms(s) for s in structures]
-        n = len(atoms_in)
-        if n == 0:
+        if len(structures) == 0:
             return []
-        pressures = np.broadcast_to(np.asarray(pressure_gpa, dtype=float), (n,)).copy()
-        self.potential.check_numbers(np.concatenate([a.numbers for a in atoms_in]))
-        budget = self.max_atoms or default_max_atoms(
-            self.potential.device, getattr(self.potential, "bytes_per_atom", None)
-        )
-        batcher = InFlightBatcher([len(a) for a in atoms_in], budget)
+        atoms_in, pressures, batcher = self._inputs(structures, pressure_gpa)
+        n = len(atoms_in)
         results: list[RelaxResult | None] = [None] * n
         show = self.progress if self.progress is not None else sys.stderr.isatty()
         bar = None
@@ -346,19 +352,12 @@ class Relaxer:
                  on_result: Callable[[int, SinglePoint], None] | None = None) -> list[SinglePoint]:
         """Single points: the model once at each of ``structures`` (in batches of the relaxer's
         atom budget), with the same failure checks as :meth:`relax`; in input order."""
-        from lamcsp.relax.state import EV_PER_A3_PER_GPA, _as_atoms
+        from lamcsp.relax.state import EV_PER_A3_PER_GPA
 
-        atoms_in = [_as_atoms(s) for s in structures]
-        n = len(atoms_in)
-        if n == 0:
+        if len(structures) == 0:
             return []
-        pressures = np.broadcast_to(np.asarray(pressure_gpa, dtype=float), (n,)).copy()
-        self.potential.check_numbers(np.concatenate([a.numbers for a in atoms_in]))
-        budget = self.max_atoms or default_max_atoms(
-            self.potential.device, getattr(self.potential, "bytes_per_atom", None)
-        )
-        batcher = InFlightBatcher([len(a) for a in atoms_in], budget)
-        results: list[SinglePoint | None] = [None] * n
+        atoms_in, pressures, batcher = self._inputs(structures, pressure_gpa)
+        results: list[SinglePoint | None] = [None] * len(atoms_in)
         while True:
             join = batcher.take(0)
             if not join:
