@@ -333,7 +333,7 @@ class Search:
                 us.context.population.append(Evaluated(
                     Candidate.from_dict(row.data["candidate"]), Candidate.from_atoms(row.toatoms()), h, ok))
             self.similarity.remember(us, [e.candidate for e in us.context.population]
-                           + [e.relaxed for e in us.context.population if e.ok])
+                                     + [e.relaxed for e in us.context.population if e.ok])
             us.screened, us.note = int(d.get("screened", 0)), str(d.get("note", ""))
             us.prescreened = int(d.get("prescreened", 0))
             us.stored_rows = [int(i) for i in d["stored_rows"]]
@@ -380,8 +380,8 @@ class Search:
             self.progress.generation(g, self.campaign.generations, self.unit_states, n_unique, self.spent)
 
     def row_item(self, result: RelaxResult, key: str, *, role: str, generation: int, generator: str,
-                  unit: int, candidate: int = -1, unique: bool = False, deduped: bool = True,
-                  extra: dict[str, Any] | None = None, data: dict[str, Any] | None = None) -> dict[str, Any]:
+                 unit: int, candidate: int = -1, unique: bool = False, deduped: bool = True,
+                 extra: dict[str, Any] | None = None, data: dict[str, Any] | None = None) -> dict[str, Any]:
         """The arguments of :meth:`ResultStore.add` for one relaxation by the model in use
         (:func:`lamcsp.store.row_item`)."""
         from lamcsp.store import row_item

@@ -40,7 +40,6 @@ class FinetuneStep:
         self.s = search
         self.loop: Any = None
 
-
     def setup(self) -> None:
         """The fine-tune loop of ``campaign.finetune`` (``run/finetune``); on ``--resume`` its
         data, models and iterations are read back and the model of its last finished iteration
@@ -78,7 +77,7 @@ class FinetuneStep:
         latest = self.loop.registry.latest(before=self.loop.iteration)
         if latest:
             self.s.use_model(ModelSpec(**{**dataclasses.asdict(m), **trainer.spec(latest["models"][0]),
-                                        "options": {}}))
+                                          "options": {}}))
             self.loop.executor = self.s.executor
 
     def catch_up(self) -> None:
@@ -133,7 +132,7 @@ class FinetuneStep:
         if result.models:
             m = self.s.campaign.model
             self.s.use_model(ModelSpec(**{**dataclasses.asdict(m), **ft.trainer.spec(result.models[0]),
-                                        "options": {}}))
+                                          "options": {}}))
             ft.executor = self.s.executor
             self.rescore(result.iteration)
         ft.finish(result, verification=verification)
@@ -230,8 +229,8 @@ class FinetuneStep:
         if not rows:
             return
         points = self.s.executor.evaluate([row.toatoms() for row in rows],
-                                        [float(row.pressure_gpa) for row in rows],
-                                        labels=[f"{row.key} (rescore)" for row in rows])
+                                          [float(row.pressure_gpa) for row in rows],
+                                          labels=[f"{row.key} (rescore)" for row in rows])
         now = {int(row.id): float(p.enthalpy_per_atom) for row, p in zip(rows, points)}
         for rid, x in self.rerelax_best(iteration, now).items():
             now[rid] = min(now[rid], x)
@@ -243,7 +242,7 @@ class FinetuneStep:
             by_unit.setdefault(int(row.unit), []).append(row)
         for us in self.s.unit_states:
             self.apply_now(us, now, sorted(by_unit.get(us.unit.index, []),
-                                            key=lambda r: (r.generation, r.candidate)))
+                                           key=lambda r: (r.generation, r.candidate)))
 
     def apply_now(self, us: UnitState, now: dict[int, float], rows: list[Any]) -> None:
         """A unit's enthalpies from ``now`` (row id -> enthalpy per atom): its unique hits, its
@@ -304,7 +303,6 @@ class Verification:
     def __init__(self, search: Search):
         self.s = search
 
-
     def hits(self) -> list[Any]:
         """Every unit's unique hits as :class:`lamcsp.verify.Hit` (the model in use's enthalpies)."""
         from lamcsp.verify import hits_of
@@ -336,7 +334,7 @@ class Verification:
                 tau = "-" if c["kendall_tau"] is None else f"{c['kendall_tau']:.2f}"
                 agrees = "agrees" if c["top1_agree"] else "DISAGREES"
                 self.s.progress.write(f"  {label}: top-1 {agrees} with the oracle (tau {tau}, largest error "
-                                    f"{1000 * c['max_error']:.0f} meV/atom); answer #{c['answer']}")
+                                      f"{1000 * c['max_error']:.0f} meV/atom); answer #{c['answer']}")
         return record
 
 
@@ -366,7 +364,7 @@ def relax_references(s: Search) -> None:
 
     def store_one(i: int, result: RelaxResult) -> None:
         s.add_row(result, todo[i][0], role="reference", generation=-1, generator="reference",
-                      unit=-1, unique=True)
+                  unit=-1, unique=True)
 
     s.executor.relax([a for _, a, _ in todo], [p for *_, p in todo], on_result=store_one)
 
@@ -405,7 +403,7 @@ def pressure_scan(s: Search) -> int:
     def store_one(i: int, result: RelaxResult) -> None:
         key, row, _ = todo[i]
         s.add_row(result, key, role="scan", generation=-2, generator="scan", unit=int(row.unit),
-                      extra={"polymorph": int(row.id)})
+                  extra={"polymorph": int(row.id)})
 
     s.executor.relax([r.toatoms() for _, r, _ in todo], [p for *_, p in todo], on_result=store_one)
     return len(todo)
