@@ -3,7 +3,8 @@ substitution into known structures (``template``).
 
 The public seam is :class:`Generator` (``propose(n, rng, context) -> list[Candidate]``,
 ``tell(outcomes)``, ``state_dict()`` / ``load_state_dict()``; :class:`GeneratorBase` for one that
-carries nothing), registered by name and through the ``lamcsp.generators`` entry-point group.
+carries nothing; :class:`Sampler`, ``draw(rng, context)``, for one whose candidates are independent
+draws, which the search then draws on the workers), registered by name and through the ``lamcsp.generators`` entry-point group.
 """
 
 from lamcsp.generators.base import (
@@ -13,6 +14,7 @@ from lamcsp.generators.base import (
     Generator,
     GeneratorBase,
     Outcome,
+    Sampler,
     WyckoffSite,
     available_generators,
     candidates_to_state,
@@ -30,6 +32,7 @@ __all__ = [
     "Generator",
     "GeneratorBase",
     "Outcome",
+    "Sampler",
     "WyckoffSite",
     "available_generators",
     "candidates_to_state",

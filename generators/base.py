@@ -252,6 +252,21 @@ class Generator(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
+@runtime_checkable
+class Sampler(Protocol):
+    """A generator whose candidates are independent draws (symmetric random search): one
+    candidate from one RNG stream, reading nothing but the context's composition, cells,
+    distances and volumes (never ``context.population``), and changing no state.
+
+    The search gives every candidate of such a generator its own stream
+    (:func:`lamcsp.units.candidate_rng`) and draws them wherever it likes, on the MPI workers
+    included, so one seed gives the same candidates on any number of ranks; ``propose`` is
+    still what a user or a test calls.
+    """
+
+    def draw(self, rng: np.random.Generator, context: GenerationContext) -> Candidate | None: ...
+
+
 class GeneratorBase:
     """A base for generators that carry nothing between generations: ``tell`` ignores the
     outcomes and the state is empty. Subclasses set ``name`` and write ``propose``."""

@@ -1115,6 +1115,7 @@ class SymmetricRandom(GeneratorBase):
         #: structures rejected by the extra-symmetry screen and by spglib, structures given up
         self.stats: dict[str, int] = dict.fromkeys(
             ("built", "lattices", "assignments", "rejected_symmetry", "rejected_spglib", "failed"), 0)
+        self._plans: dict[tuple[Any, ...], _Plan] = {}  # draw()'s plans by context
 
     def propose(self, n: int, rng: np.random.Generator, context: GenerationContext) -> list[Candidate]:
         """Up to ``n`` random symmetric candidates.
@@ -1169,6 +1170,25 @@ class SymmetricRandom(GeneratorBase):
                 "space groups or other formula units.",
             )
         return out
+
+    def draw(self, rng: np.random.Generator, context: GenerationContext) -> Candidate | None:
+        """One candidate from ``rng`` alone (the :class:`~lamcsp.generators.base.Sampler`
+        protocol: the search gives each candidate its own stream and draws them on its
+        workers), or ``None`` where ``max_attempts`` lattices held none.
+
+        Raises:
+            SetupError: bad options or context (as :meth:`propose`).
+        """
+        key = (tuple(sorted(context.composition.items())), tuple(context.formula_units),
+               tuple(context.spacegroups), context.volume_factor, context.distance_factor,
+               tuple(sorted(context.min_distance.items())), tuple(sorted(context.element_volumes.items())))
+        plan = self._plans.get(key)
+        if plan is None:  # the plan is the same for every draw of a unit: built once per worker
+            plan = self._plans[key] = _Plan(self, context)
+        cand = self._one(plan, rng, {"lattices": 0, "placed": 0, "symmetry": 0})
+        if cand is None:
+            self.stats["failed"] += 1
+        return cand
 
     def _one(self, plan: _Plan, rng: np.random.Generator, tally: dict[str, int]) -> Candidate | None:
         import spglib

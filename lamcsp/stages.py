@@ -31,7 +31,7 @@ import numpy as np
 from lamcsp.errors import SetupError
 from lamcsp.faults import fault
 from lamcsp.store import result_ok
-from lamcsp.units import SearchUnit, generator_counts, unit_rng
+from lamcsp.units import SearchUnit, candidate_rng, generator_counts, unit_rng
 
 if TYPE_CHECKING:
     from ase import Atoms
@@ -168,38 +168,68 @@ def propose(unit_states: Sequence[UnitState], g: int, campaign: Campaign, seed: 
     Raises:
         SetupError: no generator of any unit could build a structure.
     """
+    from lamcsp.draws import DrawRequest, draw
+    from lamcsp.generators.base import Sampler
+
     pop = campaign.population
     out: list[Proposed] = []
     errors: list[tuple[UnitState, str, SetupError]] = []
     proposed: list[tuple[UnitState, list[Candidate], list[int | None], list[str | None]]] = []
-    for us in unit_states:
-        if not us.active:
-            continue
+    # the samplers' candidates first, all units' in one go through the executor (the workers
+    # draw and screen them, each from its own stream); the other generators propose here
+    active = [us for us in unit_states if us.active]
+    wanted = {us.unit.index: [n * oversample_of(gen) for (_, _, gen), n in zip(
+        us.generators, generator_counts([s for _, s, _ in us.generators], pop))] for us in active}
+    requests = [(us, gi, DrawRequest(name, _spec_options(campaign, gi, name), us.context, seed,
+                                     (us.unit.index, gi, g), n))
+                for us in active for gi, ((name, _, gen), n) in enumerate(zip(us.generators, wanted[us.unit.index]))
+                if n > 0 and isinstance(gen, Sampler) and _spec_options(campaign, gi, name) is not None]
+    for us in active:
         us.context.generation = g
-        counts = generator_counts([s for _, s, _ in us.generators], pop)
+    drawn = {(us.unit.index, gi): d for (us, gi, _), d in zip(requests, draw([r for *_, r in requests], executor))}
+    for us in active:
         cands: list[Candidate] = []
         owner: list[int | None] = []  # the generator (index) of each candidate
         ranked: set[int] = set()  # indices of the candidates the energy prescreen ranks
-        for gi, ((name, _, gen), n) in enumerate(zip(us.generators, counts)):
+        passed: list[bool | None] = []  # the distance screen, where a worker ran it
+        for gi, ((name, _, gen), n) in enumerate(zip(us.generators, wanted[us.unit.index])):
             if n == 0:
                 continue
             k = oversample_of(gen)
-            n *= k
-            try:
-                got = list(gen.propose(n, unit_rng(seed, us.unit.index, gi, g), us.context))[:n]
-            except SetupError as exc:  # this composition cannot be built by this generator
-                errors.append((us, name, exc))
-                got = []
+            flags: list[bool | None]
+            d = drawn.get((us.unit.index, gi))
+            if d is not None:
+                got = [c for c in d.candidates if c is not None]
+                flags = [f for c, f in zip(d.candidates, d.keep) if c is not None]
+                if d.error is not None and not got:  # this composition cannot be built by it
+                    errors.append((us, name, d.error))
+                elif not got:  # not one draw built a structure: propose says why, or builds one
+                    try:
+                        got = list(gen.propose(1, candidate_rng(seed, us.unit.index, gi, g, n), us.context))[:1]
+                    except SetupError as exc:
+                        errors.append((us, name, exc))
+                    flags = [None] * len(got)
+            else:
+                try:
+                    got = list(gen.propose(n, unit_rng(seed, us.unit.index, gi, g), us.context))[:n]
+                except SetupError as exc:  # this composition cannot be built by this generator
+                    errors.append((us, name, exc))
+                    got = []
+                flags = [None] * len(got)
             for c in got:
                 c.generator = name
             if k > 1:  # all but those the generator asks to relax (a swarm's moved particles)
                 ranked.update(len(cands) + j for j, c in enumerate(got) if c.origin.get("prescreen", True))
             cands.extend(got)
             owner.extend([gi] * len(got))
-        keep = screen(cands, us.context)
+            passed.extend(flags)
+        here = [j for j, f in enumerate(passed) if f is None]
+        keep = np.array([bool(f) for f in passed], dtype=bool)
+        if here:
+            keep[here] = screen([cands[j] for j in here], us.context)
         why: list[str | None] = [None if f else "screened" for f in keep]  # why not relaxed
         if us.seen is not None:
-            keep = top_up(us, g, cands, keep, errors, campaign, seed, similarity)
+            keep = top_up(us, g, cands, keep, errors, campaign, seed, similarity, executor)
             why += [None if f else "screened" for f in keep[len(why):]]  # the top-up's
             why = [w or (None if f else "duplicate") for w, f in zip(why, keep)]
         owner.extend([None] * (len(cands) - len(owner)))  # the top-up's random structures
@@ -231,6 +261,13 @@ def propose(unit_states: Sequence[UnitState], g: int, campaign: Campaign, seed: 
     return out
 
 
+def _spec_options(campaign: Campaign, gi: int, name: str) -> dict[str, Any] | None:
+    """The options of the campaign's generator ``gi`` (from which a worker builds its own
+    copy), or ``None`` where the unit's generator ``gi`` is not the campaign's (a test's)."""
+    specs = campaign.generators
+    return dict(specs[gi].options) if gi < len(specs) and specs[gi].name == name else None
+
+
 def tell_not_relaxed(proposed: list[tuple[UnitState, list[Candidate], list[int | None], list[str | None]]],
                      out: list[Proposed]) -> None:
     """Tell each generator which of its candidates will not be relaxed, and why (an
@@ -251,32 +288,33 @@ def tell_not_relaxed(proposed: list[tuple[UnitState, list[Candidate], list[int |
 
 def top_up(us: UnitState, g: int, cands: list[Candidate], keep: np.ndarray,
            errors: list[tuple[UnitState, str, SetupError]], campaign: Campaign, seed: int,
-           similarity: SimilarityScreen) -> list[bool]:
+           similarity: SimilarityScreen, executor: Any) -> list[bool]:
     """CALYPSO's similarity screen (``dedupe.before_relax``): candidates that duplicate a
     structure the unit has relaxed (or started from), or an earlier candidate, are dropped and
-    replaced by new symmetric random structures (appended to ``cands``), in up to
-    ``TOP_UP_ROUNDS`` rounds; returns the new keep mask."""
-    from lamcsp.generators import get_generator
+    replaced by new symmetric random structures (appended to ``cands``; drawn through the
+    executor, :mod:`lamcsp.draws`, candidate ``j`` of round ``r`` from stream
+    ``(unit, TOP_UP_STREAM, g, r, j)``), in up to ``TOP_UP_ROUNDS`` rounds; returns the new
+    keep mask."""
+    from lamcsp.draws import DrawRequest, draw
 
     ok = [bool(k) for k in keep]
     new = similarity.new(us, [c for c, k in zip(cands, ok) if k])
     it = iter(new)
     ok = [k and next(it) for k in ok]
     us.screened += sum(1 for c, k in zip(cands, keep) if k) - sum(ok)
-    random = get_generator("random")
-    rng = unit_rng(seed, us.unit.index, TOP_UP_STREAM, g)
-    for _ in range(TOP_UP_ROUNDS):
+    for r in range(TOP_UP_ROUNDS):
         missing = campaign.population - sum(ok)
         if missing <= 0:
             break
-        try:
-            extra = list(random.propose(missing, rng, us.context))[:missing]
-        except SetupError as exc:
-            errors.append((us, "random", exc))
+        (d,) = draw([DrawRequest("random", {}, us.context, seed, (us.unit.index, TOP_UP_STREAM, g), missing,
+                                 (r,))], executor)
+        if d.error is not None and not any(c is not None for c in d.candidates):
+            errors.append((us, "random", d.error))
             break
+        extra = [c for c in d.candidates if c is not None]
+        fit = [f for c, f in zip(d.candidates, d.keep) if c is not None]
         for c in extra:
             c.generator = "random"
-        fit = screen(extra, us.context)
         kept = [c for c, f in zip(extra, fit) if f]
         fresh = similarity.new(us, [c for c, k in zip(cands, ok) if k] + kept)[sum(ok):]
         us.screened += len(kept) - sum(fresh)
