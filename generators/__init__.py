@@ -19,6 +19,7 @@ from lamcsp.generators.base import (
     available_generators,
     candidates_to_state,
     get_generator,
+    is_sampler,
     register,
 )
 
@@ -37,5 +38,6 @@ __all__ = [
     "available_generators",
     "candidates_to_state",
     "get_generator",
+    "is_sampler",
     "register",
 ]

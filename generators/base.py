@@ -183,6 +183,11 @@ class GenerationContext:
         element_volumes: ``Z -> Å³`` overrides of the volumes per atom.
         population: the relaxed population so far (evolutionary generators).
         generation: the index of the generation being proposed.
+        sample: set by the search: ``sample(name, options, n)`` draws ``n`` independent
+            candidates of a :class:`Sampler` generator (``name`` with ``options``) where the
+            search draws (on the MPI workers, each from its own stream). A generator that needs
+            new random structures (the swarm's new particles, the GA's random share) calls it
+            rather than drawing them itself; ``None`` outside a search: draw them locally.
     """
 
     composition: dict[str, int]
@@ -195,6 +200,7 @@ class GenerationContext:
     element_volumes: dict[int, float] = dataclasses.field(default_factory=dict)
     population: list[Evaluated] = dataclasses.field(default_factory=list)
     generation: int = 0
+    sample: Callable[[str, dict[str, Any], int], list[Candidate]] | None = None
 
 
 #: what becomes of a candidate: relaxed (``ok``, or ``failed``), or not relaxed because it failed
@@ -265,6 +271,20 @@ class Sampler(Protocol):
     """
 
     def draw(self, rng: np.random.Generator, context: GenerationContext) -> Candidate | None: ...
+
+
+def is_sampler(generator: Any) -> bool:
+    """Whether the search may draw ``generator``'s candidates one by one with :meth:`Sampler.draw`:
+    it has one, from its own class or one below the class whose ``propose`` it uses (a subclass
+    that changes ``propose`` but inherits ``draw`` is asked through ``propose``)."""
+    if not isinstance(generator, Sampler):
+        return False
+    mro = type(generator).__mro__
+
+    def owner(name: str) -> type:
+        return next((k for k in mro if name in k.__dict__), object)
+
+    return issubclass(owner("draw"), owner("propose"))
 
 
 class GeneratorBase:

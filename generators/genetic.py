@@ -599,7 +599,13 @@ class GeneticGenerator(GeneratorBase):
 
     def _random_candidates(self, n: int, rng: np.random.Generator,
                            context: GenerationContext) -> list[Candidate]:
-        out = self._seed_generator().propose(n, rng, context)
+        from lamcsp.generators.base import is_sampler
+
+        gen = self._seed_generator()
+        if context.sample is not None and is_sampler(gen):  # drawn by the search
+            out = context.sample(self.random_generator, self.random_options, n)
+        else:
+            out = gen.propose(n, rng, context)
         for c in out:
             c.origin = {**c.origin, "operator": "random"}
         return out

@@ -440,7 +440,9 @@ class ParticleSwarm:
                 c.origin["prescreen"] = False
         n_new = min(n - len(out), (base - len(out)) * k)
         if n_new > 0:
-            for c in self.random.propose(n_new, rng, context):
+            fresh = (context.sample("random", self.random_options, n_new) if context.sample is not None
+                     else self.random.propose(n_new, rng, context))  # drawn by the search where it can
+            for c in fresh:
                 p = self._new_particle(c)
                 self.particles.append(p)
                 out.append(self._tag(c, p.pid))

@@ -24,7 +24,7 @@ from lamcsp.parallel import Task, WorkerInfo
 if TYPE_CHECKING:
     from lamcsp.generators.base import Candidate, GenerationContext
 
-__all__ = ["DrawRequest", "DrawTask", "Drawn", "draw", "draw_task"]
+__all__ = ["DrawRequest", "DrawTask", "Drawn", "draw", "draw_task", "proposals", "sampler_for"]
 
 
 @dataclasses.dataclass
@@ -66,7 +66,7 @@ def _plain_context(context: GenerationContext) -> dict[str, Any]:
     # a sampler reads neither the population nor the generation (the stream has it): leaving
     # them out keeps one context per unit for the whole run (DrawTask's cache)
     return {f.name: getattr(context, f.name) for f in dataclasses.fields(context)
-            if f.name not in ("population", "generation")}
+            if f.name not in ("population", "generation", "sample")}
 
 
 def draw_task(generator: str, options: dict[str, Any]) -> Task:
@@ -140,3 +140,43 @@ def draw(requests: Sequence[DrawRequest], executor: Any) -> list[Drawn]:
             d.candidates.append(cand)
             d.keep.append(bool(res["keep"]))
     return out
+
+
+def sampler_for(executor: Any, context: GenerationContext, seed: int, stream: tuple[int, int, int],
+                first: int) -> Any:
+    """The ``context.sample`` of one generator's ``propose`` (``stream``: its unit, index and
+    generation): the ``c``-th call's candidate ``j`` comes from
+    ``candidate_rng(seed, *stream, first + c, j)``, drawn through ``executor``; candidates
+    that built nothing are left out."""
+    calls = [0]
+
+    def sample(generator: str, options: dict[str, Any], n: int) -> list[Candidate]:
+        (d,) = draw([DrawRequest(generator, options, context, seed, stream, int(n), (first + calls[0],))], executor)
+        calls[0] += 1
+        if d.error is not None and not any(c is not None for c in d.candidates):
+            raise d.error
+        return [c for c in d.candidates if c is not None]
+
+    return sample
+
+
+def proposals(generator: Any, n: int, seed: int, stream: tuple[int, int, int], context: GenerationContext,
+              executor: Any = None) -> list[Candidate]:
+    """What ``generator`` proposes in a search as generator ``stream[1]`` of unit ``stream[0]`` in
+    generation ``stream[2]`` (before the screens): a sampler's ``n`` draws from their own
+    streams, or another generator's ``propose`` with its new random structures drawn as the
+    search draws them (``context.sample``). What a test or a benchmark calls to see a
+    generation's candidates again."""
+    from lamcsp.generators.base import is_sampler
+    from lamcsp.stages import SAMPLE_STREAM
+    from lamcsp.units import candidate_rng, unit_rng
+
+    if is_sampler(generator):
+        drawn = (generator.draw(candidate_rng(seed, *stream, j), context) for j in range(n))
+        return [c for c in drawn if c is not None]
+    if executor is None:
+        from lamcsp.parallel import SerialExecutor
+
+        executor = SerialExecutor(None)
+    ctx = dataclasses.replace(context, sample=sampler_for(executor, context, seed, stream, SAMPLE_STREAM))
+    return list(generator.propose(n, unit_rng(seed, *stream), ctx))[:n]

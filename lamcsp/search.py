@@ -19,7 +19,10 @@ A unit stops when its best enthalpy per atom has not dropped by more than
 has stopped, after ``generations``, or when ``max_relaxations`` is spent.
 
 Determinism and resume. The RNG of generator *i* of unit *u* in generation *g* is derived from
-the campaign seed as ``SeedSequence(seed, spawn_key=(u, i, g))``, so no RNG state needs saving.
+the campaign seed as ``SeedSequence(seed, spawn_key=(u, i, g))``, and that of a random
+generator's candidate *k* as ``SeedSequence(seed, spawn_key=(u, i, g, k))`` (drawn on the
+workers under MPI, :mod:`lamcsp.draws`), so no RNG state needs saving and the candidates do not
+depend on the number of ranks.
 The checkpoint (``checkpoint.json``, written atomically after every generation) holds the next
 generation, the relaxations spent, and per unit the best-enthalpy history, the patience counter,
 the generators' ``state_dict()`` and the database ids of its stored representatives. Rows are

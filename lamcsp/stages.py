@@ -2,7 +2,11 @@
 
 ::
 
-    propose    each active unit's generators, their own RNG streams (lamcsp.units.unit_rng)
+    propose    each active unit's generators: a sampler's candidates (the random generator's)
+               drawn and distance-screened through the executor, each from its own stream
+               (lamcsp.draws, lamcsp.units.candidate_rng), so on the MPI workers; the others'
+               on the coordinator (lamcsp.units.unit_rng), their new random structures drawn
+               like a sampler's (context.sample)
     screen     minimum distances (kernels.screen), then CALYPSO's similarity screen against what
                the unit has seen (dedupe.before_relax), topped up with new random structures
     prescreen  oversampling generators: single points (or the funnel's quench) through the
@@ -42,14 +46,17 @@ if TYPE_CHECKING:
     from lamcsp.relax.relaxer import RelaxResult
     from lamcsp.store import ResultStore
 
-__all__ = ["TOP_UP_ROUNDS", "TOP_UP_STREAM", "RowBuffer", "SimilarityScreen", "UnitState", "candidate_key",
-           "dedupe", "oversample_of", "prescreen", "propose", "relax_and_store", "screen", "tell",
+__all__ = ["SAMPLE_STREAM", "TOP_UP_ROUNDS", "TOP_UP_STREAM", "RowBuffer", "SimilarityScreen", "UnitState",
+           "candidate_key", "dedupe", "oversample_of", "prescreen", "propose", "relax_and_store", "screen", "tell",
            "tell_not_relaxed", "top_up", "update_best"]
 
 #: rounds of new random candidates that replace screened duplicates (dedupe.before_relax)
 TOP_UP_ROUNDS = 4
 #: the spawn key "generator" index of the top-up random stream
 TOP_UP_STREAM = 1000
+#: the first candidate-index prefix of the draws a generator asks for (``context.sample``):
+#: call ``c`` of generator ``i`` draws from ``(unit, i, generation, SAMPLE_STREAM + c, j)``
+SAMPLE_STREAM = 1000
 
 #: a unit, the index of one of its candidates, and the candidate
 Proposed = tuple["UnitState", int, "Candidate"]
@@ -168,8 +175,8 @@ def propose(unit_states: Sequence[UnitState], g: int, campaign: Campaign, seed: 
     Raises:
         SetupError: no generator of any unit could build a structure.
     """
-    from lamcsp.draws import DrawRequest, draw
-    from lamcsp.generators.base import Sampler
+    from lamcsp.draws import DrawRequest, draw, sampler_for
+    from lamcsp.generators.base import is_sampler
 
     pop = campaign.population
     out: list[Proposed] = []
@@ -183,7 +190,7 @@ def propose(unit_states: Sequence[UnitState], g: int, campaign: Campaign, seed: 
     requests = [(us, gi, DrawRequest(name, _spec_options(campaign, gi, name), us.context, seed,
                                      (us.unit.index, gi, g), n))
                 for us in active for gi, ((name, _, gen), n) in enumerate(zip(us.generators, wanted[us.unit.index]))
-                if n > 0 and isinstance(gen, Sampler) and _spec_options(campaign, gi, name) is not None]
+                if n > 0 and is_sampler(gen) and _spec_options(campaign, gi, name) is not None]
     for us in active:
         us.context.generation = g
     drawn = {(us.unit.index, gi): d for (us, gi, _), d in zip(requests, draw([r for *_, r in requests], executor))}
@@ -209,12 +216,15 @@ def propose(unit_states: Sequence[UnitState], g: int, campaign: Campaign, seed: 
                     except SetupError as exc:
                         errors.append((us, name, exc))
                     flags = [None] * len(got)
-            else:
+            else:  # its new random structures are drawn where the executor runs (context.sample)
+                us.context.sample = sampler_for(executor, us.context, seed, (us.unit.index, gi, g), SAMPLE_STREAM)
                 try:
                     got = list(gen.propose(n, unit_rng(seed, us.unit.index, gi, g), us.context))[:n]
                 except SetupError as exc:  # this composition cannot be built by this generator
                     errors.append((us, name, exc))
                     got = []
+                finally:
+                    us.context.sample = None
                 flags = [None] * len(got)
             for c in got:
                 c.generator = name
@@ -411,11 +421,12 @@ def relax_and_store(todo: Sequence[Proposed], g: int, store: ResultStore, execut
     from lamcsp.store import result_of_row
 
     keys = [candidate_key(us.unit.index, g, k) for us, k, _ in todo]
-    stored = {r.key: r for r in store.rows(role="search", generation=g, include_data=False)}
+    stored = {r.key: r for r in store.rows(role="search", generation=g)}
     results: list[Any] = [None] * len(todo)
     row_ids: list[Any] = [None] * len(todo)
     for i, key in enumerate(keys):
         if key in stored:  # relaxed before an interruption: read back, not relaxed again
+            _check_same_start(stored[key], todo[i][2], key)
             results[i], row_ids[i] = result_of_row(stored[key]), int(stored[key].id)
     buffer = RowBuffer(store)
     pending = [i for i in range(len(todo)) if results[i] is None]
@@ -443,6 +454,23 @@ def relax_and_store(todo: Sequence[Proposed], g: int, store: ResultStore, execut
             for i, rid in buffer.flush():
                 row_ids[i] = rid
     return results, row_ids
+
+
+def _check_same_start(row: Any, cand: Candidate, key: str) -> None:
+    """A row read back on ``--resume`` must hold the candidate proposed again under its key: a
+    generation interrupted under a lamcsp that drew candidates differently (before the
+    per-candidate streams of :mod:`lamcsp.draws`) cannot be finished by this one."""
+    was = (row.data or {}).get("candidate")
+    if was is None:
+        return
+    # loose: a funnel's quench, run again in other batches, may move a start by rounding
+    same = (list(was["numbers"]) == cand.numbers.tolist() and np.allclose(was["lattice"], cand.lattice, atol=1e-3)
+            and np.allclose(was["frac"], cand.frac, atol=1e-3))
+    if not same:
+        raise SetupError("--resume", f"row {key} of generation {row.generation} holds another structure than "
+                                     "the candidate proposed again under its key: that generation was "
+                                     "interrupted under a lamcsp version that drew candidates differently. "
+                                     "Finish the run with that version, or start a new run (nothing was changed)")
 
 
 # --------------------------------------------------------------------------------- after relaxing

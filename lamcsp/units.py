@@ -31,8 +31,6 @@ if TYPE_CHECKING:
 __all__ = ["SearchUnit", "candidate_rng", "generator_counts", "search_units", "unit_rng", "variable_compositions"]
 
 
-
-
 @dataclasses.dataclass(frozen=True)
 class SearchUnit:
     """One (composition, pressure) of a campaign.

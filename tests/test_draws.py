@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from lamcsp.draws import DrawRequest, DrawTask, draw, draw_task
-from lamcsp.generators import GenerationContext, Sampler, get_generator
+from lamcsp.generators import GenerationContext, Sampler, get_generator, is_sampler
 from lamcsp.parallel import SerialExecutor, WorkerInfo
 from lamcsp.stages import screen
 from lamcsp.units import candidate_rng
@@ -21,9 +21,57 @@ def _same(a, b) -> bool:
 
 
 def test_random_is_a_sampler_and_the_swarm_is_not():
-    assert isinstance(get_generator("random"), Sampler)
+    from lamcsp.generators.symmetric import SymmetricRandom
+
+    assert isinstance(get_generator("random"), Sampler) and is_sampler(get_generator("random"))
     assert not isinstance(get_generator("pso"), Sampler)
     assert not isinstance(get_generator("ga"), Sampler)
+
+    class Tagged(SymmetricRandom):  # changes propose, inherits draw: asked through propose
+        def propose(self, n, rng, context):
+            return super().propose(n, rng, context)
+
+    class Drawn(Tagged):  # and draws again: a sampler
+        def draw(self, rng, context):
+            return super().draw(rng, context)
+
+    assert isinstance(Tagged(), Sampler) and not is_sampler(Tagged())
+    assert is_sampler(Drawn())
+
+
+def test_resume_refuses_a_generation_whose_stored_rows_hold_other_candidates(tmp_path):
+    """A generation interrupted under a lamcsp that drew candidates differently: the rows under
+    its keys hold other structures than the candidates proposed again, and --resume says so
+    (exit status 2) instead of taking their results for the new candidates."""
+    import json
+    import subprocess
+    import sys
+
+    import yaml
+    from ase.db import connect
+
+    camp = tmp_path / "c.yaml"
+    camp.write_text(yaml.safe_dump({
+        "name": "ar", "seed": 3, "system": {"composition": "Ar", "formula_units": "2-4"}, "population": 6,
+        "generations": 3, "generators": [{"name": "random", "share": 1.0}], "stop": {"patience": None},
+        "model": {"backend": "lj", "options": {"epsilon": {"Ar-Ar": 0.0104}, "sigma": {"Ar-Ar": 3.4}}}}))
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "lamcsp", "search", str(camp), "-o", str(run), "--quiet"]
+    assert subprocess.run(cmd, capture_output=True, text=True, timeout=600).returncode == 0
+    # back to the middle of generation 2, its first row holding another structure
+    state = json.loads((run / "checkpoint.json").read_text())
+    state["state"].update(generation=2, done=False)
+    (run / "checkpoint.json").write_text(json.dumps(state))
+    db = connect(str(run / "results.db"), use_lock_file=False)
+    row = next(db.select(key="u0-g2-c0"))
+    data = dict(row.data)
+    data["candidate"] = {**data["candidate"], "lattice": (np.asarray(data["candidate"]["lattice"]) * 1.1).tolist()}
+    db.update(row.id, data=data)
+    before = (run / "results.db").read_bytes()
+    out = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 2, out.stderr
+    assert "--resume" in out.stderr and "u0-g2-c0" in out.stderr and "Traceback" not in out.stderr
+    assert (run / "results.db").read_bytes() == before  # nothing changed
 
 
 def test_drawn_candidates_are_the_samplers_own_draws_from_their_streams():
