@@ -286,8 +286,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from lamcsp.campaign import load_campaign
     from lamcsp.parallel import MPIExecutor, mpi_world, worker_main
     from lamcsp.search import Search
@@ -304,7 +302,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             from lamcsp.potentials.registry import load_model
 
             # the coordinator needs the model's id and element list, not its speed: on the CPU
-            potential = load_model(dataclasses.replace(campaign.model, device="cpu"))
+            potential = load_model(campaign.model.replace(device="cpu"))
         search = Search(campaign, args.output, resume=args.resume, db_url=args.db, potential=potential,
                         executor=executor, progress=False if args.quiet else None)
         state = search.run()
