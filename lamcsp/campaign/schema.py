@@ -132,6 +132,7 @@ class Campaign(Section):
 
     @property
     def output_dir(self) -> str:
+        """The run directory: ``output``, else ``runs/<name>``."""
         return self.output if self.output is not None else os.path.join("runs", self.name)
 
     def to_dict(self) -> dict[str, Any]:

@@ -150,6 +150,7 @@ class SystemSpec(Section):
 
     @property
     def elements(self) -> list[str]:
+        """The system's elements, in the order written."""
         return list(self.composition or self.variable or {})
 
 
