@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic.fields import FieldInfo
+from pydantic.json_schema import JsonDict
 from pydantic_core import PydanticCustomError
 
 #: the pydantic error type of the schema's own checks (their context: ``message``, ``sub``)
@@ -42,10 +44,17 @@ def field(default: Any = None, *, doc: str, type: str | None = None, factory: An
     """One key of a section: its default (or ``factory``) and, for the reference, the allowed
     values (``type``; None where the annotation is a ``Literal``, whose values the reference
     lists) and a description. ``constraints`` are pydantic's (``ge``, ``gt``, ``min_length``)."""
-    extra = {"x-type": type} if type is not None else None
+    extra: JsonDict | None = {"x-type": type} if type is not None else None
     if factory is not None:
         return Field(default_factory=factory, description=doc, json_schema_extra=extra, **constraints)
     return Field(default=default, description=doc, json_schema_extra=extra, **constraints)
+
+
+def allowed_text(info: FieldInfo) -> str | None:
+    """The ``type`` text a key was declared with (:func:`field`), if any."""
+    extra = info.json_schema_extra
+    text = extra.get("x-type") if isinstance(extra, dict) else None
+    return text if isinstance(text, str) else None
 
 
 def _integral(value: Any) -> Any:

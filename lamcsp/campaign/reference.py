@@ -12,6 +12,7 @@ import typing
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
+from lamcsp.campaign.base import allowed_text
 from lamcsp.campaign.schema import SECTIONS, Campaign
 from lamcsp.campaign.sections import GeneratorSpec
 
@@ -19,8 +20,8 @@ from lamcsp.campaign.sections import GeneratorSpec
 def type_text(info: FieldInfo) -> str:
     """What a key allows, as the reference's type column says it (a ``Literal``'s values
     listed: ``\\`fire\\` or \\`lbfgs\\```)."""
-    text = (info.json_schema_extra or {}).get("x-type") if isinstance(info.json_schema_extra, dict) else None
-    if isinstance(text, str):
+    text = allowed_text(info)
+    if text is not None:
         return text
     values = [f"`{v}`" for v in typing.get_args(info.annotation)]
     return ", ".join(values[:-1]) + f" or {values[-1]}"

@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
-from lamcsp.campaign.base import ERROR_TYPE, type_name
+from lamcsp.campaign.base import ERROR_TYPE, allowed_text, type_name
 from lamcsp.errors import SetupError
 
 _BOUNDS = {"greater_than": ("gt", ">"), "greater_than_equal": ("ge", ">="),
@@ -100,7 +100,8 @@ def _message(kind: str, value: Any, ctx: dict[str, Any], info: FieldInfo | None,
         return f"must be one of {allowed}{null}, {got}"
     if kind in _BOUNDS:
         key, op = _BOUNDS[kind]
-        what = "a number" if float in (info.annotation, *typing.get_args(info.annotation)) else "an integer"
+        annotation = info.annotation if info is not None else None
+        what = "a number" if float in (annotation, *typing.get_args(annotation)) else "an integer"
         return f"must be {what} {op} {ctx.get(key):g}, got {value}"
     if kind in ("dict_type", "mapping_type", "model_type", "model_attributes_type"):
         return f"must be a mapping{null}, {got}"
@@ -108,7 +109,7 @@ def _message(kind: str, value: Any, ctx: dict[str, Any], info: FieldInfo | None,
         return f"must be a list{null}, {got}"
     if kind == "extra_forbidden":
         return "unknown key"
-    allowed = (info.json_schema_extra or {}).get("x-type") if info is not None else None
-    if isinstance(allowed, str):
-        return f"must be {allowed.replace('`', '')}, {got}"
+    text = allowed_text(info) if info is not None else None
+    if text is not None:
+        return f"must be {text.replace('`', '')}, {got}"
     return f"{fallback.splitlines()[0]}, {got}"
