@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from lamcsp.campaign.loop import FinetuneSpec
 from lamcsp.errors import SetupError
 from lamcsp.faults import fault
 
@@ -483,7 +484,8 @@ class FinetuneLoop:
             (evaluated through ``executor``) or a Potential (here).
         members: committee size K.
         lo, hi, window, max_labels, conv_accuracy, max_iterations, max_energy: as the
-            campaign's ``finetune`` section.
+            campaign's ``finetune`` section (``committee``, ``trust_lo``...), whose defaults
+            they take.
     """
 
     def __init__(
@@ -495,14 +497,14 @@ class FinetuneLoop:
         trainer: Any,
         make_potential: Callable[[str], Any],
         *,
-        members: int = 4,
-        lo: float = 0.05,
-        hi: float = 0.50,
-        window: float = 0.1,
-        max_labels: int | None = 20,
-        conv_accuracy: float = 0.9,
-        max_iterations: int = 5,
-        max_energy: float | None = 1.0,
+        members: int = FinetuneSpec.default_of("committee"),
+        lo: float = FinetuneSpec.default_of("trust_lo"),
+        hi: float = FinetuneSpec.default_of("trust_hi"),
+        window: float = FinetuneSpec.default_of("window"),
+        max_labels: int | None = FinetuneSpec.default_of("max_labels"),
+        conv_accuracy: float = FinetuneSpec.default_of("conv_accuracy"),
+        max_iterations: int = FinetuneSpec.default_of("max_iterations"),
+        max_energy: float | None = FinetuneSpec.default_of("max_energy"),
     ):
         from lamcsp.oracle import Journal, oracle_id
 

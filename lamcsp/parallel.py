@@ -170,7 +170,7 @@ def _worker_potential(spec: dict[str, Any], worker: WorkerInfo) -> Potential:
     from lamcsp.potentials.registry import load_model
 
     model = ModelSpec(**spec["model"])
-    model = dataclasses.replace(model, device=worker_device(model.device, worker))
+    model = model.replace(device=worker_device(model.device, worker))
     if not model.device.startswith("cuda"):
         torch.set_num_threads(cpu_threads(spec.get("threads"), worker.local_size))
     return load_model(model)
@@ -221,7 +221,7 @@ def evaluate_task(relax: Task, model: Any = None) -> Task:
     ``model`` section), threads and atom budget."""
     spec = relax.spec
     return Task("lamcsp.parallel:EvaluateTask", {
-        "model": dataclasses.asdict(model) if model is not None else spec["model"],
+        "model": model.model_dump() if model is not None else spec["model"],
         "threads": spec.get("threads"), "max_atoms": spec.get("relaxer", {}).get("max_atoms")})
 
 
@@ -254,7 +254,7 @@ def relax_task(campaign: Any) -> Task:
     """The relaxation task of a campaign (its model and relax sections)."""
     r = campaign.relax
     return Task("lamcsp.parallel:RelaxTask", {
-        "model": dataclasses.asdict(campaign.model),
+        "model": campaign.model.model_dump(),
         "relaxer": {"optimizer": r.optimizer, "fmax": r.fmax, "max_steps": r.max_steps,
                     "max_atoms": r.max_atoms, "snapshot_every": snapshot_every(campaign)},
         "threads": campaign.parallel.threads,
@@ -299,7 +299,7 @@ class SerialExecutor:
                  labels: Sequence[str] | None = None, model: Any = None) -> list[SinglePoint]:
         relaxer = self.relaxer
         if model is not None:
-            key = json.dumps(dataclasses.asdict(model), sort_keys=True, default=str)
+            key = json.dumps(model.model_dump(), sort_keys=True, default=str)
             if key not in self._members:
                 from lamcsp.potentials.registry import load_model
                 from lamcsp.relax import Relaxer
@@ -577,7 +577,7 @@ class MPIExecutor:
         next batch (``potential``, a model loaded here, is not sent)."""
         if self.task is None:
             raise RuntimeError("MPIExecutor.set_model before configure(campaign)")
-        self.task = Task(self.task.target, {**self.task.spec, "model": dataclasses.asdict(model)})
+        self.task = Task(self.task.target, {**self.task.spec, "model": model.model_dump()})
 
     def evaluate(self, structures: Sequence[Atoms], pressures: Sequence[float],
                  labels: Sequence[str] | None = None, model: Any = None) -> list[SinglePoint]:

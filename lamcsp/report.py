@@ -437,7 +437,7 @@ def export(run_dir: str | Path, top: int, fmt: str, out_dir: str | Path) -> list
     if isinstance(top, bool) or not isinstance(top, int) or top < 1:
         raise SetupError("top", f"must be an integer >= 1, got {top!r}")
     run = _analyse(run_dir, None)
-    run.spec = dataclasses.replace(run.spec, top_n=top)
+    run.spec = run.spec.replace(top_n=top)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     entries = [(i, e) for i, p in enumerate(run.pressures) for e in _top_entries(run, p)]
