@@ -4,7 +4,8 @@ substitution into known structures (``template``).
 The public seam is :class:`Generator` (``propose(n, rng, context) -> list[Candidate]``,
 ``tell(outcomes)``, ``state_dict()`` / ``load_state_dict()``; :class:`GeneratorBase` for one that
 carries nothing; :class:`Sampler`, ``draw(rng, context)``, for one whose candidates are independent
-draws, which the search then draws on the workers), registered by name and through the ``lamcsp.generators`` entry-point group.
+draws, which the search then draws on the workers), registered by name and through the
+``lamcsp.generators`` entry-point group.
 """
 
 from lamcsp.generators.base import (

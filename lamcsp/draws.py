@@ -151,7 +151,8 @@ def sampler_for(executor: Any, context: GenerationContext, seed: int, stream: tu
     calls = [0]
 
     def sample(generator: str, options: dict[str, Any], n: int) -> list[Candidate]:
-        (d,) = draw([DrawRequest(generator, options, context, seed, stream, int(n), (first + calls[0],))], executor)
+        req = DrawRequest(generator, options, context, seed, stream, int(n), (first + calls[0],))
+        (d,) = draw([req], executor)
         calls[0] += 1
         if d.error is not None and not any(c is not None for c in d.candidates):
             raise d.error

@@ -34,11 +34,21 @@ import numpy as np
 
 from lamcsp.errors import SetupError
 from lamcsp.faults import fault
+
+# the screens (lamcsp.screens) are stages too: importable from here
+from lamcsp.screens import (  # noqa: F401
+    TOP_UP_ROUNDS,
+    TOP_UP_STREAM,
+    SimilarityScreen,
+    oversample_of,
+    prescreen,
+    screen,
+    top_up,
+)
 from lamcsp.store import result_ok
 from lamcsp.units import SearchUnit, candidate_rng, generator_counts, unit_rng
 
 if TYPE_CHECKING:
-    from ase import Atoms
 
     from lamcsp.campaign import Campaign
     from lamcsp.generators.base import Candidate, GenerationContext, Generator
@@ -47,13 +57,10 @@ if TYPE_CHECKING:
     from lamcsp.store import ResultStore
 
 __all__ = ["SAMPLE_STREAM", "TOP_UP_ROUNDS", "TOP_UP_STREAM", "RowBuffer", "SimilarityScreen", "UnitState",
-           "candidate_key", "dedupe", "oversample_of", "prescreen", "propose", "relax_and_store", "screen", "tell",
+           "candidate_key", "dedupe", "oversample_of", "prescreen", "propose", "relax_and_store", "screen",
+           "tell",
            "tell_not_relaxed", "top_up", "update_best"]
 
-#: rounds of new random candidates that replace screened duplicates (dedupe.before_relax)
-TOP_UP_ROUNDS = 4
-#: the spawn key "generator" index of the top-up random stream
-TOP_UP_STREAM = 1000
 #: the first candidate-index prefix of the draws a generator asks for (``context.sample``):
 #: call ``c`` of generator ``i`` draws from ``(unit, i, generation, SAMPLE_STREAM + c, j)``
 SAMPLE_STREAM = 1000
@@ -114,51 +121,6 @@ class UnitState:
         }
 
 
-# --------------------------------------------------------------------------------- screens
-
-
-class SimilarityScreen:
-    """CALYPSO's similarity screen before relaxation (``dedupe.before_relax``): structures are
-    compared at the unit's target volume per atom (fingerprints depend on scale) with what the
-    unit has relaxed or started from (``UnitState.seen``), by the structure matcher, without
-    an energy test."""
-
-    def __init__(self, deduper: Deduper):
-        self.deduper = deduper
-
-    def at_unit_volume(self, us: UnitState, items: Sequence[Candidate | Atoms]) -> list[Candidate]:
-        """Structures scaled to the unit's target volume per atom."""
-        from ase.data import atomic_numbers
-
-        from lamcsp.generators.base import Candidate
-        from lamcsp.generators.symmetric import default_element_volume
-
-        comp = us.unit.composition  # every structure of a unit has it: one volume per atom
-        volume = sum(n * default_element_volume(int(atomic_numbers[el])) for el, n in comp.items())
-        v0 = us.context.volume_factor * volume / sum(comp.values())
-        out = []
-        for it in items:
-            c = it if isinstance(it, Candidate) else Candidate.from_atoms(it)
-            scale = (v0 * c.n_atoms / c.volume) ** (1.0 / 3.0)
-            out.append(Candidate(c.numbers, c.frac, c.lattice * scale))
-        return out
-
-    def remember(self, us: UnitState, items: Sequence[Candidate | Atoms]) -> None:
-        """Add ``items`` to what the unit has seen."""
-        if us.seen is not None and items:
-            us.seen.extend(self.deduper.describe(self.at_unit_volume(us, items)))
-
-    def new(self, us: UnitState, cands: list[Candidate]) -> list[bool]:
-        """Which of ``cands`` are new: no duplicate among the earlier ones of the list or what
-        the unit has seen."""
-        if us.seen is None or not cands:
-            return [True] * len(cands)
-        entries = self.deduper.describe(self.at_unit_volume(us, cands))
-        _, dup = self.deduper.unique(entries)
-        known = self.deduper.against(entries, us.seen)
-        return [bool(d < 0 and k < 0) for d, k in zip(dup, known)]
-
-
 # --------------------------------------------------------------------------------- propose
 
 
@@ -189,11 +151,13 @@ def propose(unit_states: Sequence[UnitState], g: int, campaign: Campaign, seed: 
         us.generators, generator_counts([s for _, s, _ in us.generators], pop))] for us in active}
     requests = [(us, gi, DrawRequest(name, _spec_options(campaign, gi, name), us.context, seed,
                                      (us.unit.index, gi, g), n))
-                for us in active for gi, ((name, _, gen), n) in enumerate(zip(us.generators, wanted[us.unit.index]))
+                for us in active
+                for gi, ((name, _, gen), n) in enumerate(zip(us.generators, wanted[us.unit.index]))
                 if n > 0 and is_sampler(gen) and _spec_options(campaign, gi, name) is not None]
     for us in active:
         us.context.generation = g
-    drawn = {(us.unit.index, gi): d for (us, gi, _), d in zip(requests, draw([r for *_, r in requests], executor))}
+    results = draw([r for *_, r in requests], executor)
+    drawn = {(us.unit.index, gi): d for (us, gi, _), d in zip(requests, results)}
     for us in active:
         cands: list[Candidate] = []
         owner: list[int | None] = []  # the generator (index) of each candidate
@@ -212,12 +176,14 @@ def propose(unit_states: Sequence[UnitState], g: int, campaign: Campaign, seed: 
                     errors.append((us, name, d.error))
                 elif not got:  # not one draw built a structure: propose says why, or builds one
                     try:
-                        got = list(gen.propose(1, candidate_rng(seed, us.unit.index, gi, g, n), us.context))[:1]
+                        rng = candidate_rng(seed, us.unit.index, gi, g, n)
+                        got = list(gen.propose(1, rng, us.context))[:1]
                     except SetupError as exc:
                         errors.append((us, name, exc))
                     flags = [None] * len(got)
             else:  # its new random structures are drawn where the executor runs (context.sample)
-                us.context.sample = sampler_for(executor, us.context, seed, (us.unit.index, gi, g), SAMPLE_STREAM)
+                stream = (us.unit.index, gi, g)
+                us.context.sample = sampler_for(executor, us.context, seed, stream, SAMPLE_STREAM)
                 try:
                     got = list(gen.propose(n, unit_rng(seed, us.unit.index, gi, g), us.context))[:n]
                 except SetupError as exc:  # this composition cannot be built by this generator
@@ -296,118 +262,6 @@ def tell_not_relaxed(proposed: list[tuple[UnitState, list[Candidate], list[int |
             us.generators[gi][2].tell(outcomes)
 
 
-def top_up(us: UnitState, g: int, cands: list[Candidate], keep: np.ndarray,
-           errors: list[tuple[UnitState, str, SetupError]], campaign: Campaign, seed: int,
-           similarity: SimilarityScreen, executor: Any) -> list[bool]:
-    """CALYPSO's similarity screen (``dedupe.before_relax``): candidates that duplicate a
-    structure the unit has relaxed (or started from), or an earlier candidate, are dropped and
-    replaced by new symmetric random structures (appended to ``cands``; drawn through the
-    executor, :mod:`lamcsp.draws`, candidate ``j`` of round ``r`` from stream
-    ``(unit, TOP_UP_STREAM, g, r, j)``), in up to ``TOP_UP_ROUNDS`` rounds; returns the new
-    keep mask."""
-    from lamcsp.draws import DrawRequest, draw
-
-    ok = [bool(k) for k in keep]
-    new = similarity.new(us, [c for c, k in zip(cands, ok) if k])
-    it = iter(new)
-    ok = [k and next(it) for k in ok]
-    us.screened += sum(1 for c, k in zip(cands, keep) if k) - sum(ok)
-    for r in range(TOP_UP_ROUNDS):
-        missing = campaign.population - sum(ok)
-        if missing <= 0:
-            break
-        (d,) = draw([DrawRequest("random", {}, us.context, seed, (us.unit.index, TOP_UP_STREAM, g), missing,
-                                 (r,))], executor)
-        if d.error is not None and not any(c is not None for c in d.candidates):
-            errors.append((us, "random", d.error))
-            break
-        extra = [c for c in d.candidates if c is not None]
-        fit = [f for c, f in zip(d.candidates, d.keep) if c is not None]
-        for c in extra:
-            c.generator = "random"
-        kept = [c for c, f in zip(extra, fit) if f]
-        fresh = similarity.new(us, [c for c, k in zip(cands, ok) if k] + kept)[sum(ok):]
-        us.screened += len(kept) - sum(fresh)
-        for c, f in zip(extra, fit):
-            cands.append(c)
-            ok.append(bool(f) and (fresh.pop(0) if f else False))
-    return ok
-
-
-def prescreen(us: UnitState, g: int, cands: list[Candidate], keep: Sequence[bool], ranked: set[int],
-              campaign: Campaign, executor: Any, similarity: SimilarityScreen,
-              duplicates: set[int] | None = None) -> tuple[list[bool], dict[int, float]]:
-    """The energy prescreen of oversampling generators (their ``oversample`` option): of
-    their candidates that passed the screens, those with the lowest enthalpy per atom at the
-    start (one model call each, batched through the executor's ``evaluate``) fill what the
-    other candidates leave of the population; the rest are not relaxed.
-
-    With ``relax.quench_steps`` (the funnel) the starts are relaxed that many steps instead
-    (``executor.relax``) and ranked where the quench left them; the kept ones go on from there,
-    and the quenched candidates are screened again for similarity (lowest first).
-
-    The other candidates that passed get their single point in the same call, so that the
-    generation is relaxed in order of start enthalpy, lowest first (:func:`propose`): the
-    in-flight batcher and the MPI coordinator start structures in that order, and a budget
-    that ends within the generation keeps the most promising. Each evaluated candidate keeps
-    its value in ``origin["start_enthalpy"]`` (eV/atom).
-
-    Returns:
-        the new keep mask, and the start enthalpy per atom of each kept candidate (by index;
-        ``inf`` where the single point failed); the quenched candidates the similarity screen
-        dropped are added to ``duplicates``.
-    """
-    ok = [bool(k) for k in keep]
-    pool = [k for k in sorted(ranked) if ok[k]]
-    rest = [k for k, f in enumerate(ok) if f and k not in ranked]
-    slots = max(0, campaign.population - len(rest))
-    todo = pool + rest
-    if not todo:
-        return ok, {}
-    # labelled with the keys they would be stored under, so that a worker lost during the
-    # prescreen names what it held
-    quench = campaign.relax.quench_steps
-    structures = [cands[k].to_atoms() for k in todo]
-    labels = [f"{candidate_key(us.unit.index, g, k)} (prescreen)" for k in todo]
-    res: Sequence[Any]
-    if quench:
-        res = executor.relax(structures, [us.unit.pressure_gpa] * len(todo), max_steps=quench, labels=labels)
-    else:  # single points
-        res = executor.evaluate(structures, [us.unit.pressure_gpa] * len(todo), labels=labels)
-    h = {k: float(r.enthalpy_per_atom) if not r.failed and np.isfinite(r.enthalpy_per_atom) else math.inf
-         for k, r in zip(todo, res)}
-    us.prescreen_calls[g] = sum(int(r.steps) + 1 for r in res) if quench else len(res)
-    if quench:  # the funnel: the kept candidates are relaxed on from where the quench left them
-        for k, r in zip(todo, res):
-            if math.isfinite(h[k]) and r.steps > 0:
-                cands[k].frac = np.asarray(r.atoms.get_scaled_positions(wrap=False), dtype=float)
-                cands[k].lattice = np.asarray(r.atoms.cell.array, dtype=float)
-                cands[k].origin["quench_steps"] = int(r.steps)
-        if us.seen is not None:
-            # the similarity screen again, on the quenched structures (lowest first, so that
-            # of two quenched into one basin the lower is kept): a quench falls into its basin,
-            # so a candidate bound for a structure already relaxed (a swarm move near its
-            # leader, most often) shows it here, at a few steps' cost instead of a relaxation
-            live = sorted((k for k in todo if math.isfinite(h[k])), key=lambda k: h[k])
-            fresh = similarity.new(us, [cands[k] for k in live])
-            for k, f in zip(live, fresh):
-                if not f:
-                    ok[k] = False
-                    us.screened += 1
-                    if duplicates is not None:
-                        duplicates.add(k)
-            pool = [k for k in pool if ok[k]]
-            slots = max(0, campaign.population - sum(1 for k in rest if ok[k]))
-    if len(pool) > slots:
-        for j in np.argsort(np.array([h[k] for k in pool]), kind="stable")[slots:]:
-            ok[pool[j]] = False
-        us.prescreened += len(pool) - slots
-    for k in todo:
-        if math.isfinite(h[k]):
-            cands[k].origin["start_enthalpy"] = h[k]
-    return ok, {k: h[k] for k in todo if ok[k]}
-
-
 # --------------------------------------------------------------------------------- relax
 
 
@@ -464,13 +318,15 @@ def _check_same_start(row: Any, cand: Candidate, key: str) -> None:
     if was is None:
         return
     # loose: a funnel's quench, run again in other batches, may move a start by rounding
-    same = (list(was["numbers"]) == cand.numbers.tolist() and np.allclose(was["lattice"], cand.lattice, atol=1e-3)
+    same = (list(was["numbers"]) == cand.numbers.tolist()
+            and np.allclose(was["lattice"], cand.lattice, atol=1e-3)
             and np.allclose(was["frac"], cand.frac, atol=1e-3))
     if not same:
-        raise SetupError("--resume", f"row {key} of generation {row.generation} holds another structure than "
-                                     "the candidate proposed again under its key: that generation was "
+        raise SetupError("--resume", f"row {key} of generation {row.generation} holds another structure "
+                                     "than the candidate proposed again under its key: that generation was "
                                      "interrupted under a lamcsp version that drew candidates differently. "
-                                     "Finish the run with that version, or start a new run (nothing was changed)")
+                                     "Finish the run with that version, or start a new run (nothing was "
+                                     "changed)")
 
 
 # --------------------------------------------------------------------------------- after relaxing
@@ -611,35 +467,3 @@ class RowBuffer:
 def candidate_key(unit: int, generation: int, candidate: int) -> str:
     """The key a relaxed candidate is stored under (``u<unit>-g<generation>-c<candidate>``)."""
     return f"u{unit}-g{generation}-c{candidate}"
-
-
-def oversample_of(generator: Any) -> int:
-    """Candidates a generator draws per structure relaxed (its ``oversample`` option, 1 when it
-    has none): the search relaxes the lowest-enthalpy starts among them (:func:`prescreen`)."""
-    return max(1, int(getattr(generator, "oversample", 1) or 1))
-
-
-def screen(candidates: Sequence[Candidate], context: GenerationContext) -> np.ndarray:
-    """Which candidates keep every pair of atoms at least the context's minimum distance apart
-    (``kernels.screen.distance_screen``), one batched call."""
-    from ase.data import covalent_radii
-
-    from lamcsp.kernels.screen import distance_screen
-
-    if not candidates:
-        return np.zeros(0, dtype=bool)
-    zmax = max(int(c.numbers.max()) for c in candidates)
-    dmin = np.zeros((zmax + 1, zmax + 1))
-    zs = sorted({int(z) for c in candidates for z in c.numbers})
-    for a in zs:
-        for b in zs:
-            d = context.min_distance.get((a, b), context.min_distance.get((b, a)))
-            if d is None:
-                d = context.distance_factor * (covalent_radii[a] + covalent_radii[b])
-            dmin[a, b] = d
-    # a little slack: generators place atoms at exactly the minimum distance
-    keep, _ = distance_screen(np.concatenate([c.positions for c in candidates]),
-                              np.stack([c.lattice for c in candidates]),
-                              np.array([c.n_atoms for c in candidates]),
-                              np.concatenate([c.numbers for c in candidates]), dmin * 0.999)
-    return keep

@@ -28,7 +28,8 @@ import numpy as np
 if TYPE_CHECKING:
     from lamcsp.campaign import Campaign
 
-__all__ = ["SearchUnit", "candidate_rng", "generator_counts", "search_units", "unit_rng", "variable_compositions"]
+__all__ = ["SearchUnit", "candidate_rng", "generator_counts", "search_units", "unit_rng",
+           "variable_compositions"]
 
 
 @dataclasses.dataclass(frozen=True)

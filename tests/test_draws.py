@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from lamcsp.draws import DrawRequest, DrawTask, draw, draw_task
 from lamcsp.generators import GenerationContext, Sampler, get_generator, is_sampler
+
+from lamcsp.draws import DrawRequest, DrawTask, draw, draw_task
+from lamcsp.errors import SetupError
 from lamcsp.parallel import SerialExecutor, WorkerInfo
 from lamcsp.stages import screen
 from lamcsp.units import candidate_rng
-
-from lamcsp.errors import SetupError
 
 CTX = GenerationContext(composition={"Mg": 1, "Si": 1, "O": 3}, formula_units=[1, 2])
 

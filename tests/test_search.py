@@ -343,8 +343,8 @@ def test_energy_prescreen_relaxes_the_lowest_starts_of_an_oversampling_generator
     from lamcsp.relax import Relaxer
     from pymatgen.io.ase import AseAtomsAdaptor
 
-    from lamcsp.stages import screen
     from lamcsp.draws import proposals
+    from lamcsp.stages import screen
 
     raw = {**AR_CAMPAIGN, "system": {"composition": "Ar", "formula_units": "2-4"},
            "generators": [{"name": "random", "share": 1.0, "options": {"oversample": 3}}],
@@ -379,8 +379,8 @@ def test_the_funnel_relaxes_the_lowest_quenched_candidates_on_from_their_quench(
     from lamcsp.generators.base import Candidate
     from lamcsp.relax import Relaxer
 
-    from lamcsp.stages import screen
     from lamcsp.draws import proposals
+    from lamcsp.stages import screen
 
     raw = {**AR_CAMPAIGN, "system": {"composition": "Ar", "formula_units": "2-4"},
            "generators": [{"name": "random", "share": 1.0, "options": {"oversample": 3}}],
@@ -474,8 +474,8 @@ def test_energy_prescreen_ranks_the_swarms_new_particles_with_the_random_draws(t
     from lamcsp.relax import Relaxer
     from pymatgen.io.ase import AseAtomsAdaptor
 
-    from lamcsp.stages import screen
     from lamcsp.draws import proposals
+    from lamcsp.stages import screen
 
     raw = {**AR_CAMPAIGN, "system": {"composition": "Ar", "formula_units": "2-4"},
            "generators": [{"name": "random", "share": 0.5, "options": {"oversample": 3}},
@@ -515,8 +515,8 @@ def test_a_prescreened_generation_is_relaxed_lowest_start_first(tmp_path):
     from lamcsp.generators.base import Candidate
     from lamcsp.relax import Relaxer
 
-    from lamcsp.stages import screen
     from lamcsp.draws import proposals
+    from lamcsp.stages import screen
 
     raw = {**AR_CAMPAIGN, "system": {"composition": "Ar", "formula_units": "2-4"},
            "generators": [{"name": "random", "share": 0.5, "options": {"oversample": 3}},
