@@ -20,11 +20,17 @@ draw under MPI (:mod:`lamcsp.draws`) are drawn here in-process and timed apart (
 in the serial part). ``docs/mpi_scaling.md`` turns these
 times and the measured per-batch relaxation times into a model of a generation at 64 GPU ranks.
 
+Part 3, equality. An analytic-potential campaign with the default generators, serially and on
+``--equality-ranks`` ranks (8 by default, oversubscribed on a small machine): the candidates are
+drawn from per-candidate RNG streams wherever they are drawn, so the stored unique structures
+must be the same.
+
 Usage::
 
     python benchmarks/mpi_scaling.py                       # both parts, default sizes
     python benchmarks/mpi_scaling.py --part throughput --candidates 64
     python benchmarks/mpi_scaling.py --part coordinator --populations 1000,10000
+    python benchmarks/mpi_scaling.py --part equality --equality-ranks 8
 
 Writes ``benchmarks/results/mpi_scaling.json`` and prints tables.
 """
@@ -138,6 +144,66 @@ def throughput(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
+# ----------------------------------------------------------------------- part 3: equality
+
+#: an analytic-potential campaign with the default generators (random + swarm, oversampled,
+#: similarity screen): every stage that draws, screens or prescreens runs
+EQUALITY_CAMPAIGN = {
+    "name": "mpi-equality", "seed": 23,
+    "system": {"composition": "ArKr", "formula_units": "1-3", "pressures": [0.0, 5.0]},
+    "population": 12, "generations": 4, "stop": {"patience": None},
+    "model": {"backend": "lj", "device": "cpu",
+              "options": {"epsilon": {"Ar-Ar": 0.0104, "Kr-Kr": 0.014, "Ar-Kr": 0.012},
+                          "sigma": {"Ar-Ar": 3.4, "Kr-Kr": 3.6, "Ar-Kr": 3.5}}},
+    "relax": {"fmax": 0.01, "max_steps": 300},
+}
+
+
+def _unique_rows(run: Path) -> list[tuple[str, float, int]]:
+    import ase.db
+
+    db = ase.db.connect(str(run / "results.db"), use_lock_file=False)
+    return sorted((r.key, round(r.enthalpy_per_atom, 7), r.spacegroup) for r in db.select(role="search")
+                  if r.unique)
+
+
+def equality(args: argparse.Namespace) -> dict[str, Any]:
+    """The same campaign serially and on ``--equality-ranks`` ranks (oversubscribed on this
+    machine): the same stored unique structures (key, enthalpy per atom to 1e-7 eV, space
+    group)."""
+    import yaml
+
+    mpiexec = str(Path(sys.executable).parent / "mpiexec")
+    if not os.path.exists(mpiexec):
+        mpiexec = shutil.which("mpiexec") or "mpiexec"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    tmp = Path(tempfile.mkdtemp(prefix="lamcsp-equality-"))
+    out: dict[str, Any] = {"campaign": EQUALITY_CAMPAIGN, "ranks": args.equality_ranks}
+    try:
+        camp = tmp / "c.yaml"
+        camp.write_text(yaml.safe_dump(EQUALITY_CAMPAIGN))
+        uniques = {}
+        for ranks in (1, args.equality_ranks):
+            run = tmp / f"r{ranks}"
+            cmd = [sys.executable, "-m", "lamcsp", "search", str(camp), "-o", str(run), "--quiet"]
+            if ranks > 1:
+                cmd = [mpiexec, "-n", str(ranks), *cmd]
+            t0 = time.perf_counter()
+            res = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            if res.returncode != 0:
+                raise SystemExit(f"{' '.join(cmd)} failed:\n{res.stdout}\n{res.stderr}")
+            out[f"seconds_{ranks}"] = time.perf_counter() - t0
+            uniques[ranks] = _unique_rows(tmp / f"r{ranks}")
+        a, b = uniques[1], uniques[args.equality_ranks]
+        out.update(unique_serial=len(a), unique_mpi=len(b), equal=a == b,
+                   only_serial=len(set(a) - set(b)), only_mpi=len(set(b) - set(a)))
+        print(f"\nequality: {len(a)} unique structures serially, {len(b)} on {args.equality_ranks} ranks; "
+              f"the same: {a == b} ({out['only_serial']} only serial, {out['only_mpi']} only MPI)")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
 # ----------------------------------------------------------------------- part 2: coordinator
 
 
@@ -236,7 +302,6 @@ def coordinator(args: argparse.Namespace) -> list[dict[str, Any]]:
     from lamcsp import stages
     from lamcsp.potentials.registry import load_potential
     from lamcsp.search import Search
-    from lamcsp.stages import SimilarityScreen
 
     tmp = Path(tempfile.mkdtemp(prefix="lamcsp-coord-"))
     rows: list[dict[str, Any]] = []
@@ -254,9 +319,7 @@ def coordinator(args: argparse.Namespace) -> list[dict[str, Any]]:
             lj = load_potential("lj", device="cpu", epsilon=0.01, sigma=3.0)
             search = Search(camp, tmp / f"run-{n}", potential=lj, executor=InstantExecutor(),
                             progress=False, db_url=str(tmp / f"store-{n}.db"))
-            search.deduper = search._deduper()
-            search.similarity = SimilarityScreen(search.deduper)
-            search.unit_states = [search._new_unit_state(u) for u in search.units]
+            search.prepare()
             for us in search.unit_states:  # what the unit has seen and stored before
                 search.similarity.remember(us, pool)
                 us.stored.extend(search.deduper.describe(pool))
@@ -284,7 +347,7 @@ def coordinator(args: argparse.Namespace) -> list[dict[str, Any]]:
             total = time.perf_counter() - t0
             t1 = time.perf_counter()
             search.generation = 1
-            search._checkpoint()
+            search.checkpoint()
             timers["checkpoint"] = time.perf_counter() - t1
             relax_stub = search.executor.seconds
             drawn = search.executor.task_seconds  # the draws, inside propose: the workers' under MPI
@@ -311,7 +374,8 @@ def coordinator(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--part", choices=("all", "throughput", "coordinator"), default="all")
+    ap.add_argument("--part", choices=("all", "throughput", "coordinator", "equality"), default="all")
+    ap.add_argument("--equality-ranks", type=int, default=8, help="ranks of the equality run (default 8)")
     ap.add_argument("--system", default="MgSiO3", help="composition of the candidates (default MgSiO3)")
     ap.add_argument("--candidates", type=int, default=64, help="structures relaxed per throughput run")
     ap.add_argument("--ranks", default="1,2", help="rank counts to time (the first is the reference)")
@@ -334,6 +398,8 @@ def main() -> None:
         data["throughput"] = {"system": args.system, "candidates": args.candidates, "rows": throughput(args)}
     if args.part in ("all", "coordinator"):
         data["coordinator"] = {"system": args.system, "rows": coordinator(args)}
+    if args.part in ("all", "equality"):
+        data["equality"] = equality(args)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(data, indent=1))
     print(f"\nwrote {out}")

@@ -57,9 +57,8 @@ if TYPE_CHECKING:
     from lamcsp.store import ResultStore
 
 __all__ = ["SAMPLE_STREAM", "TOP_UP_ROUNDS", "TOP_UP_STREAM", "RowBuffer", "SimilarityScreen", "UnitState",
-           "candidate_key", "dedupe", "oversample_of", "prescreen", "propose", "relax_and_store", "screen",
-           "tell",
-           "tell_not_relaxed", "top_up", "update_best"]
+           "candidate_key", "dedupe", "deduper_for", "new_unit_state", "oversample_of", "prescreen",
+           "propose", "relax_and_store", "screen", "tell", "tell_not_relaxed", "top_up", "update_best"]
 
 #: the first candidate-index prefix of the draws a generator asks for (``context.sample``):
 #: call ``c`` of generator ``i`` draws from ``(unit, i, generation, SAMPLE_STREAM + c, j)``
@@ -119,6 +118,30 @@ class UnitState:
             "stored_rows": list(self.stored_rows),
             "generators": [g.state_dict() for _, _, g in self.generators],
         }
+
+
+def deduper_for(campaign: Campaign) -> Deduper:
+    """The campaign's deduper (its ``dedupe`` section)."""
+    from lamcsp.generators.dedupe import Deduper
+
+    d = campaign.dedupe
+    return Deduper(sim_threshold=d.sim_threshold, fingerprint=d.fingerprint, use_matcher=d.use_matcher,
+                   ltol=d.ltol, stol=d.stol, angle_tol=d.angle_tol, energy_tol=d.energy_tol)
+
+
+def new_unit_state(unit: SearchUnit, campaign: Campaign, deduper: Deduper) -> UnitState:
+    """A unit's state before its first generation: the campaign's generators, built fresh, and
+    its context."""
+    from lamcsp.generators import get_generator
+    from lamcsp.generators.base import GenerationContext
+
+    gens = [(g.name, g.share, get_generator(g.name, **g.options)) for g in campaign.generators]
+    ctx = GenerationContext(composition=dict(unit.composition), formula_units=list(unit.formula_units),
+                            spacegroups=list(campaign.system.spacegroups), pressure_gpa=unit.pressure_gpa,
+                            distance_factor=campaign.system.distance_factor,
+                            volume_factor=campaign.system.volume_factor)
+    seen = deduper.new_store() if campaign.dedupe.before_relax else None
+    return UnitState(unit, gens, ctx, deduper.new_store(), seen=seen)
 
 
 # --------------------------------------------------------------------------------- propose

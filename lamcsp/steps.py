@@ -133,7 +133,7 @@ class FinetuneStep:
             self.rescore(result.iteration)
         ft.finish(result, verification=verification)
         if result.models:
-            self.s._checkpoint()  # the units' best and patience under the new model
+            self.s.checkpoint()  # the units' best and patience under the new model
 
     def candidates(self) -> tuple[list[Any], list[float], list[str], list[float], list[int]]:
         """What the committee rates: every unit's unique hits (``enthalpy``: per atom above the
