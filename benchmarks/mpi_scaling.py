@@ -15,14 +15,22 @@ population of 10^3 and of 10^4 structures, against a store that already holds ``
 rows (default 10^5) and a unit that has already seen ``--seen`` distinct structures. Relaxation
 is replaced by an instant stand-in (the candidate with a random energy), so everything timed is
 the coordinator's: proposing (generators and the similarity screen), the store writes (one row
-per result, as they arrive), dedupe, and the checkpoint. ``docs/mpi_scaling.md`` turns these
+per result, as they arrive), dedupe, and the checkpoint. The random structures that the workers
+draw under MPI (:mod:`lamcsp.draws`) are drawn here in-process and timed apart (``draw_s``, not
+in the serial part). ``docs/mpi_scaling.md`` turns these
 times and the measured per-batch relaxation times into a model of a generation at 64 GPU ranks.
+
+Part 3, equality. An analytic-potential campaign with the default generators, serially and on
+``--equality-ranks`` ranks (8 by default, oversubscribed on a small machine): the candidates are
+drawn from per-candidate RNG streams wherever they are drawn, so the stored unique structures
+must be the same.
 
 Usage::
 
     python benchmarks/mpi_scaling.py                       # both parts, default sizes
     python benchmarks/mpi_scaling.py --part throughput --candidates 64
     python benchmarks/mpi_scaling.py --part coordinator --populations 1000,10000
+    python benchmarks/mpi_scaling.py --part equality --equality-ranks 8
 
 Writes ``benchmarks/results/mpi_scaling.json`` and prints tables.
 """
@@ -136,6 +144,66 @@ def throughput(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
+# ----------------------------------------------------------------------- part 3: equality
+
+#: an analytic-potential campaign with the default generators (random + swarm, oversampled,
+#: similarity screen): every stage that draws, screens or prescreens runs
+EQUALITY_CAMPAIGN = {
+    "name": "mpi-equality", "seed": 23,
+    "system": {"composition": "ArKr", "formula_units": "1-3", "pressures": [0.0, 5.0]},
+    "population": 12, "generations": 4, "stop": {"patience": None},
+    "model": {"backend": "lj", "device": "cpu",
+              "options": {"epsilon": {"Ar-Ar": 0.0104, "Kr-Kr": 0.014, "Ar-Kr": 0.012},
+                          "sigma": {"Ar-Ar": 3.4, "Kr-Kr": 3.6, "Ar-Kr": 3.5}}},
+    "relax": {"fmax": 0.01, "max_steps": 300},
+}
+
+
+def _unique_rows(run: Path) -> list[tuple[str, float, int]]:
+    import ase.db
+
+    db = ase.db.connect(str(run / "results.db"), use_lock_file=False)
+    return sorted((r.key, round(r.enthalpy_per_atom, 7), r.spacegroup) for r in db.select(role="search")
+                  if r.unique)
+
+
+def equality(args: argparse.Namespace) -> dict[str, Any]:
+    """The same campaign serially and on ``--equality-ranks`` ranks (oversubscribed on this
+    machine): the same stored unique structures (key, enthalpy per atom to 1e-7 eV, space
+    group)."""
+    import yaml
+
+    mpiexec = str(Path(sys.executable).parent / "mpiexec")
+    if not os.path.exists(mpiexec):
+        mpiexec = shutil.which("mpiexec") or "mpiexec"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    tmp = Path(tempfile.mkdtemp(prefix="lamcsp-equality-"))
+    out: dict[str, Any] = {"campaign": EQUALITY_CAMPAIGN, "ranks": args.equality_ranks}
+    try:
+        camp = tmp / "c.yaml"
+        camp.write_text(yaml.safe_dump(EQUALITY_CAMPAIGN))
+        uniques = {}
+        for ranks in (1, args.equality_ranks):
+            run = tmp / f"r{ranks}"
+            cmd = [sys.executable, "-m", "lamcsp", "search", str(camp), "-o", str(run), "--quiet"]
+            if ranks > 1:
+                cmd = [mpiexec, "-n", str(ranks), *cmd]
+            t0 = time.perf_counter()
+            res = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            if res.returncode != 0:
+                raise SystemExit(f"{' '.join(cmd)} failed:\n{res.stdout}\n{res.stderr}")
+            out[f"seconds_{ranks}"] = time.perf_counter() - t0
+            uniques[ranks] = _unique_rows(tmp / f"r{ranks}")
+        a, b = uniques[1], uniques[args.equality_ranks]
+        out.update(unique_serial=len(a), unique_mpi=len(b), equal=a == b,
+                   only_serial=len(set(a) - set(b)), only_mpi=len(set(b) - set(a)))
+        print(f"\nequality: {len(a)} unique structures serially, {len(b)} on {args.equality_ranks} ranks; "
+              f"the same: {a == b} ({out['only_serial']} only serial, {out['only_mpi']} only MPI)")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
 # ----------------------------------------------------------------------- part 2: coordinator
 
 
@@ -154,6 +222,8 @@ class InstantExecutor:
     def __init__(self, seed: int = 0):
         self.rng = np.random.default_rng(seed)
         self.seconds = 0.0
+        self.task_seconds = 0.0  # in map(): work the workers do under MPI
+        self._tasks: Any = None
 
     def evaluate(self, structures: Any, pressures: Any, labels: Any = None, model: Any = None) -> list[Any]:
         from lamcsp.relax.relaxer import SinglePoint
@@ -165,7 +235,17 @@ class InstantExecutor:
         return out
 
     def map(self, task: Any, items: Any, on_result: Any = None, labels: Any = None) -> list[Any]:
-        raise NotImplementedError("the coordinator timing runs no other task")
+        """Other tasks (the draws of lamcsp.draws) run here, timed apart: under MPI the
+        workers run them, not the coordinator."""
+        from lamcsp.parallel import SerialExecutor
+
+        if self._tasks is None:
+            self._tasks = SerialExecutor(None)
+        t0 = time.perf_counter()
+        try:
+            return self._tasks.map(task, items, on_result, labels)
+        finally:
+            self.task_seconds += time.perf_counter() - t0
 
     def set_model(self, model: Any, potential: Any = None) -> None:
         pass
@@ -222,7 +302,6 @@ def coordinator(args: argparse.Namespace) -> list[dict[str, Any]]:
     from lamcsp import stages
     from lamcsp.potentials.registry import load_potential
     from lamcsp.search import Search
-    from lamcsp.stages import SimilarityScreen
 
     tmp = Path(tempfile.mkdtemp(prefix="lamcsp-coord-"))
     rows: list[dict[str, Any]] = []
@@ -240,9 +319,7 @@ def coordinator(args: argparse.Namespace) -> list[dict[str, Any]]:
             lj = load_potential("lj", device="cpu", epsilon=0.01, sigma=3.0)
             search = Search(camp, tmp / f"run-{n}", potential=lj, executor=InstantExecutor(),
                             progress=False, db_url=str(tmp / f"store-{n}.db"))
-            search.deduper = search._deduper()
-            search.similarity = SimilarityScreen(search.deduper)
-            search.unit_states = [search._new_unit_state(u) for u in search.units]
+            search.prepare()
             for us in search.unit_states:  # what the unit has seen and stored before
                 search.similarity.remember(us, pool)
                 us.stored.extend(search.deduper.describe(pool))
@@ -270,12 +347,14 @@ def coordinator(args: argparse.Namespace) -> list[dict[str, Any]]:
             total = time.perf_counter() - t0
             t1 = time.perf_counter()
             search.generation = 1
-            search._checkpoint()
+            search.checkpoint()
             timers["checkpoint"] = time.perf_counter() - t1
             relax_stub = search.executor.seconds
+            drawn = search.executor.task_seconds  # the draws, inside propose: the workers' under MPI
+            timers["propose"] -= drawn
             row = {"population": pop, "store_rows": args.store_rows, "seen": len(pool),
-                   "total_s": total - relax_stub + timers["checkpoint"],
-                   **{f"{k}_s": v for k, v in timers.items()}}
+                   "total_s": total - relax_stub - drawn + timers["checkpoint"],
+                   **{f"{k}_s": v for k, v in timers.items()}, "draw_s": drawn}
             row["other_s"] = row["total_s"] - sum(timers.values())
             row["serial_s"] = row["total_s"] - timers["store"]  # store writes overlap relaxation
             if n:
@@ -283,11 +362,11 @@ def coordinator(args: argparse.Namespace) -> list[dict[str, Any]]:
             search.store.close() if hasattr(search.store, "close") else None
         print(f"\ncoordinator time per generation ({args.system}, store of {args.store_rows} rows)")
         print(f"{'population':>10} {'propose':>8} {'store':>8} {'dedupe':>8} {'ckpt':>6} {'other':>6} "
-              f"{'total':>8} {'serial':>8}  (seconds)")
+              f"{'total':>8} {'serial':>8} {'draws*':>8}  (seconds; *on the workers under MPI)")
         for r in rows:
             print(f"{r['population']:>10} {r['propose_s']:>8.2f} {r['store_s']:>8.2f} {r['dedupe_s']:>8.2f} "
                   f"{r['checkpoint_s']:>6.2f} {r['other_s']:>6.2f} {r['total_s']:>8.2f} "
-                  f"{r['serial_s']:>8.2f}")
+                  f"{r['serial_s']:>8.2f} {r['draw_s']:>8.2f}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return rows
@@ -295,7 +374,8 @@ def coordinator(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--part", choices=("all", "throughput", "coordinator"), default="all")
+    ap.add_argument("--part", choices=("all", "throughput", "coordinator", "equality"), default="all")
+    ap.add_argument("--equality-ranks", type=int, default=8, help="ranks of the equality run (default 8)")
     ap.add_argument("--system", default="MgSiO3", help="composition of the candidates (default MgSiO3)")
     ap.add_argument("--candidates", type=int, default=64, help="structures relaxed per throughput run")
     ap.add_argument("--ranks", default="1,2", help="rank counts to time (the first is the reference)")
@@ -318,6 +398,8 @@ def main() -> None:
         data["throughput"] = {"system": args.system, "candidates": args.candidates, "rows": throughput(args)}
     if args.part in ("all", "coordinator"):
         data["coordinator"] = {"system": args.system, "rows": coordinator(args)}
+    if args.part in ("all", "equality"):
+        data["equality"] = equality(args)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(data, indent=1))
     print(f"\nwrote {out}")

@@ -3,7 +3,9 @@ substitution into known structures (``template``).
 
 The public seam is :class:`Generator` (``propose(n, rng, context) -> list[Candidate]``,
 ``tell(outcomes)``, ``state_dict()`` / ``load_state_dict()``; :class:`GeneratorBase` for one that
-carries nothing), registered by name and through the ``lamcsp.generators`` entry-point group.
+carries nothing; :class:`Sampler`, ``draw(rng, context)``, for one whose candidates are independent
+draws, which the search then draws on the workers), registered by name and through the
+``lamcsp.generators`` entry-point group.
 """
 
 from lamcsp.generators.base import (
@@ -13,10 +15,12 @@ from lamcsp.generators.base import (
     Generator,
     GeneratorBase,
     Outcome,
+    Sampler,
     WyckoffSite,
     available_generators,
     candidates_to_state,
     get_generator,
+    is_sampler,
     register,
 )
 
@@ -30,9 +34,11 @@ __all__ = [
     "Generator",
     "GeneratorBase",
     "Outcome",
+    "Sampler",
     "WyckoffSite",
     "available_generators",
     "candidates_to_state",
     "get_generator",
+    "is_sampler",
     "register",
 ]

@@ -183,6 +183,11 @@ class GenerationContext:
         element_volumes: ``Z -> Å³`` overrides of the volumes per atom.
         population: the relaxed population so far (evolutionary generators).
         generation: the index of the generation being proposed.
+        sample: set by the search: ``sample(name, options, n)`` draws ``n`` independent
+            candidates of a :class:`Sampler` generator (``name`` with ``options``) where the
+            search draws (on the MPI workers, each from its own stream). A generator that needs
+            new random structures (the swarm's new particles, the GA's random share) calls it
+            rather than drawing them itself; ``None`` outside a search: draw them locally.
     """
 
     composition: dict[str, int]
@@ -195,6 +200,7 @@ class GenerationContext:
     element_volumes: dict[int, float] = dataclasses.field(default_factory=dict)
     population: list[Evaluated] = dataclasses.field(default_factory=list)
     generation: int = 0
+    sample: Callable[[str, dict[str, Any], int], list[Candidate]] | None = None
 
 
 #: what becomes of a candidate: relaxed (``ok``, or ``failed``), or not relaxed because it failed
@@ -250,6 +256,35 @@ class Generator(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@runtime_checkable
+class Sampler(Protocol):
+    """A generator whose candidates are independent draws (symmetric random search): one
+    candidate from one RNG stream, reading nothing but the context's composition, cells,
+    distances and volumes (never ``context.population``), and changing no state.
+
+    The search gives every candidate of such a generator its own stream
+    (:func:`lamcsp.units.candidate_rng`) and draws them wherever it likes, on the MPI workers
+    included, so one seed gives the same candidates on any number of ranks; ``propose`` is
+    still what a user or a test calls.
+    """
+
+    def draw(self, rng: np.random.Generator, context: GenerationContext) -> Candidate | None: ...
+
+
+def is_sampler(generator: Any) -> bool:
+    """Whether the search may draw ``generator``'s candidates one by one with :meth:`Sampler.draw`:
+    it has one, from its own class or one below the class whose ``propose`` it uses (a subclass
+    that changes ``propose`` but inherits ``draw`` is asked through ``propose``)."""
+    if not isinstance(generator, Sampler):
+        return False
+    mro = type(generator).__mro__
+
+    def owner(name: str) -> type:
+        return next((k for k in mro if name in k.__dict__), object)
+
+    return issubclass(owner("draw"), owner("propose"))
 
 
 class GeneratorBase:

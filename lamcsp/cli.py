@@ -25,6 +25,11 @@ def _positive(kind: type, name: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import typing
+
+    # the options that a campaign has too take the campaign schema's defaults (written there once)
+    from lamcsp.campaign import GeneratorSpec, ModelSpec, RelaxSpec, ReportSpec, SystemSpec
+
     parser = argparse.ArgumentParser(
         prog="lamcsp", description="Crystal structure prediction with large atomic models."
     )
@@ -44,14 +49,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model spec: chgnet (default, pretrained 0.3.0), chgnet:PATH, deepmd:PATH[@HEAD] "
                         "(a DeePMD-kit .pt/.pth model and its head), emt, ase:NAME")
     r.add_argument("--pressure", type=float, default=0.0, metavar="GPA", help="external pressure, GPa")
-    r.add_argument("--fmax", type=_positive(float, "--fmax"), default=0.05, help="eV/Å")
-    r.add_argument("--max-steps", type=_positive(int, "--max-steps"), default=500)
-    r.add_argument("--optimizer", choices=["fire", "lbfgs"], default="fire")
+    r.add_argument("--fmax", type=_positive(float, "--fmax"), default=RelaxSpec.default_of("fmax"),
+                   help="eV/Å")
+    r.add_argument("--max-steps", type=_positive(int, "--max-steps"),
+                   default=RelaxSpec.default_of("max_steps"))
+    r.add_argument("--optimizer", choices=typing.get_args(RelaxSpec.model_fields["optimizer"].annotation),
+                   default=RelaxSpec.default_of("optimizer"))
     r.add_argument("--fixed-cell", action="store_true", help="relax atoms only")
     r.add_argument("--max-atoms", type=_positive(int, "--max-atoms"), default=None,
                    help="atoms per model call (default: from GPU memory, or a measured CPU default)")
-    r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    r.add_argument("--symprec", type=_positive(float, "--symprec"), default=0.1,
+    r.add_argument("--device", default=ModelSpec.default_of("device"), help="auto, cpu, cuda or cuda:N")
+    r.add_argument("--symprec", type=_positive(float, "--symprec"), default=ReportSpec.default_of("symprec"),
                    help="spglib tolerance for the reported space group")
     r.add_argument("--progress", dest="progress", action="store_true", default=None,
                    help="force the progress bar on (default: on when stderr is a terminal)")
@@ -73,14 +81,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--formula-units", default=None, metavar="LIST",
                    help="formula units per cell: a range 1-4, a list 2,4, or both (default: the "
                         "composition is the whole cell)")
-    g.add_argument("--spacegroups", default="2-230", metavar="LIST",
-                   help="allowed space groups: ranges and lists, e.g. 1,2,10-20 (default 2-230)")
-    g.add_argument("--generator", default="random", help="generator name (default: random)")
+    sgs = SystemSpec.default_of("spacegroups")
+    g.add_argument("--spacegroups", default=f"{sgs[0]}-{sgs[-1]}", metavar="LIST",
+                   help="allowed space groups: ranges and lists, e.g. 1,2,10-20 (default %(default)s)")
+    g.add_argument("--generator", default=GeneratorSpec.default_of("name"),
+                   help="generator name (default: %(default)s)")
     g.add_argument("-n", dest="n", type=_positive(int, "-n"), default=1, help="number of structures")
     g.add_argument("--seed", type=int, default=None,
                    help="random seed (default: fresh entropy, printed so the run can be repeated)")
     g.add_argument("-o", "--output", default="generated.extxyz", help="output extxyz file")
-    g.add_argument("--volume-factor", type=_positive(float, "--volume-factor"), default=1.0,
+    g.add_argument("--volume-factor", type=_positive(float, "--volume-factor"),
+                   default=SystemSpec.default_of("volume_factor"),
                    help="target volume = this x the sum of element volumes")
     g.set_defaults(func=cmd_generate)
 
@@ -286,8 +297,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from lamcsp.campaign import load_campaign
     from lamcsp.parallel import MPIExecutor, mpi_world, worker_main
     from lamcsp.search import Search
@@ -304,7 +313,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             from lamcsp.potentials.registry import load_model
 
             # the coordinator needs the model's id and element list, not its speed: on the CPU
-            potential = load_model(dataclasses.replace(campaign.model, device="cpu"))
+            potential = load_model(campaign.model.replace(device="cpu"))
         search = Search(campaign, args.output, resume=args.resume, db_url=args.db, potential=potential,
                         executor=executor, progress=False if args.quiet else None)
         state = search.run()

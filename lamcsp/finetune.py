@@ -1,4 +1,4 @@
-"""The DP-GEN-style fine-tune loop's parts: committee, selection, labelling, data.
+"""The DP-GEN-style fine-tune loop: committee, selection, labelling, data.
 
 One iteration, for one chemical system (``FinetuneLoop`` ties them together)::
 
@@ -14,9 +14,11 @@ One iteration, for one chemical system (``FinetuneLoop`` ties them together)::
          verification's oracle frames (free labels)
       -> fine-tune K models (lamcsp.trainers) -> registry -> the search goes on
 
-DP-GEN's deviation: for each atom the root-mean-square distance of the K force vectors from
-their mean, ``sqrt(mean_k |f_k - <f>|^2)``; ``max_devi_f`` is its maximum over atoms. The energy
-deviation is the standard deviation over models of the energy per atom.
+The parts live beside this module, which holds the loop itself (:class:`FinetuneLoop`,
+:class:`IterationResult`): :mod:`lamcsp.committee` (:class:`Committee`, :func:`force_deviation`,
+the committee's error statistics), :mod:`lamcsp.finetune_select` (:func:`classify`,
+:func:`select` and its helpers) and :mod:`lamcsp.finetune_data` (:class:`Dataset`,
+:class:`ModelRegistry`). Their names stay importable from here.
 """
 
 from __future__ import annotations
@@ -30,365 +32,24 @@ from typing import Any
 
 import numpy as np
 
-from lamcsp.errors import SetupError
+from lamcsp.campaign.loop import FinetuneSpec
+from lamcsp.committee import (  # noqa: F401  (the names that lived here before the split)
+    Committee,
+    Deviation,
+    deviation_against_error,
+    force_deviation,
+    force_rmse,
+)
 from lamcsp.faults import fault
-
-# -------------------------------------------------------------------------------- committee
-
-
-@dataclasses.dataclass
-class Deviation:
-    """Committee statistics of S structures: ``max_devi_f`` (S,) eV/Å, ``devi_e`` (S,) eV/atom,
-    ``energy`` (S,) the committee's mean energy per atom, ``forces`` per structure (mean)."""
-
-    max_devi_f: np.ndarray
-    devi_e: np.ndarray
-    energy: np.ndarray
-    forces: list[np.ndarray]
-
-
-def force_deviation(forces: np.ndarray) -> np.ndarray:
-    """DP-GEN's per-atom force deviation of ``forces`` (K models, n atoms, 3):
-    ``sqrt(mean_k |f_k - <f>|^2)``, shape (n,)."""
-    f = np.asarray(forces, dtype=float)
-    return np.sqrt(((f - f.mean(axis=0)) ** 2).sum(axis=-1).mean(axis=0))
-
-
-class Committee:
-    """K models evaluated on the same structures, one batched pass per model.
-
-    Args:
-        potentials: the members (fine-tuned copies with different seeds, or several heads of
-            one model): each a :class:`~lamcsp.potentials.base.Potential` (evaluated in this
-            process) or, with an ``executor``, a campaign ``model`` section evaluated through
-            its ``evaluate`` (on the workers under MPI).
-        executor: the executor (:class:`lamcsp.parallel.Executor`) for members given as
-            ``model`` sections.
-    """
-
-    def __init__(self, potentials: Sequence[Any], executor: Any = None):
-        if len(potentials) < 2:
-            raise SetupError(
-                "finetune.committee", f"a committee needs at least 2 models, got {len(potentials)}"
-            )
-        self.potentials = list(potentials)
-        self.executor = executor
-
-    def __len__(self) -> int:
-        return len(self.potentials)
-
-    def evaluate(self, structures: Sequence[Any]) -> Deviation:
-        import torch
-
-        from lamcsp.relax.state import from_structures
-
-        if not structures:
-            z = np.zeros(0)
-            return Deviation(z, z, z, [])
-        counts = np.array([len(a) for a in structures])
-        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        energies, forces = [], []
-        for pot in self.potentials:
-            if callable(pot):  # a Potential, here
-                state = from_structures(list(structures), dtype=torch.float64, device=pot.device)
-                out = pot(state)
-                energies.append(out["energy"].detach().cpu().numpy() / counts)
-                forces.append(out["forces"].detach().cpu().numpy())
-                continue
-            if self.executor is None:
-                raise TypeError("a committee member given as a model section needs an executor")
-            points = self.executor.evaluate(list(structures), [0.0] * len(structures), model=pot)
-            energies.append(np.array([p.energy for p in points]) / counts)
-            forces.append(np.concatenate([p.forces for p in points]))
-        E = np.stack(energies)  # (K, S)
-        F = np.stack(forces)  # (K, N, 3)
-        per_atom = force_deviation(F)
-        max_devi = np.array([per_atom[s : s + n].max() for s, n in zip(starts, counts)])
-        mean_f = F.mean(axis=0)
-        return Deviation(
-            max_devi, E.std(axis=0), E.mean(axis=0), [mean_f[s : s + n] for s, n in zip(starts, counts)]
-        )
-
-
-def classify(max_devi_f: np.ndarray, lo: float, hi: float) -> dict[str, float]:
-    """Fractions of structures that are accurate (< lo), candidates ([lo, hi)) and failed (>= hi)."""
-    d = np.asarray(max_devi_f, dtype=float)
-    n = max(1, len(d))
-    return {
-        "accurate": float((d < lo).sum() / n),
-        "candidate": float(((d >= lo) & (d < hi)).sum() / n),
-        "failed": float((d >= hi).sum() / n),
-    }
-
-
-# -------------------------------------------------------------------------------- selection
-
-
-def sane(
-    atoms: Any, min_distance: float = 0.6, volume_per_atom: tuple[float, float] = (2.0, 200.0)
-) -> str | None:
-    """Why a frame must not go to the oracle (too-close atoms, a broken cell), or ``None``."""
-    cell = np.asarray(atoms.cell.array, dtype=float)
-    if not np.all(np.isfinite(cell)) or not np.all(np.isfinite(atoms.positions)):
-        return "non-finite cell or positions"
-    vol = abs(float(np.linalg.det(cell)))
-    v = vol / max(1, len(atoms))
-    if not volume_per_atom[0] <= v <= volume_per_atom[1]:
-        return f"volume {v:.2f} Å^3/atom outside {volume_per_atom[0]}-{volume_per_atom[1]}"
-    lengths = np.linalg.norm(cell, axis=1)
-    if lengths.min() < 1.0 or vol / np.prod(lengths) < 0.05:
-        return "degenerate cell"
-    dmin = float(lengths.min())  # an atom and its own periodic image
-    if len(atoms) > 1:
-        d = atoms.get_all_distances(mic=True)
-        np.fill_diagonal(d, np.inf)
-        dmin = min(dmin, float(d.min()))
-    if dmin < min_distance:
-        return f"atoms {dmin:.2f} Å apart (< {min_distance})"
-    return None
-
-
-def farthest_point_order(fingerprints: np.ndarray, first: int = 0) -> list[int]:
-    """Indices in farthest-point order (each next one the farthest from those taken)."""
-    X = np.asarray(fingerprints, dtype=float)
-    n = len(X)
-    if n == 0:
-        return []
-    order = [first]
-    dist = np.linalg.norm(X - X[first], axis=1)
-    while len(order) < n:
-        nxt = int(np.argmax(dist))
-        if dist[nxt] <= 0 and nxt in order:
-            rest = [i for i in range(n) if i not in order]
-            order.extend(rest)
-            break
-        order.append(nxt)
-        dist = np.minimum(dist, np.linalg.norm(X - X[nxt], axis=1))
-        dist[order] = -1.0
-    return order
-
-
-@dataclasses.dataclass
-class Selection:
-    """What one iteration sends to the oracle, and why the rest was not sent."""
-
-    chosen: list[int]  # indices into the candidates, in selection order
-    reasons: dict[int, str]  # index -> why it was left out
-    fractions: dict[str, float]  # accurate / candidate / failed over all candidates
-
-
-def select(
-    structures: Sequence[Any],
-    deviation: Deviation | None,
-    enthalpy: Sequence[float],
-    *,
-    lo: float,
-    hi: float,
-    window: float,
-    max_labels: int | None,
-    fingerprints: np.ndarray | None = None,
-    already: set[int] | None = None,
-    excess: Sequence[float] | None = None,
-    max_energy: float | None = None,
-    near_minimum: set[int] | None = None,
-) -> Selection:
-    """DP-GEN's selection plus CSP's low-enthalpy hits.
-
-    A structure is selected when ``lo <= max_devi_f < hi``, or when its ``enthalpy`` per atom
-    (NaN for a frame that is not a relaxed hit) is within ``window`` eV/atom of the lowest (the
-    hits a search must get right, whatever the committee says; give the energy above the hull
-    for a variable-composition search). ``already`` (indices labelled in an earlier iteration)
-    are not labelled again; an uncertain frame whose ``excess`` (enthalpy per atom above the
-    best hit of its composition and pressure, by the committee) is over ``max_energy`` is left
-    out: far up the slope of a random start, it says little about the basins the search keeps.
-    ``near_minimum`` (relaxation frames close to a low-enthalpy hit's minimum) are selected with
-    the low-enthalpy hits, whatever the committee says: the energy differences between the
-    competitors decide the ranking. Without a committee (the first iteration) every relaxed hit
-    may be selected (the initial data), the low-enthalpy ones first. Frames that fail
-    :func:`sane` are cleaned out first. If more than ``max_labels`` remain, the low-enthalpy hits
-    come first, then the rest in farthest-point order of ``fingerprints`` (diverse), else by
-    decreasing deviation.
-    """
-    n = len(structures)
-    reasons: dict[int, str] = {}
-    H = np.asarray(enthalpy, dtype=float)
-    hmin = np.nanmin(H) if n else 0.0
-    low = [i for i in range(n) if np.isfinite(H[i]) and H[i] <= hmin + window]
-    low += sorted(set(near_minimum or ()) - set(low))
-    if deviation is not None:
-        d = deviation.max_devi_f
-        uncertain = [i for i in range(n) if lo <= d[i] < hi]
-        for i in range(n):
-            if d[i] >= hi:
-                reasons[i] = f"max_devi_f {d[i]:.3f} >= trust_hi"
-        fractions = classify(d, lo, hi)
-    else:
-        uncertain = []
-        fractions = {"accurate": 0.0, "candidate": 1.0, "failed": 0.0}
-    if deviation is None:  # the first iteration, no committee yet: every sane hit may go (DP-GEN's
-        # initial data), the lowest first, then the most diverse, up to max_labels
-        uncertain = [i for i in range(n) if np.isfinite(H[i])]
-    picked = []
-    for i in sorted(set(low) | set(uncertain),
-                    key=lambda i: (i not in low, np.isnan(H[i]), np.nan_to_num(H[i]), i)):
-        if already and i in already:
-            reasons[i] = "labelled before"
-            continue
-        why = sane(structures[i])
-        if not why and i not in low and excess is not None and max_energy is not None \
-                and np.isfinite(excess[i]) and excess[i] > max_energy:
-            why = f"{excess[i]:.2f} eV/atom above the best hit (> max_energy)"
-        if why:
-            reasons[i] = why
-            continue
-        picked.append(i)
-    if max_labels is not None and len(picked) > max_labels:
-        first = [i for i in picked if i in low]
-        rest = [i for i in picked if i not in low]
-        if fingerprints is not None and rest:
-            order = farthest_point_order(np.asarray(fingerprints)[rest])
-            rest = [rest[k] for k in order]
-        elif deviation is not None:
-            rest.sort(key=lambda i: -deviation.max_devi_f[i])
-        keep = (first + rest)[:max_labels]
-        for i in picked:
-            if i not in keep:
-                reasons[i] = "over max_labels"
-        picked = keep
-    for i in range(n):
-        if i not in picked and i not in reasons:
-            reasons[i] = (
-                "accurate" if deviation is not None and deviation.max_devi_f[i] < lo else "not low enough"
-            )
-    return Selection(picked, reasons, fractions)
-
-
-# -------------------------------------------------------------------------------- data
-
-
-class Dataset:
-    """Labelled frames of one chemical system under ``root`` (``run/finetune/data/<system>``):
-    per iteration a dpdata ``deepmd/npy`` folder (``iter-NNN/npy/<formula>``) and an extxyz
-    file with provenance (``iter-NNN/frames.extxyz``: iteration, source, oracle); on
-    ``--resume`` the earlier iterations are read back, not labelled again."""
-
-    def __init__(self, root: str | os.PathLike, type_map: Sequence[str]):
-        self.root = Path(root)
-        self.type_map = list(type_map)
-
-    def iteration_dir(self, it: int) -> Path:
-        return self.root / f"iter-{it:03d}"
-
-    def add(self, it: int, frames: Sequence[Any]) -> list[Path]:
-        import shutil
-
-        import ase.io
-
-        from lamcsp.potentials.deepmd import write_frames
-
-        d = self.iteration_dir(it)
-        d.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(d / "npy", ignore_errors=True)  # an interrupted earlier write of this iteration
-        tmp = d / "frames.extxyz.tmp"
-        ase.io.write(tmp, list(frames), format="extxyz")
-        systems = write_frames(frames, d / "npy", self.type_map) if frames else []
-        os.replace(tmp, d / "frames.extxyz")
-        return systems
-
-    def iterations(self) -> list[int]:
-        return sorted(int(p.name[5:]) for p in self.root.glob("iter-*") if (p / "frames.extxyz").is_file())
-
-    def frames(self, upto: int | None = None) -> list[Any]:
-        import ase.io
-
-        out = []
-        for it in self.iterations():
-            if upto is None or it <= upto:
-                out += ase.io.read(self.iteration_dir(it) / "frames.extxyz", ":")
-        return out
-
-    def systems(self, upto: int | None = None) -> list[Path]:
-        out = []
-        for it in self.iterations():
-            if upto is None or it <= upto:
-                out += sorted(
-                    p for p in (self.iteration_dir(it) / "npy").glob("*") if (p / "type.raw").is_file()
-                )
-        return out
-
-
-# -------------------------------------------------------------------------------- registry
-
-
-class ModelRegistry:
-    """The models of one chemical system (``run/finetune/models.json``): per iteration the
-    committee's model files, the parent, the data it was trained on, and its errors against the
-    oracle on that iteration's labels. Paths are stored relative to the registry's folder (a
-    moved run folder resumes) and returned absolute."""
-
-    PATHS = ("models", "parent", "data")
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        self.root = self.path.parent.absolute()
-        self.entries: list[dict[str, Any]] = json.loads(self.path.read_text()) if self.path.is_file() else []
-
-    def _map(self, entry: dict[str, Any], fn: Callable[[str], str]) -> dict[str, Any]:
-        out = dict(entry)
-        for key in self.PATHS:
-            if out.get(key) is not None:
-                out[key] = [fn(str(p)) for p in out[key]]
-        return out
-
-    def _relative(self, path: str) -> str:
-        p = Path(path)
-        try:
-            return p.absolute().relative_to(self.root).as_posix() if p.is_absolute() else path
-        except ValueError:  # outside the run (a user's model): kept as given
-            return path
-
-    def _absolute(self, path: str) -> str:
-        return path if Path(path).is_absolute() else str(self.root / path)
-
-    def add(self, entry: dict[str, Any]) -> None:
-        entry = self._map(entry, self._relative)
-        self.entries = [e for e in self.entries if e["iteration"] != entry["iteration"]] + [entry]
-        self.entries.sort(key=lambda e: e["iteration"])
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.entries, indent=1, default=str))
-        os.replace(tmp, self.path)
-
-    def latest(self, before: int | None = None) -> dict[str, Any] | None:
-        """The last entry (with absolute paths), or the last of the iterations before ``before``."""
-        entries = [e for e in self.entries if before is None or e["iteration"] < before]
-        return self._map(entries[-1], self._absolute) if entries else None
-
-
-def _excess(structures: Sequence[Any], energy: np.ndarray, enthalpy: Sequence[float],
-            pressures: Sequence[float] | None) -> np.ndarray:
-    """Enthalpy per atom by the committee (mean energy + pV) above the lowest relaxed hit
-    (finite ``enthalpy``) of the same composition and pressure; NaN where there is no such hit."""
-    from lamcsp.io import reduced_formula
-    from lamcsp.relax.state import EV_PER_A3_PER_GPA
-
-    p = np.zeros(len(structures)) if pressures is None else np.asarray(pressures, dtype=float)
-    h = np.array([e + pi * EV_PER_A3_PER_GPA * a.get_volume() / len(a)
-                  for e, pi, a in zip(energy, p, structures)])
-    keys = [(reduced_formula(a.get_chemical_formula()), round(float(pi), 6)) for a, pi in zip(structures, p)]
-    best: dict[tuple[str, float], float] = {}
-    for k, hi, h0 in zip(keys, h, enthalpy):
-        if np.isfinite(h0):
-            best[k] = min(best.get(k, np.inf), hi)
-    return np.array([hi - best.get(k, np.nan) for k, hi in zip(keys, h)])
-
-
-def force_rmse(predicted: Sequence[np.ndarray], reference: Sequence[np.ndarray]) -> float:
-    """Root-mean-square force error over all atoms and components, eV/Å."""
-    p = np.concatenate([np.asarray(x).reshape(-1) for x in predicted]) if predicted else np.zeros(0)
-    r = np.concatenate([np.asarray(x).reshape(-1) for x in reference]) if reference else np.zeros(0)
-    return float(np.sqrt(np.mean((p - r) ** 2))) if len(p) else float("nan")
-
+from lamcsp.finetune_data import Dataset, ModelRegistry
+from lamcsp.finetune_select import (  # noqa: F401  (the names that lived here before the split)
+    Selection,
+    _excess,
+    classify,
+    farthest_point_order,
+    sane,
+    select,
+)
 
 # -------------------------------------------------------------------------------- one iteration
 
@@ -429,40 +90,6 @@ class IterationResult:
     failed: list[dict[str, str]] = dataclasses.field(default_factory=list)
 
 
-def deviation_against_error(devi_f: np.ndarray, error_f: np.ndarray, devi_e: np.ndarray, error_e: np.ndarray,
-                            lo: float) -> dict[str, float]:
-    """How well the committee's deviation tells its actual error, on oracle labels.
-
-    Args:
-        devi_f: DP-GEN's max force deviation per structure (eV/Å); ``error_f`` the committee's
-            actual max force error per structure against the oracle (eV/Å, mean force of the
-            members).
-        devi_e: energy deviation per atom (eV/atom); ``error_e`` the actual energy error per
-            atom (eV/atom).
-        lo: ``trust_lo``.
-
-    Returns:
-        ``n``; the means of each; ``spearman_f``, the rank correlation of deviation and error
-        (NaN for fewer than 3); ``error_over_devi_f``, the median of error / deviation (how much
-        the committee underestimates its error); ``agreed_while_wrong``, the fraction the
-        committee trusts (deviation < ``lo``) whose actual error is above ``lo``.
-    """
-    from scipy.stats import spearmanr
-
-    n = len(devi_f)
-    if n == 0:
-        return {"n": 0}
-    rho = float(spearmanr(devi_f, error_f).statistic) if n >= 3 else float("nan")
-    trusted = devi_f < lo
-    return {
-        "n": n, "mean_devi_f": float(np.mean(devi_f)), "mean_error_f": float(np.mean(error_f)),
-        "mean_devi_e": float(np.mean(devi_e)), "mean_error_e": float(np.mean(error_e)),
-        "spearman_f": rho if np.isfinite(rho) else float("nan"),
-        "error_over_devi_f": float(np.median(error_f / np.maximum(devi_f, 1e-12))),
-        "agreed_while_wrong": float(np.sum(trusted & (error_f > lo)) / n),
-    }
-
-
 class FinetuneLoop:
     """The fine-tune loop of one chemical system: iterations of select -> label -> train.
 
@@ -483,7 +110,8 @@ class FinetuneLoop:
             (evaluated through ``executor``) or a Potential (here).
         members: committee size K.
         lo, hi, window, max_labels, conv_accuracy, max_iterations, max_energy: as the
-            campaign's ``finetune`` section.
+            campaign's ``finetune`` section (``committee``, ``trust_lo``...), whose defaults
+            they take.
     """
 
     def __init__(
@@ -495,14 +123,14 @@ class FinetuneLoop:
         trainer: Any,
         make_potential: Callable[[str], Any],
         *,
-        members: int = 4,
-        lo: float = 0.05,
-        hi: float = 0.50,
-        window: float = 0.1,
-        max_labels: int | None = 20,
-        conv_accuracy: float = 0.9,
-        max_iterations: int = 5,
-        max_energy: float | None = 1.0,
+        members: int = FinetuneSpec.default_of("committee"),
+        lo: float = FinetuneSpec.default_of("trust_lo"),
+        hi: float = FinetuneSpec.default_of("trust_hi"),
+        window: float = FinetuneSpec.default_of("window"),
+        max_labels: int | None = FinetuneSpec.default_of("max_labels"),
+        conv_accuracy: float = FinetuneSpec.default_of("conv_accuracy"),
+        max_iterations: int = FinetuneSpec.default_of("max_iterations"),
+        max_energy: float | None = FinetuneSpec.default_of("max_energy"),
     ):
         from lamcsp.oracle import Journal, oracle_id
 

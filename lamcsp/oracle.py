@@ -356,7 +356,8 @@ class OracleTask:
 
     Spec: ``oracle`` (an oracle spec), ``mode`` (``relax``: cell and atoms, ASE's ``optimizer``
     through ``FrechetCellFilter`` under the item's pressure, until ``fmax`` eV/Å or ``max_steps``;
-    ``single_point``: one call at the given structure), ``optimizer``, ``fmax``, ``max_steps``.
+    ``single_point``: one call at the given structure), ``optimizer``, ``fmax``, ``max_steps``
+    (all required: :func:`oracle_task` fills them from the campaign's ``verify`` section).
     A command oracle in ``relax`` mode is expected to relax by itself (its own input, e.g. VASP's
     ``IBRION``/``ISIF``): its output's frames are its steps and the last is the result. An oracle
     that raises makes the result ``failed: REASON``; the batch goes on.
@@ -365,7 +366,7 @@ class OracleTask:
     def __init__(self, spec: dict[str, Any], worker: Any = None):
         self.spec = dict(spec)
         self.oracle = dict(spec["oracle"])
-        self.mode = str(spec.get("mode", "relax"))
+        self.mode = str(spec["mode"])
         self._calc = (make_calculator(self.oracle, field="verify.oracle") if "calculator" in self.oracle
                       else None)
 
@@ -432,11 +433,10 @@ class OracleTask:
         from ase.optimize import BFGS, FIRE, LBFGS
         from ase.units import GPa
 
-        opt_cls = {"bfgs": BFGS, "fire": FIRE, "lbfgs": LBFGS}[str(self.spec.get("optimizer", "bfgs"))]
+        opt_cls = {"bfgs": BFGS, "fire": FIRE, "lbfgs": LBFGS}[str(self.spec["optimizer"])]
         filt = FrechetCellFilter(atoms, scalar_pressure=pressure * GPa)
         opt = opt_cls(filt, logfile=None)
-        converged = bool(opt.run(fmax=float(self.spec.get("fmax", 0.05)),
-                                 steps=int(self.spec.get("max_steps", 100))))
+        converged = bool(opt.run(fmax=float(self.spec["fmax"]), steps=int(self.spec["max_steps"])))
         return converged, int(opt.nsteps)
 
     def _command(self, atoms: Any, pressure: float, journal: Journal | None,
@@ -473,9 +473,10 @@ class OracleTask:
         return {**out, "calls": calls, "replayed": 0 if calls else len(replay)}
 
 
-def oracle_task(oracle: dict[str, Any], *, mode: str = "relax", optimizer: str = "bfgs", fmax: float = 0.05,
-                max_steps: int = 100) -> Any:
-    """The executor task that verifies structures with ``oracle`` (see :class:`OracleTask`)."""
+def oracle_task(oracle: dict[str, Any], *, mode: str, optimizer: str, fmax: float, max_steps: int) -> Any:
+    """The executor task that verifies structures with ``oracle`` (see :class:`OracleTask`); the
+    settings have no defaults here: they are the campaign's ``verify`` section's
+    (:class:`lamcsp.campaign.VerifySpec`)."""
     from lamcsp.parallel import Task
 
     return Task("lamcsp.oracle:OracleTask", {"oracle": dict(oracle), "mode": mode, "optimizer": optimizer,

@@ -19,7 +19,10 @@ A unit stops when its best enthalpy per atom has not dropped by more than
 has stopped, after ``generations``, or when ``max_relaxations`` is spent.
 
 Determinism and resume. The RNG of generator *i* of unit *u* in generation *g* is derived from
-the campaign seed as ``SeedSequence(seed, spawn_key=(u, i, g))``, so no RNG state needs saving.
+the campaign seed as ``SeedSequence(seed, spawn_key=(u, i, g))``, and that of a random
+generator's candidate *k* as ``SeedSequence(seed, spawn_key=(u, i, g, k))`` (drawn on the
+workers under MPI, :mod:`lamcsp.draws`), so no RNG state needs saving and the candidates do not
+depend on the number of ranks.
 The checkpoint (``checkpoint.json``, written atomically after every generation) holds the next
 generation, the relaxations spent, and per unit the best-enthalpy history, the patience counter,
 the generators' ``state_dict()`` and the database ids of its stored representatives. Rows are
@@ -62,7 +65,6 @@ if TYPE_CHECKING:
 
     from lamcsp.campaign import Campaign
     from lamcsp.generators.base import Candidate
-    from lamcsp.generators.dedupe import Deduper
     from lamcsp.potentials.base import Potential
     from lamcsp.relax.relaxer import RelaxResult
     from lamcsp.store import ResultStore
@@ -192,25 +194,12 @@ class Search:
             self._executor = make_executor(self.campaign, self.potential)
         return self._executor
 
-    def _deduper(self) -> Deduper:
-        from lamcsp.generators.dedupe import Deduper
-
-        d = self.campaign.dedupe
-        return Deduper(sim_threshold=d.sim_threshold, fingerprint=d.fingerprint, use_matcher=d.use_matcher,
-                       ltol=d.ltol, stol=d.stol, angle_tol=d.angle_tol, energy_tol=d.energy_tol)
-
-    def _new_unit_state(self, unit: SearchUnit) -> UnitState:
-        from lamcsp.generators import get_generator
-        from lamcsp.generators.base import GenerationContext
-
-        gens = [(g.name, g.share, get_generator(g.name, **g.options)) for g in self.campaign.generators]
-        ctx = GenerationContext(composition=dict(unit.composition), formula_units=list(unit.formula_units),
-                                spacegroups=list(self.campaign.system.spacegroups),
-                                pressure_gpa=unit.pressure_gpa,
-                                distance_factor=self.campaign.system.distance_factor,
-                                volume_factor=self.campaign.system.volume_factor)
-        seen = self.deduper.new_store() if self.campaign.dedupe.before_relax else None
-        return UnitState(unit, gens, ctx, self.deduper.new_store(), seen=seen)
+    def prepare(self) -> None:
+        """The deduper, the similarity screen and a fresh state per unit (what :meth:`run`
+        starts from; a benchmark that runs single generations calls it)."""
+        self.deduper = stages.deduper_for(self.campaign)
+        self.similarity = SimilarityScreen(self.deduper)
+        self.unit_states = [stages.new_unit_state(u, self.campaign, self.deduper) for u in self.units]
 
     def _write_campaign_copy(self) -> None:
         import yaml
@@ -256,9 +245,7 @@ class Search:
 
         elements = sorted({el for u in self.units for el in u.composition})
         self.potential.check_numbers([atomic_numbers[el] for el in elements], field="model")
-        self.deduper = self._deduper()
-        self.similarity = SimilarityScreen(self.deduper)
-        self.unit_states = [self._new_unit_state(u) for u in self.units]
+        self.prepare()
         state = read_checkpoint(self.paths.checkpoint) if self.resume else None
         if state is not None:
             self._restore(state)
@@ -276,11 +263,11 @@ class Search:
             self.run_generation(self.generation)
             self.generation += 1
             self.done = not self._budget_left() or bool(until is not None and until(self))
-            self._checkpoint()
+            self.checkpoint()
             self.finetune.catch_up()
         if not self.done:
             self.done = True
-            self._checkpoint()
+            self.checkpoint()
         if self.campaign.verify_enabled:  # the answer, checked by the oracle (nothing twice on --resume)
             self.verification.run("end")
         if report:
@@ -300,7 +287,8 @@ class Search:
         return {"seed": self.seed, "generation": self.generation, "spent": self.spent, "done": self.done,
                 "units": [u.to_dict() for u in self.unit_states]}
 
-    def _checkpoint(self) -> None:
+    def checkpoint(self) -> None:
+        """Write the checkpoint of the state now (atomically)."""
         from lamcsp.store import write_checkpoint
 
         write_checkpoint(self.paths.checkpoint, self.state_dict())

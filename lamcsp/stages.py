@@ -2,7 +2,11 @@
 
 ::
 
-    propose    each active unit's generators, their own RNG streams (lamcsp.units.unit_rng)
+    propose    each active unit's generators: a sampler's candidates (the random generator's)
+               drawn and distance-screened through the executor, each from its own stream
+               (lamcsp.draws, lamcsp.units.candidate_rng), so on the MPI workers; the others'
+               on the coordinator (lamcsp.units.unit_rng), their new random structures drawn
+               like a sampler's (context.sample)
     screen     minimum distances (kernels.screen), then CALYPSO's similarity screen against what
                the unit has seen (dedupe.before_relax), topped up with new random structures
     prescreen  oversampling generators: single points (or the funnel's quench) through the
@@ -30,11 +34,21 @@ import numpy as np
 
 from lamcsp.errors import SetupError
 from lamcsp.faults import fault
+
+# the screens (lamcsp.screens) are stages too: importable from here
+from lamcsp.screens import (  # noqa: F401
+    TOP_UP_ROUNDS,
+    TOP_UP_STREAM,
+    SimilarityScreen,
+    oversample_of,
+    prescreen,
+    screen,
+    top_up,
+)
 from lamcsp.store import result_ok
-from lamcsp.units import SearchUnit, generator_counts, unit_rng
+from lamcsp.units import SearchUnit, candidate_rng, generator_counts, unit_rng
 
 if TYPE_CHECKING:
-    from ase import Atoms
 
     from lamcsp.campaign import Campaign
     from lamcsp.generators.base import Candidate, GenerationContext, Generator
@@ -42,14 +56,13 @@ if TYPE_CHECKING:
     from lamcsp.relax.relaxer import RelaxResult
     from lamcsp.store import ResultStore
 
-__all__ = ["TOP_UP_ROUNDS", "TOP_UP_STREAM", "RowBuffer", "SimilarityScreen", "UnitState", "candidate_key",
-           "dedupe", "oversample_of", "prescreen", "propose", "relax_and_store", "screen", "tell",
-           "tell_not_relaxed", "top_up", "update_best"]
+__all__ = ["SAMPLE_STREAM", "TOP_UP_ROUNDS", "TOP_UP_STREAM", "RowBuffer", "SimilarityScreen", "UnitState",
+           "candidate_key", "dedupe", "deduper_for", "new_unit_state", "oversample_of", "prescreen",
+           "propose", "relax_and_store", "screen", "tell", "tell_not_relaxed", "top_up", "update_best"]
 
-#: rounds of new random candidates that replace screened duplicates (dedupe.before_relax)
-TOP_UP_ROUNDS = 4
-#: the spawn key "generator" index of the top-up random stream
-TOP_UP_STREAM = 1000
+#: the first candidate-index prefix of the draws a generator asks for (``context.sample``):
+#: call ``c`` of generator ``i`` draws from ``(unit, i, generation, SAMPLE_STREAM + c, j)``
+SAMPLE_STREAM = 1000
 
 #: a unit, the index of one of its candidates, and the candidate
 Proposed = tuple["UnitState", int, "Candidate"]
@@ -107,49 +120,28 @@ class UnitState:
         }
 
 
-# --------------------------------------------------------------------------------- screens
+def deduper_for(campaign: Campaign) -> Deduper:
+    """The campaign's deduper (its ``dedupe`` section)."""
+    from lamcsp.generators.dedupe import Deduper
+
+    d = campaign.dedupe
+    return Deduper(sim_threshold=d.sim_threshold, fingerprint=d.fingerprint, use_matcher=d.use_matcher,
+                   ltol=d.ltol, stol=d.stol, angle_tol=d.angle_tol, energy_tol=d.energy_tol)
 
 
-class SimilarityScreen:
-    """CALYPSO's similarity screen before relaxation (``dedupe.before_relax``): structures are
-    compared at the unit's target volume per atom (fingerprints depend on scale) with what the
-    unit has relaxed or started from (``UnitState.seen``), by the structure matcher, without
-    an energy test."""
+def new_unit_state(unit: SearchUnit, campaign: Campaign, deduper: Deduper) -> UnitState:
+    """A unit's state before its first generation: the campaign's generators, built fresh, and
+    its context."""
+    from lamcsp.generators import get_generator
+    from lamcsp.generators.base import GenerationContext
 
-    def __init__(self, deduper: Deduper):
-        self.deduper = deduper
-
-    def at_unit_volume(self, us: UnitState, items: Sequence[Candidate | Atoms]) -> list[Candidate]:
-        """Structures scaled to the unit's target volume per atom."""
-        from ase.data import atomic_numbers
-
-        from lamcsp.generators.base import Candidate
-        from lamcsp.generators.symmetric import default_element_volume
-
-        comp = us.unit.composition  # every structure of a unit has it: one volume per atom
-        volume = sum(n * default_element_volume(int(atomic_numbers[el])) for el, n in comp.items())
-        v0 = us.context.volume_factor * volume / sum(comp.values())
-        out = []
-        for it in items:
-            c = it if isinstance(it, Candidate) else Candidate.from_atoms(it)
-            scale = (v0 * c.n_atoms / c.volume) ** (1.0 / 3.0)
-            out.append(Candidate(c.numbers, c.frac, c.lattice * scale))
-        return out
-
-    def remember(self, us: UnitState, items: Sequence[Candidate | Atoms]) -> None:
-        """Add ``items`` to what the unit has seen."""
-        if us.seen is not None and items:
-            us.seen.extend(self.deduper.describe(self.at_unit_volume(us, items)))
-
-    def new(self, us: UnitState, cands: list[Candidate]) -> list[bool]:
-        """Which of ``cands`` are new: no duplicate among the earlier ones of the list or what
-        the unit has seen."""
-        if us.seen is None or not cands:
-            return [True] * len(cands)
-        entries = self.deduper.describe(self.at_unit_volume(us, cands))
-        _, dup = self.deduper.unique(entries)
-        known = self.deduper.against(entries, us.seen)
-        return [bool(d < 0 and k < 0) for d, k in zip(dup, known)]
+    gens = [(g.name, g.share, get_generator(g.name, **g.options)) for g in campaign.generators]
+    ctx = GenerationContext(composition=dict(unit.composition), formula_units=list(unit.formula_units),
+                            spacegroups=list(campaign.system.spacegroups), pressure_gpa=unit.pressure_gpa,
+                            distance_factor=campaign.system.distance_factor,
+                            volume_factor=campaign.system.volume_factor)
+    seen = deduper.new_store() if campaign.dedupe.before_relax else None
+    return UnitState(unit, gens, ctx, deduper.new_store(), seen=seen)
 
 
 # --------------------------------------------------------------------------------- propose
@@ -168,38 +160,75 @@ def propose(unit_states: Sequence[UnitState], g: int, campaign: Campaign, seed: 
     Raises:
         SetupError: no generator of any unit could build a structure.
     """
+    from lamcsp.draws import DrawRequest, draw, sampler_for
+    from lamcsp.generators.base import is_sampler
+
     pop = campaign.population
     out: list[Proposed] = []
     errors: list[tuple[UnitState, str, SetupError]] = []
     proposed: list[tuple[UnitState, list[Candidate], list[int | None], list[str | None]]] = []
-    for us in unit_states:
-        if not us.active:
-            continue
+    # the samplers' candidates first, all units' in one go through the executor (the workers
+    # draw and screen them, each from its own stream); the other generators propose here
+    active = [us for us in unit_states if us.active]
+    wanted = {us.unit.index: [n * oversample_of(gen) for (_, _, gen), n in zip(
+        us.generators, generator_counts([s for _, s, _ in us.generators], pop))] for us in active}
+    requests = [(us, gi, DrawRequest(name, _spec_options(campaign, gi, name), us.context, seed,
+                                     (us.unit.index, gi, g), n))
+                for us in active
+                for gi, ((name, _, gen), n) in enumerate(zip(us.generators, wanted[us.unit.index]))
+                if n > 0 and is_sampler(gen) and _spec_options(campaign, gi, name) is not None]
+    for us in active:
         us.context.generation = g
-        counts = generator_counts([s for _, s, _ in us.generators], pop)
+    results = draw([r for *_, r in requests], executor)
+    drawn = {(us.unit.index, gi): d for (us, gi, _), d in zip(requests, results)}
+    for us in active:
         cands: list[Candidate] = []
         owner: list[int | None] = []  # the generator (index) of each candidate
         ranked: set[int] = set()  # indices of the candidates the energy prescreen ranks
-        for gi, ((name, _, gen), n) in enumerate(zip(us.generators, counts)):
+        passed: list[bool | None] = []  # the distance screen, where a worker ran it
+        for gi, ((name, _, gen), n) in enumerate(zip(us.generators, wanted[us.unit.index])):
             if n == 0:
                 continue
             k = oversample_of(gen)
-            n *= k
-            try:
-                got = list(gen.propose(n, unit_rng(seed, us.unit.index, gi, g), us.context))[:n]
-            except SetupError as exc:  # this composition cannot be built by this generator
-                errors.append((us, name, exc))
-                got = []
+            flags: list[bool | None]
+            d = drawn.get((us.unit.index, gi))
+            if d is not None:
+                got = [c for c in d.candidates if c is not None]
+                flags = [f for c, f in zip(d.candidates, d.keep) if c is not None]
+                if d.error is not None and not got:  # this composition cannot be built by it
+                    errors.append((us, name, d.error))
+                elif not got:  # not one draw built a structure: propose says why, or builds one
+                    try:
+                        rng = candidate_rng(seed, us.unit.index, gi, g, n)
+                        got = list(gen.propose(1, rng, us.context))[:1]
+                    except SetupError as exc:
+                        errors.append((us, name, exc))
+                    flags = [None] * len(got)
+            else:  # its new random structures are drawn where the executor runs (context.sample)
+                stream = (us.unit.index, gi, g)
+                us.context.sample = sampler_for(executor, us.context, seed, stream, SAMPLE_STREAM)
+                try:
+                    got = list(gen.propose(n, unit_rng(seed, us.unit.index, gi, g), us.context))[:n]
+                except SetupError as exc:  # this composition cannot be built by this generator
+                    errors.append((us, name, exc))
+                    got = []
+                finally:
+                    us.context.sample = None
+                flags = [None] * len(got)
             for c in got:
                 c.generator = name
             if k > 1:  # all but those the generator asks to relax (a swarm's moved particles)
                 ranked.update(len(cands) + j for j, c in enumerate(got) if c.origin.get("prescreen", True))
             cands.extend(got)
             owner.extend([gi] * len(got))
-        keep = screen(cands, us.context)
+            passed.extend(flags)
+        here = [j for j, f in enumerate(passed) if f is None]
+        keep = np.array([bool(f) for f in passed], dtype=bool)
+        if here:
+            keep[here] = screen([cands[j] for j in here], us.context)
         why: list[str | None] = [None if f else "screened" for f in keep]  # why not relaxed
         if us.seen is not None:
-            keep = top_up(us, g, cands, keep, errors, campaign, seed, similarity)
+            keep = top_up(us, g, cands, keep, errors, campaign, seed, similarity, executor)
             why += [None if f else "screened" for f in keep[len(why):]]  # the top-up's
             why = [w or (None if f else "duplicate") for w, f in zip(why, keep)]
         owner.extend([None] * (len(cands) - len(owner)))  # the top-up's random structures
@@ -231,6 +260,13 @@ def propose(unit_states: Sequence[UnitState], g: int, campaign: Campaign, seed: 
     return out
 
 
+def _spec_options(campaign: Campaign, gi: int, name: str) -> dict[str, Any] | None:
+    """The options of the campaign's generator ``gi`` (from which a worker builds its own
+    copy), or ``None`` where the unit's generator ``gi`` is not the campaign's (a test's)."""
+    specs = campaign.generators
+    return dict(specs[gi].options) if gi < len(specs) and specs[gi].name == name else None
+
+
 def tell_not_relaxed(proposed: list[tuple[UnitState, list[Candidate], list[int | None], list[str | None]]],
                      out: list[Proposed]) -> None:
     """Tell each generator which of its candidates will not be relaxed, and why (an
@@ -249,117 +285,6 @@ def tell_not_relaxed(proposed: list[tuple[UnitState, list[Candidate], list[int |
             us.generators[gi][2].tell(outcomes)
 
 
-def top_up(us: UnitState, g: int, cands: list[Candidate], keep: np.ndarray,
-           errors: list[tuple[UnitState, str, SetupError]], campaign: Campaign, seed: int,
-           similarity: SimilarityScreen) -> list[bool]:
-    """CALYPSO's similarity screen (``dedupe.before_relax``): candidates that duplicate a
-    structure the unit has relaxed (or started from), or an earlier candidate, are dropped and
-    replaced by new symmetric random structures (appended to ``cands``), in up to
-    ``TOP_UP_ROUNDS`` rounds; returns the new keep mask."""
-    from lamcsp.generators import get_generator
-
-    ok = [bool(k) for k in keep]
-    new = similarity.new(us, [c for c, k in zip(cands, ok) if k])
-    it = iter(new)
-    ok = [k and next(it) for k in ok]
-    us.screened += sum(1 for c, k in zip(cands, keep) if k) - sum(ok)
-    random = get_generator("random")
-    rng = unit_rng(seed, us.unit.index, TOP_UP_STREAM, g)
-    for _ in range(TOP_UP_ROUNDS):
-        missing = campaign.population - sum(ok)
-        if missing <= 0:
-            break
-        try:
-            extra = list(random.propose(missing, rng, us.context))[:missing]
-        except SetupError as exc:
-            errors.append((us, "random", exc))
-            break
-        for c in extra:
-            c.generator = "random"
-        fit = screen(extra, us.context)
-        kept = [c for c, f in zip(extra, fit) if f]
-        fresh = similarity.new(us, [c for c, k in zip(cands, ok) if k] + kept)[sum(ok):]
-        us.screened += len(kept) - sum(fresh)
-        for c, f in zip(extra, fit):
-            cands.append(c)
-            ok.append(bool(f) and (fresh.pop(0) if f else False))
-    return ok
-
-
-def prescreen(us: UnitState, g: int, cands: list[Candidate], keep: Sequence[bool], ranked: set[int],
-              campaign: Campaign, executor: Any, similarity: SimilarityScreen,
-              duplicates: set[int] | None = None) -> tuple[list[bool], dict[int, float]]:
-    """The energy prescreen of oversampling generators (their ``oversample`` option): of
-    their candidates that passed the screens, those with the lowest enthalpy per atom at the
-    start (one model call each, batched through the executor's ``evaluate``) fill what the
-    other candidates leave of the population; the rest are not relaxed.
-
-    With ``relax.quench_steps`` (the funnel) the starts are relaxed that many steps instead
-    (``executor.relax``) and ranked where the quench left them; the kept ones go on from there,
-    and the quenched candidates are screened again for similarity (lowest first).
-
-    The other candidates that passed get their single point in the same call, so that the
-    generation is relaxed in order of start enthalpy, lowest first (:func:`propose`): the
-    in-flight batcher and the MPI coordinator start structures in that order, and a budget
-    that ends within the generation keeps the most promising. Each evaluated candidate keeps
-    its value in ``origin["start_enthalpy"]`` (eV/atom).
-
-    Returns:
-        the new keep mask, and the start enthalpy per atom of each kept candidate (by index;
-        ``inf`` where the single point failed); the quenched candidates the similarity screen
-        dropped are added to ``duplicates``.
-    """
-    ok = [bool(k) for k in keep]
-    pool = [k for k in sorted(ranked) if ok[k]]
-    rest = [k for k, f in enumerate(ok) if f and k not in ranked]
-    slots = max(0, campaign.population - len(rest))
-    todo = pool + rest
-    if not todo:
-        return ok, {}
-    # labelled with the keys they would be stored under, so that a worker lost during the
-    # prescreen names what it held
-    quench = campaign.relax.quench_steps
-    structures = [cands[k].to_atoms() for k in todo]
-    labels = [f"{candidate_key(us.unit.index, g, k)} (prescreen)" for k in todo]
-    res: Sequence[Any]
-    if quench:
-        res = executor.relax(structures, [us.unit.pressure_gpa] * len(todo), max_steps=quench, labels=labels)
-    else:  # single points
-        res = executor.evaluate(structures, [us.unit.pressure_gpa] * len(todo), labels=labels)
-    h = {k: float(r.enthalpy_per_atom) if not r.failed and np.isfinite(r.enthalpy_per_atom) else math.inf
-         for k, r in zip(todo, res)}
-    us.prescreen_calls[g] = sum(int(r.steps) + 1 for r in res) if quench else len(res)
-    if quench:  # the funnel: the kept candidates are relaxed on from where the quench left them
-        for k, r in zip(todo, res):
-            if math.isfinite(h[k]) and r.steps > 0:
-                cands[k].frac = np.asarray(r.atoms.get_scaled_positions(wrap=False), dtype=float)
-                cands[k].lattice = np.asarray(r.atoms.cell.array, dtype=float)
-                cands[k].origin["quench_steps"] = int(r.steps)
-        if us.seen is not None:
-            # the similarity screen again, on the quenched structures (lowest first, so that
-            # of two quenched into one basin the lower is kept): a quench falls into its basin,
-            # so a candidate bound for a structure already relaxed (a swarm move near its
-            # leader, most often) shows it here, at a few steps' cost instead of a relaxation
-            live = sorted((k for k in todo if math.isfinite(h[k])), key=lambda k: h[k])
-            fresh = similarity.new(us, [cands[k] for k in live])
-            for k, f in zip(live, fresh):
-                if not f:
-                    ok[k] = False
-                    us.screened += 1
-                    if duplicates is not None:
-                        duplicates.add(k)
-            pool = [k for k in pool if ok[k]]
-            slots = max(0, campaign.population - sum(1 for k in rest if ok[k]))
-    if len(pool) > slots:
-        for j in np.argsort(np.array([h[k] for k in pool]), kind="stable")[slots:]:
-            ok[pool[j]] = False
-        us.prescreened += len(pool) - slots
-    for k in todo:
-        if math.isfinite(h[k]):
-            cands[k].origin["start_enthalpy"] = h[k]
-    return ok, {k: h[k] for k in todo if ok[k]}
-
-
 # --------------------------------------------------------------------------------- relax
 
 
@@ -373,11 +298,12 @@ def relax_and_store(todo: Sequence[Proposed], g: int, store: ResultStore, execut
     from lamcsp.store import result_of_row
 
     keys = [candidate_key(us.unit.index, g, k) for us, k, _ in todo]
-    stored = {r.key: r for r in store.rows(role="search", generation=g, include_data=False)}
+    stored = {r.key: r for r in store.rows(role="search", generation=g)}
     results: list[Any] = [None] * len(todo)
     row_ids: list[Any] = [None] * len(todo)
     for i, key in enumerate(keys):
         if key in stored:  # relaxed before an interruption: read back, not relaxed again
+            _check_same_start(stored[key], todo[i][2], key)
             results[i], row_ids[i] = result_of_row(stored[key]), int(stored[key].id)
     buffer = RowBuffer(store)
     pending = [i for i in range(len(todo)) if results[i] is None]
@@ -405,6 +331,25 @@ def relax_and_store(todo: Sequence[Proposed], g: int, store: ResultStore, execut
             for i, rid in buffer.flush():
                 row_ids[i] = rid
     return results, row_ids
+
+
+def _check_same_start(row: Any, cand: Candidate, key: str) -> None:
+    """A row read back on ``--resume`` must hold the candidate proposed again under its key: a
+    generation interrupted under a lamcsp that drew candidates differently (before the
+    per-candidate streams of :mod:`lamcsp.draws`) cannot be finished by this one."""
+    was = (row.data or {}).get("candidate")
+    if was is None:
+        return
+    # loose: a funnel's quench, run again in other batches, may move a start by rounding
+    same = (list(was["numbers"]) == cand.numbers.tolist()
+            and np.allclose(was["lattice"], cand.lattice, atol=1e-3)
+            and np.allclose(was["frac"], cand.frac, atol=1e-3))
+    if not same:
+        raise SetupError("--resume", f"row {key} of generation {row.generation} holds another structure "
+                                     "than the candidate proposed again under its key: that generation was "
+                                     "interrupted under a lamcsp version that drew candidates differently. "
+                                     "Finish the run with that version, or start a new run (nothing was "
+                                     "changed)")
 
 
 # --------------------------------------------------------------------------------- after relaxing
@@ -545,35 +490,3 @@ class RowBuffer:
 def candidate_key(unit: int, generation: int, candidate: int) -> str:
     """The key a relaxed candidate is stored under (``u<unit>-g<generation>-c<candidate>``)."""
     return f"u{unit}-g{generation}-c{candidate}"
-
-
-def oversample_of(generator: Any) -> int:
-    """Candidates a generator draws per structure relaxed (its ``oversample`` option, 1 when it
-    has none): the search relaxes the lowest-enthalpy starts among them (:func:`prescreen`)."""
-    return max(1, int(getattr(generator, "oversample", 1) or 1))
-
-
-def screen(candidates: Sequence[Candidate], context: GenerationContext) -> np.ndarray:
-    """Which candidates keep every pair of atoms at least the context's minimum distance apart
-    (``kernels.screen.distance_screen``), one batched call."""
-    from ase.data import covalent_radii
-
-    from lamcsp.kernels.screen import distance_screen
-
-    if not candidates:
-        return np.zeros(0, dtype=bool)
-    zmax = max(int(c.numbers.max()) for c in candidates)
-    dmin = np.zeros((zmax + 1, zmax + 1))
-    zs = sorted({int(z) for c in candidates for z in c.numbers})
-    for a in zs:
-        for b in zs:
-            d = context.min_distance.get((a, b), context.min_distance.get((b, a)))
-            if d is None:
-                d = context.distance_factor * (covalent_radii[a] + covalent_radii[b])
-            dmin[a, b] = d
-    # a little slack: generators place atoms at exactly the minimum distance
-    keep, _ = distance_screen(np.concatenate([c.positions for c in candidates]),
-                              np.stack([c.lattice for c in candidates]),
-                              np.array([c.n_atoms for c in candidates]),
-                              np.concatenate([c.numbers for c in candidates]), dmin * 0.999)
-    return keep

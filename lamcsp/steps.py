@@ -48,7 +48,6 @@ class FinetuneStep:
         self.loop = None
         if not spec.enabled:
             return
-        from lamcsp.campaign import ModelSpec
         from lamcsp.finetune import FinetuneLoop
         from lamcsp.oracle import check_oracle
         from lamcsp.trainers import CHGNetTrainer, DeePMDTrainer
@@ -67,7 +66,7 @@ class FinetuneStep:
         elements = sorted({el for u in self.s.units for el in u.composition})
 
         def member(path: str) -> Any:  # a model section: the executor evaluates it (on the workers)
-            return ModelSpec(**{**dataclasses.asdict(m), **trainer.spec(path), "options": {}})
+            return m.replace(**trainer.spec(path), options={})
 
         self.loop = FinetuneLoop(
             self.s.paths.finetune, elements, self.s.executor, spec.oracle, trainer, member,
@@ -76,8 +75,7 @@ class FinetuneStep:
             max_iterations=spec.max_iterations or 10**9, max_energy=spec.max_energy)
         latest = self.loop.registry.latest(before=self.loop.iteration)
         if latest:
-            self.s.use_model(ModelSpec(**{**dataclasses.asdict(m), **trainer.spec(latest["models"][0]),
-                                          "options": {}}))
+            self.s.use_model(m.replace(**trainer.spec(latest["models"][0]), options={}))
             self.loop.executor = self.s.executor
 
     def catch_up(self) -> None:
@@ -102,7 +100,6 @@ class FinetuneStep:
         re-relaxes the best hits. Kill-safe: an interrupted iteration runs again on ``--resume``
         without asking the oracle again (its labels, members and verifications are stored as
         they come) and writes its log last."""
-        from lamcsp.campaign import ModelSpec
         from lamcsp.verify import ranking_stable
 
         ft = self.loop
@@ -131,13 +128,12 @@ class FinetuneStep:
                    else f"{len(result.models)} models trained"))
         if result.models:
             m = self.s.campaign.model
-            self.s.use_model(ModelSpec(**{**dataclasses.asdict(m), **ft.trainer.spec(result.models[0]),
-                                          "options": {}}))
+            self.s.use_model(m.replace(**ft.trainer.spec(result.models[0]), options={}))
             ft.executor = self.s.executor
             self.rescore(result.iteration)
         ft.finish(result, verification=verification)
         if result.models:
-            self.s._checkpoint()  # the units' best and patience under the new model
+            self.s.checkpoint()  # the units' best and patience under the new model
 
     def candidates(self) -> tuple[list[Any], list[float], list[str], list[float], list[int]]:
         """What the committee rates: every unit's unique hits (``enthalpy``: per atom above the

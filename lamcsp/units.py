@@ -8,7 +8,11 @@ Each unit has its own generators (named in the campaign, sharing ``population`` 
 ``share``), its own relaxed population and its own deduplication.
 
 The RNG of generator *i* of unit *u* in generation *g* is derived from the campaign seed as
-``SeedSequence(seed, spawn_key=(u, i, g))`` (:func:`unit_rng`), so no RNG state needs saving.
+``SeedSequence(seed, spawn_key=(u, i, g))`` (:func:`unit_rng`), so no RNG state needs saving. A
+generator whose candidates are independent draws (a :class:`~lamcsp.generators.base.Sampler`)
+gets one stream per candidate instead, ``SeedSequence(seed, spawn_key=(u, i, g, k))``
+(:func:`candidate_rng`), so that any worker can draw candidate *k* and the candidates do not
+depend on how many ranks draw them.
 """
 
 from __future__ import annotations
@@ -24,9 +28,8 @@ import numpy as np
 if TYPE_CHECKING:
     from lamcsp.campaign import Campaign
 
-__all__ = ["SearchUnit", "generator_counts", "search_units", "unit_rng", "variable_compositions"]
-
-
+__all__ = ["SearchUnit", "candidate_rng", "generator_counts", "search_units", "unit_rng",
+           "variable_compositions"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,3 +120,11 @@ def generator_counts(shares: Sequence[float], population: int) -> list[int]:
 def unit_rng(seed: int, unit: int, generator: int, generation: int) -> np.random.Generator:
     """The RNG of one generator of one unit in one generation (derived from the seed)."""
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(unit, generator, generation)))
+
+
+def candidate_rng(seed: int, unit: int, stream: int, generation: int, *index: int) -> np.random.Generator:
+    """The RNG of one candidate (``index``: its place in the stream, e.g. ``k`` or a top-up's
+    round and ``k``) of one stream (a generator's index, or another of the stages' streams) of
+    one unit in one generation."""
+    key = (unit, stream, generation, *index)
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=key))

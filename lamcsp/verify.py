@@ -160,15 +160,16 @@ def signature(c: Comparison, top_k: int) -> list[int]:
 
 @dataclasses.dataclass
 class VerifySettings:
-    """How to verify (the campaign's ``verify`` section with its oracle resolved)."""
+    """How to verify: the campaign's ``verify`` section with its oracle resolved (no defaults
+    here: they are :class:`lamcsp.campaign.VerifySpec`'s)."""
 
     oracle: dict[str, Any]
-    mode: str = "relax"
-    optimizer: str = "bfgs"
-    fmax: float = 0.05
-    max_steps: int = 100
-    top_k: int = 5
-    window: float = 0.03
+    mode: str
+    optimizer: str
+    fmax: float
+    max_steps: int
+    top_k: int
+    window: float
 
     @property
     def oracle_id(self) -> str:

@@ -4,7 +4,6 @@ results and the structures to argv[1]."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 
@@ -23,7 +22,7 @@ if __name__ == "__main__":
     if comm.Get_rank() != 0:
         sys.exit(worker_main(comm))
     campaign = parse_campaign(CAMPAIGN)
-    other = dataclasses.replace(campaign.model, options=OTHER)
+    other = campaign.model.replace(options=OTHER)
     cells = []
     for i in range(10):
         a = bulk("Ar", "fcc", a=5.2 + 0.03 * i).repeat((1 + i % 3, 1, 1))

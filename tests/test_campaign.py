@@ -1,5 +1,6 @@
 """The campaign schema: the quickstart validates; each class of bad input is a SetupError that
-names the field by its dotted path; round trip; `lamcsp validate`; the committed reference."""
+names the field by its dotted path; the models are frozen and closed at every level; round
+trip; `lamcsp validate`; the committed reference."""
 
 import copy
 import os
@@ -9,8 +10,17 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
-from lamcsp.campaign import Campaign, campaign_reference, load_campaign, parse_campaign
+from lamcsp.campaign import (
+    SECTIONS,
+    Campaign,
+    ModelSpec,
+    RelaxSpec,
+    campaign_reference,
+    load_campaign,
+    parse_campaign,
+)
 from lamcsp.cli import main
 from lamcsp.errors import SetupError
 
@@ -222,3 +232,77 @@ def test_reference_is_up_to_date():
         "python -m lamcsp.campaign --reference > docs/campaign_reference.md")
     for key in ("patience", "trust_lo", "max_relaxations", "sim_threshold", "device"):
         assert f"`{key}`" in committed
+
+
+def _section_path(key: str) -> str:
+    return "generators[0]" if key == "generators[]" else key
+
+
+@pytest.mark.parametrize("key", ["", *SECTIONS])
+def test_unknown_key_at_every_level_names_its_path(key):
+    path = _section_path(key)
+    e = error(with_(f"{path}.bogus" if path else "bogus", 1))
+    assert e.field == (f"{path}.bogus" if path else "bogus")
+    assert "unknown key 'bogus'" in e.message
+    allowed = SECTIONS[key].model_fields if key else Campaign.model_fields
+    assert all(name in e.message for name in allowed)  # what is allowed instead
+
+
+@pytest.mark.parametrize("path,value,allowed", [
+    ("population", "12", "an integer"),
+    ("seed", 1.5, "an integer or null"),
+    ("stop", 5, "a mapping"),
+    ("system.distance_factor", "x", "a finite number"),
+    ("system.pressures", float("nan"), "a finite number"),
+    ("generators[1].share", "half", "a finite number"),
+    ("model.head", 3, "a non-empty string or null"),
+    ("relax.max_steps", True, "an integer"),
+    ("relax.optimizer", 3, "fire, lbfgs"),
+    ("dedupe.use_matcher", 1, "true or false"),
+    ("dedupe.ltol", float("inf"), "a finite number"),
+    ("report.write_cif", "yes", "true or false"),
+    ("parallel.threads", 2.5, "an integer or null"),
+    ("finetune.every", [2], "an integer"),
+    ("finetune.diversity", "random", "bootstrap, seeds, fresh_head"),
+    ("verify.top_k", None, "an integer"),
+    ("verify.oracle", 7, "calculator"),
+])
+def test_wrong_type_at_any_level_is_one_paragraph_naming_the_field(path, value, allowed):
+    e = error(with_(path, value))
+    assert e.field == path and allowed in e.message
+    assert "\n" not in str(e) and "pydantic" not in str(e) and "http" not in str(e)
+
+
+def test_integral_floats_and_lists_are_read_as_yaml_gives_them():
+    c = parse_campaign({**with_("relax.max_steps", 300.0), "population": 8.0})
+    assert c.relax.max_steps == 300 and type(c.relax.max_steps) is int and type(c.population) is int
+    assert isinstance(c.generators, tuple) and c.system.pressures == (0.0,)
+    assert error(with_("relax.max_steps", 300.5)).field == "relax.max_steps"
+
+
+@pytest.mark.parametrize("key", ["", *SECTIONS])
+def test_every_section_is_frozen(key):
+    c = parse_campaign(BASE)
+    node = c if not key else (c.generators[0] if key == "generators[]" else getattr(c, key))
+    name = next(iter(type(node).model_fields))
+    with pytest.raises(ValidationError):
+        setattr(node, name, getattr(node, name))
+
+
+def test_replace_is_a_validated_copy():
+    m = parse_campaign(BASE).model
+    cpu = m.replace(device="cpu")
+    assert cpu.device == "cpu" and m.device == "auto" and cpu.backend == m.backend
+    with pytest.raises(SetupError) as info:
+        m.replace(device="gpu")
+    assert info.value.field == "device" and "cuda:N" in info.value.message
+    assert ModelSpec(**cpu.model_dump()) == cpu  # the plain data an MPI task carries
+    assert RelaxSpec.default_of("fmax") == RelaxSpec().fmax == Campaign().relax.fmax
+
+
+def test_reference_module_entry_point():
+    proc = subprocess.run([sys.executable, "-m", "lamcsp.campaign", "--reference"], capture_output=True,
+                          text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr
+    with open(REFERENCE, encoding="utf-8") as fh:
+        assert proc.stdout == fh.read()

@@ -66,3 +66,16 @@ def test_not_a_crystal(tmp_path, capsys):
 def test_console_script_runs():
     proc = subprocess.run([sys.executable, "-m", "lamcsp", "relax", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "--pressure" in proc.stdout
+
+
+def test_options_a_campaign_has_too_take_its_defaults():
+    from lamcsp.campaign import ModelSpec, RelaxSpec, ReportSpec, SystemSpec
+    from lamcsp.cli import build_parser, parse_int_list
+
+    args = build_parser().parse_args(["relax", "x.cif"])
+    assert (args.fmax, args.max_steps, args.optimizer) == (RelaxSpec().fmax, RelaxSpec().max_steps,
+                                                           RelaxSpec().optimizer)
+    assert (args.device, args.symprec) == (ModelSpec().device, ReportSpec().symprec)
+    args = build_parser().parse_args(["generate", "--composition", "Si"])
+    assert args.volume_factor == SystemSpec().volume_factor
+    assert tuple(parse_int_list(args.spacegroups, "--spacegroups", 1, 230)) == SystemSpec().spacegroups

@@ -273,8 +273,6 @@ def test_single_points_on_two_ranks_equal_the_serial_ones_for_any_model(tmp_path
     """``evaluate`` through MPI with the campaign's model, with another model section (how the
     fine-tune loop's committee members are evaluated) and after ``set_model`` (its model
     switch) equals the serial executor's; and ``relax`` follows ``set_model`` too."""
-    import dataclasses
-
     from lamcsp.relax.relaxer import atoms_from_dict
 
     sys.path.insert(0, str(TESTS))
@@ -292,7 +290,7 @@ def test_single_points_on_two_ranks_equal_the_serial_ones_for_any_model(tmp_path
     assert res["protocol"]
     cells = [atoms_from_dict(d) for d in res["cells"]]
     model = parse_campaign(mpi_evaluate.CAMPAIGN).model
-    other = dataclasses.replace(model, options=mpi_evaluate.OTHER)
+    other = model.replace(options=mpi_evaluate.OTHER)
     ex = SerialExecutor(LennardJones(epsilon=0.0104, sigma=3.4))
     own = ex.evaluate(cells, res["pressures"])
     member = ex.evaluate(cells, res["pressures"], model=other)

@@ -343,8 +343,8 @@ def test_energy_prescreen_relaxes_the_lowest_starts_of_an_oversampling_generator
     from lamcsp.relax import Relaxer
     from pymatgen.io.ase import AseAtomsAdaptor
 
+    from lamcsp.draws import proposals
     from lamcsp.stages import screen
-    from lamcsp.units import unit_rng
 
     raw = {**AR_CAMPAIGN, "system": {"composition": "Ar", "formula_units": "2-4"},
            "generators": [{"name": "random", "share": 1.0, "options": {"oversample": 3}}],
@@ -358,7 +358,7 @@ def test_energy_prescreen_relaxes_the_lowest_starts_of_an_oversampling_generator
     relaxer = Relaxer(search.potential, max_steps=0, progress=False)
     prescreened = 0
     for g in range(2):
-        drawn = gen.propose(18, unit_rng(7, 0, 0, g), us.context)
+        drawn = proposals(gen, 18, 7, (0, 0, g), us.context)
         drawn = [c for c, ok in zip(drawn, screen(drawn, us.context)) if ok]
         h = np.array([r.enthalpy_per_atom for r in relaxer.relax([c.to_atoms() for c in drawn])])
         relaxed_starts = [s for gg, s, _ in rows if gg == g]
@@ -379,8 +379,8 @@ def test_the_funnel_relaxes_the_lowest_quenched_candidates_on_from_their_quench(
     from lamcsp.generators.base import Candidate
     from lamcsp.relax import Relaxer
 
+    from lamcsp.draws import proposals
     from lamcsp.stages import screen
-    from lamcsp.units import unit_rng
 
     raw = {**AR_CAMPAIGN, "system": {"composition": "Ar", "formula_units": "2-4"},
            "generators": [{"name": "random", "share": 1.0, "options": {"oversample": 3}}],
@@ -392,7 +392,7 @@ def test_the_funnel_relaxes_the_lowest_quenched_candidates_on_from_their_quench(
     gen = us.generators[0][2]
     quencher = Relaxer(search.potential, max_steps=4, progress=False)
     for g in range(2):
-        drawn = gen.propose(18, unit_rng(7, 0, 0, g), us.context)
+        drawn = proposals(gen, 18, 7, (0, 0, g), us.context)
         drawn = [c for c, ok in zip(drawn, screen(drawn, us.context)) if ok]
         quenched = quencher.relax([c.to_atoms() for c in drawn])
         h = np.array([r.enthalpy_per_atom for r in quenched])
@@ -474,8 +474,8 @@ def test_energy_prescreen_ranks_the_swarms_new_particles_with_the_random_draws(t
     from lamcsp.relax import Relaxer
     from pymatgen.io.ase import AseAtomsAdaptor
 
+    from lamcsp.draws import proposals
     from lamcsp.stages import screen
-    from lamcsp.units import unit_rng
 
     raw = {**AR_CAMPAIGN, "system": {"composition": "Ar", "formula_units": "2-4"},
            "generators": [{"name": "random", "share": 0.5, "options": {"oversample": 3}},
@@ -489,7 +489,7 @@ def test_energy_prescreen_ranks_the_swarms_new_particles_with_the_random_draws(t
     drawn = []
     for gi, name in enumerate(("random", "pso")):  # generation 0 drawn again by fresh generators
         gen = get_generator(name, oversample=3)
-        drawn += gen.propose(12, unit_rng(7, 0, gi, 0), dataclasses.replace(us.context, population=[]))
+        drawn += proposals(gen, 12, 7, (0, gi, 0), dataclasses.replace(us.context, population=[]))
     drawn = [c for c, ok in zip(drawn, screen(drawn, us.context)) if ok]
     relaxer = Relaxer(search.potential, max_steps=0, progress=False)
     h = np.array([r.enthalpy_per_atom for r in relaxer.relax([c.to_atoms() for c in drawn])])
@@ -515,8 +515,8 @@ def test_a_prescreened_generation_is_relaxed_lowest_start_first(tmp_path):
     from lamcsp.generators.base import Candidate
     from lamcsp.relax import Relaxer
 
+    from lamcsp.draws import proposals
     from lamcsp.stages import screen
-    from lamcsp.units import unit_rng
 
     raw = {**AR_CAMPAIGN, "system": {"composition": "Ar", "formula_units": "2-4"},
            "generators": [{"name": "random", "share": 0.5, "options": {"oversample": 3}},
@@ -545,7 +545,7 @@ def test_a_prescreened_generation_is_relaxed_lowest_start_first(tmp_path):
     search = Search(parse_campaign(raw), tmp_path / "budget", progress=False)
     search.run(report=False)
     us = search.unit_states[0]
-    drawn = us.generators[0][2].propose(24, unit_rng(7, 0, 0, 1), us.context)
+    drawn = proposals(us.generators[0][2], 24, 7, (0, 0, 1), us.context)
     drawn = [c for c, ok in zip(drawn, screen(drawn, us.context)) if ok]
     h = [r.enthalpy_per_atom for r in relaxer.relax([c.to_atoms() for c in drawn])]
     db = ase.db.connect(str(tmp_path / "budget" / "results.db"), use_lock_file=False)

