@@ -25,12 +25,21 @@ Part 3, equality. An analytic-potential campaign with the default generators, se
 drawn from per-candidate RNG streams wherever they are drawn, so the stored unique structures
 must be the same.
 
+Part 4, dedupe. The coordinator's dedupe stage alone (``lamcsp.stages.dedupe``'s calls:
+``Deduper.unique`` within a population of ``--dedupe-population`` results, then
+``Deduper.against`` the ``--seen`` structures stored), on symmetric random structures with
+random enthalpies, a fifth of the population strained 1 % copies of stored ones: lamcsp's
+``Deduper`` (each entry's reduced cell computed once) against the same deduper calling
+pymatgen's ``StructureMatcher.fit`` on the plain structures (which reduces both on every call),
+in the same run, with the same answers required.
+
 Usage::
 
     python benchmarks/mpi_scaling.py                       # both parts, default sizes
     python benchmarks/mpi_scaling.py --part throughput --candidates 64
     python benchmarks/mpi_scaling.py --part coordinator --populations 1000,10000
     python benchmarks/mpi_scaling.py --part equality --equality-ranks 8
+    python benchmarks/mpi_scaling.py --part dedupe --dedupe-population 1000 --seen 2000
 
 Writes ``benchmarks/results/mpi_scaling.json`` and prints tables.
 """
@@ -372,9 +381,65 @@ def coordinator(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
+# ----------------------------------------------------------------------------- part 4: dedupe
+
+
+def dedupe_part(args: argparse.Namespace) -> dict[str, Any]:
+    from lamcsp.generators.dedupe import Deduper
+
+    class PlainFit(Deduper):
+        """The reference: pymatgen's fit on the plain structures (it reduces both every call)."""
+
+        def matches(self, a: Any, b: Any) -> bool:
+            return bool(self._get_matcher().fit(a.structure(), b.structure()))
+
+    pop, seen = args.dedupe_population, args.seen
+    pool = candidates(args.system, seen + pop, seed=7)
+    rng = np.random.default_rng(11)
+    stored_atoms, new_atoms = pool[:seen], pool[seen:]
+    e_stored = rng.normal(-3.0, 0.3, seen)
+    e_new = rng.normal(-3.0, 0.3, pop)
+    copies = rng.choice(seen, pop // 5, replace=False)
+    for j, i in enumerate(copies):  # a fifth: stored structures strained by 1 %, 0-3 meV/atom apart
+        a = stored_atoms[i].copy()
+        a.set_cell(a.cell.array @ (np.eye(3) + 0.01 * rng.uniform(-1, 1, (3, 3))), scale_atoms=True)
+        new_atoms[j] = a
+        e_new[j] = e_stored[i] + rng.uniform(0, 0.003)
+    rows = []
+    answers = []
+    for name, cls in (("pymatgen fit (reference)", PlainFit), ("lamcsp (reduced once)", Deduper)):
+        d = cls()
+        store = d.new_store()
+        store.extend(d.describe(stored_atoms, list(e_stored)))
+        t0 = time.perf_counter()
+        entries = d.describe(new_atoms, list(e_new))
+        t1 = time.perf_counter()
+        reps, dup = d.unique(entries)
+        t2 = time.perf_counter()
+        match = d.against([entries[r] for r in reps], store)
+        t3 = time.perf_counter()
+        answers.append((reps.tolist(), dup.tolist(), match.tolist()))
+        rows.append({"method": name, "describe_s": t1 - t0, "unique_s": t2 - t1, "against_s": t3 - t2,
+                     "total_s": t3 - t0, "matcher_calls": d.n_matcher_calls,
+                     "unique": int(len(reps)), "new": int((match < 0).sum())})
+    same = answers[0] == answers[1]
+    print(f"\ndedupe of {pop} results ({args.system}) against {seen} stored, {len(copies)} of them copies")
+    print(f"{'method':<26} {'describe':>9} {'unique':>8} {'against':>8} {'total':>8} {'fit calls':>9} "
+          f"{'unique':>7} {'new':>5}")
+    for r in rows:
+        print(f"{r['method']:<26} {r['describe_s']:>9.2f} {r['unique_s']:>8.2f} {r['against_s']:>8.2f} "
+              f"{r['total_s']:>8.2f} {r['matcher_calls']:>9} {r['unique']:>7} {r['new']:>5}")
+    print(f"same answers: {same}; speed-up {rows[0]['total_s'] / rows[1]['total_s']:.1f}x")
+    if not same:
+        raise SystemExit("the two dedupers disagree")
+    return {"system": args.system, "population": pop, "seen": seen, "copies": int(len(copies)),
+            "rows": rows, "same_answers": same}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--part", choices=("all", "throughput", "coordinator", "equality"), default="all")
+    ap.add_argument("--part", default="all",
+                    choices=("all", "throughput", "coordinator", "equality", "dedupe"))
     ap.add_argument("--equality-ranks", type=int, default=8, help="ranks of the equality run (default 8)")
     ap.add_argument("--system", default="MgSiO3", help="composition of the candidates (default MgSiO3)")
     ap.add_argument("--candidates", type=int, default=64, help="structures relaxed per throughput run")
@@ -382,6 +447,7 @@ def main() -> None:
     ap.add_argument("--populations", default="1000,10000")
     ap.add_argument("--store-rows", type=int, default=100_000)
     ap.add_argument("--seen", type=int, default=2000, help="structures the unit has seen before")
+    ap.add_argument("--dedupe-population", type=int, default=1000, help="results deduped (part dedupe)")
     ap.add_argument("--relax-part", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args()
@@ -400,6 +466,8 @@ def main() -> None:
         data["coordinator"] = {"system": args.system, "rows": coordinator(args)}
     if args.part in ("all", "equality"):
         data["equality"] = equality(args)
+    if args.part in ("all", "dedupe"):
+        data["dedupe"] = dedupe_part(args)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(data, indent=1))
     print(f"\nwrote {out}")

@@ -100,6 +100,8 @@ class Fingerprinted:
     fingerprint: np.ndarray
     energy: float | None = None
     _structure: Structure | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
+    _reduced: dict[bool, Structure] = dataclasses.field(default_factory=dict, init=False, repr=False,
+                                                        compare=False)
 
     def __post_init__(self) -> None:
         self.numbers = np.asarray(self.numbers, dtype=np.int64).reshape(-1)
@@ -119,6 +121,15 @@ class Fingerprinted:
 
             self._structure = Structure(Lattice(self.lattice), self.numbers.tolist(), self.frac)
         return self._structure
+
+    def reduced(self, primitive: bool = True) -> Structure:
+        """The structure as ``StructureMatcher`` reduces it before every comparison (Niggli cell,
+        then the primitive cell when ``primitive``), computed once: dedupe compares an entry
+        with many others, and the reduction was most of each ``fit``."""
+        if primitive not in self._reduced:
+            s = self.structure().get_reduced_structure(reduction_algo="niggli")
+            self._reduced[primitive] = s.get_primitive_structure() if primitive else s
+        return self._reduced[primitive]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -436,9 +447,26 @@ class Deduper:
             if not self.use_matcher:
                 return int(c)
             self.n_matcher_calls += 1
-            if self._get_matcher().fit(others[c].structure(), entry.structure()):
+            if self.matches(others[c], entry):
                 return int(c)
         return -1
+
+    def matches(self, a: Fingerprinted, b: Fingerprinted) -> bool:
+        """``StructureMatcher.fit(a, b)`` with each entry's reduced cell computed once
+        (:meth:`Fingerprinted.reduced`, passed with ``skip_structure_reduction``: the same
+        reduction ``fit`` would make, so the same answer; ``benchmarks/mpi_scaling.py --part
+        dedupe`` checks it). Reduced cells of different sizes never match unless the matcher
+        builds supercells or subsets (pymatgen finds that only after copying and masking both);
+        matchers that drop species before reducing take the plain path."""
+        matcher = self._get_matcher()
+        opts = self.matcher_options
+        if opts.get("ignored_species"):
+            return bool(matcher.fit(a.structure(), b.structure()))
+        primitive = bool(opts.get("primitive_cell", True))
+        ra, rb = a.reduced(primitive), b.reduced(primitive)
+        if len(ra) != len(rb) and not (opts.get("attempt_supercell") or opts.get("allow_subset")):
+            return False
+        return bool(matcher.fit(ra, rb, skip_structure_reduction=True))
 
     def _get_matcher(self) -> Any:
         if self._matcher is None:

