@@ -368,6 +368,8 @@ def coordinator(args: argparse.Namespace) -> list[dict[str, Any]]:
             row["serial_s"] = row["total_s"] - timers["store"]  # store writes overlap relaxation
             if n:
                 rows.append(row)
+                print(f"  P = {pop}: " + ", ".join(f"{k[:-2]} {v:.2f} s" for k, v in row.items()
+                                                  if k.endswith("_s")), flush=True)
             search.store.close() if hasattr(search.store, "close") else None
         print(f"\ncoordinator time per generation ({args.system}, store of {args.store_rows} rows)")
         print(f"{'population':>10} {'propose':>8} {'store':>8} {'dedupe':>8} {'ckpt':>6} {'other':>6} "

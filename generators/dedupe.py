@@ -10,8 +10,9 @@ Cheap test first, expensive test second (pymatgen's ``group_structures`` idea):
    duplicate when its distance is under ``sim_threshold`` (CALYPSO's ``SimThreshold``) or,
    where both enthalpies are known and the matcher confirms, when they lie within
    ``energy_tol`` whatever the distance;
-4. **StructureMatcher.fit** on the candidate pairs only, closest first (``use_matcher=False``
-   takes the fingerprint's word instead).
+4. **StructureMatcher.fit** on the candidate pairs only, closest first, each structure's
+   reduced cell computed once (:meth:`Deduper.matches`; ``use_matcher=False`` takes the
+   fingerprint's word instead).
 
 Why relaxed structures bypass the threshold: two relaxations of one structure often end a few
 per cent apart in cell shape on a soft energy landscape. On the lowest 25 unique structures of
