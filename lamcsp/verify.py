@@ -259,16 +259,11 @@ def run_verification(
 
 def parse_oracle_option(text: str) -> dict[str, Any]:
     """``--oracle``: a calculator name, a YAML/JSON mapping, or a YAML file holding one."""
-    import yaml
-
     from lamcsp.campaign import parse_oracle
-    from lamcsp.errors import SetupError
+    from lamcsp.campaign.parse import parse_yaml, read_yaml
 
     path = Path(text)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else yaml.safe_load(text)
-    except (yaml.YAMLError, OSError, UnicodeDecodeError) as exc:
-        raise SetupError("--oracle", f"cannot read {text!r}: {exc}") from None
+    raw = read_yaml(path, what="oracle file") if path.is_file() else parse_yaml(text, "--oracle", "value")
     return parse_oracle(raw, "--oracle")
 
 
