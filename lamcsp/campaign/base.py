@@ -57,11 +57,18 @@ def allowed_text(info: FieldInfo) -> str | None:
     return text if isinstance(text, str) else None
 
 
+#: the largest integer any key takes (what SQLite and numpy store as int64); keys that size work
+#: have smaller limits of their own
+MAX_INT = 2**63 - 1
+
+
 def _integral(value: Any) -> Any:
     # strictness relaxed: YAML reads `500.0` or `1e3` as a float, and integer keys have always
     # taken integral floats; anything else still meets pydantic's strict int (no bools, no "3")
     if isinstance(value, float) and value.is_integer():
-        return int(value)
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
+        raise invalid(f"{value:.3g} is beyond the largest integer allowed, {MAX_INT} (2^63 - 1)")
     return value
 
 

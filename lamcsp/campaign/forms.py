@@ -55,6 +55,8 @@ def int_ranges(value: Any, lo: int, hi: int, example: str) -> tuple[int, ...]:
             if first > last:
                 raise invalid(f"impossible range {part!r}: the first number must not exceed the "
                               f"second, e.g. {example!r}")
+            if first < lo or last > hi:  # before the range is built: "1-1000000000" is no list
+                raise invalid(f"{part!r} is outside the allowed {lo}-{hi}")
             out.extend(range(first, last + 1))
         values: list[Any] = out
     elif isinstance(value, (list, tuple)):

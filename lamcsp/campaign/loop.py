@@ -21,7 +21,8 @@ class FinetuneSpec(Section):
 
     enabled: bool = field(False, type="bool", doc="run the fine-tune loop")
     every: Int = field(2, type="int ≥ 1", ge=1, doc="generations between fine-tune iterations")
-    committee: Int = field(4, type="int ≥ 2", ge=2, doc="committee size K (fine-tuned copies, seeds 1..K)")
+    committee: Int = field(4, type="int in [2, 64]", ge=2, le=64,
+                           doc="committee size K (fine-tuned copies, seeds 1..K)")
     trust_lo: float = field(0.05, type="number", ge=0,
                             doc="max force deviation (eV/Å) under which a prediction is trusted (DP-GEN)")
     trust_hi: float = field(0.50, type="number", gt=0,

@@ -29,6 +29,11 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 #: candidates per structure they relax and relax the lowest-enthalpy starts (see README,
 #: "Generators"); the generators themselves default to 1
 DEFAULT_OVERSAMPLE = 4
+#: budget limits, checked up front (a larger value is a typo; `population: 1e308` would
+#: propose forever)
+MAX_POPULATION = 100_000
+MAX_GENERATIONS = 1_000_000
+MAX_RELAXATIONS = 100_000_000
 
 
 def _default_generators() -> tuple[GeneratorSpec, ...]:
@@ -52,11 +57,14 @@ class Campaign(Section):
             f"it in the first generation); both draw {DEFAULT_OVERSAMPLE} new random structures per "
             "one they relax and relax those with the lowest enthalpy at the start, lowest first "
             "(`oversample`))")
-    population: Int = field(12, type="int ≥ 1", ge=1, doc="structures relaxed per generation")
+    population: Int = field(12, type=f"int in [1, {MAX_POPULATION}]", ge=1, le=MAX_POPULATION,
+                            doc="structures relaxed per generation")
     generations: Int | None = field(
-        10, type="int ≥ 1 or null", ge=1, doc="generations at most (give this or `max_relaxations`)")
+        10, type=f"int in [1, {MAX_GENERATIONS}] or null", ge=1, le=MAX_GENERATIONS,
+        doc="generations at most (give this or `max_relaxations`)")
     max_relaxations: Int | None = field(
-        type="int ≥ 1 or null", ge=1, doc="relaxations at most, over all generations")
+        type=f"int in [1, {MAX_RELAXATIONS}] or null", ge=1, le=MAX_RELAXATIONS,
+        doc="relaxations at most, over all generations")
     stop: StopSpec = field(factory=StopSpec, type="section", doc="early stopping rule")
     model: ModelSpec = field(factory=ModelSpec, type="section", doc="the potential")
     relax: RelaxSpec = field(factory=RelaxSpec, type="section", doc="relaxation settings")

@@ -16,6 +16,12 @@ from lamcsp.campaign import forms
 from lamcsp.campaign.base import Int, Section, field, invalid, type_name
 
 PRESSURE_RANGE_GPA = (-50.0, 1000.0)
+#: limits of what a campaign may ask for, checked up front: a larger value is a typo, or a cell
+#: that lamcsp cannot build (spglib and the generators work on cells of this size at most)
+MAX_CELL_ATOMS = 1000
+MAX_VOLUME_FACTOR = 10.0
+MAX_DISTANCE_FACTOR = 5.0
+MAX_STEPS = 1_000_000
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 
 
@@ -46,7 +52,8 @@ class SystemSpec(Section):
         doc="variable composition: atoms of each element per cell, e.g. `{Mg: [1, 2], O: [1, 3]}`; "
             "needs `max_atoms`")
     max_atoms: Int | None = field(
-        type="int ≥ 1 or null", doc="largest cell, in atoms (required with `variable`)", ge=1)
+        type=f"int in [1, {MAX_CELL_ATOMS}] or null", doc="largest cell, in atoms (required with `variable`)",
+        ge=1, le=MAX_CELL_ATOMS)
     pressures: tuple[float, ...] = field(
         factory=lambda: (0.0,), type="number or list of numbers",
         doc=f"pressure(s) of the search, GPa, each in [{PRESSURE_RANGE_GPA[0]:g}, "
@@ -55,11 +62,11 @@ class SystemSpec(Section):
         factory=lambda: tuple(range(2, 231)), type="list or ranges `\"2-230\"`",
         doc="space groups random structures are drawn from (1-230)")
     distance_factor: float = field(
-        0.7, type="number > 0", gt=0,
+        0.7, type=f"number in (0, {MAX_DISTANCE_FACTOR:g}]", gt=0, le=MAX_DISTANCE_FACTOR,
         doc="minimum interatomic distance of generated structures, as a fraction of the sum of "
             "covalent radii (AIRSS MINSEP, CALYPSO DistanceOfIon)")
     volume_factor: float = field(
-        1.0, type="number > 0", gt=0,
+        1.0, type=f"number in (0, {MAX_VOLUME_FACTOR:g}]", gt=0, le=MAX_VOLUME_FACTOR,
         doc="target volume of generated structures, as a multiple of the sum of the elements' volumes")
     references: dict[str, str] = field(
         factory=dict, type="{element: structure file}",
@@ -141,7 +148,13 @@ class SystemSpec(Section):
             if smallest > self.max_atoms:
                 raise invalid(f"{self.max_atoms} is below the {smallest} atoms the minimum counts of "
                               "system.variable need", "max_atoms")
-        elif self.max_atoms is not None and self.composition is not None:
+        elif self.composition is not None:
+            largest = sum(self.composition.values()) * self.formula_units[-1]
+            if largest > MAX_CELL_ATOMS:
+                raise invalid(f"{self.formula_units[-1]} formula unit(s) of {sum(self.composition.values())} "
+                              f"atoms make a cell of {largest} atoms, above the limit of {MAX_CELL_ATOMS}",
+                              "formula_units")
+        if self.max_atoms is not None and self.composition is not None:
             smallest = sum(self.composition.values()) * self.formula_units[0]
             if smallest > self.max_atoms:
                 raise invalid(f"{self.max_atoms} is below the {smallest} atoms of {self.formula_units[0]} "
@@ -252,18 +265,32 @@ class ModelSpec(Section):
     def _options(cls, value: Any) -> dict[str, Any]:
         return forms.options(value)
 
+    @model_validator(mode="after")
+    def _known_options(self) -> ModelSpec:
+        from lamcsp.potentials.registry import backend_options
+
+        allowed = backend_options(self.backend)
+        if allowed is None:  # the ase backend: its calculator's options, checked when it is built
+            return self
+        for key in self.options:
+            if key not in allowed:
+                raise invalid(f"unknown option {key!r} of the {self.backend} backend; allowed: "
+                              f"{', '.join(allowed) or 'none'}", f"options.{key}")
+        return self
+
 
 class RelaxSpec(Section):
     """Relaxation of every candidate (cell and atoms) under the search pressure."""
 
     fmax: float = field(0.05, type="number > 0", doc="force convergence threshold, eV/Å", gt=0)
-    max_steps: Int = field(500, type="int ≥ 1", doc="optimizer steps per structure at most", ge=1)
+    max_steps: Int = field(500, type=f"int in [1, {MAX_STEPS}]", doc="optimizer steps per structure at most",
+                           ge=1, le=MAX_STEPS)
     optimizer: Literal["fire", "lbfgs"] = field("fire", doc="optimizer")
     max_atoms: Int | None = field(
         type="int ≥ 1 or null", ge=1,
         doc="atoms per model call (null: from GPU memory, or a measured CPU default)")
     quench_steps: Int = field(
-        0, type="int ≥ 0", ge=0,
+        0, type=f"int in [0, {MAX_STEPS}]", ge=0, le=MAX_STEPS,
         doc="the energy prescreen of oversampling generators ranks their candidates after this many "
             "optimizer steps (a funnel: all quenched in one batch, the lowest relaxed on from where "
             "the quench left them; with `dedupe.before_relax`, a quenched candidate that duplicates "
@@ -309,14 +336,15 @@ class StopSpec(Section):
 class ReportSpec(Section):
     """What the report lists and writes."""
 
-    top_n: Int = field(10, type="int ≥ 1", doc="structures listed (lowest enthalpy first)", ge=1)
+    top_n: Int = field(10, type="int in [1, 10000]", doc="structures listed (lowest enthalpy first)",
+                        ge=1, le=10_000)
     write_cif: bool = field(True, type="bool", doc="write the listed structures as CIF files")
     symprec: float = field(0.1, type="number > 0", doc="spglib tolerance for reported space groups", gt=0)
     scan_points: Int = field(
-        7, type="int ≥ 2", ge=2,
+        7, type="int in [2, 1000]", ge=2, le=1000,
         doc="pressures of the enthalpy-vs-pressure scan of the best polymorphs (evenly spaced over the "
             "campaign's pressures; with 2 or more pressures)")
-    scan_top: Int = field(3, type="int ≥ 1", ge=1,
+    scan_top: Int = field(3, type="int in [1, 1000]", ge=1, le=1000,
                           doc="polymorphs per composition and pressure re-relaxed in that scan")
 
 

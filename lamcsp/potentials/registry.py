@@ -76,6 +76,47 @@ BACKENDS: dict[str, Callable[..., Potential]] = {
 }
 
 
+#: constructor arguments the model section sets itself, never through ``model.options``
+_SET_BY_SECTION = {"self", "device", "model", "path"}
+
+
+def backend_options(backend: str) -> list[str] | None:
+    """The ``model.options`` keys ``backend`` takes: its constructor's keyword arguments, less
+    those the model section sets (``device``, the model file); None for ``ase``, whose options
+    are those of the calculator it names (checked when that is built).
+
+    Raises:
+        SetupError: an unknown backend.
+    """
+    import inspect
+
+    if backend not in BACKENDS:
+        raise SetupError("model.backend", f"unknown model backend {backend!r}; known: "
+                                          f"{', '.join(sorted(BACKENDS))}")
+    if backend == "ase":
+        return None
+    if backend == "emt":
+        from ase.calculators.emt import EMT
+
+        return sorted(EMT.default_parameters)
+    if backend == "chgnet":
+        from lamcsp.potentials.chgnet import CHGNetPotential as cls
+
+        extra = ["version"]  # a pretrained version by name (_chgnet)
+    elif backend == "deepmd":
+        from lamcsp.potentials.deepmd import DeePMDPotential as cls  # type: ignore[assignment]
+
+        extra = []
+    else:
+        from lamcsp.potentials import pair
+
+        cls = {"lj": pair.LennardJones, "morse": pair.Morse}[backend]  # type: ignore[assignment]
+        extra = []
+    params = inspect.signature(cls.__init__).parameters.values()
+    return [p.name for p in params if p.name not in _SET_BY_SECTION
+            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)] + extra
+
+
 def load_potential(spec: str = "chgnet", device: str = "auto", **kwargs: Any) -> Potential:
     """A potential from a model spec ``BACKEND[:ARG]``.
 
