@@ -4,21 +4,47 @@ library (:mod:`lamcsp.relax`, :mod:`lamcsp.potentials`, :mod:`lamcsp.generators`
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 
 from lamcsp import __version__
 from lamcsp.errors import SetupError, WorkerError
 
+#: the largest count an option takes (-n, --max-steps, --top, ...): a larger one is a typo
+MAX_COUNT = 10_000_000
 
-def _positive(kind: type, name: str):
+
+def _positive(kind: type, name: str, limit: float = MAX_COUNT):
+    """An argparse type: a finite number in (0, ``limit``] (argparse exits with status 2)."""
+
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError as exc:
             raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from exc
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{name} must be a finite number, got {text!r}")
         if value <= 0:
             raise argparse.ArgumentTypeError(f"{name} must be positive, got {text!r}")
+        if value > limit:
+            shown = int(limit) if float(limit).is_integer() else limit
+            raise argparse.ArgumentTypeError(f"{name} must be at most {shown}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _finite(name: str):
+    """An argparse type: a finite float."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from exc
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{name} must be a finite number, got {text!r}")
         return value
 
     return parse
@@ -29,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # the options that a campaign has too take the campaign schema's defaults (written there once)
     from lamcsp.campaign import GeneratorSpec, ModelSpec, RelaxSpec, ReportSpec, SystemSpec
+    from lamcsp.campaign.sections import MAX_VOLUME_FACTOR
 
     parser = argparse.ArgumentParser(
         prog="lamcsp", description="Crystal structure prediction with large atomic models."
@@ -48,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--model", default="chgnet",
                    help="model spec: chgnet (default, pretrained 0.3.0), chgnet:PATH, deepmd:PATH[@HEAD] "
                         "(a DeePMD-kit .pt/.pth model and its head), emt, ase:NAME")
-    r.add_argument("--pressure", type=float, default=0.0, metavar="GPA", help="external pressure, GPa")
+    r.add_argument("--pressure", type=_finite("--pressure"), default=0.0, metavar="GPA",
+                   help="external pressure, GPa")
     r.add_argument("--fmax", type=_positive(float, "--fmax"), default=RelaxSpec.default_of("fmax"),
                    help="eV/Å")
     r.add_argument("--max-steps", type=_positive(int, "--max-steps"),
@@ -90,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=None,
                    help="random seed (default: fresh entropy, printed so the run can be repeated)")
     g.add_argument("-o", "--output", default="generated.extxyz", help="output extxyz file")
-    g.add_argument("--volume-factor", type=_positive(float, "--volume-factor"),
+    g.add_argument("--volume-factor", type=_positive(float, "--volume-factor", MAX_VOLUME_FACTOR),
                    default=SystemSpec.default_of("volume_factor"),
                    help="target volume = this x the sum of element volumes")
     g.set_defaults(func=cmd_generate)
@@ -153,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "'{calculator: gpaw, options: {mode: {name: pw, ecut: 400}, xc: PBE}}', "
                          "or a YAML file")
     vf.add_argument("--top-k", type=_positive(int, "--top-k"), default=None, metavar="K")
-    vf.add_argument("--window", type=float, default=None, metavar="EV", help="eV/atom above the model's hull")
+    vf.add_argument("--window", type=_finite("--window"), default=None, metavar="EV",
+                    help="eV/atom above the model's hull")
     vf.add_argument("--mode", choices=["relax", "single_point"], default=None)
     vf.add_argument("--fmax", type=_positive(float, "--fmax"), default=None, help="eV/Å (relax)")
     vf.add_argument("--max-steps", type=_positive(int, "--max-steps"), default=None,
@@ -242,8 +271,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     import lamcsp.generators.symmetric  # noqa: F401  (registers "random")
     from lamcsp.generators import GenerationContext, get_generator
-    from lamcsp.io import write_frames
+    from lamcsp.io import check_output_path, write_frames
 
+    check_output_path(args.output, "--output")
     composition = parse_formula(args.composition)
     fus = [1]
     if args.formula_units is not None:
@@ -354,23 +384,28 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from lamcsp.io import check_output_path
     from lamcsp.report import write_report
 
+    if args.output is not None:
+        check_output_path(args.output, "--output", directory=True)
     path = write_report(args.run, out_dir=args.output)
     print(f"report: {path}")
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from lamcsp.io import check_output_path
     from lamcsp.report import export
 
+    check_output_path(args.output, "--output", directory=True)
     paths = export(args.run, top=args.top, fmt=args.format, out_dir=args.output)
     print(f"exported {len(paths)} file(s) to {args.output}")
     return 0
 
 
 def cmd_relax(args: argparse.Namespace) -> int:
-    from lamcsp.io import read_structures, result_frame, write_frames
+    from lamcsp.io import check_output_path, read_structures, result_frame, write_frames
     from lamcsp.potentials import load_potential
     from lamcsp.relax import Relaxer
 
@@ -378,6 +413,7 @@ def cmd_relax(args: argparse.Namespace) -> int:
         raise SetupError(
             "--pressure", f"{args.pressure} GPa is outside the supported range [-1000, 1000] GPa"
         )
+    check_output_path(args.output, "--output")  # before the work, not after it
     structures = read_structures(args.inputs)
     potential = load_potential(args.model, device=args.device)
     relaxer = Relaxer(

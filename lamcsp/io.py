@@ -24,6 +24,75 @@ def _format_for(path: str) -> str | None:
     return None
 
 
+#: atoms closer than this (Å) are one atom written twice, not a structure to relax
+MIN_DISTANCE = 0.1
+
+
+def _check_overlap(atoms: Atoms, what: str, field: str) -> None:
+    from ase.neighborlist import neighbor_list
+
+    i, j, d = neighbor_list("ijd", atoms, MIN_DISTANCE, self_interaction=False)
+    if len(d):
+        raise SetupError(field, f"{what} has atoms {int(i[0])} and {int(j[0])} {float(d[0]):.3f} Å apart "
+                                f"(closer than {MIN_DISTANCE} Å: an atom written twice?)")
+
+
+def _check_poscar_header(path: str, field: str) -> None:
+    """A POSCAR whose species line and counts line disagree (ASE reads it without a word)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            lines = [fh.readline() for _ in range(7)]
+    except OSError as exc:
+        raise SetupError(field, f"cannot read {path!r}: {exc.strerror or exc}") from None
+    species, counts = lines[5].split(), lines[6].split()
+    if not species or all(t.isdigit() for t in species):
+        return  # VASP 4: no species line (the counts are on line 6); ASE checks those
+    if len(species) != len(counts) or not all(t.isdigit() for t in counts):
+        raise SetupError(field, f"{path!r} names {len(species)} species on line 6 ({' '.join(species)}) "
+                                f"but line 7 gives {len(counts)} counts ({' '.join(counts) or 'none'}); "
+                                "give one atom count per species")
+
+
+def check_output_path(path: str | os.PathLike[str], field: str, *, directory: bool = False) -> None:
+    """Refuse an output path that cannot be written, before any work starts.
+
+    Args:
+        path: the file (or, with ``directory``, the folder) to be written.
+        field: the option or key that gave it (named in the message).
+        directory: ``path`` is a folder, created if missing (else a file, whose folder must exist).
+
+    Raises:
+        SetupError: a name longer than the file system allows, a file where a folder is needed
+            (or a folder where a file is), a missing or read-only folder.
+    """
+    text = os.fspath(path)
+    if not text:
+        raise SetupError(field, "empty path; give a file or folder name")
+    if len(os.fsencode(text)) > 4000:
+        raise SetupError(field, f"the path is {len(os.fsencode(text))} bytes long, above the limit of 4000")
+    for part in text.split(os.sep):
+        if len(os.fsencode(part)) > 255:
+            raise SetupError(field, f"the name {part[:40]}... is {len(os.fsencode(part))} bytes long, "
+                                    "above the file system's limit of 255")
+    if directory:
+        if os.path.exists(text) and not os.path.isdir(text):
+            raise SetupError(field, f"{text!r} exists and is a file, not a folder; give a folder name")
+        parent = text
+        while parent and not os.path.exists(parent):
+            parent = os.path.dirname(parent)
+        parent = parent or "."
+    else:
+        if os.path.isdir(text):
+            raise SetupError(field, f"{text!r} is a folder; give a file name")
+        parent = os.path.dirname(text) or "."
+        if not os.path.exists(parent):
+            raise SetupError(field, f"the folder {parent!r} of {text!r} does not exist")
+    if not os.path.isdir(parent):
+        raise SetupError(field, f"{parent!r} in {text!r} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise SetupError(field, f"the folder {parent!r} is not writable")
+
+
 def read_structures(paths: Iterable[str], field: str = "INPUT") -> list[Atoms]:
     """All frames of all files, in order; each frame's ``info`` gets ``source`` and ``frame``.
 
@@ -36,6 +105,8 @@ def read_structures(paths: Iterable[str], field: str = "INPUT") -> list[Atoms]:
     for path in paths:
         if not os.path.isfile(path):
             raise SetupError(field, f"no such file {path!r}; give CIF, POSCAR or extxyz files")
+        if _format_for(path) == "vasp":
+            _check_poscar_header(path, field)
         try:
             frames = read(path, index=":", format=_format_for(path))
         except Exception as exc:
@@ -49,6 +120,9 @@ def read_structures(paths: Iterable[str], field: str = "INPUT") -> list[Atoms]:
         if not frames:
             raise SetupError(field, f"{path!r} holds no structure")
         for k, atoms in enumerate(frames):
+            if not (np.isfinite(atoms.cell.array).all() and np.isfinite(atoms.positions).all()):
+                raise SetupError(field, f"frame {k} of {path!r} has a non-finite (NaN or infinite) "
+                                        "cell vector or atom position")
             if not atoms.pbc.all() or atoms.cell.rank < 3 or abs(atoms.cell.volume) < 1e-6:
                 raise SetupError(
                     field,
@@ -57,6 +131,7 @@ def read_structures(paths: Iterable[str], field: str = "INPUT") -> list[Atoms]:
                 )
             if len(atoms) == 0:
                 raise SetupError(field, f"frame {k} of {path!r} has no atoms")
+            _check_overlap(atoms, f"frame {k} of {path!r}", field)
             atoms.calc = None
             atoms.info["source"] = os.path.basename(path)
             atoms.info["frame"] = k
