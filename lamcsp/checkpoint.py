@@ -106,6 +106,11 @@ def read_checkpoint(path: str | Path) -> dict[str, Any] | None:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return None
+    except UnicodeDecodeError:
+        raise SetupError("checkpoint", f"{path} is not a readable checkpoint (not UTF-8 JSON text: a "
+                                       "binary or damaged file)") from None
+    except OSError as exc:
+        raise SetupError("checkpoint", f"cannot read {path}: {exc.strerror or exc}") from None
     try:
         doc = json.loads(text)
     except ValueError as exc:

@@ -37,11 +37,14 @@ CAMPAIGN_NAME = RunDir.CAMPAIGN
 def _connect(run_dir: Path) -> Any:
     import ase.db
 
+    from lamcsp.store import check_database
+
     path = run_dir / DB_NAME
     if not path.is_file():
         raise SetupError(
             "run_dir", f"{str(run_dir)!r} holds no {DB_NAME}; give the output directory of a "
                        "search (the campaign's `output`, default runs/<name>)")
+    check_database(path)
     return ase.db.connect(str(path), use_lock_file=False)
 
 

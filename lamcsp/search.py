@@ -156,12 +156,24 @@ class Search:
 
     # -- setup ----------------------------------------------------------------------------
     def _check_run_dir(self, db_url: str | None) -> None:
+        from lamcsp.io import check_output_path
+
+        check_output_path(self.run_dir, "output", directory=True)
         if self.paths.holds_run(db_url) and not self.resume:
             raise SetupError("output", f"{self.run_dir} already holds a run; pass --resume to continue "
                                        "it, or choose another output directory (nothing was changed)")
         if self.resume and not self.paths.campaign.exists():
             raise SetupError("--resume", f"{self.run_dir} holds no run to resume ({CAMPAIGN_COPY} "
                                          "missing); start it without --resume")
+        if self.resume:  # everything a resume reads, checked before anything is opened for writing
+            from lamcsp.store import check_database, read_checkpoint
+
+            if db_url is None and not self.paths.db.exists():
+                raise SetupError("--resume", f"{self.paths.db} is missing: the results of the run are "
+                                             "gone, so it cannot be resumed (nothing was changed)")
+            if db_url is None:
+                check_database(self.paths.db)
+            read_checkpoint(self.paths.checkpoint)
 
     @property
     def potential(self) -> Potential:
@@ -213,10 +225,12 @@ class Search:
         os.replace(tmp, self.paths.campaign)
 
     def _check_same_campaign(self) -> None:
-        import yaml
+        from lamcsp.campaign.parse import read_yaml
 
-        with open(self.paths.campaign, encoding="utf-8") as fh:
-            old = yaml.safe_load(fh)
+        old = read_yaml(self.paths.campaign, what="campaign copy of the run")
+        if not isinstance(old, dict) or "seed" not in old:
+            raise SetupError(str(self.paths.campaign), "not the campaign copy lamcsp writes (no seed); the "
+                                                       "run cannot be resumed")
         new = self.campaign.to_dict()
         new["seed"] = self.seed if self.seed is not None else old.get("seed")
         for key in new:
@@ -248,7 +262,11 @@ class Search:
         self.prepare()
         state = read_checkpoint(self.paths.checkpoint) if self.resume else None
         if state is not None:
-            self._restore(state)
+            try:
+                self._restore(state)
+            except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+                raise SetupError(str(self.paths.checkpoint), f"the checkpoint does not hold a search "
+                                 f"state this campaign can resume ({type(exc).__name__}: {exc})") from None
             self.done = not self._budget_left()
         if self.progress and not self.done:
             self.progress.write(self.campaign.summary().replace(

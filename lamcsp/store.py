@@ -454,6 +454,42 @@ class RunDir:
         return self.checkpoint.exists() or self.campaign.exists() or (db_url is None and self.db.exists())
 
 
+def check_database(path: str | os.PathLike[str]) -> None:
+    """Refuse a results database that SQLite cannot read (damaged, truncated, not a database, or
+    not one of ASE's), opened read-only so that a refused command changes nothing. A file of
+    size 0 (a run killed before its first row) passes.
+
+    Raises:
+        SetupError: naming the file and what is wrong.
+    """
+    import sqlite3
+    from urllib.parse import quote
+
+    path = Path(path)
+    if path.is_dir() or not path.exists():
+        raise SetupError(str(path), "the results database is missing (or a folder), so the run cannot be "
+                                    "read; nothing was changed")
+    if path.stat().st_size == 0:
+        return
+    why = None
+    try:
+        con = sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode=ro", uri=True)
+        try:
+            check = con.execute("PRAGMA quick_check").fetchone()
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        finally:
+            con.close()
+        if check is None or check[0] != "ok":
+            why = f"SQLite's integrity check fails: {check[0] if check else 'no answer'}"
+        elif tables and "systems" not in tables:
+            why = "an SQLite database, but not an ASE database of results"
+    except sqlite3.DatabaseError as exc:
+        why = f"{exc}"
+    if why is not None:
+        raise SetupError(str(path), f"the results database is damaged or not a results database ({why}); "
+                                    "restore it from a copy (nothing was changed)")
+
+
 def _check_key(key: str) -> None:
     from ase.db.core import str_represents
 
