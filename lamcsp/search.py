@@ -169,9 +169,10 @@ class Search:
             from lamcsp.store import check_database, read_checkpoint
 
             if db_url is None and not self.paths.db.exists():
-                raise SetupError("--resume", f"{self.paths.db} is missing: the results of the run are "
-                                             "gone, so it cannot be resumed (nothing was changed)")
-            if db_url is None:
+                if self.paths.checkpoint.exists():  # generations were stored there: their results are gone
+                    raise SetupError("--resume", f"{self.paths.db} is missing: the results of the run are "
+                                                 "gone, so it cannot be resumed (nothing was changed)")
+            elif db_url is None:  # (none and no checkpoint: killed before its first generation ended)
                 check_database(self.paths.db)
             read_checkpoint(self.paths.checkpoint)
 
