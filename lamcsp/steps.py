@@ -55,7 +55,8 @@ class FinetuneStep:
         m = self.s.campaign.model
         if m.backend == "chgnet":
             trainer: Any = CHGNetTrainer(m.path or m.options.get("version", "0.3.0"), epochs=spec.epochs,
-                                         learning_rate=spec.learning_rate, diversity=spec.diversity)
+                                         learning_rate=spec.learning_rate, diversity=spec.diversity,
+                                         trusted=bool(m.options.get("trusted", False)))
         elif m.backend == "deepmd":  # a .pt checkpoint: parse_campaign checks it
             trainer = DeePMDTrainer(m.path, m.head, steps=spec.steps, diversity=spec.diversity,
                                     learning_rate=(spec.learning_rate, spec.learning_rate / 100))

@@ -117,8 +117,9 @@ class CHGNetTrainer:
 
     def __init__(self, model: str = "0.3.0", *, epochs: int = 30, learning_rate: float = 3e-4,
                  batch_size: int = 8, stress_loss_ratio: float = 0.001, energy_loss_ratio: float = 1.0,
-                 device: str | None = None, diversity: str = "bootstrap"):
+                 device: str | None = None, diversity: str = "bootstrap", trusted: bool = False):
         self.model = model
+        self.trusted = trusted  # model.options.trusted: the parent file may need more than weights
         self.energy_loss_ratio = energy_loss_ratio
         self.epochs = epochs
         self.learning_rate = learning_rate
@@ -154,7 +155,7 @@ class CHGNetTrainer:
                 out.append(str(path))
                 continue
             work.mkdir(parents=True, exist_ok=True)
-            net, _ = _load_chgnet(self.model)
+            net, _ = _load_chgnet(self.model, trusted=self.trusted)
             if self.diversity == "fresh_head":
                 torch.manual_seed(k + 1)
                 net.mlp.layers[-1].reset_parameters()

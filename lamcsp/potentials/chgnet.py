@@ -53,15 +53,69 @@ ISOLATED_POLICIES = ("fail", "ignore")
 GRAPH_BUILDERS = ("fast", "chgnet")
 
 
-def _load_chgnet(model: str | os.PathLike) -> tuple[Any, str]:
-    """The CHGNet module and its model id; CHGNet's load-time prints are swallowed."""
+#: How to opt in to a model file that needs more than weights to load (named in the refusal).
+TRUST_HINT = ("model.options.trusted: true in the campaign's model section, or --trust-model with "
+              "lamcsp relax")
+
+
+def read_checkpoint(path: str | os.PathLike, *, trusted: bool = False) -> Any:
+    """The contents of a CHGNet checkpoint file, read as data unless ``trusted``.
+
+    CHGNet's checkpoints (the pretrained ones in the chgnet package, its trainer's ``.pth.tar``,
+    and lamcsp's fine-tuned ``torch.save(model.as_dict())``) hold only dicts, lists, strings,
+    numbers and tensors: pickle globals ``collections.OrderedDict``, ``torch.FloatStorage`` and
+    ``torch._utils._rebuild_tensor_v2``, all on torch's own ``weights_only`` allow-list, so no
+    class is added to it. A file that needs anything more could run code while it is unpickled:
+    it is refused before anything in it runs, unless the user trusts it like a script
+    (``trusted``).
+
+    Raises:
+        SetupError: naming the file: it needs more than the allow-list, or it is unreadable.
+    """
+    import pickle
+
+    path = Path(path)
+    if trusted:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:  # weights_only found a global outside the allow-list
+        try:
+            needs = ", ".join(torch.serialization.get_unsafe_globals_in_checkpoint(path)) or "?"
+        except Exception:  # noqa: BLE001 - only for the message
+            needs = str(exc).splitlines()[0]
+        raise SetupError(
+            "model",
+            f"{str(path)!r} holds more than model weights (it needs {needs}), so loading it may run "
+            f"code that the file contains; lamcsp refused it and nothing in it was run. Load only "
+            f"files you trust like a script; to load this one anyway, set {TRUST_HINT}.",
+        ) from None
+
+
+def _pretrained_file(version: str) -> Path | None:
+    """The checkpoint of a pretrained version in the chgnet package (its folder is named after
+    the version), or None where the package lays its files out otherwise."""
+    import chgnet
+
+    found = sorted((Path(chgnet.__file__).parent / "pretrained" / version).glob("*.pth.tar"))
+    return found[0] if len(found) == 1 else None
+
+
+def _load_chgnet(model: str | os.PathLike, *, trusted: bool = False) -> tuple[Any, str]:
+    """The CHGNet module and its model id; CHGNet's load-time prints are swallowed. Every
+    checkpoint, the pretrained ones included, is read as data (:func:`read_checkpoint`)."""
     from chgnet.model import CHGNet
 
     spec = str(model)
     sink = io.StringIO()
     if spec in KNOWN_VERSIONS:
+        path = _pretrained_file(spec)
         with contextlib.redirect_stdout(sink):
-            net = CHGNet.load(model_name=spec, use_device="cpu", verbose=False)
+            if path is None:  # another chgnet layout: its own loader, on the files it installed
+                net = CHGNet.load(model_name=spec, use_device="cpu", verbose=False)
+            else:  # as CHGNet.load builds it
+                net = CHGNet.from_dict(read_checkpoint(path)["model"], mlp_out_bias=spec == "0.2.0",
+                                       version=spec)
         return net, f"chgnet-{spec}"
     path = Path(spec).expanduser()
     if not path.is_file():
@@ -74,10 +128,12 @@ def _load_chgnet(model: str | os.PathLike) -> tuple[Any, str]:
         )
     try:
         with contextlib.redirect_stdout(sink):
-            state = torch.load(path, map_location="cpu", weights_only=False)
+            state = read_checkpoint(path, trusted=trusted)
             if isinstance(state, dict) and "model" in state:
                 state = state["model"]
             net = CHGNet.from_dict(state)
+    except SetupError:
+        raise
     except Exception as exc:  # any failure to read is a setup problem
         raise SetupError(
             "model",
@@ -105,6 +161,9 @@ class CHGNetPotential(Potential):
         max_bond_neighbors: a structure where an atom has more neighbours than this within the
             bond-graph cutoff (3 Å) is reported as collapsed instead of evaluated (its angle
             list would grow as the square and could exhaust memory); ``None`` disables it.
+        trusted: load a checkpoint file that needs more than weights and plain data (one that
+            may run code when loaded); by default such a file is refused
+            (:func:`read_checkpoint`).
 
     Raises:
         SetupError: unknown version, missing or unreadable checkpoint, bad option.
@@ -120,6 +179,7 @@ class CHGNetPotential(Potential):
         on_isolated_atoms: str = "fail",
         graph_builder: str = "fast",
         max_bond_neighbors: int | None = 128,
+        trusted: bool = False,
     ):
         super().__init__(device=device, dtype=dtype)
         if on_isolated_atoms not in ISOLATED_POLICIES:
@@ -135,7 +195,7 @@ class CHGNetPotential(Potential):
         self.on_isolated_atoms = on_isolated_atoms
         self.graph_builder = graph_builder
         self.max_bond_neighbors = max_bond_neighbors
-        net, self._model_id = _load_chgnet(model)
+        net, self._model_id = _load_chgnet(model, trusted=trusted)
         net = net.to(device=self.device, dtype=dtype).eval()
         for p in net.parameters():
             p.requires_grad_(False)
