@@ -421,7 +421,8 @@ def cmd_relax(args: argparse.Namespace) -> int:
     trust: dict[str, bool] = {}
     if args.trust_model:
         if args.model.partition(":")[0].strip().lower() != "chgnet":
-            raise SetupError("--trust-model", f"applies to chgnet model files (chgnet:PATH), not {args.model!r}")
+            raise SetupError("--trust-model",
+                             f"applies to chgnet model files (chgnet:PATH), not {args.model!r}")
         trust["trusted"] = True
     potential = load_potential(args.model, device=args.device, **trust)
     relaxer = Relaxer(
