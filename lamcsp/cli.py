@@ -167,6 +167,18 @@ def build_parser() -> argparse.ArgumentParser:
                     help="report directory (default RUN/report)")
     rp.set_defaults(func=cmd_report)
 
+    st = sub.add_parser(
+        "status",
+        help="where a running or stopped run stands (writes nothing)",
+        description="Print the generations RUN has completed, the rows stored per role, the best "
+        "enthalpy per atom of every composition and pressure with its space group, the fine-tune "
+        "iterations finished, and whether a search process holds RUN now. Reads only: the database "
+        "is opened read-only and nothing in RUN changes.",
+    )
+    st.add_argument("run", metavar="RUN", help="run directory")
+    st.add_argument("--json", action="store_true", help="print the status as JSON")
+    st.set_defaults(func=cmd_status)
+
     vf = sub.add_parser(
         "verify",
         help="check a run's answer with an oracle (DFT): its best structures, re-relaxed",
@@ -394,6 +406,16 @@ def cmd_report(args: argparse.Namespace) -> int:
         check_output_path(args.output, "--output", directory=True)
     path = write_report(args.run, out_dir=args.output)
     print(f"report: {path}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import json
+
+    from lamcsp.status import format_status, run_status
+
+    st = run_status(args.run)
+    print(json.dumps(st, indent=1) if args.json else format_status(st))
     return 0
 
 

@@ -254,6 +254,12 @@ class Search:
                 stops a run once the target is found).
             report: run the pressure scan and write the report at the end.
         """
+        from lamcsp.store import hold_run
+
+        with hold_run(self.paths):  # `lamcsp status` sees a process holding the run
+            return self._run(until, report)
+
+    def _run(self, until: Callable[[Search], bool] | None, report: bool) -> dict[str, Any]:
         from ase.data import atomic_numbers
 
         from lamcsp.store import read_checkpoint

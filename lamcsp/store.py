@@ -28,8 +28,10 @@ The checkpoint of the search state is :mod:`lamcsp.checkpoint`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -421,6 +423,7 @@ class RunDir:
     DB: ClassVar[str] = DB_NAME
     CAMPAIGN: ClassVar[str] = "campaign.yaml"
     CHECKPOINT: ClassVar[str] = "checkpoint.json"
+    LOCK: ClassVar[str] = "search.pid"
 
     def __init__(self, root: str | os.PathLike[str]):
         object.__setattr__(self, "root", Path(root))
@@ -438,6 +441,10 @@ class RunDir:
         return self.root / self.CHECKPOINT
 
     @property
+    def lock(self) -> Path:
+        return self.root / self.LOCK
+
+    @property
     def finetune(self) -> Path:
         return self.root / "finetune"
 
@@ -452,6 +459,58 @@ class RunDir:
     def holds_run(self, db_url: str | None = None) -> bool:
         """Whether a search has written here (its checkpoint, campaign copy, or database)."""
         return self.checkpoint.exists() or self.campaign.exists() or (db_url is None and self.db.exists())
+
+
+def run_holder(paths: RunDir) -> dict[str, Any] | None:
+    """The search process named by the run's lock file (``pid``, ``host``, ``started``) and
+    whether it holds the run now: ``alive`` True (a live process of that pid on this host),
+    False (dead: a search killed with -9 leaves its lock file behind) or None (another host,
+    which cannot be asked). None without a lock file. Reads only."""
+    import json
+    import socket
+
+    try:
+        info = json.loads(paths.lock.read_text(encoding="utf-8"))
+        pid = int(info["pid"])
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError):  # a torn or foreign file holds nothing
+        return {"pid": None, "host": None, "started": None, "alive": False}
+    alive: bool | None = None
+    if info.get("host") == socket.gethostname():
+        try:
+            os.kill(pid, 0)
+            alive = True
+        except ProcessLookupError:
+            alive = False
+        except PermissionError:  # alive, another user's
+            alive = True
+    return {"pid": pid, "host": info.get("host"), "started": info.get("started"), "alive": alive}
+
+
+@contextlib.contextmanager
+def hold_run(paths: RunDir) -> Iterator[None]:
+    """Mark the run as held by this process while the block runs: ``search.pid`` holds its pid,
+    host and start time (written atomically), removed at the end if it is still this
+    process's. ``lamcsp status`` reads it; a pid that is no longer alive holds nothing."""
+    import json
+    import socket
+    import time
+
+    mine = {"pid": os.getpid(), "host": socket.gethostname(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    tmp = paths.root / f".{paths.LOCK}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(mine), encoding="utf-8")
+    os.replace(tmp, paths.lock)
+    try:
+        yield
+    finally:
+        holder = run_holder(paths)
+        if holder is not None and holder["pid"] == mine["pid"] and holder["host"] == mine["host"]:
+            try:
+                paths.lock.unlink()
+            except OSError:
+                pass
 
 
 def check_database(path: str | os.PathLike[str]) -> None:
