@@ -4,12 +4,15 @@ library (:mod:`lamcsp.relax`, :mod:`lamcsp.potentials`, :mod:`lamcsp.generators`
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import sys
 from collections.abc import Sequence
 
 from lamcsp import __version__
 from lamcsp.errors import SetupError, WorkerError
+
+log = logging.getLogger(__name__)
 
 #: the largest count an option takes (-n, --max-steps, --top, ...): a larger one is a typo
 MAX_COUNT = 10_000_000
@@ -61,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="lamcsp", description="Crystal structure prediction with large atomic models."
     )
     parser.add_argument("--version", action="version", version=f"lamcsp {__version__}")
+    log_help = ("also write every message (progress lines and warnings, with timestamps) to FILE, "
+                "appended; --quiet does not apply to it")
+    parser.add_argument("--log", default=None, metavar="FILE", help=log_help)
     sub = parser.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser(
@@ -152,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run directory (default: the campaign's `output`, else runs/<name>)")
     s.add_argument("--db", default=None, metavar="URL",
                    help="database URL (e.g. postgresql://user:pw@host/db) instead of RUN/results.db")
-    s.add_argument("--quiet", action="store_true", help="no progress lines")
+    s.add_argument("--quiet", action="store_true", help="no progress lines (warnings are still shown)")
     s.set_defaults(func=cmd_search)
 
     rp = sub.add_parser(
@@ -202,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     vf.add_argument("--fmax", type=_positive(float, "--fmax"), default=None, help="eV/Å (relax)")
     vf.add_argument("--max-steps", type=_positive(int, "--max-steps"), default=None,
                     help="oracle calls per relaxation")
-    vf.add_argument("--quiet", action="store_true", help="no progress lines")
+    vf.add_argument("--quiet", action="store_true", help="no progress lines (warnings are still shown)")
     vf.set_defaults(func=cmd_verify)
 
     ex = sub.add_parser(
@@ -216,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--format", default="cif", choices=["cif", "poscar", "extxyz"])
     ex.add_argument("-o", "--output", required=True, metavar="DIR", help="output directory")
     ex.set_defaults(func=cmd_export)
+    for command in sub.choices.values():  # --log before or after the command's name
+        command.add_argument("--log", default=argparse.SUPPRESS, metavar="FILE", help=log_help)
     return parser
 
 
@@ -326,7 +334,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     print(f"generated {len(frames)} structure(s) of {args.composition} with {args.generator} "
           f"(seed {seed}) -> {args.output}")
     if len(frames) < args.n:
-        print(f"  only {len(frames)} of {args.n}: some structures ran out of attempts", file=sys.stderr)
+        log.warning(f"only {len(frames)} of {args.n}: some structures ran out of attempts")
     return 0
 
 
@@ -360,7 +368,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             # the coordinator needs the model's id and element list, not its speed: on the CPU
             potential = load_model(campaign.model.replace(device="cpu"))
         search = Search(campaign, args.output, resume=args.resume, db_url=args.db, potential=potential,
-                        executor=executor, progress=False if args.quiet else None)
+                        executor=executor)  # progress lines: INFO, which --quiet hides
         state = search.run()
     finally:
         if executor is not None:
@@ -369,10 +377,6 @@ def cmd_search(args: argparse.Namespace) -> int:
     print(f"search {campaign.name!r} done: {state['generation']} generation(s), {n} relaxations stored "
           f"in {search.store.url}; report in {search.run_dir / 'report' / 'report.html'}")
     return 0
-
-
-def _stderr_line(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -385,8 +389,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     executor = MPIExecutor(comm) if comm is not None else None
     try:
         out = verify_run(args.run, oracle=args.oracle, top_k=args.top_k, window=args.window, mode=args.mode,
-                         fmax=args.fmax, max_steps=args.max_steps, executor=executor,
-                         progress=None if args.quiet else _stderr_line)
+                         fmax=args.fmax, max_steps=args.max_steps, executor=executor)
     finally:
         if executor is not None:
             executor.close()
@@ -476,6 +479,24 @@ def cmd_relax(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fail(text: str) -> None:
+    """The command's last words: to stderr as they always were, and into the --log file."""
+    print(text, file=sys.stderr)
+    log.error(text, extra={"console": False})
+
+
+def _setup_logging(args: argparse.Namespace) -> None:
+    """Configure the ``lamcsp`` loggers (:mod:`lamcsp.log`): one log file, written by rank 0."""
+    from lamcsp.log import configure
+    from lamcsp.parallel import launcher_rank
+
+    path = args.log if launcher_rank() == 0 else None
+    try:
+        configure(quiet=getattr(args, "quiet", False), log_file=path)
+    except OSError as exc:
+        raise SetupError("--log", f"cannot write {path!r} ({exc.strerror or exc})") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -485,19 +506,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         if launcher_rank() != 0:  # under mpiexec only `search` and `verify` use the other ranks
             return 0
     try:
+        _setup_logging(args)
         return int(args.func(args) or 0)
     except SetupError as exc:
-        print(f"lamcsp {args.command}: error in {exc.field}: {exc.message}", file=sys.stderr)
+        _fail(f"lamcsp {args.command}: error in {exc.field}: {exc.message}")
         return 2
     except WorkerError as exc:
         last = exc.detail.strip().splitlines()[-3:] if exc.detail else []
-        print(f"lamcsp {args.command}: {exc.message}. The campaign stopped; every result stored so far "
+        _fail(f"lamcsp {args.command}: {exc.message}. The campaign stopped; every result stored so far "
               "is kept, and the same command with --resume continues from the last checkpoint."
-              + ("".join(f"\n  {line}" for line in last) if last else ""), file=sys.stderr)
+              + ("".join(f"\n  {line}" for line in last) if last else ""))
         return 1
     except KeyboardInterrupt:
-        print(f"lamcsp {args.command}: interrupted", file=sys.stderr)
+        _fail(f"lamcsp {args.command}: interrupted")
         return 130
+    finally:
+        from lamcsp.log import unconfigure
+
+        unconfigure()
 
 
 if __name__ == "__main__":

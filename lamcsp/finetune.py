@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -50,6 +51,9 @@ from lamcsp.finetune_select import (  # noqa: F401  (the names that lived here b
     sane,
     select,
 )
+from lamcsp.log import stage
+
+log = logging.getLogger(__name__)
 
 # -------------------------------------------------------------------------------- one iteration
 
@@ -112,6 +116,8 @@ class FinetuneLoop:
         lo, hi, window, max_labels, conv_accuracy, max_iterations, max_energy: as the
             campaign's ``finetune`` section (``committee``, ``trust_lo``...), whose defaults
             they take.
+        progress: a line writer for the labelling's progress (default: ``INFO`` on this
+            module's logger).
     """
 
     def __init__(
@@ -131,6 +137,7 @@ class FinetuneLoop:
         conv_accuracy: float = FinetuneSpec.default_of("conv_accuracy"),
         max_iterations: int = FinetuneSpec.default_of("max_iterations"),
         max_energy: float | None = FinetuneSpec.default_of("max_energy"),
+        progress: Callable[[str], None] | None = None,
     ):
         from lamcsp.oracle import Journal, oracle_id
 
@@ -149,6 +156,7 @@ class FinetuneLoop:
         self.max_energy = max_energy
         self.conv_accuracy = conv_accuracy
         self.max_iterations = max_iterations
+        self.say = progress if progress is not None else log.info
         self.log_path = self.root / "iterations.json"
         self.log: list[dict[str, Any]] = (
             json.loads(self.log_path.read_text()) if self.log_path.is_file() else []
@@ -236,8 +244,11 @@ class FinetuneLoop:
                 rec["error"] = (lab or {}).get("error", "no result")
             self.labels.append(rec)
             fault("label-stored")
+            labelling.step(detail=f"{sources[i]} {'ok' if rec['ok'] else 'failed'}")
 
+        labelling = stage(f"  oracle labels ({self.oracle_id})", len(todo), write=self.say)
         if todo:
+            self.say(f"fine-tune iteration {it}: labelling {len(todo)} structure(s) with {self.oracle_id}")
             self.executor.map(label_task(self.oracle),
                               [{"atoms": atoms_to_dict(structures[i])} for i in todo], got,
                               labels=[sources[i] for i in todo])

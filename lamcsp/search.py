@@ -43,9 +43,9 @@ for the enthalpy-vs-pressure report; then the report is written.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -69,6 +69,8 @@ if TYPE_CHECKING:
     from lamcsp.relax.relaxer import RelaxResult
     from lamcsp.store import ResultStore
 
+log = logging.getLogger(__name__)
+
 CHECKPOINT_NAME = RunDir.CHECKPOINT
 CAMPAIGN_COPY = RunDir.CAMPAIGN
 #: campaign fields that may change between a run and its ``--resume`` (budget and reporting)
@@ -80,14 +82,17 @@ RESUMABLE_CHANGES = ("generations", "max_relaxations", "stop", "report", "parall
 
 @dataclasses.dataclass
 class Progress:
-    """One line per unit and generation, to a stream (stderr by default)."""
+    """One line per unit and generation: ``INFO`` on this module's logger (the CLI shows it
+    unless ``--quiet``; :mod:`lamcsp.log`), or to ``stream`` when one is given."""
 
     stream: TextIO | None = None
     start: float = dataclasses.field(default_factory=time.perf_counter)
 
     def write(self, text: str) -> None:
-        out = self.stream if self.stream is not None else sys.stderr
-        print(text, file=out, flush=True)
+        if self.stream is not None:
+            print(text, file=self.stream, flush=True)
+        else:
+            log.info(text)
 
     def generation(self, g: int, total: int | None, units: list[UnitState], n_unique: dict[int, int],
                    spent: int) -> None:
@@ -114,7 +119,8 @@ class Search:
         run_dir: output directory (default ``campaign.output_dir``).
         potential: the model; loaded from ``campaign.model`` when ``None``.
         resume: continue the run in ``run_dir`` from its checkpoint.
-        progress: where progress lines go (``None``: stderr; ``False``: nowhere).
+        progress: where progress lines go (``None``: the ``lamcsp.search`` logger, shown by the
+            CLI; a stream: there; ``False``: nowhere). Warnings always go to the logger.
         executor: relaxes structures (default: :class:`SerialExecutor`).
         db_url: a database URL instead of ``run_dir/results.db``.
     """
@@ -153,6 +159,11 @@ class Search:
         self.warned: set[tuple[int, str]] = set()
         self.finetune = steps.FinetuneStep(self)
         self.verification = steps.Verification(self)
+
+    def say(self, text: str) -> None:
+        """A progress line (nowhere when the search was built with ``progress=False``)."""
+        if self.progress:
+            self.progress.write(text)
 
     # -- setup ----------------------------------------------------------------------------
     def _check_run_dir(self, db_url: str | None) -> None:
@@ -364,9 +375,8 @@ class Search:
     def _warn(self, us: UnitState, name: str, exc: SetupError, g: int) -> None:
         if (us.unit.index, name) not in self.warned:
             self.warned.add((us.unit.index, name))
-            if self.progress:
-                self.progress.write(f"  warning: {name} built nothing for {us.unit.label} in generation "
-                                    f"{g + 1} ({exc.field}: {exc.message})")
+            log.warning(f"{name} built nothing for {us.unit.label} in generation {g + 1} "
+                        f"({exc.field}: {exc.message})")
 
     def run_generation(self, g: int) -> None:
         """One generation: propose (screens, prescreen) -> relax and store -> dedupe -> tell

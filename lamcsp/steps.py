@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lamcsp.errors import SetupError
+from lamcsp.log import stage
 from lamcsp.store import h_now, result_ok
 
 if TYPE_CHECKING:
@@ -73,7 +74,7 @@ class FinetuneStep:
             self.s.paths.finetune, elements, self.s.executor, spec.oracle, trainer, member,
             members=spec.committee, lo=spec.trust_lo, hi=spec.trust_hi, window=spec.window,
             max_labels=spec.max_labels, conv_accuracy=spec.conv_accuracy,
-            max_iterations=spec.max_iterations or 10**9, max_energy=spec.max_energy)
+            max_iterations=spec.max_iterations or 10**9, max_energy=spec.max_energy, progress=self.s.say)
         latest = self.loop.registry.latest(before=self.loop.iteration)
         if latest:
             self.s.use_model(m.replace(**trainer.spec(latest["models"][0]), options={}))
@@ -324,7 +325,7 @@ class Verification:
         comparisons = run_verification(
             self.hits(), settings, store=self.s.store, executor=self.s.executor, run_dir=self.s.run_dir,
             stage=stage, model_id=self.s.potential.model_id, symprec=self.s.campaign.report.symprec,
-            progress=self.s.progress.write if self.s.progress else None)
+            progress=self.s.say)
         record = ranking_record(comparisons, settings.top_k)
         if self.s.progress:
             for label, c in record.items():
@@ -394,13 +395,14 @@ def pressure_scan(s: Search) -> int:
                 todo.append((key, row, p))
     if not todo:
         return 0
-    if s.progress:
-        s.progress.write(f"pressure scan: {len(picked)} polymorphs x {len(grid)} pressures")
+    s.say(f"pressure scan: {len(picked)} polymorphs x {len(grid)} pressures, {len(todo)} relaxations")
+    progress = stage("  pressure scan", len(todo), write=s.say)
 
     def store_one(i: int, result: RelaxResult) -> None:
         key, row, _ = todo[i]
         s.add_row(result, key, role="scan", generation=-2, generator="scan", unit=int(row.unit),
                   extra={"polymorph": int(row.id)})
+        progress.step()
 
     s.executor.relax([r.toatoms() for _, r, _ in todo], [p for *_, p in todo], on_result=store_one)
     return len(todo)

@@ -19,6 +19,7 @@ the three):
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +28,9 @@ from typing import Any
 import numpy as np
 
 from lamcsp.faults import fault
+from lamcsp.log import stage
+
+log = logging.getLogger(__name__)
 
 DIVERSITY = ("bootstrap", "seeds", "fresh_head")
 
@@ -63,10 +67,12 @@ class DeePMDTrainer:
         from lamcsp.potentials.deepmd import finetune
 
         out = []
+        progress = stage("  training (deepmd)", members, write=log.info, every=0.0)
         for k in range(members):
             work = workdir / f"member-{k}"
             if (work / "model.pth").is_file():  # trained before a kill
                 out.append(str(work / "model.pth"))
+                progress.step(detail=f"member {k} trained before")
                 continue
             data = self._resample(systems, work, k)
             if parents:
@@ -77,6 +83,7 @@ class DeePMDTrainer:
                          steps=self.steps, seed=k + 1, learning_rate=self.learning_rate, threads=self.threads)
             fault("member-trained")
             out.append(str(work / "model.pth"))
+            progress.step(detail=f"member {k}")
         return out
 
     def _resample(self, systems: Sequence[Path], work: Path, k: int) -> list[Path]:
@@ -148,19 +155,21 @@ class CHGNetTrainer:
         # with x(-0.1) to its own GPa, which is ASE's sign convention: so -10 x ASE's in GPa
         stresses = [(-10.0 * GPA_PER_EV_A3 * a.get_stress(voigt=False)).tolist() for a in frames]
         out = []
+        progress = stage("  training (chgnet)", members, write=log.info, every=0.0)
         for k in range(members):
             work = workdir / f"member-{k}"
             path = work / "model.pt"
             if path.is_file():  # trained before a kill
                 out.append(str(path))
+                progress.step(detail=f"member {k} trained before")
                 continue
             work.mkdir(parents=True, exist_ok=True)
             net, _ = _load_chgnet(self.model, trusted=self.trusted)
             if self.diversity == "fresh_head":
                 torch.manual_seed(k + 1)
                 net.mlp.layers[-1].reset_parameters()
-            log = io.StringIO()
-            with contextlib.redirect_stdout(log):
+            chatter = io.StringIO()
+            with contextlib.redirect_stdout(chatter):
                 data = StructureData(structures, energies, forces, stresses=stresses, shuffle=False)
             idx = bootstrap_indices(len(frames), k, self.diversity)
             g = torch.Generator().manual_seed(k + 1)
@@ -171,15 +180,16 @@ class CHGNetTrainer:
                               optimizer="Adam", scheduler="CosLR", criterion="MSE", epochs=self.epochs,
                               learning_rate=self.learning_rate, use_device=self.device, torch_seed=k + 1,
                               data_seed=k + 1, print_freq=10**6)
-            with contextlib.redirect_stdout(log):
+            with contextlib.redirect_stdout(chatter):
                 _refit_atom_ref(net, structures, energies)
                 trainer.train(loader, loader, save_dir=str(work), train_composition_model=False)
-            (work / "train.log").write_text(log.getvalue())
+            (work / "train.log").write_text(chatter.getvalue())
             tmp = work / "model.pt.tmp"
             torch.save(net.as_dict(), tmp)  # the trainer trained `net` in place
             os.replace(tmp, path)
             fault("member-trained")
             out.append(str(path))
+            progress.step(detail=f"member {k}, {self.epochs} epochs on {len(idx)} frames")
         return out
 
     def spec(self, path: str) -> dict[str, Any]:

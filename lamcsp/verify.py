@@ -23,8 +23,8 @@ import no files, MPI or CLI; :func:`run_verification` is the runner.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 
 from lamcsp.faults import fault
+
+log = logging.getLogger(__name__)
 
 #: a row verified by an oracle is stored under ``verify-<oracle id>-<its key>``
 KEY_PREFIX = "verify"
@@ -213,8 +215,9 @@ def run_verification(
         stage: what the verification follows (``end``, ``before``, ``iter-0``...), kept on rows.
         model_id: the model whose enthalpies ``hits`` carry.
         symprec: spglib tolerance of the stored space groups.
-        progress: a line writer.
+        progress: a line writer (default: ``INFO`` on this module's logger).
     """
+    from lamcsp.log import stage as log_stage
     from lamcsp.oracle import oracle_task
     from lamcsp.relax.relaxer import RelaxResult, atoms_to_dict
     from lamcsp.store import row_item
@@ -226,11 +229,11 @@ def run_verification(
         atoms = [store.db.get(id=h.row_id).toatoms() for h in todo]
         items = [{"atoms": atoms_to_dict(a), "pressure": h.pressure,
                   "journal": str(journal_path(run_dir, oid, h.key))} for a, h in zip(atoms, todo)]
-        t0 = time.monotonic()
-        done = [0]
-        if progress:
-            progress(f"verify ({stage}): {len(todo)} structure(s) with {oid} ({settings.mode}), "
-                     f"{len(picked) - len(todo)} verified before")
+        say = progress if progress is not None else log.info
+        say(f"verify ({stage}): {len(todo)} structure(s) with {oid} ({settings.mode}), "
+            f"{len(picked) - len(todo)} verified before")
+        # one line per structure: each is a whole oracle relaxation
+        bar = log_stage("  verified", len(todo), write=say, every=0.0)
 
         def stored(i: int, d: dict[str, Any]) -> None:
             h = todo[i]
@@ -244,12 +247,8 @@ def run_verification(
                        "oracle_calls": int(d.get("calls", 0)) + int(d.get("replayed", 0)),
                        "oracle_rank": int(d.get("rank", 0))}))
             fault("verify-stored")
-            done[0] += 1
-            if progress:
-                left = (time.monotonic() - t0) / done[0] * (len(todo) - done[0])
-                progress(f"  verified {done[0]}/{len(todo)}: {h.label} #{h.row_id} {result.status}, "
-                         f"{d.get('calls', 0)} oracle calls ({d.get('replayed', 0)} replayed), "
-                         f"{d.get('seconds', 0.0):.0f} s; about {left:.0f} s left")
+            bar.step(detail=f"{h.label} #{h.row_id} {result.status}, {d.get('calls', 0)} oracle calls "
+                            f"({d.get('replayed', 0)} replayed) in {d.get('seconds', 0.0):.0f} s")
 
         executor.map(oracle_task(settings.oracle, mode=settings.mode, optimizer=settings.optimizer,
                                  fmax=settings.fmax, max_steps=settings.max_steps),
