@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from lamcsp import __version__
 from lamcsp.errors import SetupError, WorkerError
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("lamcsp.cli")  # by name: under `python -m lamcsp.cli` __name__ is "__main__"
 
 #: the largest count an option takes (-n, --max-steps, --top, ...): a larger one is a typo
 MAX_COUNT = 10_000_000
