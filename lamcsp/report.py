@@ -189,7 +189,12 @@ def _clean(out: Path) -> None:
 
 def write_report(run_dir: str | Path, out_dir: str | Path | None = None,
                  spec: ReportSpec | None = None) -> Path:
-    """Write ``report.html``, ``summary.json``, plots (``img/``) and top structures (``structures/``).
+    """Write ``report.html``, ``summary.json``, ``ranking.txt``, plots (``img/``) and top structures
+    (``structures/``).
+
+    Each listed structure gets a picture, its simulated XRD pattern (over ``spec.xrd``, a measured
+    one, if given; ``summary.json`` then has ``xrd_match``, the listed structures by agreement),
+    density, volume per atom and coordination (:mod:`lamcsp.report_xrd`).
 
     Runs again over an earlier report, replacing it. All links in the page are relative, so the
     folder can be moved or opened offline.
@@ -203,9 +208,12 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None,
         The path of ``report.html``.
 
     Raises:
-        SetupError: ``run_dir`` holds no ``results.db``.
+        SetupError: ``run_dir`` holds no ``results.db``; ``report.xrd`` is missing or unreadable.
     """
+    from lamcsp.report_xrd import add_structures, ranking_lines, read_pattern
+
     run = _analyse(run_dir, spec)
+    measured = read_pattern(run.spec.xrd) if run.spec.xrd else None
     out = Path(out_dir) if out_dir is not None else run.run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     _clean(out)
@@ -214,6 +222,8 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None,
     with warnings.catch_warnings():  # matplotlib's tight-layout chatter on tiny data sets
         warnings.simplefilter("ignore", UserWarning)
         images = _plots(run, doc, out)
+        add_structures(run, doc, out, measured, run.spec.xrd)
+    (out / "ranking.txt").write_text("\n".join(ranking_lines(run)) + "\n", encoding="utf-8")
     (out / "summary.json").write_text(json.dumps(doc, indent=1, allow_nan=False) + "\n", encoding="utf-8")
     page = out / "report.html"
     page.write_text(_html(doc, images), encoding="utf-8")

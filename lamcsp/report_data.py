@@ -171,12 +171,15 @@ def _hull_entry(run: _Run, db_id: int) -> dict[str, Any]:
 
 def _top_entries(run: _Run, p: float) -> list[dict[str, Any]]:
     from lamcsp.io import spacegroup_number
+    from lamcsp.report_xrd import structure_facts
 
     out = []
     for rank, r in enumerate(run.ranked(p, run.spec.top_n), start=1):
         entry = _entry(run, r)
         entry["rank"] = rank
-        entry["spacegroup"] = spacegroup_number(run.atoms(r.db_id), run.spec.symprec)
+        atoms = run.atoms(r.db_id)
+        entry["spacegroup"] = spacegroup_number(atoms, run.spec.symprec)
+        entry.update({k: _f(v) for k, v in structure_facts(atoms).items()})  # density, volume, CN
         out.append(entry)
     return out
 

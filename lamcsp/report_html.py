@@ -16,6 +16,7 @@ table { border-collapse: collapse; margin: .6em 0 1.2em; font-size: .9em; }
 th, td { border: 1px solid #ddd; padding: .25em .6em; text-align: right; }
 th { background: #f3f3f3; } td.l, th.l { text-align: left; }
 img { max-width: 100%; border: 1px solid #eee; margin: .4em 0; }
+figure.s { display: inline-block; margin: .3em; } figure.s img { max-height: 14em; }
 .note { color: #844; } .muted { color: #777; }
 """
 
@@ -45,15 +46,40 @@ def _img(src: str, alt: str) -> str:
 
 
 def _top_html(top: list[dict[str, Any]]) -> str:
+    match = any("xrd_similarity" in e for e in top)
     head = ["rank", "formula", "space group", "H (eV/atom)", "ΔH_f (eV/atom)", "above hull (meV/atom)",
-            "db id", "files"]
+            "density (g/cm³)", "V (Å³/atom)", "mean CN", *(["XRD match"] if match else []), "db id", "files"]
     rows = [
         [str(e["rank"]), _e(e["formula"]), str(e["spacegroup"]), _num(e["enthalpy_per_atom"]),
-         _num(e["formation_enthalpy_per_atom"]), _num(e["e_above_hull"], 1000, 1), str(e["db_id"]),
-         " ".join(_link(path, kind.upper()) for kind, path in e.get("files", {}).items())]
+         _num(e["formation_enthalpy_per_atom"]), _num(e["e_above_hull"], 1000, 1),
+         _num(e.get("density"), digits=3), _num(e.get("volume_per_atom"), digits=2),
+         _num(e.get("coordination"), digits=2), *([_num(e.get("xrd_similarity"), digits=3)] if match else []),
+         str(e["db_id"]), " ".join(_link(path, kind.upper()) for kind, path in e.get("files", {}).items())]
         for e in top
     ]
-    return _table(head, rows, left=2) if rows else "<p class=muted>No search structures at this pressure.</p>"
+    if not rows:
+        return "<p class=muted>No search structures at this pressure.</p>"
+    pictures = "".join(
+        f"<figure class=s>{_img(e['images']['structure'], 'structure #' + str(e['db_id']))}"
+        f"{_img(e['images']['xrd'], 'XRD of #' + str(e['db_id']))}"
+        f"<figcaption>rank {e['rank']}: {_e(e['formula'])} sg{e['spacegroup']} (#{e['db_id']})</figcaption>"
+        "</figure>" for e in top if e.get("images"))
+    note = ("<p class=muted>Mean CN: neighbours within 1.1 times each atom's nearest-neighbour distance. "
+            "XRD: Cu Kα1, pymatgen.</p>")
+    return _table(head, rows, left=2) + note + pictures
+
+
+def _xrd_html(doc: dict[str, Any]) -> str:
+    m = doc.get("xrd_match")
+    if not m:
+        return ""
+    rows = [[str(k), _e(r["formula"]), str(r["spacegroup"]), f"{r['pressure_gpa']:g}", str(r["rank"]),
+             str(r["db_id"]), _num(r["xrd_similarity"], digits=3)] for k, r in enumerate(m["ranking"], 1)]
+    return (f"<h2 id=xrd>Agreement with the measured XRD pattern</h2><p>{_e(m['pattern'])}: "
+            f"{_e(m['similarity'])} (Gaussian FWHM {m['fwhm_deg']:g}°, step {m['grid_step_deg']:g}°); 1 is "
+            "the same shape.</p>"
+            + _table(["match rank", "formula", "space group", "pressure (GPa)", "enthalpy rank", "db id",
+                      "Pearson r"], rows, left=0))
 
 
 def _compositions_html(pdoc: dict[str, Any]) -> str:
@@ -113,11 +139,13 @@ def _html(doc: dict[str, Any], images: dict[str, str]) -> str:
         f"<h1>{_e(doc['campaign'])}</h1>",
         f"<p>System {_e('-'.join(doc['elements']))}; model {_e(doc['model_id'])}; {doc['n_rows']} rows "
         f"({_e(', '.join(f'{k} {v}' for k, v in doc['n_rows_by_role'].items()))}). "
-        f'Data: <a href="summary.json">summary.json</a>.</p>',
+        f'Data: <a href="summary.json">summary.json</a>, <a href="ranking.txt">ranking.txt</a>.</p>',
         notes, f"<p>{toc} &middot; <a href=#scans>enthalpy vs pressure</a>"
+        + (" &middot; <a href=#xrd>XRD match</a>" if doc.get("xrd_match") else "")
         + (" &middot; <a href=#verify>verification by the oracle</a>" if doc.get("verification") else "")
         + (" &middot; <a href=#finetune>fine-tune loop</a>" if doc.get("finetune") else "") + "</p>",
         *(_pressure_html(i, p, images) for i, p in enumerate(doc["pressures"])),
+        _xrd_html(doc),
         _scans_html(doc, images),
         _verification_html(doc),
         _finetune_html(doc),

@@ -346,6 +346,31 @@ class ReportSpec(Section):
             "campaign's pressures; with 2 or more pressures)")
     scan_top: Int = field(3, type="int in [1, 1000]", ge=1, le=1000,
                           doc="polymorphs per composition and pressure re-relaxed in that scan")
+    xrd: str | None = field(
+        type="path or null",
+        doc="a measured powder XRD pattern (text, two columns: 2θ in degrees and intensity; relative "
+            "to the campaign file): overlaid on each listed structure's simulated pattern (Cu Kα1), "
+            "which the report ranks by their agreement")
+
+    @field_validator("xrd", mode="before")
+    @classmethod
+    def _xrd(cls, value: Any, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value:
+            raise invalid(f"must be a pattern file path or null, got {type_name(value)} {value!r}")
+        base_dir = _base_dir(info)
+        if base_dir is None:
+            return value
+        from lamcsp.errors import SetupError
+        from lamcsp.report_xrd import read_pattern
+
+        path = _resolve(value, base_dir)
+        try:
+            read_pattern(path)  # read now: a bad file stops the campaign before its work
+        except SetupError as exc:
+            raise invalid(exc.message) from None
+        return path
 
 
 class ParallelSpec(Section):
