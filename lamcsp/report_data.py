@@ -107,6 +107,8 @@ def _read_campaign(run_dir: Path, notes: list[str]) -> Any:
     try:
         return load_campaign(path)
     except SetupError as exc:  # e.g. a model file moved since the run; the results stand
+        if exc.field.startswith("report."):  # but the report would not be the one asked for
+            raise
         notes.append(f"{CAMPAIGN_NAME} not read ({exc}): default report settings")
         return None
 

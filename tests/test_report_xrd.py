@@ -161,3 +161,23 @@ def test_xrd_setup_errors(run_dir, tmp_path):
     good = write_xy(tmp_path / "good.xy", bulk("Cu", "fcc", a=3.61))
     raw["report"]["xrd"] = "good.xy"
     assert parse_campaign(raw, base_dir=str(tmp_path)).report.xrd == str(good)
+
+
+def test_campaign_xrd_missing_at_report_time(run_dir, tmp_path):
+    """A run's campaign names a pattern that has gone since: the report stops (exit 2), it does
+    not fall back to default settings."""
+    import shutil
+
+    from lamcsp.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    pattern = write_xy(tmp_path / "gone.xy", bulk("Cu", "fcc", a=3.61))
+    (run / "campaign.yaml").write_text(CAMPAIGN.replace("report: {top_n: 3}",
+                                                        f"report: {{top_n: 1, xrd: {pattern}}}"))
+    doc = json.loads((write_report(run).parent / "summary.json").read_text())
+    assert doc["xrd_match"]["pattern"] == str(pattern) and len(doc["xrd_match"]["ranking"]) == 2
+    pattern.unlink()
+    with pytest.raises(SetupError, match=r"report\.xrd"):
+        write_report(run)
+    assert main(["report", str(run)]) == 2
