@@ -77,7 +77,7 @@ def _xrd_html(doc: dict[str, Any]) -> str:
              str(r["db_id"]), _num(r["xrd_similarity"], digits=3)] for k, r in enumerate(m["ranking"], 1)]
     return (f"<h2 id=xrd>Agreement with the measured XRD pattern</h2><p>{_e(m['pattern'])}: "
             f"{_e(m['similarity'])} (Gaussian FWHM {m['fwhm_deg']:g}°, step {m['grid_step_deg']:g}°); 1 is "
-            "the same shape.</p>"
+            "the same shape; peak shifts (a lattice off by ~1%, another pressure) lower it a lot.</p>"
             + _table(["match rank", "formula", "space group", "pressure (GPa)", "enthalpy rank", "db id",
                       "Pearson r"], rows, left=0))
 

@@ -10,7 +10,9 @@ Choices, so that a reader can redo them:
   over the part of :data:`TWO_THETA_RANGE` that the measurement covers); the simulated sticks
   are broadened by a Gaussian of full width at half maximum :data:`FWHM` degrees, the measured
   pattern is interpolated linearly; the similarity is the Pearson correlation of the two (1:
-  the same shape; scale and a constant background do not count).
+  the same shape; scale and a constant background do not count). It is strict about peak
+  positions: a lattice off by ~1% (the model's error, another pressure) moves high-angle peaks
+  by more than the width and lowers r a lot; compare structures with each other, not with 1.
 - Coordination: an atom's neighbours are the atoms within 1.1 times its nearest-neighbour
   distance (:data:`SHELL_FACTOR`: bcc counts 8, not 8 + 6; fcc 12; rocksalt 6); the table
   shows the mean over the atoms. Fast, and blind to bond chemistry.
@@ -150,7 +152,8 @@ def plot_structure(atoms: Atoms, path: Path) -> Path:
     """A small static picture of the cell (ASE's PNG writer)."""
     from ase.io import write
 
-    write(path, atoms, format="png", rotation="10x,-20y", show_unit_cell=2, scale=25, maxwidth=400)
+    write(path, atoms, format="png", rotation="10x,-20y", show_unit_cell=2, scale=25, maxwidth=400,
+          radii=0.6)  # covalent radii scaled down, so that the atoms behind show
     return path
 
 
