@@ -391,14 +391,16 @@ def stale_records(tasks: Sequence[tuple[Target, str, int]], out: Path, args: arg
     """Run folders whose record was made with other generators than the method has now (e.g.
     ``lamcsp`` runs made before lamcsp's default changed): reusing them would mislabel them."""
     stale = []
-    want: dict[str, list[dict[str, Any]]] = {}  # per method: its generators do not depend on target or seed
+    # per method, and per target where the generators name it (a template method leaves its target out)
+    want: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for t, m, seed in tasks:
         path = out / "runs" / t.id / f"{m}-s{seed}" / "bench_record.json"
         if path.exists():
             made = json.loads(path.read_text()).get("generators")
-            if m not in want:
-                want[m] = generators_of(campaign_for(t, m, seed, args))
-            if made is not None and made != want[m]:
+            key = (m, t.id if "template" in m else "")
+            if key not in want:
+                want[key] = generators_of(campaign_for(t, m, seed, args))
+            if made is not None and made != want[key]:
                 stale.append(str(path.parent))
     return stale
 
