@@ -18,16 +18,22 @@ log = logging.getLogger("lamcsp.cli")  # by name: under `python -m lamcsp.cli` _
 MAX_COUNT = 10_000_000
 
 
+def _number(kind: type, name: str, text: str):
+    """``text`` as a finite ``kind`` (int or float), or argparse's error naming the option."""
+    try:
+        value = kind(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from exc
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{name} must be a finite number, got {text!r}")
+    return value
+
+
 def _positive(kind: type, name: str, limit: float = MAX_COUNT):
     """An argparse type: a finite number in (0, ``limit``] (argparse exits with status 2)."""
 
     def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from exc
-        if not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"{name} must be a finite number, got {text!r}")
+        value = _number(kind, name, text)
         if value <= 0:
             raise argparse.ArgumentTypeError(f"{name} must be positive, got {text!r}")
         if value > limit:
@@ -42,13 +48,7 @@ def _finite(name: str):
     """An argparse type: a finite float."""
 
     def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from exc
-        if not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"{name} must be a finite number, got {text!r}")
-        return value
+        return _number(float, name, text)
 
     return parse
 
