@@ -15,10 +15,9 @@ import math
 import sqlite3
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from lamcsp.errors import SetupError
-from lamcsp.store import RunDir, check_database, pressure_key, read_checkpoint, run_holder
+from lamcsp.store import RunDir, check_database, connect_read_only, pressure_key, read_checkpoint, run_holder
 
 __all__ = ["format_status", "run_status"]
 
@@ -27,7 +26,7 @@ def _rows(db: Path) -> list[dict[str, Any]]:
     """Every row's key values (ASE's ``systems.key_value_pairs``, JSON), read-only."""
     if db.stat().st_size == 0:
         return []
-    con = sqlite3.connect(f"file:{quote(str(db.resolve()))}?mode=ro", uri=True)
+    con = connect_read_only(db)
     try:
         tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         if "systems" not in tables:

@@ -513,6 +513,15 @@ def hold_run(paths: RunDir) -> Iterator[None]:
                 pass
 
 
+def connect_read_only(path: str | os.PathLike[str]) -> Any:
+    """An SQLite connection to ``path`` that cannot write (``mode=ro``): what a command that must
+    leave a run unchanged reads through (ASE's own connection may create its tables)."""
+    import sqlite3
+    from urllib.parse import quote
+
+    return sqlite3.connect(f"file:{quote(str(Path(path).resolve()))}?mode=ro", uri=True)
+
+
 def check_database(path: str | os.PathLike[str]) -> None:
     """Refuse a results database that SQLite cannot read (damaged, truncated, not a database, or
     not one of ASE's), opened read-only so that a refused command changes nothing. A file of
@@ -522,7 +531,6 @@ def check_database(path: str | os.PathLike[str]) -> None:
         SetupError: naming the file and what is wrong.
     """
     import sqlite3
-    from urllib.parse import quote
 
     path = Path(path)
     if path.is_dir() or not path.exists():
@@ -532,7 +540,7 @@ def check_database(path: str | os.PathLike[str]) -> None:
         return
     why = None
     try:
-        con = sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode=ro", uri=True)
+        con = connect_read_only(path)
         try:
             check = con.execute("PRAGMA quick_check").fetchone()
             tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
