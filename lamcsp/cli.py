@@ -8,6 +8,7 @@ import logging
 import math
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from lamcsp import __version__
 from lamcsp.errors import SetupError, WorkerError
@@ -157,7 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", default=None, metavar="RUN",
                    help="run directory (default: the campaign's `output`, else runs/<name>)")
     s.add_argument("--db", default=None, metavar="URL",
-                   help="database URL (e.g. postgresql://user:pw@host/db) instead of RUN/results.db")
+                   help="database URL (e.g. postgresql://user@host/db) instead of RUN/results.db; "
+                        "default: $LAMCSP_DB_URL where set. Give the password in LAMCSP_DB_URL, "
+                        "PGPASSWORD or ~/.pgpass, not here (ps and shell history show arguments)")
     s.add_argument("--quiet", action="store_true", help="no progress lines (warnings are still shown)")
     s.set_defaults(func=cmd_search)
 
@@ -349,10 +352,31 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _db_url(args: argparse.Namespace, campaign: Any) -> str | None:
+    """The search's database: ``--db``, else ``$LAMCSP_DB_URL`` (not for resuming a run that keeps
+    its rows in RUN/results.db), else None (RUN/results.db)."""
+    import os
+
+    from lamcsp.store import ENV_DB_URL, RunDir, has_password, read_database_file
+
+    if args.db is not None:
+        if has_password(args.db):
+            log.warning("the password in --db is visible to other users (ps) and kept in shell history; "
+                        "give it in %s, PGPASSWORD or ~/.pgpass instead", ENV_DB_URL)
+        return str(args.db)
+    url = os.environ.get(ENV_DB_URL) or None
+    if url and args.resume:
+        paths = RunDir(args.output if args.output is not None else campaign.output_dir)
+        if read_database_file(paths) is None:
+            return None  # the run keeps its rows in RUN/results.db
+    return url
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from lamcsp.campaign import load_campaign
     from lamcsp.parallel import MPIExecutor, mpi_world, worker_main
     from lamcsp.search import Search
+    from lamcsp.store import redact_url
 
     comm = mpi_world()  # None: one process, the serial executor
     if comm is not None and comm.Get_rank() != 0:
@@ -367,15 +391,15 @@ def cmd_search(args: argparse.Namespace) -> int:
 
             # the coordinator needs the model's id and element list, not its speed: on the CPU
             potential = load_model(campaign.model.replace(device="cpu"))
-        search = Search(campaign, args.output, resume=args.resume, db_url=args.db, potential=potential,
-                        executor=executor)  # progress lines: INFO, which --quiet hides
+        search = Search(campaign, args.output, resume=args.resume, db_url=_db_url(args, campaign),
+                        potential=potential, executor=executor)  # progress lines: INFO, which --quiet hides
         state = search.run()
     finally:
         if executor is not None:
             executor.close()
     n = search.store.count(role="search")
     print(f"search {campaign.name!r} done: {state['generation']} generation(s), {n} relaxations stored "
-          f"in {search.store.url}; report in {search.run_dir / 'report' / 'report.html'}")
+          f"in {redact_url(search.store.url)}; report in {search.run_dir / 'report' / 'report.html'}")
     return 0
 
 

@@ -20,7 +20,7 @@ from lamcsp.campaign import ReportSpec, load_campaign
 from lamcsp.errors import SetupError
 from lamcsp.hull import Hull, composition_fractions, hull_at, transitions
 from lamcsp.io import reduced_formula
-from lamcsp.store import Record, RunDir, pressure_key, record_of
+from lamcsp.store import Record, ResultStore, RunDir, pressure_key, record_of
 
 if TYPE_CHECKING:
     from ase import Atoms
@@ -34,18 +34,19 @@ CAMPAIGN_NAME = RunDir.CAMPAIGN
 # ------------------------------------------------------------------------------------ rows
 
 
-def _connect(run_dir: Path) -> Any:
-    import ase.db
-
-    from lamcsp.store import check_database
+def _connect(run_dir: Path) -> ResultStore:
+    """The run's rows: ``RUN/results.db``, or the database ``RUN/database.json`` names (a ``--db``
+    run, whose rows there carry its id)."""
+    from lamcsp.store import check_database, read_database_file
 
     path = run_dir / DB_NAME
-    if not path.is_file():
-        raise SetupError(
-            "run_dir", f"{str(run_dir)!r} holds no {DB_NAME}; give the output directory of a "
-                       "search (the campaign's `output`, default runs/<name>)")
-    check_database(path)
-    return ase.db.connect(str(path), use_lock_file=False)
+    if read_database_file(RunDir(run_dir)) is None:
+        if not path.is_file():
+            raise SetupError(
+                "run_dir", f"{str(run_dir)!r} holds no {DB_NAME}; give the output directory of a "
+                           "search (the campaign's `output`, default runs/<name>)")
+        check_database(path)
+    return ResultStore(run_dir)
 
 
 # ------------------------------------------------------------------------------------ scans
@@ -75,7 +76,7 @@ class _Run:
     pressures: list[float]
     hulls: dict[float, Hull]
     notes: list[str]
-    db: Any
+    db: ResultStore
     eligible: dict[float, list[Record]] = dataclasses.field(default_factory=dict)
 
     def eligible_at(self, p: float) -> list[Record]:

@@ -140,14 +140,15 @@ class Search:
         self.seed = campaign.seed
         if resume:
             self._check_same_campaign()
-        else:
+        from lamcsp.store import ResultStore
+
+        # the database first: one that cannot be reached stops the search before the run exists
+        self.store: ResultStore = ResultStore(self.run_dir, url=db_url, fresh=not resume)
+        if not resume:
             if self.seed is None:
                 self.seed = int(np.random.SeedSequence().entropy % (2**63))
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._write_campaign_copy()
-        from lamcsp.store import ResultStore
-
-        self.store: ResultStore = ResultStore(self.run_dir, url=db_url)
         self._potential = potential
         self._executor = executor
         stream = None if progress in (None, True, False) else progress
@@ -177,9 +178,16 @@ class Search:
             raise SetupError("--resume", f"{self.run_dir} holds no run to resume ({CAMPAIGN_COPY} "
                                          "missing); start it without --resume")
         if self.resume:  # everything a resume reads, checked before anything is opened for writing
-            from lamcsp.store import check_database, read_checkpoint
+            from lamcsp.store import check_database, read_checkpoint, read_database_file, run_holder
 
-            if db_url is None and not self.paths.db.exists():
+            holder = run_holder(self.paths)
+            if holder is not None and holder["alive"] and holder["pid"] != os.getpid():
+                raise SetupError("--resume", f"{self.run_dir} is held by a running search "
+                                             f"(pid {holder['pid']} since {holder['started']}); wait for it "
+                                             "or stop it first (nothing was changed)")
+            if read_database_file(self.paths) is not None:
+                pass  # the rows are in the database it names: ResultStore checks it
+            elif db_url is None and not self.paths.db.exists():
                 if self.paths.checkpoint.exists():  # generations were stored there: their results are gone
                     raise SetupError("--resume", f"{self.paths.db} is missing: the results of the run are "
                                                  "gone, so it cannot be resumed (nothing was changed)")

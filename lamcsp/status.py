@@ -4,7 +4,8 @@ The generation reached and the run's budget (checkpoint and campaign copy), the 
 stored per row role, the best enthalpy per atom of every unit (composition and pressure) with
 its space group, the fine-tune iterations finished, and whether a search process holds the run
 now (:func:`lamcsp.store.run_holder`). The database is opened read-only through SQLite itself
-(``mode=ro``), not through ASE, whose connection may create its tables; nothing in the run
+(``mode=ro``), not through ASE, whose connection may create its tables (a ``--db`` run's rows are
+selected from the database ``RUN/database.json`` names); nothing in the run
 directory changes.
 """
 
@@ -17,7 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from lamcsp.errors import SetupError
-from lamcsp.store import RunDir, check_database, connect_read_only, pressure_key, read_checkpoint, run_holder
+from lamcsp.store import (
+    RunDir,
+    check_database,
+    connect_read_only,
+    pressure_key,
+    read_checkpoint,
+    read_database_file,
+    run_holder,
+)
 
 __all__ = ["format_status", "run_status"]
 
@@ -79,7 +88,12 @@ def run_status(run: str | Path) -> dict[str, Any]:
     state = read_checkpoint(paths.checkpoint) or {}
     campaign = _campaign_copy(paths)
     rows: list[dict[str, Any]] = []
-    if paths.db.exists():
+    where = read_database_file(paths)
+    if where is not None:  # a --db run: its rows in the database it names (selects only)
+        from lamcsp.store import ResultStore
+
+        rows = [dict(r.key_value_pairs) for r in ResultStore(paths.root).select(include_data=False)]
+    elif paths.db.exists():
         check_database(paths.db)
         try:
             rows = _rows(paths.db)
@@ -109,7 +123,7 @@ def run_status(run: str | Path) -> dict[str, Any]:
         "best": [best[u] for u in sorted(best)],
         "finetune": _finetune(paths),
         "holder": run_holder(paths),
-        "database": str(paths.db) if paths.db.exists() else None,
+        "database": where["url"] if where else (str(paths.db) if paths.db.exists() else None),
     }
 
 
@@ -129,7 +143,7 @@ def format_status(st: dict[str, Any]) -> str:
         f"  process: {held}",
         f"  generations completed: {st['generation']}{total}" + ("; finished" if st["done"] else ""),
         "  rows stored: " + (", ".join(f"{role} {n}" for role, n in st["rows"].items()) or "none")
-        + ("" if st["database"] else " (no results.db here: a --db URL run?)"),
+        + ("" if st["database"] else " (no results.db here)"),
     ]
     ft = st["finetune"]
     if ft is not None:

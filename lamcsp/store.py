@@ -23,6 +23,15 @@ itself); a stale one left by a killed writer would otherwise block every later w
 nothing; a resumed campaign that re-adds the results of a generation therefore stores
 none twice and loses none that were committed.
 
+A shared database. ``--db URL`` (or ``LAMCSP_DB_URL`` in the environment) puts a run's rows in
+another database, typically PostgreSQL (``postgresql://user@host:5432/dbname``; the password from
+``PGPASSWORD``, ``~/.pgpass`` or the environment variable, never the command line). Several runs
+may write into one such database at once: each run has an id, kept in ``RUN/database.json`` with
+the URL (password removed), every row carries it as the key value ``run``, and every read of the
+run selects on it (``ase db URL run=ID``). ``report``, ``export``, ``status``, ``verify`` and
+``--resume`` find the database through that file. ASE's PostgreSQL backend (``ase-db-backends``)
+is used with two fixes for concurrent writers (:func:`_postgresql`).
+
 The checkpoint of the search state is :mod:`lamcsp.checkpoint`.
 """
 
@@ -55,10 +64,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CHECKPOINT_VERSION",
+    "ENV_DB_URL",
     "Record",
     "RunDir",
     "h_now",
+    "has_password",
+    "read_database_file",
     "record_of",
+    "redact_url",
     "result_of_row",
     "ResultStore",
     "plain",
@@ -71,36 +84,151 @@ __all__ = [
 ]
 
 DB_NAME = "results.db"
+#: the environment variable that gives ``lamcsp search`` its database URL (credentials included)
+ENV_DB_URL = "LAMCSP_DB_URL"
 
 
 def _is_url(url: str) -> bool:
     return "://" in url
 
 
+def redact_url(url: str) -> str:
+    """``url`` without its password (``postgresql://user:pw@host/db`` -> ``postgresql://user@host/db``):
+    what is written to files and messages."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    if not _is_url(url):
+        return url
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        netloc = parts.netloc.rsplit("@", 1)[1]
+        user = parts.netloc.rsplit("@", 1)[0].split(":", 1)[0]
+        return urlunsplit(parts._replace(netloc=f"{user}@{netloc}"))
+    except ValueError:
+        return url.split("://", 1)[0] + "://..."
+
+
+def has_password(url: str) -> bool:
+    """Whether ``url`` carries a password (which the command line would show in ``ps``)."""
+    return redact_url(url) != url
+
+
+_PG_CLASS: Any = None
+
+
+def _postgresql(url: str) -> Any:
+    """ASE's PostgreSQL database (``ase-db-backends``), fixed for several writers at once.
+
+    - The id of a new row: the backend reads ``last_value`` of the id sequence, which is the
+      last id *any* session drew, so two writers at once attach key values and species to each
+      other's rows or fail on a foreign key (measured: the second of two concurrent writers
+      failed at its second row). Here it is ``currval``, this session's own.
+    - The schema: two processes that open an empty database at once both create the tables and
+      one fails; here creating the schema (and lamcsp's indexes) holds a transaction-level
+      advisory lock.
+    - Rolling back: the backend's connection wrapper has no ``rollback``, so an error inside
+      ``with db:`` (:meth:`ResultStore.transaction`) became an ``AttributeError`` and the
+      transaction was never rolled back; here it is.
+    """
+    global _PG_CLASS
+    if _PG_CLASS is None:
+        try:
+            from ase_db_backends.postgresql import PostgreSQLDatabase
+        except ImportError as exc:
+            raise SetupError("--db", f"a postgresql:// database needs ASE's PostgreSQL backend and "
+                                     f"psycopg2 ({exc}); install the extra: pip install 'lamcsp[postgresql]'"
+                             ) from None
+
+        class LamcspPostgreSQL(PostgreSQLDatabase):
+            def get_last_id(self, cur: Any) -> int:
+                cur.execute("SELECT currval('systems_id_seq')")
+                return int(cur.fetchone()[0])
+
+            def _connect(self) -> Any:
+                con = super()._connect()
+                con.rollback = con.con.rollback
+                return con
+
+            def _initialize(self, con: Any) -> None:
+                if self.initialized:
+                    return
+                con.cursor().execute(f"SELECT pg_advisory_xact_lock({_PG_LOCK})")
+                super()._initialize(con)
+
+        _PG_CLASS = LamcspPostgreSQL
+    return _PG_CLASS(url)
+
+
+#: the advisory-lock key of schema changes (any fixed 64-bit number; "lamcsp" in ASCII)
+_PG_LOCK = 0x6C616D637370
+
+
 class ResultStore:
     """Relaxed structures in an ASE database.
 
     Args:
-        run_dir: the run directory; the SQLite database is ``run_dir/results.db``.
-        url: a database URL (``postgresql://user:pw@host/db``) or a path, instead of the
-            default file. Anything :func:`ase.db.connect` takes.
+        run_dir: the run directory; the SQLite database is ``run_dir/results.db`` unless the run
+            keeps its rows elsewhere (``run_dir/database.json``, written when ``url`` was given).
+        url: a database URL (``postgresql://user@host/db``) or a path, instead of the default
+            file; the run then gets an id and reads and writes only its own rows there. A run
+            directory whose ``database.json`` names another database is refused.
+        fresh: a new run: (re)write ``database.json`` with a new run id when ``url`` is given.
+
+    Raises:
+        SetupError: the database cannot be reached or read (its URL named without the
+            password), its driver is missing, or ``url`` is not the run's database.
     """
 
-    def __init__(self, run_dir: str | Path, url: str | None = None):
+    def __init__(self, run_dir: str | Path, url: str | None = None, *, fresh: bool = False):
         import ase.db
 
         self.run_dir = Path(run_dir)
+        self.paths = RunDir(self.run_dir)
+        where = None if fresh else read_database_file(self.paths)
+        run = None
+        if url is None and where is not None:
+            url, run = _with_credentials(where["url"]), where["run"]
+        elif url is not None and where is not None:
+            if redact_url(url) != where["url"]:
+                raise SetupError("--db", f"{self.run_dir} keeps its results in {where['url']}, not in "
+                                         f"{redact_url(url)}; resume it with that database "
+                                         "(nothing was changed)")
+            run = where["run"]
+        elif url is not None:
+            if not fresh and self.paths.db.exists():
+                raise SetupError("--db", f"{self.run_dir} keeps its results in {self.paths.db}; resume it "
+                                         "without --db (and without LAMCSP_DB_URL) (nothing was changed)")
+            import uuid
+
+            run = uuid.uuid4().hex
         if url is None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            self.url = str(self.run_dir / DB_NAME)
-        else:
-            self.url = url
+            url = str(self.run_dir / DB_NAME)
+        self.url = url
+        self.run = run
+        #: what every read selects on and every row carries: this run's id in a shared database
+        self.scope: dict[str, str] = {"run": run} if run else {}
+        shown = redact_url(url)
         try:
-            # No ASE lock file: SQLite/PostgreSQL lock by themselves, and a lock file left by a
-            # process killed with -9 while writing would block every later write forever.
-            self.db = ase.db.connect(self.url, append=True, use_lock_file=False)
-        except Exception as exc:  # malformed URL, missing driver, unreadable file
-            raise SetupError("store", f"cannot open the results database {self.url!r}: {exc}") from exc
+            if url.startswith(("postgresql://", "postgres://")):
+                self.db = _postgresql(url)
+            else:
+                # No ASE lock file: SQLite locks by itself, and a lock file left by a process
+                # killed with -9 while writing would block every later write forever.
+                self.db = ase.db.connect(url, append=True, use_lock_file=False)
+            if run:
+                self.db.count(run=run)  # reach it now (a server opens its connection lazily)
+        except SetupError:
+            raise
+        except Exception as exc:  # malformed URL, unreachable server, refused login, unreadable file
+            why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise SetupError("--db", f"cannot open the results database {shown}: {why} (a password is "
+                                     f"read from {ENV_DB_URL}, PGPASSWORD or ~/.pgpass; nothing was changed)"
+                             ) from None
+        if run and (where is None or fresh):
+            write_database_file(self.paths, shown, run)
         self._indexed = False
 
     #: indexes ASE's schema lacks: key-value lookups by (key, value), and the child tables by row
@@ -127,6 +255,8 @@ class ResultStore:
         try:
             with managed() as con:
                 cur = con.cursor()
+                if getattr(self.db, "type", "") == "postgresql":  # one writer changes the schema at a time
+                    cur.execute(f"SELECT pg_advisory_xact_lock({_PG_LOCK})")
                 cur.execute("SELECT 1 FROM text_key_values LIMIT 1")
                 for name, on in self.INDEXES:
                     cur.execute(f"CREATE INDEX IF NOT EXISTS {name} ON {on}")
@@ -135,7 +265,7 @@ class ResultStore:
             pass
 
     def __repr__(self) -> str:
-        return f"ResultStore({self.url!r})"
+        return f"ResultStore({redact_url(self.url)!r}" + (f", run={self.run!r})" if self.run else ")")
 
     # -- writing -------------------------------------------------------------------------
 
@@ -233,6 +363,7 @@ class ResultStore:
             "unique": bool(unique),
             "duplicate_of": 0 if duplicate_of is None else int(duplicate_of),
             "model_id": str(model_id),
+            **self.scope,
         }
         for name, value in (extra or {}).items():
             if name in kvp:
@@ -263,20 +394,28 @@ class ResultStore:
 
     def row_id(self, key: str) -> int | None:
         """The id of the row stored under ``key``, or ``None``."""
-        for row in self.db.select(key=key, limit=1, include_data=False):
+        for row in self.select(key=key, limit=1, include_data=False):
             return int(row.id)
         return None
 
     def keys(self) -> set[str]:
         """The idempotency keys of all stored rows."""
-        return {row.key for row in self.db.select("key", include_data=False)}
+        return {row.key for row in self.select("key", include_data=False)}
+
+    def select(self, *selection: Any, **kv: Any) -> Iterator[AtomsRow]:
+        """This run's rows matching an ASE selection, as :meth:`ase.db.core.Database.select`."""
+        return self.db.select(*selection, **kv, **self.scope)
 
     def rows(self, *selection: Any, **kv: Any) -> list[AtomsRow]:
         """Rows matching an ASE selection (``store.rows(unique=True, generation=3)``)."""
-        return list(self.db.select(*selection, **kv))
+        return list(self.select(*selection, **kv))
 
     def count(self, *selection: Any, **kv: Any) -> int:
-        return int(self.db.count(*selection, **kv))
+        return int(self.db.count(*selection, **kv, **self.scope))
+
+    def get(self, id: int) -> AtomsRow:  # noqa: A002 - ASE's name
+        """The row with this id."""
+        return self.db.get(id=int(id))
 
 
 def row_item(result: RelaxResult, key: str, *, role: str, generation: int, generator: str, unit: int,
@@ -424,6 +563,7 @@ class RunDir:
     CAMPAIGN: ClassVar[str] = "campaign.yaml"
     CHECKPOINT: ClassVar[str] = "checkpoint.json"
     LOCK: ClassVar[str] = "search.pid"
+    DATABASE: ClassVar[str] = "database.json"
 
     def __init__(self, root: str | os.PathLike[str]):
         object.__setattr__(self, "root", Path(root))
@@ -439,6 +579,11 @@ class RunDir:
     @property
     def checkpoint(self) -> Path:
         return self.root / self.CHECKPOINT
+
+    @property
+    def database(self) -> Path:
+        """``database.json``: the database URL (no password) and run id of a ``--db`` run."""
+        return self.root / self.DATABASE
 
     @property
     def lock(self) -> Path:
@@ -459,6 +604,48 @@ class RunDir:
     def holds_run(self, db_url: str | None = None) -> bool:
         """Whether a search has written here (its checkpoint, campaign copy, or database)."""
         return self.checkpoint.exists() or self.campaign.exists() or (db_url is None and self.db.exists())
+
+
+def read_database_file(paths: RunDir) -> dict[str, str] | None:
+    """``RUN/database.json`` (``{"url": ..., "run": ...}``), or None where the run keeps its rows in
+    ``RUN/results.db``.
+
+    Raises:
+        SetupError: the file is there but unreadable or not such an object.
+    """
+    import json
+
+    try:
+        info = json.loads(paths.database.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise SetupError(str(paths.database), f"cannot read it ({exc}); it names the database of the run "
+                                              '({"url": ..., "run": ...}); nothing was changed') from None
+    if not (isinstance(info, dict) and isinstance(info.get("url"), str) and isinstance(info.get("run"), str)
+            and info["run"]):
+        raise SetupError(str(paths.database), 'it must hold {"url": ..., "run": ...}, the database and id of '
+                                              "the run; nothing was changed")
+    return {"url": info["url"], "run": info["run"]}
+
+
+def write_database_file(paths: RunDir, url: str, run: str) -> None:
+    """Write ``RUN/database.json`` atomically (``url`` without its password)."""
+    import json
+
+    paths.root.mkdir(parents=True, exist_ok=True)
+    tmp = paths.root / f".{paths.DATABASE}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps({"url": redact_url(url), "run": run}, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, paths.database)
+
+
+def _with_credentials(url: str) -> str:
+    """The stored (password-free) ``url``, or ``LAMCSP_DB_URL`` where that names the same
+    database with a password; otherwise the driver finds one (``PGPASSWORD``, ``~/.pgpass``)."""
+    env = os.environ.get(ENV_DB_URL)
+    if env and redact_url(env) == url:
+        return env
+    return url
 
 
 def run_holder(paths: RunDir) -> dict[str, Any] | None:
@@ -492,13 +679,22 @@ def run_holder(paths: RunDir) -> dict[str, Any] | None:
 def hold_run(paths: RunDir) -> Iterator[None]:
     """Mark the run as held by this process while the block runs: ``search.pid`` holds its pid,
     host and start time (written atomically), removed at the end if it is still this
-    process's. ``lamcsp status`` reads it; a pid that is no longer alive holds nothing."""
+    process's. ``lamcsp status`` reads it; a pid that is no longer alive holds nothing.
+
+    Raises:
+        SetupError: a live process on this host holds the run already.
+    """
     import json
     import socket
     import time
 
     mine = {"pid": os.getpid(), "host": socket.gethostname(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    holder = run_holder(paths)
+    if holder is not None and holder["alive"] and holder["pid"] != mine["pid"]:
+        raise SetupError(str(paths.root), f"a search holds this run now (pid {holder['pid']} on "
+                                          f"{holder['host']} since {holder['started']}); two searches on one "
+                                          "run would store each generation twice: wait for it or stop it")
     tmp = paths.root / f".{paths.LOCK}.{os.getpid()}.tmp"
     tmp.write_text(json.dumps(mine), encoding="utf-8")
     os.replace(tmp, paths.lock)

@@ -110,3 +110,27 @@ def test_damaged_database_exits_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert str(tmp_path / "results.db") in err and "Traceback" not in err
     assert _snapshot(tmp_path) == before
+
+
+def test_a_second_search_on_a_held_run_is_refused(run_dir, tmp_path, capsys):
+    """``--resume`` while another live search holds the run would store its generations twice."""
+    import socket
+
+    import yaml
+
+    run, _ = run_dir
+    camp = tmp_path / "c.yaml"
+    camp.write_text(yaml.safe_dump(CAMPAIGN), encoding="utf-8")
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        RunDir(run).lock.write_text(json.dumps({"pid": other.pid, "host": socket.gethostname(),
+                                                "started": "2026-12-07T10:00:00+0000"}))
+        before = _snapshot(run)
+        assert main(["search", str(camp), "-o", str(run), "--resume"]) == 2
+        err = capsys.readouterr().err
+        assert f"pid {other.pid}" in err and "running search" in err
+        assert _snapshot(run) == before
+    finally:
+        other.kill()
+        other.wait()
+        RunDir(run).lock.unlink()
