@@ -43,14 +43,13 @@ import numpy as np
 import torch
 
 from lamcsp.errors import SetupError
+from lamcsp.extras import SEVENNET_INSTALL as INSTALL_HINT
 from lamcsp.kernels.chgnet_graph import build_graph
 from lamcsp.potentials.base import Output, Potential
 from lamcsp.relax.state import BatchedState
 
 #: the pretrained checkpoints shipped inside the sevenn 0.13 wheel: name -> sevenn._const entry
 KNOWN_MODELS = {"7net-0": "SEVENNET_0_11Jul2024", "7net-mf-0": "SEVENNET_MF_0", "7net-l3i5": "SEVENNET_l3i5"}
-
-INSTALL_HINT = "pip install -c constraints.txt \"lamcsp[sevennet]\" (README, \"SevenNet models\")"
 
 #: How to opt in to a model file that needs more than weights to load (named in the refusal).
 TRUST_HINT = "model.options.trusted: true in the campaign's model section"
@@ -128,8 +127,8 @@ def checkpoint_file(model: str | os.PathLike) -> tuple[Path, str]:
 
         path = Path(getattr(sevenn._const, KNOWN_MODELS[spec.lower()]))
         if not path.is_file():
-            raise SetupError("model.name", f"the pretrained SevenNet checkpoint {spec} is not in the installed "
-                                           f"sevenn package ({path}); install it with {INSTALL_HINT}")
+            raise SetupError("model.name", f"the pretrained SevenNet checkpoint {spec} is not in the "
+                                           f"installed sevenn package ({path}); reinstall it: {INSTALL_HINT}")
         return path, f"sevennet-{spec.lower()}"
     path = Path(spec).expanduser()
     if not path.is_file():
@@ -253,7 +252,8 @@ class SevenNetPotential(Potential):
             elif vol[s] / counts[s] < 0.5:
                 errors[s] = f"collapsed cell ({vol[s] / counts[s]:.3g} Å³ per atom)"
             else:
-                z = sorted({int(v) for v in numbers[sys_of_atom == s] if not (0 <= v < len(known) and known[v])})
+                z = sorted({int(v) for v in numbers[sys_of_atom == s]
+                            if not (0 <= v < len(known) and known[v])})
                 errors[s] = f"element(s) Z={z} not covered by {self.model_id}"
         return errors
 
