@@ -13,12 +13,18 @@ filter, ``fmax`` on the largest generalised force row, at most ``--max-steps`` s
   ``InFlightAutoBatcher`` (same atom budget as lamcsp, convergence checked every step), over
   a thin ``ModelInterface`` around CHGNet (:class:`TorchSimCHGNet`; TorchSim 0.3.0 has none).
 
+``--backend sevennet`` compares the SevenNet backend instead (``--lamcsp-model`` defaults to
+``sevennet:7net-0``): ``lamcsp`` against ``ase-fire``, SevenNet's own ASE calculator
+(``SevenNetCalculator``) under ASE's FIRE + ``FrechetCellFilter``, one structure at a time (the
+reference for energies).
+
 Usage::
 
     python benchmarks/relax_throughput.py                 # 64 structures, all methods
     python benchmarks/relax_throughput.py --quick         # 8 structures, 100 steps
     python benchmarks/relax_throughput.py --methods lamcsp,torchsim --resume
     python benchmarks/relax_throughput.py --repeat 2      # interleaved repeats, fastest kept
+    python benchmarks/relax_throughput.py --backend sevennet --n 32   # lamcsp vs SevenNet's ASE
 
 Results (per-method summaries and per-structure records) go to ``--out`` as JSON, rewritten
 after every method; ``--resume`` keeps methods (and repeats) already in that file when their
@@ -52,8 +58,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from structures import benchmark_structures, size_histogram  # noqa: E402
 
-ALL_METHODS = ["lamcsp", "lamcsp-lbfgs", "structopt", "torchsim"]
-REFERENCE = "structopt"
+ALL_METHODS = ["lamcsp", "lamcsp-lbfgs", "structopt", "torchsim", "ase-fire"]
+#: the per-structure reference of each backend's comparison (energies are compared with it)
+REFERENCES = {"chgnet": "structopt", "sevennet": "ase-fire"}
+#: methods run by default per backend, and lamcsp's model spec
+BACKEND_METHODS = {"chgnet": "lamcsp,lamcsp-lbfgs,structopt,torchsim", "sevennet": "lamcsp,ase-fire"}
+BACKEND_MODEL = {"chgnet": "chgnet", "sevennet": "sevennet:7net-0"}
 #: structures of the 64-set used by --quick (40 atoms in all): Si2, MgO2, TiO2 (6), NaCl (8)
 #: crystals and random Si4, Na2Cl2, Ti2O4, Mg4O4 candidates
 QUICK_INDICES = [0, 7, 10, 5, 32, 35, 38, 37]
@@ -198,6 +208,77 @@ def run_structopt(structures, args) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------
+# (b') a model's own ASE calculator under ASE FIRE + FrechetCellFilter (SevenNet)
+# --------------------------------------------------------------------------------------
+def _ase_calculator(args):
+    """The backend's own ASE calculator for ``--lamcsp-model`` (``sevennet[:NAME][@MODAL]``)."""
+    from sevenn.calculator import SevenNetCalculator
+
+    from lamcsp.potentials.sevennet import split_spec
+
+    arg = args.lamcsp_model.partition(":")[2]
+    name, modal = split_spec(arg) if arg else ("7net-0", None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return SevenNetCalculator(name, modal=modal, device=args.device)
+
+
+def run_ase_fire(structures, args) -> dict[str, Any]:
+    from ase.filters import FrechetCellFilter
+    from ase.optimize import FIRE
+
+    calc = _ase_calculator(args)
+    timings = {"calculate": 0.0}
+    counts = {"calls": 0}
+    orig_calculate = calc.calculate
+
+    def calculate(*a, **kw):
+        t = time.perf_counter()
+        try:
+            return orig_calculate(*a, **kw)
+        finally:
+            timings["calculate"] += time.perf_counter() - t
+            counts["calls"] += 1
+
+    calc.calculate = calculate
+    records = []
+    t_start, c_start = time.perf_counter(), time.process_time()
+    for i, atoms0 in enumerate(structures):
+        atoms = atoms0.copy()
+        atoms.calc = calc
+        calls_before = counts["calls"]
+        t0 = time.perf_counter()
+        filt = FrechetCellFilter(atoms)
+        opt = FIRE(filt, logfile=None)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                opt.run(fmax=args.fmax, steps=args.max_steps)
+                failed = None
+            except Exception as exc:  # noqa: BLE001 - an exploding structure, recorded
+                failed = f"failed: {type(exc).__name__}"
+        dt = time.perf_counter() - t0
+        fmax = float(np.sqrt((filt.get_forces() ** 2).sum(axis=1)).max()) if failed is None else None
+        converged = failed is None and fmax < args.fmax
+        energy = float(atoms.get_potential_energy()) if failed is None else float("nan")
+        records.append(_atoms_record(
+            atoms, i, energy, converged, opt.nsteps, failed or ("converged" if converged else "max_steps"),
+            fmax, wall_s=dt, model_calls=counts["calls"] - calls_before,
+        ))
+    wall, cpu = time.perf_counter() - t_start, time.process_time() - c_start
+    return {
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "model_calls": counts["calls"],
+        "evaluations": counts["calls"],
+        "records": records,
+        "timings": {"calculator": dict(timings)},
+        "settings": {"optimizer": "ase FIRE", "filter": "FrechetCellFilter",
+                     "calculator": type(calc).__name__},
+    }
+
+
+# --------------------------------------------------------------------------------------
 # (c) TorchSim
 # --------------------------------------------------------------------------------------
 def make_torchsim_chgnet(model, device: torch.device, dtype: torch.dtype = torch.float64):
@@ -324,6 +405,7 @@ RUNNERS = {
     "lamcsp-lbfgs": lambda s, a: run_lamcsp(s, a, "lbfgs"),
     "structopt": run_structopt,
     "torchsim": run_torchsim,
+    "ase-fire": run_ase_fire,
 }
 
 
@@ -381,10 +463,10 @@ def energy_comparison(recs: list[dict], ref: list[dict], tol_mev: float = 2.0) -
     return out
 
 
-def print_table(results: dict[str, dict], order: list[str]) -> None:
-    ref = results.get(REFERENCE)
+def print_table(results: dict[str, dict], order: list[str], reference: str = "structopt") -> None:
+    ref = results.get(reference)
     hdr = (f"{'method':<13} {'wall s':>8} {'cpu s':>8} {'struct/s':>8} {'calls':>6} {'evals':>6} "
-           f"{'steps':>6} {'conv':>6}  {'dE/atom vs structopt, meV (all | conv-in-both)':<44}")
+           f"{'steps':>6} {'conv':>6}  {f'dE/atom vs {reference}, meV (all | conv-in-both)':<44}")
     print(hdr)
     print("-" * len(hdr))
     for m in order:
@@ -392,7 +474,7 @@ def print_table(results: dict[str, dict], order: list[str]) -> None:
             continue
         s = results[m]["summary"]
         cmp_txt = ""
-        if ref is not None and m != REFERENCE:
+        if ref is not None and m != reference:
             c = results[m]["energy_vs_ref"]
             parts = []
             for k in ("all", "converged_in_both"):
@@ -408,19 +490,19 @@ def print_table(results: dict[str, dict], order: list[str]) -> None:
         print(f"{m:<13} {s['wall_s']:8.1f} {cpu_txt} {s['structures_per_s']:8.3f} {s['model_calls']:6d} "
               f"{s['evaluations']:6d} {s['total_steps']:6d} {s['converged_fraction']:6.3f}  "
               f"{cmp_txt}")
-    print("  dE: per-structure |E/atom - E_structopt/atom|: median, max, % within 2 meV/atom")
+    print(f"  dE: per-structure |E/atom - E_{reference}/atom|: median, max, % within 2 meV/atom")
     print("  calls: model calls (batched); evals: structure evaluations (sum of batch sizes)")
     print("  cpu: process CPU time (all threads) of that repeat, less sensitive to other jobs")
     print("  wall: fastest repeat; all repeats: " + "; ".join(
         f"{m} " + ", ".join(f"{w:.1f}" for w in results[m]["summary"]["wall_s_repeats"])
         for m in order if m in results))
     for m in order:
-        if m in results and m != REFERENCE and ref is not None:
+        if m in results and m != reference and ref is not None:
             cmp = results[m]["energy_vs_ref"]
             c = cmp["all"]
             if c["n"]:
                 print(f"  {m}: mean signed dE {c['mean_mev']:+.2f} meV/atom; "
-                      f"{c['n_lower']} lower, {c['n_higher']} higher than structopt by > 2 meV")
+                      f"{c['n_lower']} lower, {c['n_higher']} higher than {reference} by > 2 meV")
             for kind in ("crystals", "random"):
                 c = cmp[f"{kind}_converged_in_both"]
                 if c["n"]:
@@ -430,7 +512,7 @@ def print_table(results: dict[str, dict], order: list[str]) -> None:
     print()
     print("speed (wall-time ratios, higher = first method faster):")
     for a in ("lamcsp", "lamcsp-lbfgs"):
-        for b in ("structopt", "torchsim"):
+        for b in ("structopt", "torchsim", "ase-fire"):
             if a in results and b in results:
                 r = results[b]["summary"]["wall_s"] / results[a]["summary"]["wall_s"]
                 print(f"  {a} / {b}: {r:6.2f}x")
@@ -439,7 +521,8 @@ def print_table(results: dict[str, dict], order: list[str]) -> None:
         print(f"  torchsim / structopt: {r:6.2f}x")
     print("speed (CPU-time ratios of the same repeats):")
     for a, b in (("lamcsp", "structopt"), ("lamcsp", "torchsim"), ("lamcsp-lbfgs", "structopt"),
-                 ("lamcsp-lbfgs", "torchsim"), ("torchsim", "structopt")):
+                 ("lamcsp-lbfgs", "torchsim"), ("torchsim", "structopt"), ("lamcsp", "ase-fire"),
+                 ("lamcsp-lbfgs", "ase-fire")):
         if a in results and b in results:
             ca, cb = results[a]["summary"].get("cpu_s"), results[b]["summary"].get("cpu_s")
             if ca and cb:
@@ -468,6 +551,10 @@ def print_breakdown(results: dict[str, dict]) -> None:
                 print(f"    relaxer {k:<20} {pct(rel.get(k, 0.0))}")
             rest = wall - sum(rel.values())
             print(f"    unaccounted            {pct(rest)}")
+        elif m == "ase-fire":
+            c = t.get("calculator", {})
+            print(f"    calculator (graph + model) {pct(c.get('calculate', 0.0))}")
+            print(f"    ASE FIRE + filter      {pct(wall - c.get('calculate', 0.0))}")
         elif m == "structopt":
             c = t.get("calculator", {})
             graph = c.get("calculate", 0.0) - c.get("predict_graph", 0.0)
@@ -500,7 +587,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=64, help="number of structures")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--methods", default=",".join(ALL_METHODS))
+    p.add_argument("--backend", choices=sorted(REFERENCES), default="chgnet",
+                   help="the model compared: chgnet (lamcsp, StructOptimizer, TorchSim) or sevennet "
+                        "(lamcsp against SevenNet's ASE calculator)")
+    p.add_argument("--methods", default=None, help="default: the backend's methods")
     p.add_argument("--device", default="cpu")
     p.add_argument("--max-steps", type=int, default=500)
     p.add_argument("--fmax", type=float, default=0.05)
@@ -509,8 +599,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="atom budget per batch for lamcsp and torchsim (default: lamcsp's)")
     p.add_argument("--torchsim-swap-every", type=int, default=1,
                    help="TorchSim steps_between_swaps (1: convergence checked every step)")
-    p.add_argument("--lamcsp-model", default="chgnet",
-                   help="model spec for lamcsp (e.g. lj for a dry run of the code path)")
+    p.add_argument("--lamcsp-model", default=None,
+                   help="model spec for lamcsp (default: chgnet or sevennet:7net-0 by --backend; e.g. lj "
+                        "for a dry run of the code path)")
     p.add_argument("--repeat", type=int, default=1,
                    help="run every method this many times (interleaved); report the fastest")
     p.add_argument("--quick", action="store_true", help="8 structures, 100 steps: smoke check")
@@ -522,13 +613,17 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.quick:
         args.max_steps = min(args.max_steps, 100)
+    args.methods = args.methods or BACKEND_METHODS[args.backend]
+    args.lamcsp_model = args.lamcsp_model or BACKEND_MODEL[args.backend]
+    reference = REFERENCES[args.backend]
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = set(methods) - set(RUNNERS)
     if unknown:
         p.error(f"unknown methods {sorted(unknown)}; choose from {ALL_METHODS}")
     dev_tag = torch.device(args.device).type
     out = Path(args.out or Path(__file__).resolve().parent / "results"
-               / f"relax_throughput_{dev_tag}{'_quick' if args.quick else ''}.json")
+               / f"relax_throughput_{dev_tag}{'' if args.backend == 'chgnet' else '_' + args.backend}"
+                 f"{'_quick' if args.quick else ''}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
 
     torch.set_num_threads(args.threads)
@@ -546,6 +641,8 @@ def main(argv: list[str] | None = None) -> int:
         "max_atoms": args.max_atoms, "torchsim_swap_every": args.torchsim_swap_every,
         "lamcsp_model": args.lamcsp_model,
     }
+    if args.backend != "chgnet":  # (older result files have no backend key)
+        config["backend"] = args.backend
     meta = {
         "config": config,
         "python": platform.python_version(),
@@ -568,22 +665,33 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"not resuming: settings in {out} differ")
 
-    # warm CHGNet up once (lazy initialisation, allocator) outside every timer
+    # warm the model up once (lazy initialisation, allocator, numba's cache) outside every timer
     with contextlib.redirect_stdout(io.StringIO()):
         from ase.build import bulk
         from pymatgen.io.ase import AseAtomsAdaptor
 
-        warm = _load_chgnet(args.device)
-        warm.predict_structure(AseAtomsAdaptor.get_structure(bulk("Si", "diamond", a=5.43)),
-                               task="efs")
+        if args.backend == "chgnet":
+            warm = _load_chgnet(args.device)
+            warm.predict_structure(AseAtomsAdaptor.get_structure(bulk("Si", "diamond", a=5.43)),
+                                   task="efs")
+        else:
+            from lamcsp.relax.state import from_structures
+
+            from lamcsp.potentials.registry import load_potential
+
+            warm = load_potential(args.lamcsp_model, device=args.device)
+            warm(from_structures([bulk("Si", "diamond", a=5.43), bulk("NaCl", "rocksalt", a=5.6)]))
+            si = bulk("Si", "diamond", a=5.43)
+            si.calc = _ase_calculator(args)
+            si.get_forces()
         del warm
 
     def write():
         order = [m for m in ALL_METHODS if m in results]
-        ref = results.get(REFERENCE)
+        ref = results.get(reference)
         for m in order:
             results[m]["summary"] = summarize(results[m])
-            if ref is not None and m != REFERENCE:
+            if ref is not None and m != reference:
                 results[m]["energy_vs_ref"] = energy_comparison(results[m]["records"],
                                                                 ref["records"])
         out.write_text(json.dumps(_jsonable({**meta, "methods": results}), indent=1))
@@ -626,7 +734,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"{len(structures)} structures, fmax {args.fmax} eV/A, max {args.max_steps} steps, "
           f"device {args.device}, {args.threads} torch threads")
-    print_table(results, order)
+    print_table(results, order, reference)
     print_breakdown({m: results[m] for m in order})
     print(f"\nwrote {out}")
     return 0

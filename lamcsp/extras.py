@@ -18,6 +18,8 @@ DEEPMD_INSTALL = ("`pip install -c constraints.txt \"lamcsp[deepmd]\"`, then reb
                   "against this torch: `DP_VARIANT=cpu DP_ENABLE_TENSORFLOW=0 pip install -c "
                   "constraints.txt --no-build-isolation --no-deps --force-reinstall --no-binary deepmd-kit "
                   "deepmd-kit==3.2.0` (README, \"DeePMD-kit models\")")
+SEVENNET_INSTALL = ("`pip install -c constraints.txt \"lamcsp[sevennet]\"` (sevenn, its pretrained "
+                    "checkpoints inside; README, \"SevenNet models\")")
 GPAW_INSTALL = ("`apt-get install libxc-dev libopenblas-dev && pip install pybind11 && pip install "
                 "--no-build-isolation \"lamcsp[dft]\"` (GPAW and its PAW setups, gpaw-data)")
 #: ASE calculators whose Python package lamcsp can install: name -> (module, how)
@@ -58,6 +60,8 @@ def check_campaign(campaign: Any) -> None:
     model = campaign.model
     if model.backend == "deepmd":
         require("deepmd", "model.backend", "the deepmd model backend", DEEPMD_INSTALL)
+    if model.backend == "sevennet":
+        require("sevenn", "model.backend", "the sevennet model backend", SEVENNET_INSTALL)
     if model.backend == "ase" and ":" in str(model.options.get("calculator", "")):
         name = str(model.options["calculator"])
         require(name.partition(":")[0], "model.options.calculator", f"the calculator {name}",

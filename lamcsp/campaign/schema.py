@@ -163,7 +163,9 @@ class Campaign(Section):
             budget.append(f"{self.generations} generations")
         if self.max_relaxations is not None:
             budget.append(f"{self.max_relaxations} relaxations")
-        model = self.model.backend + (f":{self.model.path}" if self.model.path else "")
+        where = self.model.path or self.model.name
+        model = self.model.backend + (f":{where}" if where else "") \
+            + (f"@{self.model.modal}" if self.model.modal else "")
         return "\n".join([
             f"campaign {self.name!r}: {what}",
             f"  pressures: {', '.join(f'{p:g}' for p in s.pressures)} GPa",

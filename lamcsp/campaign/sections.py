@@ -219,13 +219,20 @@ class ModelSpec(Section):
     """The machine-learned (or classical) potential that relaxes every structure."""
 
     backend: str = field("chgnet", type="str",
-                         doc="model backend: `chgnet`, `deepmd`, `ase`, `emt`, `lj` or `morse`")
+                         doc="model backend: `chgnet`, `deepmd`, `sevennet`, `ase`, `emt`, `lj` or `morse`")
+    name: str | None = field(
+        type="str or null", min_length=1,
+        doc="a pretrained SevenNet model shipped in the sevenn package (`sevennet`): `7net-0`, "
+            "`7net-mf-0` or `7net-l3i5`; null: `7net-0` (or `path`); give `name` or `path`, not both")
     path: str | None = field(
         type="path or null", min_length=1,
         doc="model file (must exist; relative to the campaign file); null: the backend's "
             "default weights")
     head: str | None = field(type="str or null", min_length=1,
                              doc="model head of a multi-head DeePMD-kit checkpoint (`deepmd`)")
+    modal: str | None = field(type="str or null", min_length=1,
+                              doc="fidelity of a multi-fidelity SevenNet model (`sevennet`; `7net-mf-0`: "
+                                  "`PBE` or `R2SCAN`), required there")
     device: str = field("auto", type="`auto`, `cpu`, `cuda` or `cuda:N`", doc="where the model runs")
     options: dict[str, Any] = field(
         factory=dict, type="mapping",
@@ -264,6 +271,25 @@ class ModelSpec(Section):
     @classmethod
     def _options(cls, value: Any) -> dict[str, Any]:
         return forms.options(value)
+
+    @model_validator(mode="after")
+    def _name_or_path(self) -> ModelSpec:
+        from lamcsp.potentials.sevennet import KNOWN_MODELS
+
+        if self.name is not None and self.backend != "sevennet":
+            raise invalid(f"the {self.backend} backend has no pretrained models by name; model.name is for "
+                          "sevennet (a chgnet version is model.options.version)", "name")
+        if self.modal is not None and self.backend != "sevennet":
+            raise invalid(f"the {self.backend} backend has no modals; model.modal is the fidelity of a "
+                          "multi-fidelity SevenNet model (backend: sevennet)", "modal")
+        if self.name is not None and self.name.lower() not in KNOWN_MODELS:
+            raise invalid(f"unknown pretrained SevenNet model {self.name!r}; the sevenn package ships "
+                          f"{', '.join(KNOWN_MODELS)} (loaded offline); give another checkpoint file as "
+                          "model.path", "name")
+        if self.name is not None and self.path is not None:
+            raise invalid(f"give model.name (a pretrained model, {self.name!r}) or model.path (a model "
+                          "file), not both", "name")
+        return self
 
     @model_validator(mode="after")
     def _known_options(self) -> ModelSpec:

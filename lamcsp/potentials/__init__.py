@@ -2,7 +2,7 @@
 
 * :class:`~lamcsp.potentials.base.Potential`: one batched ``forward(state)`` giving
   ``energy (S,)`` eV, ``forces (N, 3)`` eV/Å, ``stress (S, 3, 3)`` eV/Å³.
-* Backends: CHGNet (the embedded default), any ASE calculator (one structure at a time),
+* Backends: CHGNet (the embedded default), DeePMD-kit, SevenNet, any ASE calculator (one structure at a time),
   Lennard-Jones and Morse in torch (batched, for fast tests).
 * :func:`load_potential` turns a model spec (``chgnet``, ``chgnet:PATH``, ``emt``,
   ``ase:NAME``) into a potential on a device.

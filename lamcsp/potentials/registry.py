@@ -1,6 +1,6 @@
 """Model specs to potentials: ``chgnet``, ``chgnet:0.3.0``, ``chgnet:PATH``,
-``deepmd:PATH[@HEAD]``, ``emt``, ``ase:NAME`` (any ASE calculator by name or ``module:Class``),
-``lj``, ``morse``."""
+``deepmd:PATH[@HEAD]``, ``sevennet[:NAME|PATH][@MODAL]``, ``emt``, ``ase:NAME`` (any ASE
+calculator by name or ``module:Class``), ``lj``, ``morse``."""
 
 from __future__ import annotations
 
@@ -36,6 +36,20 @@ def _deepmd(arg: str | None, device: str, **kw: Any) -> Potential:
     return DeePMDPotential(path, device=resolve_device(device), **kw)
 
 
+def _sevennet(arg: str | None, device: str, **kw: Any) -> Potential:
+    from lamcsp.extras import SEVENNET_INSTALL, require
+
+    require("sevenn", "model.backend", "the sevennet model backend", SEVENNET_INSTALL)
+    from lamcsp.potentials.sevennet import SevenNetPotential, split_spec
+
+    name, modal = split_spec(arg) if arg else ("7net-0", None)
+    if modal is not None and kw.get("modal") not in (None, modal):
+        raise SetupError("model.modal", f"two modals given: {modal!r} in the spec and {kw['modal']!r}")
+    if modal is not None:
+        kw["modal"] = modal
+    return SevenNetPotential(name, device=resolve_device(device), **kw)
+
+
 def _ase(arg: str | None, device: str, **kw: Any) -> Potential:
     from lamcsp.potentials.ase_calc import (
         ASECalculatorPotential,
@@ -69,6 +83,7 @@ def _morse(arg: str | None, device: str, **kw: Any) -> Potential:
 BACKENDS: dict[str, Callable[..., Potential]] = {
     "chgnet": _chgnet,
     "deepmd": _deepmd,
+    "sevennet": _sevennet,
     "ase": _ase,
     "emt": _emt,
     "lj": _lj,
@@ -76,8 +91,11 @@ BACKENDS: dict[str, Callable[..., Potential]] = {
 }
 
 
+#: backends whose pretrained models a campaign names with ``model.name``
+NAMED_BACKENDS = ("sevennet",)
+
 #: constructor arguments the model section sets itself, never through ``model.options``
-_SET_BY_SECTION = {"self", "device", "model", "path"}
+_SET_BY_SECTION = {"self", "device", "model", "path", "modal"}
 
 
 def backend_options(backend: str) -> list[str] | None:
@@ -107,6 +125,10 @@ def backend_options(backend: str) -> list[str] | None:
         from lamcsp.potentials.deepmd import DeePMDPotential as cls  # type: ignore[assignment]
 
         extra = []
+    elif backend == "sevennet":
+        from lamcsp.potentials.sevennet import SevenNetPotential as cls  # type: ignore[assignment]
+
+        extra = []
     else:
         from lamcsp.potentials import pair
 
@@ -123,7 +145,9 @@ def load_potential(spec: str = "chgnet", device: str = "auto", **kwargs: Any) ->
     Args:
         spec: ``chgnet`` (default: the pretrained 0.3.0 weights shipped in the chgnet
             package), ``chgnet:PATH`` (a CHGNet checkpoint), ``deepmd:PATH[@HEAD]`` (a
-            DeePMD-kit ``.pt``/``.pth`` model and its head), ``emt``, ``ase:NAME``,
+            DeePMD-kit ``.pt``/``.pth`` model and its head), ``sevennet[:NAME|PATH][@MODAL]``
+            (``7net-0`` by default, ``7net-mf-0@PBE``, ``7net-l3i5``, or a checkpoint file),
+            ``emt``, ``ase:NAME``,
             ``lj`` or ``morse`` (parameters as keyword arguments).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         kwargs: passed to the backend.
@@ -145,8 +169,10 @@ def load_potential(spec: str = "chgnet", device: str = "auto", **kwargs: Any) ->
 def load_model(spec: Any) -> Potential:
     """The potential of a campaign's ``model`` section (:class:`lamcsp.campaign.ModelSpec`).
 
-    ``backend`` and ``path`` make the spec string (``chgnet:PATH``); ``options`` are the
-    backend's keyword arguments (``calculator`` names the ASE calculator of ``ase``).
+    ``backend`` and ``path`` (or ``name``, a pretrained model) make the spec string
+    (``chgnet:PATH``, ``sevennet:7net-0``); ``head`` and ``modal`` go to the backends that have
+    them; ``options`` are the backend's keyword arguments (``calculator`` names the ASE
+    calculator of ``ase``).
 
     Raises:
         SetupError: as :func:`load_potential`, or options the backend does not take, named
@@ -160,7 +186,16 @@ def load_model(spec: Any) -> Potential:
                                                          "e.g. {calculator: emt}")
         text = f"ase:{name}"
     else:
-        text = spec.backend + (f":{spec.path}" if spec.path else "")
+        text = spec.backend + (f":{spec.path or spec.name}" if spec.path or spec.name else "")
+    if spec.name is not None and spec.backend not in NAMED_BACKENDS:
+        raise SetupError("model.name", f"the {spec.backend} backend has no pretrained models by name; "
+                                       "model.name is for sevennet (a chgnet version is "
+                                       "model.options.version)")
+    if spec.modal is not None:
+        if spec.backend != "sevennet":
+            raise SetupError("model.modal", f"the {spec.backend} backend has no modals; model.modal is the "
+                                            "fidelity of a multi-fidelity SevenNet model (backend: sevennet)")
+        options["modal"] = spec.modal
     if spec.head is not None:
         if spec.backend != "deepmd":
             raise SetupError("model.head", f"the {spec.backend} backend has no heads; model.head is for "
