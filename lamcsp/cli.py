@@ -80,10 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-o", "--output", default="relaxed.extxyz", help="output extxyz file")
     r.add_argument("--model", default="chgnet",
                    help="model spec: chgnet (default, pretrained 0.3.0), chgnet:PATH, deepmd:PATH[@HEAD] "
-                        "(a DeePMD-kit .pt/.pth model and its head), emt, ase:NAME")
+                        "(a DeePMD-kit .pt/.pth model and its head), mace:PATH[@HEAD] (a MACE .model file), "
+                        "emt, ase:NAME")
     r.add_argument("--trust-model", action="store_true",
-                   help="load a chgnet:PATH file even if it needs more than weights to load (it may run "
-                        "code: only for files you trust like a script)")
+                   help="load a chgnet:PATH or mace:PATH file even if it needs more than a model to load "
+                        "(it may run code: only for files you trust like a script)")
     r.add_argument("--pressure", type=_finite("--pressure"), default=0.0, metavar="GPA",
                    help="external pressure, GPa")
     r.add_argument("--fmax", type=_positive(float, "--fmax"), default=RelaxSpec.default_of("fmax"),
@@ -445,9 +446,10 @@ def cmd_relax(args: argparse.Namespace) -> int:
     structures = read_structures(args.inputs)
     trust: dict[str, bool] = {}
     if args.trust_model:
-        if args.model.partition(":")[0].strip().lower() != "chgnet":
+        if args.model.partition(":")[0].strip().lower() not in ("chgnet", "mace"):
             raise SetupError("--trust-model",
-                             f"applies to chgnet model files (chgnet:PATH), not {args.model!r}")
+                             f"applies to chgnet and mace model files (chgnet:PATH, mace:PATH), not "
+                             f"{args.model!r}")
         trust["trusted"] = True
     potential = load_potential(args.model, device=args.device, **trust)
     relaxer = Relaxer(

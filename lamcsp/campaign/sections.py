@@ -219,13 +219,14 @@ class ModelSpec(Section):
     """The machine-learned (or classical) potential that relaxes every structure."""
 
     backend: str = field("chgnet", type="str",
-                         doc="model backend: `chgnet`, `deepmd`, `ase`, `emt`, `lj` or `morse`")
+                         doc="model backend: `chgnet`, `deepmd`, `mace`, `ase`, `emt`, `lj` or `morse`")
     path: str | None = field(
         type="path or null", min_length=1,
         doc="model file (must exist; relative to the campaign file); null: the backend's "
             "default weights")
     head: str | None = field(type="str or null", min_length=1,
-                             doc="model head of a multi-head DeePMD-kit checkpoint (`deepmd`)")
+                             doc="model head of a multi-head DeePMD-kit checkpoint (`deepmd`) or MACE "
+                                 "model (`mace`)")
     device: str = field("auto", type="`auto`, `cpu`, `cuda` or `cuda:N`", doc="where the model runs")
     options: dict[str, Any] = field(
         factory=dict, type="mapping",

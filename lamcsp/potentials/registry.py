@@ -1,5 +1,6 @@
 """Model specs to potentials: ``chgnet``, ``chgnet:0.3.0``, ``chgnet:PATH``,
-``deepmd:PATH[@HEAD]``, ``emt``, ``ase:NAME`` (any ASE calculator by name or ``module:Class``),
+``deepmd:PATH[@HEAD]``, ``mace:PATH[@HEAD]``,
+``emt``, ``ase:NAME`` (any ASE calculator by name or ``module:Class``),
 ``lj``, ``morse``."""
 
 from __future__ import annotations
@@ -36,6 +37,20 @@ def _deepmd(arg: str | None, device: str, **kw: Any) -> Potential:
     return DeePMDPotential(path, device=resolve_device(device), **kw)
 
 
+def _mace(arg: str | None, device: str, **kw: Any) -> Potential:
+    from lamcsp.potentials.mace import MACEPotential, split_spec
+
+    if not arg:
+        raise SetupError("model.path", "the mace backend needs a model file: mace:PATH[@HEAD], or "
+                                       "model: {backend: mace, path: MODEL.model, head: NAME}")
+    path, head = split_spec(arg)
+    if head is not None and kw.get("head") not in (None, head):
+        raise SetupError("model.head", f"two heads given: {head!r} in the spec and {kw['head']!r}")
+    if head is not None:
+        kw["head"] = head
+    return MACEPotential(path, device=resolve_device(device), **kw)
+
+
 def _ase(arg: str | None, device: str, **kw: Any) -> Potential:
     from lamcsp.potentials.ase_calc import (
         ASECalculatorPotential,
@@ -69,6 +84,7 @@ def _morse(arg: str | None, device: str, **kw: Any) -> Potential:
 BACKENDS: dict[str, Callable[..., Potential]] = {
     "chgnet": _chgnet,
     "deepmd": _deepmd,
+    "mace": _mace,
     "ase": _ase,
     "emt": _emt,
     "lj": _lj,
@@ -107,6 +123,10 @@ def backend_options(backend: str) -> list[str] | None:
         from lamcsp.potentials.deepmd import DeePMDPotential as cls  # type: ignore[assignment]
 
         extra = []
+    elif backend == "mace":  # the module imports mace-torch only when a model is loaded
+        from lamcsp.potentials.mace import MACEPotential as cls  # type: ignore[assignment]
+
+        extra = []
     else:
         from lamcsp.potentials import pair
 
@@ -123,7 +143,8 @@ def load_potential(spec: str = "chgnet", device: str = "auto", **kwargs: Any) ->
     Args:
         spec: ``chgnet`` (default: the pretrained 0.3.0 weights shipped in the chgnet
             package), ``chgnet:PATH`` (a CHGNet checkpoint), ``deepmd:PATH[@HEAD]`` (a
-            DeePMD-kit ``.pt``/``.pth`` model and its head), ``emt``, ``ase:NAME``,
+            DeePMD-kit ``.pt``/``.pth`` model and its head), ``mace:PATH[@HEAD]`` (a MACE
+            ``.model`` file and its head), ``emt``, ``ase:NAME``,
             ``lj`` or ``morse`` (parameters as keyword arguments).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         kwargs: passed to the backend.
@@ -162,9 +183,9 @@ def load_model(spec: Any) -> Potential:
     else:
         text = spec.backend + (f":{spec.path}" if spec.path else "")
     if spec.head is not None:
-        if spec.backend != "deepmd":
+        if spec.backend not in ("deepmd", "mace"):
             raise SetupError("model.head", f"the {spec.backend} backend has no heads; model.head is for "
-                                           "multi-head DeePMD-kit models (backend: deepmd)")
+                                           "multi-head DeePMD-kit and MACE models (backend: deepmd or mace)")
         options["head"] = spec.head
     try:
         return load_potential(text, device=spec.device, **options)
