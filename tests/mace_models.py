@@ -19,7 +19,7 @@ ELEMENTS = (8, 12, 13, 14, 29)
 
 def build_model(*, channels: int = 8, max_ell: int = 1, correlation: int = 2, interactions: int = 2,
                 r_max: float = 4.5, heads: list[str] | None = None, elements: tuple[int, ...] = ELEMENTS,
-                dtype: str = "float64", seed: int = 1) -> Any:
+                dtype: str = "float64", seed: int = 1, scale: float = 0.8, pair_repulsion: bool = False) -> Any:
     """A ``ScaleShiftMACE`` with ``channels x 0e + channels x 1o`` hidden irreps (``max_ell`` 1:
     tiny) or, with ``max_ell=3`` and scalar hidden irreps via ``scalar_only``, MACE-MP-small-like.
 
@@ -33,6 +33,9 @@ def build_model(*, channels: int = 8, max_ell: int = 1, correlation: int = 2, in
         elements: atomic numbers covered.
         dtype: ``"float64"`` or ``"float32"`` (the model's parameters).
         seed: torch seed of the initialisation.
+        scale: the interaction energy's scale (MACE-MP's is about 0.8 eV).
+        pair_repulsion: add MACE's ZBL pair repulsion (keeps relaxations under pressure from
+            collapsing: a random model has no repulsive core of its own).
     """
     import torch  # noqa: I001 - mace before e3nn: mace's import lets e3nn 0.4.4 load under torch >= 2.6
     from mace import modules
@@ -55,9 +58,9 @@ def build_model(*, channels: int = 8, max_ell: int = 1, correlation: int = 2, in
             MLP_irreps=o3.Irreps("16x0e"), atomic_energies=e0 if heads else e0[0],
             avg_num_neighbors=20.0, atomic_numbers=list(elements), correlation=correlation,
             gate=torch.nn.functional.silu, radial_MLP=[32, 32, 32],
-            atomic_inter_scale=[0.8] * n_heads if heads else 0.8,
+            atomic_inter_scale=[scale] * n_heads if heads else scale,
             atomic_inter_shift=[0.1 * (k + 1) for k in range(n_heads)] if heads else 0.1,
-            heads=heads,
+            heads=heads, pair_repulsion=pair_repulsion,
         )
         if heads:  # distinct readouts per head: perturb the head-specific output weights
             with torch.no_grad():
@@ -79,11 +82,13 @@ def save_model(model: Any, path: str | Path) -> Path:
 
 def build_and_save(folder: str | Path) -> dict[str, Path]:
     """The test models: ``tiny64.model`` and ``tiny32.model`` (one head, float64 / float32) and
-    ``two_heads.model`` (heads ``pbe`` and ``r2scan``, float64)."""
+    ``two_heads.model`` (heads ``pbe`` and ``r2scan``, float64) and ``relax.model`` (float64, a
+    larger interaction scale and ZBL repulsion, so that relaxations move and stop)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     return {
         "tiny64": save_model(build_model(dtype="float64"), folder / "tiny64.model"),
         "tiny32": save_model(build_model(dtype="float32"), folder / "tiny32.model"),
         "two_heads": save_model(build_model(heads=["pbe", "r2scan"]), folder / "two_heads.model"),
+        "relax": save_model(build_model(scale=5.0, pair_repulsion=True), folder / "relax.model"),
     }
