@@ -21,13 +21,13 @@ from ase.build import bulk
 from ase.filters import FrechetCellFilter
 from ase.optimize import FIRE
 from ase.units import GPa
+from lamcsp.relax import Relaxer
+from lamcsp.relax.state import from_structures
 from mace_models import build_and_save
 
 from lamcsp.errors import SetupError
 from lamcsp.potentials.mace import MACEPotential
 from lamcsp.potentials.registry import backend_options, load_model, load_potential
-from lamcsp.relax import Relaxer
-from lamcsp.relax.state import from_structures
 
 #: batched against MACECalculator, per model dtype: the same operations in another edge order and
 #: batch layout, so only summation order differs (energy per atom eV, forces eV/Å, stress eV/Å³)
