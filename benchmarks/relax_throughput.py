@@ -9,6 +9,12 @@ filter, ``fmax`` on the largest generalised force row, at most ``--max-steps`` s
   step for all running structures); ``lamcsp-lbfgs``: the same with L-BFGS;
 * ``structopt``: ``chgnet.model.StructOptimizer`` (ASE FIRE + ``FrechetCellFilter``), one
   structure at a time: the reference for energies;
+* ``lamcsp-mace`` and ``mace-ase``: the same comparison for a MACE model (``--mace-model FILE``;
+  by default a MACE-MP-small-shaped model, 128x0e channels, max_ell 3, r_max 6 Å, randomly
+  initialised and saved by this script, as no weights can be downloaded here): lamcsp's batched
+  relaxer with the mace backend against ``MACECalculator`` with ASE FIRE + ``FrechetCellFilter``,
+  one structure at a time (``mace-ase`` is the reference of ``lamcsp-mace``'s energies). Needs
+  the MACE environment (README, "MACE models");
 * ``torchsim``: ``torch_sim.optimize`` with ``frechet_cell_fire`` (ASE flavour) and its
   ``InFlightAutoBatcher`` (same atom budget as lamcsp, convergence checked every step), over
   a thin ``ModelInterface`` around CHGNet (:class:`TorchSimCHGNet`; TorchSim 0.3.0 has none).
@@ -52,8 +58,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from structures import benchmark_structures, size_histogram  # noqa: E402
 
-ALL_METHODS = ["lamcsp", "lamcsp-lbfgs", "structopt", "torchsim"]
+ALL_METHODS = ["lamcsp", "lamcsp-lbfgs", "structopt", "torchsim", "lamcsp-mace", "mace-ase"]
+CHGNET_METHODS = ["lamcsp", "lamcsp-lbfgs", "structopt", "torchsim"]
 REFERENCE = "structopt"
+#: the reference of a method that is not CHGNet's
+REFERENCES = {"lamcsp-mace": "mace-ase"}
 #: structures of the 64-set used by --quick (40 atoms in all): Si2, MgO2, TiO2 (6), NaCl (8)
 #: crystals and random Si4, Na2Cl2, Ti2O4, Mg4O4 candidates
 QUICK_INDICES = [0, 7, 10, 5, 32, 35, 38, 37]
@@ -88,12 +97,12 @@ def _atoms_record(atoms, index: int, energy: float, converged: bool, steps: int,
 # --------------------------------------------------------------------------------------
 # (a) lamcsp
 # --------------------------------------------------------------------------------------
-def run_lamcsp(structures, args, optimizer: str) -> dict[str, Any]:
+def run_lamcsp(structures, args, optimizer: str, model: str | None = None) -> dict[str, Any]:
     from lamcsp.relax.relaxer import Relaxer
 
     from lamcsp.potentials.registry import load_potential
 
-    pot = load_potential(args.lamcsp_model, device=args.device)
+    pot = load_potential(model or args.lamcsp_model, device=args.device, **(args.mace_options if model else {}))
     relaxer = Relaxer(pot, optimizer=optimizer, fmax=args.fmax, max_steps=args.max_steps,
                       relax_cell=True, max_atoms=args.max_atoms, progress=False)
     pot.reset_counters()
@@ -319,11 +328,76 @@ def run_torchsim(structures, args) -> dict[str, Any]:
     }
 
 
+# --------------------------------------------------------------------------------------
+# (d) MACE: lamcsp's mace backend against MACECalculator + ASE FIRE + FrechetCellFilter
+# --------------------------------------------------------------------------------------
+def mace_model_file(args) -> str:
+    """``--mace-model``, or a MACE-MP-small-shaped model built (seeded) and saved once."""
+    if args.mace_model:
+        return args.mace_model
+    path = Path(__file__).resolve().parents[1] / "build" / "mace_mp_small_shape.model"
+    if not path.exists():
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        from mace_models import MP_SMALL, build_model, save_model
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_model(build_model(**MP_SMALL), path)
+    return str(path)
+
+
+def run_mace_ase(structures, args) -> dict[str, Any]:
+    from ase.filters import FrechetCellFilter
+    from ase.optimize import FIRE
+    from mace.calculators import MACECalculator
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        calc = MACECalculator(model_paths=args.mace_file, device=args.device,
+                              default_dtype=args.mace_options.get("dtype") or "")
+    timings, counts = {"calculate": 0.0}, {"calls": 0}
+    orig = calc.calculate
+
+    def calculate(*a, **kw):
+        t = time.perf_counter()
+        try:
+            return orig(*a, **kw)
+        finally:
+            timings["calculate"] += time.perf_counter() - t
+            counts["calls"] += 1
+
+    calc.calculate = calculate
+    records = []
+    t_start, c_start = time.perf_counter(), time.process_time()
+    for i, atoms0 in enumerate(structures):
+        atoms = atoms0.copy()
+        atoms.calc = calc
+        calls_before, t0 = counts["calls"], time.perf_counter()
+        filt = FrechetCellFilter(atoms)
+        opt = FIRE(filt, logfile=None)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            opt.run(fmax=args.fmax, steps=args.max_steps)
+        fmax = float(np.sqrt((filt.get_forces() ** 2).sum(1).max()))
+        converged = bool(opt.converged())
+        records.append(_atoms_record(atoms, i, atoms.get_potential_energy(), converged, opt.nsteps,
+                                     "converged" if converged else "max_steps", fmax,
+                                     wall_s=time.perf_counter() - t0, model_calls=counts["calls"] - calls_before))
+    return {
+        "wall_s": time.perf_counter() - t_start, "cpu_s": time.process_time() - c_start,
+        "model_calls": counts["calls"], "evaluations": counts["calls"], "records": records,
+        "timings": {"calculator": dict(timings)},
+        "settings": {"optimizer": "ase FIRE", "filter": "FrechetCellFilter", "model": args.mace_file,
+                     "dtype": calc.default_dtype},
+    }
+
+
 RUNNERS = {
     "lamcsp": lambda s, a: run_lamcsp(s, a, "fire"),
     "lamcsp-lbfgs": lambda s, a: run_lamcsp(s, a, "lbfgs"),
     "structopt": run_structopt,
     "torchsim": run_torchsim,
+    "lamcsp-mace": lambda s, a: run_lamcsp(s, a, "fire", model=f"mace:{a.mace_file}"),
+    "mace-ase": run_mace_ase,
 }
 
 
@@ -382,9 +456,8 @@ def energy_comparison(recs: list[dict], ref: list[dict], tol_mev: float = 2.0) -
 
 
 def print_table(results: dict[str, dict], order: list[str]) -> None:
-    ref = results.get(REFERENCE)
     hdr = (f"{'method':<13} {'wall s':>8} {'cpu s':>8} {'struct/s':>8} {'calls':>6} {'evals':>6} "
-           f"{'steps':>6} {'conv':>6}  {'dE/atom vs structopt, meV (all | conv-in-both)':<44}")
+           f"{'steps':>6} {'conv':>6}  {'dE/atom vs reference, meV (all | conv-in-both)':<44}")
     print(hdr)
     print("-" * len(hdr))
     for m in order:
@@ -392,7 +465,7 @@ def print_table(results: dict[str, dict], order: list[str]) -> None:
             continue
         s = results[m]["summary"]
         cmp_txt = ""
-        if ref is not None and m != REFERENCE:
+        if "energy_vs_ref" in results[m]:
             c = results[m]["energy_vs_ref"]
             parts = []
             for k in ("all", "converged_in_both"):
@@ -408,19 +481,20 @@ def print_table(results: dict[str, dict], order: list[str]) -> None:
         print(f"{m:<13} {s['wall_s']:8.1f} {cpu_txt} {s['structures_per_s']:8.3f} {s['model_calls']:6d} "
               f"{s['evaluations']:6d} {s['total_steps']:6d} {s['converged_fraction']:6.3f}  "
               f"{cmp_txt}")
-    print("  dE: per-structure |E/atom - E_structopt/atom|: median, max, % within 2 meV/atom")
+    print("  dE: per-structure |E/atom - E_ref/atom| (reference: structopt; mace-ase for lamcsp-mace): "
+          "median, max, % within 2 meV/atom")
     print("  calls: model calls (batched); evals: structure evaluations (sum of batch sizes)")
     print("  cpu: process CPU time (all threads) of that repeat, less sensitive to other jobs")
     print("  wall: fastest repeat; all repeats: " + "; ".join(
         f"{m} " + ", ".join(f"{w:.1f}" for w in results[m]["summary"]["wall_s_repeats"])
         for m in order if m in results))
     for m in order:
-        if m in results and m != REFERENCE and ref is not None:
+        if m in results and "energy_vs_ref" in results[m]:
             cmp = results[m]["energy_vs_ref"]
             c = cmp["all"]
             if c["n"]:
                 print(f"  {m}: mean signed dE {c['mean_mev']:+.2f} meV/atom; "
-                      f"{c['n_lower']} lower, {c['n_higher']} higher than structopt by > 2 meV")
+                      f"{c['n_lower']} lower, {c['n_higher']} higher than {REFERENCES.get(m, REFERENCE)} by > 2 meV")
             for kind in ("crystals", "random"):
                 c = cmp[f"{kind}_converged_in_both"]
                 if c["n"]:
@@ -437,6 +511,9 @@ def print_table(results: dict[str, dict], order: list[str]) -> None:
     if "torchsim" in results and "structopt" in results:
         r = results["structopt"]["summary"]["wall_s"] / results["torchsim"]["summary"]["wall_s"]
         print(f"  torchsim / structopt: {r:6.2f}x")
+    if "lamcsp-mace" in results and "mace-ase" in results:
+        r = results["mace-ase"]["summary"]["wall_s"] / results["lamcsp-mace"]["summary"]["wall_s"]
+        print(f"  lamcsp-mace / mace-ase: {r:6.2f}x")
     print("speed (CPU-time ratios of the same repeats):")
     for a, b in (("lamcsp", "structopt"), ("lamcsp", "torchsim"), ("lamcsp-lbfgs", "structopt"),
                  ("lamcsp-lbfgs", "torchsim"), ("torchsim", "structopt")):
@@ -474,6 +551,10 @@ def print_breakdown(results: dict[str, dict]) -> None:
             print(f"    model (predict_graph)  {pct(c.get('predict_graph', 0.0))}")
             print(f"    graph + conversion     {pct(graph)}")
             print(f"    ASE FIRE + filter      {pct(wall - c.get('calculate', 0.0))}")
+        elif m == "mace-ase":
+            c = t.get("calculator", {}).get("calculate", 0.0)
+            print(f"    MACECalculator         {pct(c)}")
+            print(f"    ASE FIRE + filter      {pct(wall - c)}")
         elif m == "torchsim":
             w = t.get("wrapper", {})
             print(f"    model forward          {pct(w.get('model', 0.0))}")
@@ -511,6 +592,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="TorchSim steps_between_swaps (1: convergence checked every step)")
     p.add_argument("--lamcsp-model", default="chgnet",
                    help="model spec for lamcsp (e.g. lj for a dry run of the code path)")
+    p.add_argument("--mace-model", default=None,
+                   help="MACE .model file of lamcsp-mace and mace-ase (default: a MACE-MP-small-shaped "
+                        "model built here, randomly initialised)")
+    p.add_argument("--mace-dtype", default=None, choices=["float32", "float64"],
+                   help="compute dtype of both MACE methods (default: the model file's)")
     p.add_argument("--repeat", type=int, default=1,
                    help="run every method this many times (interleaved); report the fastest")
     p.add_argument("--quick", action="store_true", help="8 structures, 100 steps: smoke check")
@@ -519,6 +605,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None,
                    help="JSON file (default benchmarks/results/relax_throughput_DEVICE.json)")
     args = p.parse_args(argv)
+    args.mace_options = {"dtype": args.mace_dtype} if args.mace_dtype else {}
 
     if args.quick:
         args.max_steps = min(args.max_steps, 100)
@@ -546,6 +633,9 @@ def main(argv: list[str] | None = None) -> int:
         "max_atoms": args.max_atoms, "torchsim_swap_every": args.torchsim_swap_every,
         "lamcsp_model": args.lamcsp_model,
     }
+    if any(m in methods for m in RUNNERS if m not in CHGNET_METHODS):
+        args.mace_file = mace_model_file(args)
+        config.update(mace_model=args.mace_file, mace_dtype=args.mace_dtype)
     meta = {
         "config": config,
         "python": platform.python_version(),
@@ -569,21 +659,23 @@ def main(argv: list[str] | None = None) -> int:
             print(f"not resuming: settings in {out} differ")
 
     # warm CHGNet up once (lazy initialisation, allocator) outside every timer
-    with contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stdout(io.StringIO()) if any(m in CHGNET_METHODS for m in methods) \
+            else contextlib.nullcontext():
         from ase.build import bulk
         from pymatgen.io.ase import AseAtomsAdaptor
 
-        warm = _load_chgnet(args.device)
-        warm.predict_structure(AseAtomsAdaptor.get_structure(bulk("Si", "diamond", a=5.43)),
-                               task="efs")
-        del warm
+        if any(m in CHGNET_METHODS for m in methods):
+            warm = _load_chgnet(args.device)
+            warm.predict_structure(AseAtomsAdaptor.get_structure(bulk("Si", "diamond", a=5.43)),
+                                   task="efs")
+            del warm
 
     def write():
         order = [m for m in ALL_METHODS if m in results]
-        ref = results.get(REFERENCE)
         for m in order:
             results[m]["summary"] = summarize(results[m])
-            if ref is not None and m != REFERENCE:
+            ref = results.get(REFERENCES.get(m, REFERENCE))
+            if ref is not None and m not in (REFERENCE, *REFERENCES.values()):
                 results[m]["energy_vs_ref"] = energy_comparison(results[m]["records"],
                                                                 ref["records"])
         out.write_text(json.dumps(_jsonable({**meta, "methods": results}), indent=1))

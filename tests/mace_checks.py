@@ -87,10 +87,12 @@ def test_batched_equals_mace_calculator_structure_by_structure(models, name):
     structures = mixed_batch()
     sizes = sorted(len(a) for a in structures)
     assert sizes[0] == 1 and sizes[-1] == 24 and len(set(sizes)) >= 6
-    pot = MACEPotential(models[name])
-    assert pot.dtype == (torch.float64 if name == "tiny64" else torch.float32)
-    assert_equal_to_calculator(pot, calculator(models[name]), structures, pot.dtype)
-    assert pot.n_calls == 1  # the whole batch in one model call
+    calc = calculator(models[name])
+    assert sum(sizes) > 48  # chunked on the CPU (48 atoms per model call), and in one call
+    for chunk in (None, 1000):
+        pot = MACEPotential(models[name], chunk_atoms=chunk)
+        assert pot.dtype == (torch.float64 if name == "tiny64" else torch.float32)
+        assert_equal_to_calculator(pot, calc, structures, pot.dtype)
     # the comparison is not of zeros (a randomly initialised model has small forces)
     out = pot(from_structures(structures, dtype=torch.float64))
     assert out["forces"].abs().max() > 0.01 and out["stress"].abs().max() > 1e-4

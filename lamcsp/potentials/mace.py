@@ -73,6 +73,12 @@ _MODEL_BUILTINS = {"builtins.slice", "builtins.set", "builtins.frozenset", "buil
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
+#: atoms per model call on the CPU: MACE's per-edge tensors (edges x channels x irreps) outgrow
+#: the caches, and a MACE-MP-small-shaped model costs 12 ms/atom in calls of ~40 atoms but
+#: 23 ms/atom in one call of 570 (float64, 1 thread; benchmarks/relax_throughput.py's mixture), so
+#: a batch is evaluated in consecutive chunks of about this many atoms; on a GPU, one call
+CPU_CHUNK_ATOMS = 48
+
 
 def _import_mace() -> Any:
     """``mace.modules`` with the process's ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` left as it was."""
@@ -165,6 +171,8 @@ class MACEPotential(Potential):
         dtype: ``"float32"`` or ``"float64"``: the model's compute dtype; ``None`` keeps the
             file's (module docstring).
         trusted: load a file whose pickle names more than a MACE model's packages.
+        chunk_atoms: atoms per model call within a batch (:data:`CPU_CHUNK_ATOMS` on the CPU,
+            the whole batch on a GPU, when ``None``).
 
     Raises:
         SetupError: mace-torch missing, a missing or refused file, head problems, bad dtype.
@@ -173,7 +181,7 @@ class MACEPotential(Potential):
     name = "mace"
 
     def __init__(self, path: str | os.PathLike, head: str | None = None, device: torch.device | str = "cpu",
-                 dtype: str | None = None, trusted: bool = False):
+                 dtype: str | None = None, trusted: bool = False, chunk_atoms: int | None = None):
         if dtype is not None and dtype not in DTYPES:
             raise SetupError("model.options.dtype", f"unknown dtype {dtype!r}; use float32 or float64, or "
                                                     "leave it out for the model file's own")
@@ -194,6 +202,7 @@ class MACEPotential(Potential):
         index[torch.as_tensor(self.numbers)] = torch.arange(len(self.numbers))
         self._index = index
         self._head_index = heads.index(self.head)
+        self.chunk_atoms = chunk_atoms or (CPU_CHUNK_ATOMS if self.device.type == "cpu" else None)
 
     @property
     def model_id(self) -> str:
@@ -258,21 +267,39 @@ class MACEPotential(Potential):
             "head": torch.full((state.n_systems,), self._head_index, dtype=torch.long, device=dev),
         }
 
+    def _chunks(self, counts: list[int]) -> list[list[int]]:
+        """Consecutive systems per model call, at most :attr:`chunk_atoms` atoms each (a larger
+        system alone)."""
+        if self.chunk_atoms is None:
+            return [list(range(len(counts)))]
+        chunks: list[list[int]] = [[]]
+        n = 0
+        for s, c in enumerate(counts):
+            if chunks[-1] and n + c > self.chunk_atoms:
+                chunks.append([])
+                n = 0
+            chunks[-1].append(s)
+            n += c
+        return chunks
+
     def forward(self, state: BatchedState) -> Output:
-        t0 = time.perf_counter()
         errors = self._screen(state.positions.detach().cpu().numpy(), state.numbers.cpu().numpy(),
                               state.cell.detach().cpu().numpy(), state.n_atoms_per_system.cpu().numpy())
         good = [s for s, e in enumerate(errors) if e is None]
         sub = state if len(good) == state.n_systems else select(state, good)
         result = None
         if good:
-            data = self.batch_data(sub)
-            self._tick("graph", time.perf_counter() - t0)
-            t1 = time.perf_counter()
-            with torch.enable_grad():  # forces and stress need autograd even under no_grad()
-                out = self.model(data, compute_force=True, compute_stress=True, training=False)
-            result = {k: out[k].detach() for k in ("energy", "forces", "stress")}
-            self._tick("model", time.perf_counter() - t1)
+            parts = []
+            for chunk in self._chunks(sub.n_atoms_per_system.tolist()):
+                t0 = time.perf_counter()
+                data = self.batch_data(sub if len(chunk) == sub.n_systems else select(sub, chunk))
+                t1 = time.perf_counter()
+                self._tick("graph", t1 - t0)
+                with torch.enable_grad():  # forces and stress need autograd even under no_grad()
+                    out = self.model(data, compute_force=True, compute_stress=True, training=False)
+                parts.append({k: out[k].detach() for k in ("energy", "forces", "stress")})
+                self._tick("model", time.perf_counter() - t1)
+            result = {k: torch.cat([p[k] for p in parts]) for k in ("energy", "forces", "stress")}
             for k in torch.nonzero(~torch.isfinite(result["energy"])).flatten().tolist():
                 errors[good[k]] = "non-finite energy (overlapping atoms?)"
         return _assemble(state, result, good, errors)
