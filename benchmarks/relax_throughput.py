@@ -102,7 +102,8 @@ def run_lamcsp(structures, args, optimizer: str, model: str | None = None) -> di
 
     from lamcsp.potentials.registry import load_potential
 
-    pot = load_potential(model or args.lamcsp_model, device=args.device, **(args.mace_options if model else {}))
+    options = args.mace_options if model else {}
+    pot = load_potential(model or args.lamcsp_model, device=args.device, **options)
     relaxer = Relaxer(pot, optimizer=optimizer, fmax=args.fmax, max_steps=args.max_steps,
                       relax_cell=True, max_atoms=args.max_atoms, progress=False)
     pot.reset_counters()
@@ -381,7 +382,8 @@ def run_mace_ase(structures, args) -> dict[str, Any]:
         converged = bool(opt.converged())
         records.append(_atoms_record(atoms, i, atoms.get_potential_energy(), converged, opt.nsteps,
                                      "converged" if converged else "max_steps", fmax,
-                                     wall_s=time.perf_counter() - t0, model_calls=counts["calls"] - calls_before))
+                                     wall_s=time.perf_counter() - t0,
+                                     model_calls=counts["calls"] - calls_before))
     return {
         "wall_s": time.perf_counter() - t_start, "cpu_s": time.process_time() - c_start,
         "model_calls": counts["calls"], "evaluations": counts["calls"], "records": records,
@@ -494,7 +496,8 @@ def print_table(results: dict[str, dict], order: list[str]) -> None:
             c = cmp["all"]
             if c["n"]:
                 print(f"  {m}: mean signed dE {c['mean_mev']:+.2f} meV/atom; "
-                      f"{c['n_lower']} lower, {c['n_higher']} higher than {REFERENCES.get(m, REFERENCE)} by > 2 meV")
+                      f"{c['n_lower']} lower, {c['n_higher']} higher than "
+                      f"{REFERENCES.get(m, REFERENCE)} by > 2 meV")
             for kind in ("crystals", "random"):
                 c = cmp[f"{kind}_converged_in_both"]
                 if c["n"]:
