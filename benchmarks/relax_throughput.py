@@ -16,7 +16,10 @@ filter, ``fmax`` on the largest generalised force row, at most ``--max-steps`` s
 ``--backend sevennet`` compares the SevenNet backend instead (``--lamcsp-model`` defaults to
 ``sevennet:7net-0``): ``lamcsp`` against ``ase-fire``, SevenNet's own ASE calculator
 (``SevenNetCalculator``) under ASE's FIRE + ``FrechetCellFilter``, one structure at a time (the
-reference for energies).
+reference for energies). ``--backend mace`` does the same for a MACE model file
+(``--mace-model FILE``; by default a MACE-MP-small-shaped model, 128x0e channels, max_ell 3,
+r_max 6 Å, randomly initialised and saved by this script, as no weights can be downloaded here)
+against ``MACECalculator``; it needs the MACE environment (README, "MACE models").
 
 Usage::
 
@@ -25,6 +28,7 @@ Usage::
     python benchmarks/relax_throughput.py --methods lamcsp,torchsim --resume
     python benchmarks/relax_throughput.py --repeat 2      # interleaved repeats, fastest kept
     python benchmarks/relax_throughput.py --backend sevennet --n 32   # lamcsp vs SevenNet's ASE
+    .venv-mace/bin/python benchmarks/relax_throughput.py --backend mace --n 16 --threads 1
 
 Results (per-method summaries and per-structure records) go to ``--out`` as JSON, rewritten
 after every method; ``--resume`` keeps methods (and repeats) already in that file when their
@@ -60,10 +64,11 @@ from structures import benchmark_structures, size_histogram  # noqa: E402
 
 ALL_METHODS = ["lamcsp", "lamcsp-lbfgs", "structopt", "torchsim", "ase-fire"]
 #: the per-structure reference of each backend's comparison (energies are compared with it)
-REFERENCES = {"chgnet": "structopt", "sevennet": "ase-fire"}
+REFERENCES = {"chgnet": "structopt", "sevennet": "ase-fire", "mace": "ase-fire"}
 #: methods run by default per backend, and lamcsp's model spec
-BACKEND_METHODS = {"chgnet": "lamcsp,lamcsp-lbfgs,structopt,torchsim", "sevennet": "lamcsp,ase-fire"}
-BACKEND_MODEL = {"chgnet": "chgnet", "sevennet": "sevennet:7net-0"}
+BACKEND_METHODS = {"chgnet": "lamcsp,lamcsp-lbfgs,structopt,torchsim", "sevennet": "lamcsp,ase-fire",
+                   "mace": "lamcsp,ase-fire"}
+BACKEND_MODEL = {"chgnet": "chgnet", "sevennet": "sevennet:7net-0", "mace": None}  # mace: --mace-model
 #: structures of the 64-set used by --quick (40 atoms in all): Si2, MgO2, TiO2 (6), NaCl (8)
 #: crystals and random Si4, Na2Cl2, Ti2O4, Mg4O4 candidates
 QUICK_INDICES = [0, 7, 10, 5, 32, 35, 38, 37]
@@ -103,7 +108,7 @@ def run_lamcsp(structures, args, optimizer: str) -> dict[str, Any]:
 
     from lamcsp.potentials.registry import load_potential
 
-    pot = load_potential(args.lamcsp_model, device=args.device)
+    pot = load_potential(args.lamcsp_model, device=args.device, **getattr(args, "mace_options", {}))
     relaxer = Relaxer(pot, optimizer=optimizer, fmax=args.fmax, max_steps=args.max_steps,
                       relax_cell=True, max_atoms=args.max_atoms, progress=False)
     pot.reset_counters()
@@ -210,8 +215,31 @@ def run_structopt(structures, args) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------
 # (b') a model's own ASE calculator under ASE FIRE + FrechetCellFilter (SevenNet)
 # --------------------------------------------------------------------------------------
+def mace_model_file(args) -> str:
+    """``--mace-model``, or a MACE-MP-small-shaped model (128x0e channels, max_ell 3, r_max 6 Å)
+    built (seeded, randomly initialised: no weights can be downloaded here) and saved once."""
+    if args.mace_model:
+        return args.mace_model
+    path = Path(__file__).resolve().parents[1] / "build" / "mace_mp_small_shape.model"
+    if not path.exists():
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        from mace_models import MP_SMALL, build_model, save_model
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_model(build_model(**MP_SMALL), path)
+    return str(path)
+
+
 def _ase_calculator(args):
-    """The backend's own ASE calculator for ``--lamcsp-model`` (``sevennet[:NAME][@MODAL]``)."""
+    """The backend's own ASE calculator for ``--lamcsp-model`` (``sevennet[:NAME][@MODAL]`` or
+    ``mace:PATH``)."""
+    if args.backend == "mace":
+        from mace.calculators import MACECalculator
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return MACECalculator(model_paths=args.mace_file, device=args.device,
+                                  default_dtype=args.mace_options.get("dtype") or "")
     from sevenn.calculator import SevenNetCalculator
 
     from lamcsp.potentials.sevennet import split_spec
@@ -588,8 +616,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=64, help="number of structures")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backend", choices=sorted(REFERENCES), default="chgnet",
-                   help="the model compared: chgnet (lamcsp, StructOptimizer, TorchSim) or sevennet "
-                        "(lamcsp against SevenNet's ASE calculator)")
+                   help="the model compared: chgnet (lamcsp, StructOptimizer, TorchSim), sevennet "
+                        "(lamcsp against SevenNet's ASE calculator) or mace (lamcsp against MACECalculator; "
+                        "in the MACE environment, README \"MACE models\")")
     p.add_argument("--methods", default=None, help="default: the backend's methods")
     p.add_argument("--device", default="cpu")
     p.add_argument("--max-steps", type=int, default=500)
@@ -602,6 +631,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lamcsp-model", default=None,
                    help="model spec for lamcsp (default: chgnet or sevennet:7net-0 by --backend; e.g. lj "
                         "for a dry run of the code path)")
+    p.add_argument("--mace-model", default=None,
+                   help="--backend mace: the MACE .model file (default: a MACE-MP-small-shaped model built "
+                        "here, randomly initialised)")
+    p.add_argument("--mace-dtype", default=None, choices=["float32", "float64"],
+                   help="--backend mace: compute dtype of both methods (default: the model file's)")
     p.add_argument("--repeat", type=int, default=1,
                    help="run every method this many times (interleaved); report the fastest")
     p.add_argument("--quick", action="store_true", help="8 structures, 100 steps: smoke check")
@@ -614,6 +648,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.max_steps = min(args.max_steps, 100)
     args.methods = args.methods or BACKEND_METHODS[args.backend]
+    args.mace_options = {"dtype": args.mace_dtype} if args.mace_dtype else {}
+    if args.backend == "mace":
+        args.mace_file = mace_model_file(args)
+        args.lamcsp_model = args.lamcsp_model or f"mace:{args.mace_file}"
     args.lamcsp_model = args.lamcsp_model or BACKEND_MODEL[args.backend]
     reference = REFERENCES[args.backend]
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -643,6 +681,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.backend != "chgnet":  # (older result files have no backend key)
         config["backend"] = args.backend
+    if args.backend == "mace":
+        config.update(mace_model=args.mace_file, mace_dtype=args.mace_dtype)
     meta = {
         "config": config,
         "python": platform.python_version(),

@@ -215,12 +215,32 @@ def build_graph(
         atom_cutoff: atom-graph cutoff, Å.
         bond_cutoff: bond-graph (angle) cutoff, Å.
     """
-    frac, offsets, nmax, lim, cells = _prepare(positions, cells, counts, atom_cutoff)
-    # capacity guess: 40 undirected neighbours per atom (grown inside the kernel if short)
-    und, dist = _pairs_kernel(frac, cells, offsets, nmax, lim, float(atom_cutoff), int(40 * frac.shape[0]))
-    center, neighbor, image, distance, d2u, u2d = _directed_from_undirected(und, dist)
-    bond_graph = _line_graph_kernel(center, distance, int(frac.shape[0]), float(bond_cutoff))
+    center, neighbor, image, distance, d2u, u2d = _directed_pairs(positions, cells, counts, atom_cutoff)
+    bond_graph = _line_graph_kernel(center, distance, int(len(positions)), float(bond_cutoff))
     return GraphArrays(center, neighbor, image, distance, d2u, u2d, bond_graph)
+
+
+def _directed_pairs(
+    positions: np.ndarray, cells: np.ndarray, counts: np.ndarray, cutoff: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    frac, offsets, nmax, lim, cells = _prepare(positions, cells, counts, cutoff)
+    # capacity guess: 40 undirected neighbours per atom (grown inside the kernel if short)
+    und, dist = _pairs_kernel(frac, cells, offsets, nmax, lim, float(cutoff), int(40 * frac.shape[0]))
+    return _directed_from_undirected(und, dist)
+
+
+def neighbor_pairs(
+    positions: np.ndarray, cells: np.ndarray, counts: np.ndarray, cutoff: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The atom graph alone: every directed neighbour pair of a batch within ``cutoff`` (numba).
+
+    Args as :func:`build_graph`. Returns ``center (E,)``, ``neighbor (E,)`` (batch-global atom
+    indices, int64), ``image (E, 3)`` (int64; the pair vector is
+    ``r[neighbor] + image @ cell - r[center]``) and ``distance (E,)`` (Å); both directions of
+    every pair appear, the atom itself at ``image = 0`` never.
+    """
+    center, neighbor, image, distance, _, _ = _directed_pairs(positions, cells, counts, cutoff)
+    return center, neighbor, image, distance
 
 
 # ---- plain NumPy reference -----------------------------------------------------------------

@@ -82,10 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--model", default="chgnet",
                    help="model spec: chgnet (default, pretrained 0.3.0), chgnet:PATH, deepmd:PATH[@HEAD] "
                         "(a DeePMD-kit .pt/.pth model and its head), sevennet[:NAME|PATH][@MODAL] (7net-0, "
-                        "7net-mf-0@PBE, 7net-l3i5: shipped in sevenn), emt, ase:NAME")
+                        "7net-mf-0@PBE, 7net-l3i5: shipped in sevenn), mace:PATH[@HEAD] (a MACE .model "
+                        "file), emt, ase:NAME")
     r.add_argument("--trust-model", action="store_true",
-                   help="load a chgnet:PATH or sevennet:PATH file even if it needs more than weights to load "
-                        "(it may run code: only for files you trust like a script)")
+                   help="load a chgnet:PATH, sevennet:PATH or mace:PATH file even if it needs more than "
+                        "weights to load (it may run code: only for files you trust like a script)")
     r.add_argument("--pressure", type=_finite("--pressure"), default=0.0, metavar="GPA",
                    help="external pressure, GPa")
     r.add_argument("--fmax", type=_positive(float, "--fmax"), default=RelaxSpec.default_of("fmax"),
@@ -470,9 +471,9 @@ def cmd_relax(args: argparse.Namespace) -> int:
     structures = read_structures(args.inputs)
     trust: dict[str, bool] = {}
     if args.trust_model:
-        if args.model.partition(":")[0].strip().lower() not in ("chgnet", "sevennet"):
-            raise SetupError("--trust-model", f"applies to chgnet and sevennet model files (chgnet:PATH, "
-                                              f"sevennet:PATH), not {args.model!r}")
+        if args.model.partition(":")[0].strip().lower() not in ("chgnet", "sevennet", "mace"):
+            raise SetupError("--trust-model", f"applies to chgnet, sevennet and mace model files "
+                                              f"(chgnet:PATH, sevennet:PATH, mace:PATH), not {args.model!r}")
         trust["trusted"] = True
     potential = load_potential(args.model, device=args.device, **trust)
     relaxer = Relaxer(

@@ -20,6 +20,9 @@ DEEPMD_INSTALL = ("`pip install -c constraints.txt \"lamcsp[deepmd]\"`, then reb
                   "deepmd-kit==3.2.0` (README, \"DeePMD-kit models\")")
 SEVENNET_INSTALL = ("`pip install -c constraints.txt \"lamcsp[sevennet]\"` (sevenn, its pretrained "
                     "checkpoints inside; README, \"SevenNet models\")")
+MACE_INSTALL = ("`pip install -c constraints.txt \"lamcsp[mace]\"` in an environment of its own "
+                "(`python -m venv --system-site-packages VENV`): mace-torch 0.3.16 pins e3nn 0.4.4, "
+                "which the sevennet extra's e3nn cannot share (README, \"MACE models\")")
 GPAW_INSTALL = ("`apt-get install libxc-dev libopenblas-dev && pip install pybind11 && pip install "
                 "--no-build-isolation \"lamcsp[dft]\"` (GPAW and its PAW setups, gpaw-data)")
 #: ASE calculators whose Python package lamcsp can install: name -> (module, how)
@@ -62,6 +65,8 @@ def check_campaign(campaign: Any) -> None:
         require("deepmd", "model.backend", "the deepmd model backend", DEEPMD_INSTALL)
     if model.backend == "sevennet":
         require("sevenn", "model.backend", "the sevennet model backend", SEVENNET_INSTALL)
+    if model.backend == "mace":
+        require("mace", "model.backend", "the mace model backend", MACE_INSTALL)
     if model.backend == "ase" and ":" in str(model.options.get("calculator", "")):
         name = str(model.options["calculator"])
         require(name.partition(":")[0], "model.options.calculator", f"the calculator {name}",

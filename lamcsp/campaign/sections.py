@@ -219,7 +219,8 @@ class ModelSpec(Section):
     """The machine-learned (or classical) potential that relaxes every structure."""
 
     backend: str = field("chgnet", type="str",
-                         doc="model backend: `chgnet`, `deepmd`, `sevennet`, `ase`, `emt`, `lj` or `morse`")
+                         doc="model backend: `chgnet`, `deepmd`, `sevennet`, `mace`, `ase`, `emt`, `lj` or "
+                             "`morse`")
     name: str | None = field(
         type="str or null", min_length=1,
         doc="a pretrained SevenNet model shipped in the sevenn package (`sevennet`): `7net-0`, "
@@ -229,7 +230,8 @@ class ModelSpec(Section):
         doc="model file (must exist; relative to the campaign file); null: the backend's "
             "default weights")
     head: str | None = field(type="str or null", min_length=1,
-                             doc="model head of a multi-head DeePMD-kit checkpoint (`deepmd`)")
+                             doc="model head of a multi-head DeePMD-kit checkpoint (`deepmd`) or MACE "
+                                 "model (`mace`)")
     modal: str | None = field(type="str or null", min_length=1,
                               doc="fidelity of a multi-fidelity SevenNet model (`sevennet`; `7net-mf-0`: "
                                   "`PBE` or `R2SCAN`), required there")

@@ -1,6 +1,6 @@
 """Model specs to potentials: ``chgnet``, ``chgnet:0.3.0``, ``chgnet:PATH``,
-``deepmd:PATH[@HEAD]``, ``sevennet[:NAME|PATH][@MODAL]``, ``emt``, ``ase:NAME`` (any ASE
-calculator by name or ``module:Class``), ``lj``, ``morse``."""
+``deepmd:PATH[@HEAD]``, ``sevennet[:NAME|PATH][@MODAL]``, ``mace:PATH[@HEAD]``, ``emt``,
+``ase:NAME`` (any ASE calculator by name or ``module:Class``), ``lj``, ``morse``."""
 
 from __future__ import annotations
 
@@ -50,6 +50,20 @@ def _sevennet(arg: str | None, device: str, **kw: Any) -> Potential:
     return SevenNetPotential(name, device=resolve_device(device), **kw)
 
 
+def _mace(arg: str | None, device: str, **kw: Any) -> Potential:
+    from lamcsp.potentials.mace import MACEPotential, split_spec
+
+    if not arg:
+        raise SetupError("model.path", "the mace backend needs a model file: mace:PATH[@HEAD], or "
+                                       "model: {backend: mace, path: MODEL.model, head: NAME}")
+    path, head = split_spec(arg)
+    if head is not None and kw.get("head") not in (None, head):
+        raise SetupError("model.head", f"two heads given: {head!r} in the spec and {kw['head']!r}")
+    if head is not None:
+        kw["head"] = head
+    return MACEPotential(path, device=resolve_device(device), **kw)
+
+
 def _ase(arg: str | None, device: str, **kw: Any) -> Potential:
     from lamcsp.potentials.ase_calc import (
         ASECalculatorPotential,
@@ -84,6 +98,7 @@ BACKENDS: dict[str, Callable[..., Potential]] = {
     "chgnet": _chgnet,
     "deepmd": _deepmd,
     "sevennet": _sevennet,
+    "mace": _mace,
     "ase": _ase,
     "emt": _emt,
     "lj": _lj,
@@ -127,6 +142,8 @@ def backend_options(backend: str) -> list[str] | None:
         extra = []
     elif backend == "sevennet":
         from lamcsp.potentials.sevennet import SevenNetPotential as cls  # type: ignore[assignment]
+    elif backend == "mace":  # the module imports mace-torch only when a model is loaded
+        from lamcsp.potentials.mace import MACEPotential as cls  # type: ignore[assignment]
 
         extra = []
     else:
@@ -148,6 +165,8 @@ def load_potential(spec: str = "chgnet", device: str = "auto", **kwargs: Any) ->
             DeePMD-kit ``.pt``/``.pth`` model and its head), ``sevennet[:NAME|PATH][@MODAL]``
             (``7net-0`` by default, ``7net-mf-0@PBE``, ``7net-l3i5``, or a checkpoint file),
             ``emt``, ``ase:NAME``,
+            DeePMD-kit ``.pt``/``.pth`` model and its head), ``mace:PATH[@HEAD]`` (a MACE
+            ``.model`` file and its head), ``emt``, ``ase:NAME``,
             ``lj`` or ``morse`` (parameters as keyword arguments).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         kwargs: passed to the backend.
@@ -197,9 +216,9 @@ def load_model(spec: Any) -> Potential:
                                             "fidelity of a multi-fidelity SevenNet model (backend: sevennet)")
         options["modal"] = spec.modal
     if spec.head is not None:
-        if spec.backend != "deepmd":
+        if spec.backend not in ("deepmd", "mace"):
             raise SetupError("model.head", f"the {spec.backend} backend has no heads; model.head is for "
-                                           "multi-head DeePMD-kit models (backend: deepmd)")
+                                           "multi-head DeePMD-kit and MACE models (backend: deepmd or mace)")
         options["head"] = spec.head
     try:
         return load_potential(text, device=spec.device, **options)
