@@ -57,20 +57,27 @@ def check_oracle_packages(oracle: dict[str, Any], field: str) -> None:
         require("dpdata", field, "a command oracle", "`pip install dpdata`")
 
 
+def _check_model(model: Any, where: str) -> None:
+    """The packages of one model section (``model`` or ``rescore.model``)."""
+    if model.backend == "deepmd":
+        require("deepmd", f"{where}.backend", "the deepmd model backend", DEEPMD_INSTALL)
+    if model.backend == "sevennet":
+        require("sevenn", f"{where}.backend", "the sevennet model backend", SEVENNET_INSTALL)
+    if model.backend == "mace":
+        require("mace", f"{where}.backend", "the mace model backend", MACE_INSTALL)
+    if model.backend == "ase" and ":" in str(model.options.get("calculator", "")):
+        name = str(model.options["calculator"])
+        require(name.partition(":")[0], f"{where}.options.calculator", f"the calculator {name}",
+                "pip (it is your own calculator)")
+
+
 def check_campaign(campaign: Any) -> None:
     """Every package the campaign's features need is installed, else a :class:`SetupError`
     naming the field and the extra to install (before any work)."""
-    model = campaign.model
-    if model.backend == "deepmd":
-        require("deepmd", "model.backend", "the deepmd model backend", DEEPMD_INSTALL)
-    if model.backend == "sevennet":
-        require("sevenn", "model.backend", "the sevennet model backend", SEVENNET_INSTALL)
-    if model.backend == "mace":
-        require("mace", "model.backend", "the mace model backend", MACE_INSTALL)
-    if model.backend == "ase" and ":" in str(model.options.get("calculator", "")):
-        name = str(model.options["calculator"])
-        require(name.partition(":")[0], "model.options.calculator", f"the calculator {name}",
-                "pip (it is your own calculator)")
+    _check_model(campaign.model, "model")
+    rescore = getattr(campaign, "rescore", None)
+    if rescore is not None and rescore.model is not None:
+        _check_model(rescore.model, "rescore.model")
     if campaign.finetune.enabled:
         check_oracle_packages(campaign.finetune.oracle, "finetune.oracle")
         require("dpdata", "finetune.enabled", "the fine-tune loop", "`pip install dpdata`")

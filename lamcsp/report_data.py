@@ -273,13 +273,38 @@ def _verification_doc(run: _Run) -> list[dict[str, Any]]:
                      "reduced_formula": str(row.get("reduced_formula") or reduced_formula(row.formula)),
                      "enthalpy_per_atom": float(row.enthalpy_per_atom),
                      "spacegroup": int(row.get("spacegroup", 0)),
-                     "status": str(row.status), "oracle_calls": int(row.get("oracle_calls", 0))})
-    return verification_doc(rows, run.by_id, run.elements)
+                     "status": str(row.status), "oracle_calls": int(row.get("oracle_calls", 0)),
+                     "stage": str(row.get("stage", ""))})
+    docs = verification_doc(rows, run.by_id, run.elements)
+    rescored = {r["oracle"] for r in rows if r["stage"] == "rescore"}
+    for d in docs:
+        d["stage"] = "rescore" if d["oracle"] in rescored else "oracle"
+    return sorted(docs, key=lambda d: d["stage"] != "rescore")  # the cascade's order: rescore, then oracle
+
+
+def _cascade_doc(run: _Run, verification: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The model cascade (search model, rescore model, oracle): its stages in order and, per
+    pressure and composition, the answer: the lowest by the last stage that ranked it (None
+    without a rescore or verification stage)."""
+    if not verification:
+        return None
+    models = sorted({r.model_id for r in run.records if r.role == "search" and r.model_id})
+    stages = [{"stage": "search", "id": ", ".join(models)}] + [{"stage": v["stage"], "id": v["oracle"]}
+                                                               for v in verification]
+    answers: dict[str, dict[str, Any]] = {}
+    for v in verification:  # later stages overwrite earlier ones
+        for pdoc in v["pressures"]:
+            for formula, comp in pdoc["compositions"].items():
+                if comp["answer"] is not None:
+                    answers.setdefault(f"{pdoc['pressure_gpa']:g}", {})[formula] = {
+                        "stage": v["stage"], "by": v["oracle"], **comp["answer"]}
+    return {"stages": stages, "answers": answers}
 
 
 def _summary_doc(run: _Run) -> dict[str, Any]:
     models = [r.model_id for r in run.records if r.model_id and r.role != "verify"]
     scans, found = _scans_doc(run)
+    verification = _verification_doc(run)
     return {
         "campaign": run.name,
         "model_id": models[-1] if models else None,
@@ -293,7 +318,8 @@ def _summary_doc(run: _Run) -> dict[str, Any]:
         "transitions": found,
         "convergence": _convergence_doc(run),
         "finetune": _finetune_doc(run),
-        "verification": _verification_doc(run),
+        "verification": verification,
+        "cascade": _cascade_doc(run, verification),
     }
 
 

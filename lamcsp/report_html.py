@@ -203,9 +203,19 @@ def _verification_html(doc: dict[str, Any]) -> str:
              "<p>The model's best structures of every composition and pressure, relaxed again (or "
              "evaluated) by the oracle. Enthalpies are relative to the lowest of the verified ones, by "
              "each; the answer is the oracle's lowest.</p>"]
+    cascade = doc.get("cascade")
+    if cascade and any(st["stage"] == "rescore" for st in cascade["stages"]):
+        chain = " &rarr; ".join(f"{_e(st['stage'])} ({_e(st['id'])})" for st in cascade["stages"])
+        answers = "; ".join(f"{_e(f)} at {p} GPa: #{a['of']} (space group {a['spacegroup']}, by "
+                            f"{_e(a['by'])})"
+                            for p, comps in cascade["answers"].items() for f, a in comps.items())
+        parts.append(f"<p>Model cascade: {chain}. Each stage ranks what the stage before it picked; "
+                     f"the answer is the last stage's lowest: {answers}.</p>")
     for v in vers:
-        parts.append(f"<h3>{_e(v['oracle'])} ({_e(v['mode'])}): {v['n_verified']} structures, "
-                     f"{v['oracle_calls']} oracle calls</h3>")
+        what = "rescore model" if v.get("stage") == "rescore" else "oracle"
+        calls = "model steps" if v.get("stage") == "rescore" else "oracle calls"
+        parts.append(f"<h3>{what} {_e(v['oracle'])} ({_e(v['mode'])}): {v['n_verified']} structures, "
+                     f"{v['oracle_calls']} {calls}</h3>")
         for pdoc in v["pressures"]:
             hulls = pdoc["hulls"]
             if "oracle" in hulls and hulls["oracle"]["kind"] == "phase_diagram":

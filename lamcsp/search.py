@@ -285,6 +285,9 @@ class Search:
 
         elements = sorted({el for u in self.units for el in u.composition})
         self.potential.check_numbers([atomic_numbers[el] for el in elements], field="model")
+        if self.campaign.rescore.model is not None:  # the cascade's model runs this system: before any work
+            self.verification.rescore_potential().check_numbers([atomic_numbers[el] for el in elements],
+                                                                field="rescore.model")
         self.prepare()
         state = read_checkpoint(self.paths.checkpoint) if self.resume else None
         if state is not None:
@@ -312,8 +315,11 @@ class Search:
         if not self.done:
             self.done = True
             self.checkpoint()
+        cascade = self.campaign.rescore.model is not None
+        if cascade:  # a second model re-ranks the best (nothing twice on --resume)
+            self.verification.rescore()
         if self.campaign.verify_enabled:  # the answer, checked by the oracle (nothing twice on --resume)
-            self.verification.run("end")
+            self.verification.run("end", after_rescore=cascade)
         if report:
             steps.pressure_scan(self)
             self.write_report()

@@ -300,6 +300,7 @@ class Verification:
 
     def __init__(self, search: Search):
         self.s = search
+        self._rescore: Any = None
 
     def hits(self) -> list[Any]:
         """Every unit's unique hits as :class:`lamcsp.verify.Hit` (the model in use's enthalpies)."""
@@ -316,15 +317,46 @@ class Verification:
         return VerifySettings(oracle=self.s.campaign.verify_oracle, mode=v.mode, optimizer=v.optimizer,
                               fmax=v.fmax, max_steps=v.max_steps, top_k=v.top_k, window=v.window)
 
-    def run(self, stage: str) -> dict[str, Any]:
+    def rescore_potential(self) -> Any:
+        """The cascade's rescore model (``rescore.model``), loaded once."""
+        if self._rescore is None:
+            from lamcsp.potentials.registry import load_model
+
+            self._rescore = load_model(self.s.campaign.rescore.model)
+        return self._rescore
+
+    def rescore(self) -> None:
+        """The cascade's rescore stage (:mod:`lamcsp.rescore`): the rescore model re-relaxes the
+        search model's best; per unit, whether the two models' top-1 agree."""
+        from lamcsp.rescore import run_rescore
+
+        comparisons = run_rescore(
+            self.hits(), self.s.campaign.rescore, self.s.campaign.relax, potential=self.rescore_potential(),
+            store=self.s.store, model_id=self.s.potential.model_id, symprec=self.s.campaign.report.symprec,
+            progress=self.s.say)
+        if self.s.progress:
+            for label, c in sorted(comparisons.items()):
+                agrees = "agrees" if c.top1_agree else "DISAGREES"
+                self.s.progress.write(f"  {label}: the search model's top-1 {agrees} with the rescore "
+                                      f"model's (largest error {1000 * c.max_error:.0f} meV/atom); "
+                                      f"its lowest #{c.answer}")
+
+    def run(self, stage: str, *, after_rescore: bool = False) -> dict[str, Any]:
         """Verify the model in use's best structures with the oracle (:mod:`lamcsp.verify`);
-        the verification record per unit (comparison and verified ranking)."""
+        the verification record per unit (comparison and verified ranking). ``after_rescore``:
+        the cascade's last stage, which picks from the rescore model's ranking instead."""
         from lamcsp.verify import ranking_record, run_verification
 
         settings = self.settings()
+        hits, model_id = self.hits(), self.s.potential.model_id
+        if after_rescore:
+            from lamcsp.rescore import rescore_id, rescored_hits
+
+            model_id = self.rescore_potential().model_id
+            hits = rescored_hits(hits, self.s.store, rescore_id(model_id))
         comparisons = run_verification(
-            self.hits(), settings, store=self.s.store, executor=self.s.executor, run_dir=self.s.run_dir,
-            stage=stage, model_id=self.s.potential.model_id, symprec=self.s.campaign.report.symprec,
+            hits, settings, store=self.s.store, executor=self.s.executor, run_dir=self.s.run_dir,
+            stage=stage, model_id=model_id, symprec=self.s.campaign.report.symprec,
             progress=self.s.say)
         record = ranking_record(comparisons, settings.top_k)
         if self.s.progress:

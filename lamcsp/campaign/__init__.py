@@ -20,7 +20,7 @@ oracles), :mod:`.sections` and :mod:`.loop` (the sections), :mod:`.schema` (:cla
 
 from lamcsp.campaign.base import Section
 from lamcsp.campaign.forms import parse_oracle
-from lamcsp.campaign.loop import FinetuneSpec, VerifySpec
+from lamcsp.campaign.loop import FinetuneSpec, RescoreSpec, VerifySpec
 from lamcsp.campaign.parse import load_campaign, parse_campaign
 from lamcsp.campaign.reference import campaign_reference, main
 from lamcsp.campaign.schema import DEFAULT_OVERSAMPLE, SECTIONS, SHARE_TOLERANCE, Campaign
@@ -39,6 +39,7 @@ from lamcsp.campaign.sections import (
 __all__ = [
     "DEFAULT_OVERSAMPLE", "PRESSURE_RANGE_GPA", "SECTIONS", "SHARE_TOLERANCE", "Campaign", "DedupeSpec",
     "FinetuneSpec", "GeneratorSpec", "ModelSpec", "ParallelSpec", "RelaxSpec", "ReportSpec", "Section",
-    "StopSpec", "SystemSpec", "VerifySpec", "campaign_reference", "load_campaign", "main", "parse_campaign",
+    "RescoreSpec", "StopSpec", "SystemSpec", "VerifySpec", "campaign_reference", "load_campaign", "main",
+    "parse_campaign",
     "parse_oracle",
 ]

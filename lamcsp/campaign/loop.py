@@ -1,5 +1,6 @@
-"""The sections of the model-improvement loop: ``finetune`` (DP-GEN-style fine-tuning) and
-``verify`` (the oracle's check of the answer)."""
+"""The sections of the model-improvement loop: ``finetune`` (DP-GEN-style fine-tuning),
+``rescore`` (a second, slower model re-relaxing the best: the model cascade) and ``verify`` (the
+oracle's check of the answer, the cascade's last stage)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pydantic import field_validator, model_validator
 
 from lamcsp.campaign import forms
 from lamcsp.campaign.base import Int, Section, field, invalid
+from lamcsp.campaign.sections import ModelSpec
 
 
 class FinetuneSpec(Section):
@@ -74,6 +76,27 @@ class FinetuneSpec(Section):
         if self.conv_accuracy > 1:
             raise invalid(f"is a fraction (0-1), got {self.conv_accuracy}", "conv_accuracy")
         return self
+
+
+class RescoreSpec(Section):
+    """The model cascade: after the search, a second model (a slower, more accurate LAM) re-relaxes
+    the `top_k` unique structures of every composition and pressure, and every one within
+    `window` of the search model's hull, in one batched relaxation. Its rows are stored beside the
+    search's (`role=verify`, `stage=rescore`, `oracle=lam-<model id>`) and the report ranks them
+    by both models. With `verify`, the oracle then checks the rescore model's best (its own
+    `top_k` and `window`, by the rescore model's enthalpies): each stage ranks what the one
+    before it picked, and the answer is the last stage's lowest."""
+
+    model: ModelSpec | None = field(type="section or null",
+                                    doc="the rescore model, as `model` (null: no rescore stage)")
+    top_k: Int = field(5, type="int ≥ 1", ge=1, doc="structures re-relaxed per composition and pressure, the "
+                                                    "search model's lowest first")
+    window: float = field(0.03, type="number ≥ 0", ge=0,
+                          doc="eV/atom: every unique structure this close to the search model's hull (one "
+                              "composition: to its lowest) is re-relaxed too")
+    fmax: float | None = field(type="number > 0 or null", gt=0, doc="eV/Å (null: `relax.fmax`)")
+    max_steps: Int | None = field(type="int ≥ 1 or null", ge=1, doc="steps per relaxation (null: "
+                                                                     "`relax.max_steps`)")
 
 
 class VerifySpec(Section):

@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import field_validator, model_validator
 
 from lamcsp.campaign.base import Int, Section, field, invalid
-from lamcsp.campaign.loop import FinetuneSpec, VerifySpec
+from lamcsp.campaign.loop import FinetuneSpec, RescoreSpec, VerifySpec
 from lamcsp.campaign.sections import (
     DedupeSpec,
     GeneratorSpec,
@@ -76,6 +76,8 @@ class Campaign(Section):
                                    doc="MPI runs: who relaxes, batch size, threads")
     finetune: FinetuneSpec = field(factory=FinetuneSpec, type="section",
                                    doc="the DP-GEN-style fine-tune loop")
+    rescore: RescoreSpec = field(factory=RescoreSpec, type="section",
+                                 doc="the model cascade: a second model re-relaxes the best")
     verify: VerifySpec = field(factory=VerifySpec, type="section",
                                doc="oracle verification of the answer")
 
@@ -201,7 +203,7 @@ class Campaign(Section):
 SECTIONS: dict[str, type[Section]] = {
     "system": SystemSpec, "generators[]": GeneratorSpec, "model": ModelSpec, "relax": RelaxSpec,
     "dedupe": DedupeSpec, "stop": StopSpec, "report": ReportSpec, "parallel": ParallelSpec,
-    "finetune": FinetuneSpec, "verify": VerifySpec,
+    "finetune": FinetuneSpec, "rescore": RescoreSpec, "verify": VerifySpec,
 }
 
 

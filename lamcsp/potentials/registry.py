@@ -142,6 +142,8 @@ def backend_options(backend: str) -> list[str] | None:
         extra = []
     elif backend == "sevennet":
         from lamcsp.potentials.sevennet import SevenNetPotential as cls  # type: ignore[assignment]
+
+        extra = []
     elif backend == "mace":  # the module imports mace-torch only when a model is loaded
         from lamcsp.potentials.mace import MACEPotential as cls  # type: ignore[assignment]
 
