@@ -282,11 +282,12 @@ def verify_run(run_dir: str | Path, *, oracle: str | None = None, top_k: int | N
     from lamcsp.oracle import check_oracle
     from lamcsp.parallel import SerialExecutor
     from lamcsp.report import write_report
-    from lamcsp.store import DB_NAME, ResultStore
+    from lamcsp.store import DB_NAME, ResultStore, RunDir, read_database_file
     from lamcsp.units import search_units
 
     run_dir = Path(run_dir)
-    if not (run_dir / DB_NAME).is_file() or not (run_dir / "campaign.yaml").is_file():
+    has_db = (run_dir / DB_NAME).is_file() or read_database_file(RunDir(run_dir)) is not None
+    if not has_db or not (run_dir / "campaign.yaml").is_file():
         raise SetupError("RUN", f"{str(run_dir)!r} is not a run directory (it needs {DB_NAME} and "
                                 "campaign.yaml); give the output directory of a search")
     campaign = load_campaign(run_dir / "campaign.yaml")
