@@ -411,6 +411,11 @@ def _model_section(args: argparse.Namespace) -> dict[str, Any]:
     if rest:
         if backend == "chgnet" and (re.fullmatch(r"\d+\.\d+\.\d+", rest) or rest == "r2scan"):
             section["options"] = {"version": rest}
+        elif backend == "sevennet":  # sevennet:NAME[@MODAL], a checkpoint shipped in sevenn (or a file)
+            name, _, modal = rest.partition("@")
+            section["path" if Path(name).suffix else "name"] = name
+            if modal:
+                section["modal"] = modal
         else:
             section["path"] = rest
     return section
