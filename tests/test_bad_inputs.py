@@ -54,6 +54,15 @@ CAMPAIGNS: dict[str, tuple[bytes | str, str]] = {
     "list.yaml": ("- 1\n- 2\n", "campaign"),
     "unknown_key.yaml": (GOOD + "populaton: 3\n", "populaton"),
     "fu_huge_range.yaml": (GOOD.replace('[1, 2]', '"1-1000000000"'), "system.formula_units"),
+    "ase_unknown_option.yaml": (GOOD.replace("{backend: emt, device: cpu}",
+                                             "{backend: ase, device: cpu, options: {calculator: emt, bogus: 1}}"),
+                                "model.options.bogus"),
+    "too_many_species.yaml": (GOOD.replace("composition: Cu,", "composition: HLiBeBCNOFNaMgAl,"),
+                              "system.composition"),
+    "variable_too_many_species.yaml": ("name: t\nsystem: {variable: {H: [0, 1], Li: [0, 1], Be: [0, 1], B: [0, 1], "
+                                       "C: [0, 1], N: [0, 1], O: [0, 1]}, max_atoms: 7}\n", "system.variable"),
+    "variable_huge_grid.yaml": ("name: t\nsystem: {variable: {Mg: [0, 1000], Al: [0, 1000], Zn: [0, 1000]}, "
+                                "max_atoms: 1000}\n", "system.variable"),
     "fu_huge_list.yaml": (GOOD.replace('[1, 2]', '[1, 100000]'), "system.formula_units"),
     "fu_cell_too_big.yaml": (GOOD.replace('[1, 2]', '[1, 5000]'), "system.formula_units"),
     "vf_huge.yaml": (GOOD.replace("spacegroups", "volume_factor: 1.0e+308, spacegroups"), "system.volume_factor"),

@@ -5,6 +5,7 @@ report and MPI sharing. Each key's default is written here once; code elsewhere 
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -19,6 +20,15 @@ PRESSURE_RANGE_GPA = (-50.0, 1000.0)
 #: limits of what a campaign may ask for, checked up front: a larger value is a typo, or a cell
 #: that lamcsp cannot build (spglib and the generators work on cells of this size at most)
 MAX_CELL_ATOMS = 1000
+#: elements of a fixed composition at most (a cell of that many species is already beyond what
+#: random symmetric generation fills sensibly, and every species is a model call's element row)
+MAX_SPECIES = 10
+#: elements of a variable composition at most: its convex hull is pymatgen's phase diagram in
+#: (elements - 1) dimensions, whose qhull cost grows steeply beyond a quinary
+MAX_VARIABLE_SPECIES = 6
+#: atom-count combinations a variable composition may span (the product of its ranges), which
+#: are enumerated to find its reduced compositions
+MAX_COMPOSITION_GRID = 10_000_000
 MAX_VOLUME_FACTOR = 10.0
 MAX_DISTANCE_FACTOR = 5.0
 MAX_STEPS = 1_000_000
@@ -140,7 +150,19 @@ class SystemSpec(Section):
         if self.composition is not None and self.variable is not None:
             raise invalid("give either system.composition (fixed) or system.variable (variable "
                           "composition), not both", "variable")
+        if self.composition is not None and len(self.composition) > MAX_SPECIES:
+            raise invalid(f"{len(self.composition)} elements; lamcsp searches at most {MAX_SPECIES} in a "
+                          "fixed composition", "composition")
         if self.variable is not None:
+            if len(self.variable) > MAX_VARIABLE_SPECIES:
+                raise invalid(f"{len(self.variable)} elements; a variable composition spans at most "
+                              f"{MAX_VARIABLE_SPECIES} (its convex hull is a phase diagram in one dimension "
+                              "fewer)", "variable")
+            grid = math.prod(hi - lo + 1 for lo, hi in self.variable.values())
+            if grid > MAX_COMPOSITION_GRID:
+                raise invalid(f"the ranges span {grid:.3g} atom-count combinations, above the limit of "
+                              f"{MAX_COMPOSITION_GRID:.0e}; narrow them (with max_atoms they are what the "
+                              "search enumerates)", "variable")
             if self.max_atoms is None:
                 raise invalid("required with system.variable: the largest cell, in atoms (an integer "
                               ">= 1)", "max_atoms")
@@ -298,8 +320,14 @@ class ModelSpec(Section):
         from lamcsp.potentials.registry import backend_options
 
         allowed = backend_options(self.backend)
-        if allowed is None:  # the ase backend: its calculator's options, checked when it is built
-            return self
+        if allowed is None:  # the ase backend: its calculator's options, where they can be told
+            from lamcsp.potentials.ase_calc import ase_calculator_options
+
+            name = self.options.get("calculator")
+            options = ase_calculator_options(name) if isinstance(name, str) else None
+            if options is None:
+                return self  # checked when the calculator is built
+            allowed = ["calculator", *options]
         for key in self.options:
             if key not in allowed:
                 raise invalid(f"unknown option {key!r} of the {self.backend} backend; allowed: "

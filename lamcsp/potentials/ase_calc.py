@@ -60,6 +60,40 @@ def make_ase_calculator(name: str, *, field: str = "model", **kwargs: Any) -> Ca
         raise SetupError(field, f"ASE calculator {name!r} refused its options: {exc}") from exc
 
 
+def ase_calculator_options(name: str) -> list[str] | None:
+    """The keyword arguments the ASE calculator ``name`` takes, or None where that cannot be
+    told without building it (a factory function, a class taking ``**kwargs`` without
+    ``default_parameters``, a calculator that is not installed: checked when it is built).
+
+    A calculator class's own named arguments, its ``default_parameters`` (the parameters ASE's
+    ``Calculator`` accepts through ``**kwargs``) and those of ``Calculator`` itself (``label``,
+    ``directory``...). ASE keeps unknown keyword arguments of such a calculator without a word,
+    so a misspelt option would silently not apply."""
+    import inspect
+
+    from ase.calculators.calculator import Calculator
+
+    classes = {"emt": "ase.calculators.emt:EMT", "lj": "ase.calculators.lj:LennardJones"}  # ASE_CALCULATORS'
+    try:
+        factory = ase_calculator_factory(classes.get(name.lower(), name))
+    except SetupError:
+        return None
+    if not isinstance(factory, type):
+        return None
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+
+    def named(fn: Any) -> set[str]:
+        return {p.name for p in inspect.signature(fn).parameters.values() if p.kind in kinds} - {"self"}
+
+    params = inspect.signature(factory.__init__).parameters.values()
+    takes_any = any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params)
+    defaults = dict(getattr(factory, "default_parameters", None) or {})
+    if takes_any and not defaults:
+        return None
+    base = named(Calculator.__init__) if issubclass(factory, Calculator) else set()
+    return sorted(named(factory.__init__) | set(defaults) | (base if takes_any else set()))
+
+
 def ase_calculator_factory(name: str, *, field: str = "model") -> Callable[..., Calculator]:
     """What :func:`make_ase_calculator` calls to build the calculator ``name`` (looked up and
     imported, not built)."""
