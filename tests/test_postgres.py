@@ -101,6 +101,14 @@ def test_a_campaign_on_postgresql_stores_what_sqlite_stores_and_reports_from_it(
     assert main(["status", str(run), "--json"]) == 0
     status = json.loads(capsys.readouterr().out)
     assert status["rows"] == {"search": 4 * 8} and status["database"] == redact_url(url)
+    # lamcsp verify writes its rows there too (an LJ oracle: one single point per unit)
+    oracle = "{calculator: lj, options: {sigma: 3.405, epsilon: 0.0104, rc: 10.0}}"
+    assert main(["verify", str(run), "--oracle", oracle, "--top-k", "1", "--window", "0",
+                 "--mode", "single_point", "--quiet"]) == 0
+    verified = ResultStore(run).rows(role="verify")
+    units = {r.unit for r in ResultStore(run).rows(role="search")}
+    assert len(verified) == len(units) and not (ref / "database.json").exists()
+    assert ResultStore(ref).count(role="verify") == 0  # the SQLite run saw none of it
 
     # resuming with another database is refused, and changes nothing
     other = url.rsplit("/", 1)[0] + "/postgres"
