@@ -1,7 +1,7 @@
 """The store: relaxed structures in an ASE database, and an atomic checkpoint of the search.
 
-Results go to an ASE database in the run directory (``run_dir/results.db``, SQLite; a
-``postgresql://...`` URL is passed to :func:`ase.db.connect` as is), so ``ase db results.db``
+Results go to an ASE database in the run directory (``run_dir/results.db``, SQLite; or a
+database server, see below and :mod:`lamcsp.databases`), so ``ase db results.db``
 lists and filters them. Every row carries the relaxed geometry, the final energy, forces and
 stress as its calculator results, and these key values:
 
@@ -29,20 +29,21 @@ another database, typically PostgreSQL (``postgresql://user@host:5432/dbname``; 
 may write into one such database at once: each run has an id, kept in ``RUN/database.json`` with
 the URL (password removed), every row carries it as the key value ``run``, and every read of the
 run selects on it (``ase db URL run=ID``). ``report``, ``export``, ``status``, ``verify`` and
-``--resume`` find the database through that file. ASE's PostgreSQL backend (``ase-db-backends``)
-is used with two fixes for concurrent writers (:func:`_postgresql`).
+``--resume`` find the database through that file (:mod:`lamcsp.rundir`). ASE's PostgreSQL
+backend (``ase-db-backends``) is used with three fixes for concurrent writers
+(:func:`lamcsp.databases.postgresql`).
 
-The checkpoint of the search state is :mod:`lamcsp.checkpoint`.
+The checkpoint of the search state is :mod:`lamcsp.checkpoint`; the run directory's file names
+are :class:`lamcsp.rundir.RunDir`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -54,8 +55,26 @@ from lamcsp.checkpoint import (  # re-exported: the checkpoint lived here
     rng_state,
     write_checkpoint,
 )
+from lamcsp.databases import (  # re-exported: they lived here
+    ENV_DB_URL,
+    PG_SCHEMA_LOCK,
+    check_database,
+    connect_read_only,
+    has_password,
+    redact_url,
+)
+from lamcsp.databases import postgresql as _postgresql
+from lamcsp.databases import with_credentials as _with_credentials
 from lamcsp.errors import SetupError
 from lamcsp.faults import fault
+from lamcsp.rundir import (  # re-exported: they lived here
+    DB_NAME,
+    RunDir,
+    hold_run,
+    read_database_file,
+    run_holder,
+    write_database_file,
+)
 
 if TYPE_CHECKING:
     from ase.db.row import AtomsRow
@@ -64,6 +83,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CHECKPOINT_VERSION",
+    "DB_NAME",
+    "check_database",
+    "connect_read_only",
+    "hold_run",
+    "run_holder",
+    "write_database_file",
     "ENV_DB_URL",
     "Record",
     "RunDir",
@@ -82,88 +107,6 @@ __all__ = [
     "row_item",
     "write_checkpoint",
 ]
-
-DB_NAME = "results.db"
-#: the environment variable that gives ``lamcsp search`` its database URL (credentials included)
-ENV_DB_URL = "LAMCSP_DB_URL"
-
-
-def _is_url(url: str) -> bool:
-    return "://" in url
-
-
-def redact_url(url: str) -> str:
-    """``url`` without its password (``postgresql://user:pw@host/db`` -> ``postgresql://user@host/db``):
-    what is written to files and messages."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    if not _is_url(url):
-        return url
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        netloc = parts.netloc.rsplit("@", 1)[1]
-        user = parts.netloc.rsplit("@", 1)[0].split(":", 1)[0]
-        return urlunsplit(parts._replace(netloc=f"{user}@{netloc}"))
-    except ValueError:
-        return url.split("://", 1)[0] + "://..."
-
-
-def has_password(url: str) -> bool:
-    """Whether ``url`` carries a password (which the command line would show in ``ps``)."""
-    return redact_url(url) != url
-
-
-_PG_CLASS: Any = None
-
-
-def _postgresql(url: str) -> Any:
-    """ASE's PostgreSQL database (``ase-db-backends``), fixed for several writers at once.
-
-    - The id of a new row: the backend reads ``last_value`` of the id sequence, which is the
-      last id *any* session drew, so two writers at once attach key values and species to each
-      other's rows or fail on a foreign key (measured: the second of two concurrent writers
-      failed at its second row). Here it is ``currval``, this session's own.
-    - The schema: two processes that open an empty database at once both create the tables and
-      one fails; here creating the schema (and lamcsp's indexes) holds a transaction-level
-      advisory lock.
-    - Rolling back: the backend's connection wrapper has no ``rollback``, so an error inside
-      ``with db:`` (:meth:`ResultStore.transaction`) became an ``AttributeError`` and the
-      transaction was never rolled back; here it is.
-    """
-    global _PG_CLASS
-    if _PG_CLASS is None:
-        try:
-            from ase_db_backends.postgresql import PostgreSQLDatabase
-        except ImportError as exc:
-            raise SetupError("--db", f"a postgresql:// database needs ASE's PostgreSQL backend and "
-                                     f"psycopg2 ({exc}); install the extra: pip install 'lamcsp[postgresql]'"
-                             ) from None
-
-        class LamcspPostgreSQL(PostgreSQLDatabase):
-            def get_last_id(self, cur: Any) -> int:
-                cur.execute("SELECT currval('systems_id_seq')")
-                return int(cur.fetchone()[0])
-
-            def _connect(self) -> Any:
-                con = super()._connect()
-                con.rollback = con.con.rollback
-                return con
-
-            def _initialize(self, con: Any) -> None:
-                if self.initialized:
-                    return
-                con.cursor().execute(f"SELECT pg_advisory_xact_lock({_PG_LOCK})")
-                super()._initialize(con)
-
-        _PG_CLASS = LamcspPostgreSQL
-    return _PG_CLASS(url)
-
-
-#: the advisory-lock key of schema changes (any fixed 64-bit number; "lamcsp" in ASCII)
-_PG_LOCK = 0x6C616D637370
-
 
 class ResultStore:
     """Relaxed structures in an ASE database.
@@ -256,7 +199,7 @@ class ResultStore:
             with managed() as con:
                 cur = con.cursor()
                 if getattr(self.db, "type", "") == "postgresql":  # one writer changes the schema at a time
-                    cur.execute(f"SELECT pg_advisory_xact_lock({_PG_LOCK})")
+                    cur.execute(f"SELECT pg_advisory_xact_lock({PG_SCHEMA_LOCK})")
                 cur.execute("SELECT 1 FROM text_key_values LIMIT 1")
                 for name, on in self.INDEXES:
                     cur.execute(f"CREATE INDEX IF NOT EXISTS {name} ON {on}")
@@ -542,215 +485,6 @@ def _reduced(formula: str) -> str:
     from lamcsp.io import reduced_formula
 
     return reduced_formula(formula)
-
-
-# ------------------------------------------------------------------------------ the run directory
-
-
-@dataclasses.dataclass(frozen=True)
-class RunDir:
-    """The run directory's file names and paths, in one place.
-
-    ``results.db`` (the ASE database, unless a URL is given), ``campaign.yaml`` (the campaign
-    with its seed, written at the start and checked by ``--resume``), ``checkpoint.json`` (the
-    search state after every generation), ``finetune/`` (the fine-tune loop's data, models and
-    log), ``verify/<oracle id>/<row key>.jsonl`` (oracle journals) and ``report/``.
-    """
-
-    root: Path
-
-    DB: ClassVar[str] = DB_NAME
-    CAMPAIGN: ClassVar[str] = "campaign.yaml"
-    CHECKPOINT: ClassVar[str] = "checkpoint.json"
-    LOCK: ClassVar[str] = "search.pid"
-    DATABASE: ClassVar[str] = "database.json"
-
-    def __init__(self, root: str | os.PathLike[str]):
-        object.__setattr__(self, "root", Path(root))
-
-    @property
-    def db(self) -> Path:
-        return self.root / self.DB
-
-    @property
-    def campaign(self) -> Path:
-        return self.root / self.CAMPAIGN
-
-    @property
-    def checkpoint(self) -> Path:
-        return self.root / self.CHECKPOINT
-
-    @property
-    def database(self) -> Path:
-        """``database.json``: the database URL (no password) and run id of a ``--db`` run."""
-        return self.root / self.DATABASE
-
-    @property
-    def lock(self) -> Path:
-        return self.root / self.LOCK
-
-    @property
-    def finetune(self) -> Path:
-        return self.root / "finetune"
-
-    @property
-    def report(self) -> Path:
-        return self.root / "report"
-
-    def journal(self, oracle: str, key: str) -> Path:
-        """Where the oracle calls of one verification of row ``key`` are journaled."""
-        return self.root / "verify" / oracle / f"{key}.jsonl"
-
-    def holds_run(self, db_url: str | None = None) -> bool:
-        """Whether a search has written here (its checkpoint, campaign copy, or database)."""
-        return self.checkpoint.exists() or self.campaign.exists() or (db_url is None and self.db.exists())
-
-
-def read_database_file(paths: RunDir) -> dict[str, str] | None:
-    """``RUN/database.json`` (``{"url": ..., "run": ...}``), or None where the run keeps its rows in
-    ``RUN/results.db``.
-
-    Raises:
-        SetupError: the file is there but unreadable or not such an object.
-    """
-    import json
-
-    try:
-        info = json.loads(paths.database.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        raise SetupError(str(paths.database), f"cannot read it ({exc}); it names the database of the run "
-                                              '({"url": ..., "run": ...}); nothing was changed') from None
-    if not (isinstance(info, dict) and isinstance(info.get("url"), str) and isinstance(info.get("run"), str)
-            and info["run"]):
-        raise SetupError(str(paths.database), 'it must hold {"url": ..., "run": ...}, the database and id of '
-                                              "the run; nothing was changed")
-    return {"url": info["url"], "run": info["run"]}
-
-
-def write_database_file(paths: RunDir, url: str, run: str) -> None:
-    """Write ``RUN/database.json`` atomically (``url`` without its password)."""
-    import json
-
-    paths.root.mkdir(parents=True, exist_ok=True)
-    tmp = paths.root / f".{paths.DATABASE}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps({"url": redact_url(url), "run": run}, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, paths.database)
-
-
-def _with_credentials(url: str) -> str:
-    """The stored (password-free) ``url``, or ``LAMCSP_DB_URL`` where that names the same
-    database with a password; otherwise the driver finds one (``PGPASSWORD``, ``~/.pgpass``)."""
-    env = os.environ.get(ENV_DB_URL)
-    if env and redact_url(env) == url:
-        return env
-    return url
-
-
-def run_holder(paths: RunDir) -> dict[str, Any] | None:
-    """The search process named by the run's lock file (``pid``, ``host``, ``started``) and
-    whether it holds the run now: ``alive`` True (a live process of that pid on this host),
-    False (dead: a search killed with -9 leaves its lock file behind) or None (another host,
-    which cannot be asked). None without a lock file. Reads only."""
-    import json
-    import socket
-
-    try:
-        info = json.loads(paths.lock.read_text(encoding="utf-8"))
-        pid = int(info["pid"])
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, KeyError, TypeError):  # a torn or foreign file holds nothing
-        return {"pid": None, "host": None, "started": None, "alive": False}
-    alive: bool | None = None
-    if info.get("host") == socket.gethostname():
-        try:
-            os.kill(pid, 0)
-            alive = True
-        except ProcessLookupError:
-            alive = False
-        except PermissionError:  # alive, another user's
-            alive = True
-    return {"pid": pid, "host": info.get("host"), "started": info.get("started"), "alive": alive}
-
-
-@contextlib.contextmanager
-def hold_run(paths: RunDir) -> Iterator[None]:
-    """Mark the run as held by this process while the block runs: ``search.pid`` holds its pid,
-    host and start time (written atomically), removed at the end if it is still this
-    process's. ``lamcsp status`` reads it; a pid that is no longer alive holds nothing.
-
-    Raises:
-        SetupError: a live process on this host holds the run already.
-    """
-    import json
-    import socket
-    import time
-
-    mine = {"pid": os.getpid(), "host": socket.gethostname(),
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    holder = run_holder(paths)
-    if holder is not None and holder["alive"] and holder["pid"] != mine["pid"]:
-        raise SetupError(str(paths.root), f"a search holds this run now (pid {holder['pid']} on "
-                                          f"{holder['host']} since {holder['started']}); two searches on one "
-                                          "run would store each generation twice: wait for it or stop it")
-    tmp = paths.root / f".{paths.LOCK}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(mine), encoding="utf-8")
-    os.replace(tmp, paths.lock)
-    try:
-        yield
-    finally:
-        holder = run_holder(paths)
-        if holder is not None and holder["pid"] == mine["pid"] and holder["host"] == mine["host"]:
-            try:
-                paths.lock.unlink()
-            except OSError:
-                pass
-
-
-def connect_read_only(path: str | os.PathLike[str]) -> Any:
-    """An SQLite connection to ``path`` that cannot write (``mode=ro``): what a command that must
-    leave a run unchanged reads through (ASE's own connection may create its tables)."""
-    import sqlite3
-    from urllib.parse import quote
-
-    return sqlite3.connect(f"file:{quote(str(Path(path).resolve()))}?mode=ro", uri=True)
-
-
-def check_database(path: str | os.PathLike[str]) -> None:
-    """Refuse a results database that SQLite cannot read (damaged, truncated, not a database, or
-    not one of ASE's), opened read-only so that a refused command changes nothing. A file of
-    size 0 (a run killed before its first row) passes.
-
-    Raises:
-        SetupError: naming the file and what is wrong.
-    """
-    import sqlite3
-
-    path = Path(path)
-    if path.is_dir() or not path.exists():
-        raise SetupError(str(path), "the results database is missing (or a folder), so the run cannot be "
-                                    "read; nothing was changed")
-    if path.stat().st_size == 0:
-        return
-    why = None
-    try:
-        con = connect_read_only(path)
-        try:
-            check = con.execute("PRAGMA quick_check").fetchone()
-            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        finally:
-            con.close()
-        if check is None or check[0] != "ok":
-            why = f"SQLite's integrity check fails: {check[0] if check else 'no answer'}"
-        elif tables and "systems" not in tables:
-            why = "an SQLite database, but not an ASE database of results"
-    except sqlite3.DatabaseError as exc:
-        why = f"{exc}"
-    if why is not None:
-        raise SetupError(str(path), f"the results database is damaged or not a results database ({why}); "
-                                    "restore it from a copy (nothing was changed)")
 
 
 def _check_key(key: str) -> None:
