@@ -108,6 +108,7 @@ __all__ = [
     "write_checkpoint",
 ]
 
+
 class ResultStore:
     """Relaxed structures in an ASE database.
 
