@@ -165,9 +165,7 @@ class Campaign(Section):
             budget.append(f"{self.generations} generations")
         if self.max_relaxations is not None:
             budget.append(f"{self.max_relaxations} relaxations")
-        where = self.model.path or self.model.name
-        model = self.model.backend + (f":{where}" if where else "") \
-            + (f"@{self.model.modal}" if self.model.modal else "")
+        model = _model_text(self.model)
         return "\n".join([
             f"campaign {self.name!r}: {what}",
             f"  pressures: {', '.join(f'{p:g}' for p in s.pressures)} GPa",
@@ -176,8 +174,15 @@ class Campaign(Section):
             f"fmax {self.relax.fmax:g} eV/Å, {self.relax.max_steps} steps",
             f"  seed: {self.seed if self.seed is not None else 'fresh'}; output: {self.output_dir}",
             *([self._finetune_line()] if self.finetune.enabled else []),
+            *([self._rescore_line()] if self.rescore.model is not None else []),
             *([self._verify_line()] if self.verify_enabled else []),
         ])
+
+    def _rescore_line(self) -> str:
+        r = self.rescore
+        return (f"  rescore: the top {r.top_k} per composition and pressure (and all within {r.window:g} "
+                f"eV/atom of the hull) re-relaxed by {_model_text(r.model)} at the end"
+                + (", then verified from its ranking" if self.verify_enabled else ""))
 
     def _verify_line(self) -> str:
         v, oracle = self.verify, self.verify_oracle
@@ -197,6 +202,11 @@ class Campaign(Section):
                 + (" and the verified answer settled"
                    if self.verify_enabled and self.verify.each_iteration else "")
                 + f", at most {f.max_iterations} iterations")
+
+
+def _model_text(model: ModelSpec) -> str:
+    where = model.path or model.name
+    return model.backend + (f":{where}" if where else "") + (f"@{model.modal}" if model.modal else "")
 
 
 #: every section by its key (``generators[]``: one entry of the list), in the reference's order
