@@ -341,6 +341,17 @@ class FinetuneLoop:
                   "energy_rmse_per_atom": float(np.sqrt(np.mean((d.energy - e_ref) ** 2)))}
         return before, deviation_against_error(d.max_devi_f, err_f, d.devi_e, err_e, self.lo)
 
+    def errors_after(self, iteration: int) -> dict[str, float]:
+        """The committee registered for ``iteration`` against that iteration's own labels
+        (force and energy RMSE; a training error, the labels were trained on)."""
+        path = self.data.iteration_dir(iteration) / "frames.extxyz"
+        committee = self.committee(before=iteration + 1)
+        if committee is None or not path.is_file():
+            return {}
+        import ase.io
+
+        return self._errors(committee, ase.io.read(path, ":"))[0]
+
     def finish(self, result: IterationResult, **extra: Any) -> None:
         """Write the iteration's log entry (the last thing an iteration does)."""
         self.log.append({**dataclasses.asdict(result), **extra})

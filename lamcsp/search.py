@@ -283,7 +283,7 @@ class Search:
     def _run(self, until: Callable[[Search], bool] | None, report: bool) -> dict[str, Any]:
         self.begin()
         self.finetune.catch_up()  # an iteration a kill interrupted
-        while not self.done and self._budget_left():
+        while not self.done and self.budget_left():
             self.step_generation(until)
             self.finetune.catch_up()
         return self.finish(report)
@@ -311,7 +311,7 @@ class Search:
             except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
                 raise SetupError(str(self.paths.checkpoint), f"the checkpoint does not hold a search "
                                  f"state this campaign can resume ({type(exc).__name__}: {exc})") from None
-            self.done = not self._budget_left()
+            self.done = not self.budget_left()
         if self.progress and not self.done:
             self.progress.write(self.campaign.summary().replace(
                 "seed: fresh", f"seed: {self.seed} (fresh)") + f"\n  units: {len(self.units)}; run "
@@ -326,7 +326,7 @@ class Search:
         says so."""
         self.run_generation(self.generation)
         self.generation += 1
-        self.done = not self._budget_left() or bool(until is not None and until(self))
+        self.done = not self.budget_left() or bool(until is not None and until(self))
         self.checkpoint()
 
     def finish(self, report: bool = True) -> dict[str, Any]:
@@ -345,7 +345,8 @@ class Search:
             self.write_report()
         return self.state_dict()
 
-    def _budget_left(self) -> bool:
+    def budget_left(self) -> bool:
+        """Generations and relaxations are left and a unit is still active."""
         c = self.campaign
         if c.generations is not None and self.generation >= c.generations:
             return False
