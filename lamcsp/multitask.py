@@ -148,13 +148,23 @@ def multitask_input(
 
 
 def _latest_checkpoint(work: Path) -> Path | None:
-    """DeePMD-kit's last periodic checkpoint in ``work`` (``model.ckpt-N.pt``, largest N)."""
+    """DeePMD-kit's last whole periodic checkpoint in ``work`` (``model.ckpt-N.pt``, largest N
+    that loads: DeePMD-kit writes it in place, so a kill can leave the newest one cut short)."""
+    import torch
+
     found = []
     for p in work.glob("model.ckpt-*.pt"):
         m = re.fullmatch(r"model\.ckpt-(\d+)\.pt", p.name)
         if m:
             found.append((int(m.group(1)), p))
-    return max(found)[1] if found else None
+    for _, p in sorted(found, reverse=True):
+        try:
+            torch.load(p, map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001 - a file cut short by the kill: the one before it
+            log.warning("%s does not load (cut short by a kill?); trying an earlier checkpoint", p)
+            continue
+        return p
+    return None
 
 
 class MultitaskDeePMDTrainer:
