@@ -87,7 +87,7 @@ class CampaignSet:
         if off:
             raise SetupError("finetune.enabled", f"--shared-finetune shares the fine-tune iterations; "
                                                  f"{', '.join(off)} has none (finetune.enabled: false)")
-        self.root = Path(run_dir)
+        self.root = Path(run_dir).absolute()
         self.heads = {c.name: head_name(c.name) for c in campaigns}
         model = campaigns[0].model
         if model.backend == "deepmd":

@@ -141,7 +141,7 @@ def test_campaign_set_shares_one_training_and_resumes_a_kill_without_relabelling
                 "model": {"backend": "deepmd", "path": str(pretrained), "device": "cpu"},
                 "relax": {"fmax": 0.1, "max_steps": 60},
                 "verify": {"enabled": False},
-                "finetune": {"enabled": True, "every": 1, "max_iterations": 1, "committee": 1, "steps": 2 * STEPS,
+                "finetune": {"enabled": True, "every": 1, "max_iterations": 1, "committee": 2, "steps": 20,
                              "max_labels": 4, "rerelax": 1, "oracle": {"calculator": "counting_oracle:CountingEMT"}}}
         (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(camp))
     count = tmp_path / "n"
