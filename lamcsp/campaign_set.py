@@ -193,13 +193,15 @@ class CampaignSet:
         for s in group:
             result = results[s.campaign.name]
             head = self.heads[s.campaign.name] if self.trainer.backend == "deepmd" else None
+            before: dict[str, float] = {}
             after: dict[str, float] = {}
-            if s.finetune.loop.has_new_data:
+            if s.finetune.loop.has_new_data:  # the model in use, then the new head, on these labels
+                before = s.finetune.loop.errors_on(it, [s.model])
                 result = s.finetune.loop.register(result, models, head=head, shared=str(self.root))
-                after = s.finetune.loop.errors_after(it)
-            s.finetune.end_iteration(result, errors_after=after, shared={"set": str(self.root), "head": head,
-                                                     "backend": self.trainer.backend,
-                                                     "campaigns": [x.campaign.name for x in group]})
+                after = s.finetune.loop.errors_on(it)
+            shared = {"set": str(self.root), "head": head, "backend": self.trainer.backend,
+                      "campaigns": [x.campaign.name for x in group]}
+            s.finetune.end_iteration(result, errors_in_use=before, errors_after=after, shared=shared)
         self.write_summary()
 
     # -- the summary ------------------------------------------------------------------------
@@ -207,9 +209,9 @@ class CampaignSet:
     def write_summary(self) -> dict[str, Any]:
         """``RUNSET/summary.json``: per campaign its head, labels per iteration and in all, and
         its head's error against the oracle's labels of each iteration, before (the model in
-        use then) and after (the next iteration's model in use on the same labels: the
-        ``errors_before`` of the next iteration are on new labels, so ``after`` is the new head
-        on this iteration's labels: training error, not a held-out one)."""
+        use when they were selected: the pretrained model at the first iteration) and after
+        (the new head on the same labels: a training error, not a held-out one; the next
+        iteration's ``errors_before`` in its log is the held-out one, on new labels)."""
         out: dict[str, Any] = {"backend": self.trainer.backend, "campaigns": {}}
         if self.trainer.backend == "chgnet":
             out["note"] = ("CHGNet has no heads: one shared model was fine-tuned on every campaign's labels, "
@@ -223,7 +225,7 @@ class CampaignSet:
                 for e in loop.log:
                     entry["iterations"].append({"iteration": e["iteration"], "labelled": e["labelled"],
                                                 "free_labels": e.get("free_labels", 0),
-                                                "errors_before": e.get("errors_before", {}),
+                                                "errors_before": e.get("errors_in_use", {}),
                                                 "errors_after": e.get("errors_after", {}),
                                                 "converged": e["converged"]})
                 entry["labels"] = len(loop.data.frames())

@@ -341,11 +341,13 @@ class FinetuneLoop:
                   "energy_rmse_per_atom": float(np.sqrt(np.mean((d.energy - e_ref) ** 2)))}
         return before, deviation_against_error(d.max_devi_f, err_f, d.devi_e, err_e, self.lo)
 
-    def errors_after(self, iteration: int) -> dict[str, float]:
-        """The committee registered for ``iteration`` against that iteration's own labels
-        (force and energy RMSE; a training error, the labels were trained on)."""
+    def errors_on(self, iteration: int, models: Sequence[Any] | None = None) -> dict[str, float]:
+        """Force and energy RMSE against ``iteration``'s own labels of ``models`` (model
+        sections, evaluated through the executor; default: the committee registered for
+        ``iteration``, whose error there is a training error)."""
         path = self.data.iteration_dir(iteration) / "frames.extxyz"
-        committee = self.committee(before=iteration + 1)
+        committee = (self.committee(before=iteration + 1) if models is None
+                     else Committee(list(models), executor=self.executor))
         if committee is None or not path.is_file():
             return {}
         import ase.io

@@ -172,6 +172,9 @@ def test_campaign_set_shares_one_training_and_resumes_a_kill_without_relabelling
         entry = summary["campaigns"][name]
         assert entry["head"] == name and entry["labels"] >= 1
         it = entry["iterations"][0]
-        assert it["errors_after"]["force_rmse"] > 0
+        # the pretrained model, then the new head, on the iteration's labels (a training error)
+        assert it["errors_after"]["force_rmse"] < it["errors_before"]["force_rmse"]
+        print(f"\n{name}: {entry['labels']} labels; force RMSE on them, pretrained "
+              f"{it['errors_before']['force_rmse']:.4f} -> head {it['errors_after']['force_rmse']:.4f} eV/A")
         log = json.loads((run / "finetune" / "iterations.json").read_text())
         assert log[0]["shared"]["head"] == name and (run / "report" / "report.html").is_file()
