@@ -177,4 +177,6 @@ def test_campaign_set_shares_one_training_and_resumes_a_kill_without_relabelling
         print(f"\n{name}: {entry['labels']} labels; force RMSE on them, pretrained "
               f"{it['errors_before']['force_rmse']:.4f} -> head {it['errors_after']['force_rmse']:.4f} eV/A")
         log = json.loads((run / "finetune" / "iterations.json").read_text())
-        assert log[0]["shared"]["head"] == name and (run / "report" / "report.html").is_file()
+        assert log[0]["shared"]["head"] == name
+        html = (run / "report" / "report.html").read_text()
+        assert "Shared fine-tuning" in html and f"head {name} of one multi-task DeePMD-kit model" in html
