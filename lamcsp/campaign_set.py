@@ -196,7 +196,8 @@ class CampaignSet:
             before: dict[str, float] = {}
             after: dict[str, float] = {}
             if s.finetune.loop.has_new_data:  # the model in use, then the new head, on these labels
-                before = s.finetune.loop.errors_on(it, [s.model])
+                # the model in use, twice: a Committee takes two or more (its deviation unused)
+                before = s.finetune.loop.errors_on(it, [s.model, s.model])
                 result = s.finetune.loop.register(result, models, head=head, shared=str(self.root))
                 after = s.finetune.loop.errors_on(it)
             shared = {"set": str(self.root), "head": head, "backend": self.trainer.backend,
