@@ -154,7 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
         "directory (`ase db RUN/results.db`), with a checkpoint after every generation: after a "
         "crash or kill, the same command with --resume continues where it stopped.",
     )
-    s.add_argument("campaign", metavar="CAMPAIGN", help="campaign YAML file")
+    s.add_argument("campaign", metavar="CAMPAIGN", nargs="+",
+                   help="campaign YAML file (several with --shared-finetune)")
+    s.add_argument("--shared-finetune", action="store_true",
+                   help="run the campaigns as one set sharing their fine-tune iterations: one DeePMD-kit "
+                        "model with a head per campaign (CHGNet: one model on all labels); each campaign "
+                        "in RUN/<name>, the set's summary in RUN/summary.json")
     s.add_argument("--resume", action="store_true",
                    help="continue the run in the output directory from its checkpoint")
     s.add_argument("-o", "--output", default=None, metavar="RUN",
@@ -381,11 +386,13 @@ def cmd_search(args: argparse.Namespace) -> int:
     from lamcsp.store import redact_url
 
     comm = mpi_world()  # None: one process, the serial executor
+    if args.shared_finetune or len(args.campaign) > 1:
+        return _search_set(args, comm)
     if comm is not None and comm.Get_rank() != 0:
         return worker_main(comm)
     executor = MPIExecutor(comm) if comm is not None else None
     try:  # under MPI, whatever happens on rank 0, the workers are stopped
-        campaign = load_campaign(args.campaign)
+        campaign = load_campaign(args.campaign[0])
         potential = None
         if executor is not None:
             executor.configure(campaign)
@@ -402,6 +409,33 @@ def cmd_search(args: argparse.Namespace) -> int:
     n = search.store.count(role="search")
     print(f"search {campaign.name!r} done: {state['generation']} generation(s), {n} relaxations stored "
           f"in {redact_url(search.store.url)}; report in {search.run_dir / 'report' / 'report.html'}")
+    return 0
+
+
+def _search_set(args: argparse.Namespace, comm: Any) -> int:
+    """``lamcsp search A.yaml B.yaml --shared-finetune -o RUNSET`` (:mod:`lamcsp.campaign_set`)."""
+    from pathlib import Path
+
+    from lamcsp.campaign import load_campaign
+    from lamcsp.campaign_set import SUMMARY, CampaignSet
+
+    if not args.shared_finetune:
+        raise SetupError("campaign", "several campaigns run together only as a set sharing their fine-tune "
+                                     "iterations: add --shared-finetune (or run them one by one)")
+    if args.output is None:
+        raise SetupError("--output", "a campaign set needs -o RUNSET (its campaigns go to RUNSET/<name>)")
+    if args.db is not None:
+        raise SetupError("--db", "a campaign set keeps one database per campaign in RUNSET/<name>; leave "
+                                 "--db out")
+    if comm is not None and comm.Get_size() > 1:
+        raise SetupError("mpiexec", "a campaign set runs serially; run it without mpiexec (or its campaigns "
+                                    "apart under MPI)")
+    campaigns = [load_campaign(path) for path in args.campaign]
+    summary = CampaignSet(campaigns, args.output, resume=args.resume).run()
+    for name, entry in summary["campaigns"].items():
+        print(f"campaign {name!r}: {entry.get('labels', 0)} labels, head {entry['head']}, report in "
+              f"{Path(entry['run']) / 'report' / 'report.html'}")
+    print(f"campaign set done; summary in {Path(args.output) / SUMMARY}")
     return 0
 
 

@@ -193,10 +193,27 @@ class FinetuneLoop:
         free: Sequence[tuple[str, Any]] = (),
         ranking_stable: bool | None = None,
     ) -> IterationResult:
-        """One iteration on the search's candidates (relaxed hits, ``enthalpy`` finite, and
+        """One iteration: :meth:`label`, then :meth:`train` (the arguments are :meth:`label`'s)."""
+        return self.train(self.label(structures, enthalpy, sources, fingerprints, pressures,
+                                     near_minimum=near_minimum, free=free, ranking_stable=ranking_stable))
+
+    def label(
+        self,
+        structures: Sequence[Any],
+        enthalpy: Sequence[float],
+        sources: Sequence[str],
+        fingerprints: np.ndarray | None = None,
+        pressures: Sequence[float] | None = None,
+        *,
+        near_minimum: Sequence[int] = (),
+        free: Sequence[tuple[str, Any]] = (),
+        ranking_stable: bool | None = None,
+    ) -> IterationResult:
+        """The first half of an iteration, on the search's candidates (relaxed hits, ``enthalpy`` finite, and
         relaxation frames, NaN; ``sources`` name them, ``pressures`` in GPa): select, label
-        through the executor (each label journaled as it returns), store the data, train the
-        committee, register it. The log entry is written by :meth:`finish`.
+        through the executor (each label journaled as it returns), store the data
+        (``models`` empty: :meth:`train` or, for a campaign set sharing one training,
+        :meth:`register` fills it). The log entry is written by :meth:`finish`.
 
         Args:
             near_minimum: frames near a low-enthalpy hit's minimum, selected with the hits.
@@ -274,23 +291,40 @@ class FinetuneLoop:
             else:
                 failed.append({"source": r["source"], "error": r.get("error", "")})
         errors_before, vs_error = self._errors(committee, frames)
-        models: list[str] = []
         if frames:
             self.data.add(it, frames)
-            parent = self.registry.latest(before=it)
-            workdir = self.root / "models" / f"iter-{it:03d}"
-            data = self.data.systems() if self.trainer.backend == "deepmd" else self.data.frames()
-            models = self.trainer.train(data, workdir, self.members, parent["models"] if parent else None)
-            self.registry.add({"iteration": it, "models": models,
-                               "parent": parent["models"] if parent else None,
-                               "data": [str(p) for p in self.data.systems()],
-                               "n_frames": len(self.data.frames()), "errors_before": errors_before,
-                               "backend": self.trainer.backend})
         return IterationResult(
             iteration=it, selected=len(chosen), labelled=kinds.count("select"), failed_labels=len(failed),
-            fractions=sel.fractions, errors_before=errors_before, models=models, converged=converged,
+            fractions=sel.fractions, errors_before=errors_before, models=[], converged=converged,
             oracle_calls=len(todo), free_labels=kinds.count("verify"), committee_vs_error=vs_error,
             stop_reason=reason, failed=failed)
+
+    @property
+    def has_new_data(self) -> bool:
+        """The iteration under way stored labels (:meth:`label`), so a training is due."""
+        return self.iteration in self.data.iterations()
+
+    def train(self, result: IterationResult) -> IterationResult:
+        """The second half of an iteration: the committee trained on all data so far (when the
+        iteration stored labels) and registered; ``result`` with its ``models``."""
+        if not self.has_new_data:
+            return result
+        parent = self.registry.latest(before=result.iteration)
+        workdir = self.root / "models" / f"iter-{result.iteration:03d}"
+        data = self.data.systems() if self.trainer.backend == "deepmd" else self.data.frames()
+        models = self.trainer.train(data, workdir, self.members, parent["models"] if parent else None)
+        return self.register(result, models)
+
+    def register(self, result: IterationResult, models: Sequence[str], **extra: Any) -> IterationResult:
+        """Register the committee trained on this loop's data (here, or by a training shared
+        with other campaigns: ``extra`` keys such as ``head`` go into its entry)."""
+        parent = self.registry.latest(before=result.iteration)
+        self.registry.add({"iteration": result.iteration, "models": list(models),
+                           "parent": parent["models"] if parent else None,
+                           "data": [str(p) for p in self.data.systems()],
+                           "n_frames": len(self.data.frames()), "errors_before": result.errors_before,
+                           "backend": self.trainer.backend, **extra})
+        return dataclasses.replace(result, models=list(models))
 
     def _errors(self, committee: Committee | None,
                 frames: list[Any]) -> tuple[dict[str, float], dict[str, float]]:
@@ -306,6 +340,19 @@ class FinetuneLoop:
         before = {"force_rmse": force_rmse(d.forces, f_ref),
                   "energy_rmse_per_atom": float(np.sqrt(np.mean((d.energy - e_ref) ** 2)))}
         return before, deviation_against_error(d.max_devi_f, err_f, d.devi_e, err_e, self.lo)
+
+    def errors_on(self, iteration: int, models: Sequence[Any] | None = None) -> dict[str, float]:
+        """Force and energy RMSE against ``iteration``'s own labels of ``models`` (model
+        sections, evaluated through the executor; default: the committee registered for
+        ``iteration``, whose error there is a training error)."""
+        path = self.data.iteration_dir(iteration) / "frames.extxyz"
+        committee = (self.committee(before=iteration + 1) if models is None
+                     else Committee(list(models), executor=self.executor))
+        if committee is None or not path.is_file():
+            return {}
+        import ase.io
+
+        return self._errors(committee, ase.io.read(path, ":"))[0]
 
     def finish(self, result: IterationResult, **extra: Any) -> None:
         """Write the iteration's log entry (the last thing an iteration does)."""

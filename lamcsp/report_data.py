@@ -349,6 +349,8 @@ def _finetune_doc(run: _Run) -> list[dict[str, Any]]:
                     "committee_vs_error": it.get("committee_vs_error", {}),
                     "verification": _agreement(it.get("verification")),
                     "n_models": len(it["models"]), "rerelaxed": moved,
+                    "shared": it.get("shared"), "errors_in_use": it.get("errors_in_use", {}),
+                    "errors_after": it.get("errors_after", {}),
                     "hull": hulls.get(int(it["iteration"]), []), "hull_before": hulls.get(-1, [])})
     return out
 

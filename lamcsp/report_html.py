@@ -192,7 +192,30 @@ def _finetune_html(doc: dict[str, Any]) -> str:
             "<th>top-1 agrees with the oracle (units), model in use at the start</th><th>converged</th>"
             "<th>hull of the best hits re-relaxed with the new model</th></tr>"
             f"{rows}</table><p>Hull of the first model's hits: "
-            f"{_e(_stable_text(its[0]['hull_before']))}.</p>")
+            f"{_e(_stable_text(its[0]['hull_before']))}.</p>" + _shared_text(its))
+
+
+def _shared_text(its: list[dict[str, Any]]) -> str:
+    """The campaign set's shared training (``--shared-finetune``), per iteration: the head's
+    force RMSE on the iteration's labels, model in use before -> new head after."""
+    shared = [it for it in its if it.get("shared")]
+    if not shared:
+        return ""
+    first = shared[0]["shared"]
+    if first.get("backend") == "chgnet":
+        what = ("one CHGNet model (CHGNet has no heads) fine-tuned on the labels of every campaign of the "
+                "set, its per-element reference energies refitted by one least-squares fit over all of them")
+    else:
+        what = (f"head {_e(str(first.get('head')))} of one multi-task DeePMD-kit model (a shared "
+                "descriptor, a head per campaign) trained on the labels of every campaign of the set")
+    steps = "; ".join(
+        f"iteration {it['iteration']}: "
+        + _e(format(it.get("errors_in_use", {}).get("force_rmse", float("nan")), ".3f")) + " &rarr; "
+        + _e(format(it.get("errors_after", {}).get("force_rmse", float("nan")), ".3f"))
+        for it in shared)
+    return (f"<p>Shared fine-tuning ({_e(str(first.get('set')))}: "
+            f"{_e(', '.join(first.get('campaigns', [])))}): this campaign searches with {what}. Force RMSE "
+            f"(eV/&Aring;) on each iteration's labels, model in use &rarr; new model: {steps}.</p>")
 
 
 def _verification_html(doc: dict[str, Any]) -> str:

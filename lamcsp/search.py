@@ -123,12 +123,14 @@ class Search:
             CLI; a stream: there; ``False``: nowhere). Warnings always go to the logger.
         executor: relaxes structures (default: :class:`SerialExecutor`).
         db_url: a database URL instead of ``run_dir/results.db``.
+        trainer: the fine-tune loop's trainer instead of the one ``campaign.model`` implies (a
+            campaign set's view of its shared training, :mod:`lamcsp.campaign_set`).
     """
 
     def __init__(self, campaign: Campaign, run_dir: str | Path | None = None, *,
                  potential: Potential | None = None, resume: bool = False,
                  progress: TextIO | bool | None = None, executor: Any = None,
-                 db_url: str | None = None):
+                 db_url: str | None = None, trainer: Any = None):
         from lamcsp.extras import check_campaign
 
         check_campaign(campaign)  # a missing package stops it here, before the run directory exists
@@ -158,7 +160,7 @@ class Search:
         self.spent = 0
         self.done = False
         self.warned: set[tuple[int, str]] = set()
-        self.finetune = steps.FinetuneStep(self)
+        self.finetune = steps.FinetuneStep(self, trainer)
         self.verification = steps.Verification(self)
 
     def say(self, text: str) -> None:
@@ -279,6 +281,19 @@ class Search:
             return self._run(until, report)
 
     def _run(self, until: Callable[[Search], bool] | None, report: bool) -> dict[str, Any]:
+        self.begin()
+        self.finetune.catch_up()  # an iteration a kill interrupted
+        while not self.done and self.budget_left():
+            self.step_generation(until)
+            self.finetune.catch_up()
+        return self.finish(report)
+
+    def begin(self) -> None:
+        """Everything before the first generation (or the next one, on ``--resume``): model
+        checks, the state (restored from the checkpoint), the references, the fine-tune loop.
+        :meth:`run` is ``begin``, :meth:`step_generation` with the fine-tune iterations due,
+        then :meth:`finish`; a campaign set (:mod:`lamcsp.campaign_set`) interleaves those of
+        several searches."""
         from ase.data import atomic_numbers
 
         from lamcsp.store import read_checkpoint
@@ -296,7 +311,7 @@ class Search:
             except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
                 raise SetupError(str(self.paths.checkpoint), f"the checkpoint does not hold a search "
                                  f"state this campaign can resume ({type(exc).__name__}: {exc})") from None
-            self.done = not self._budget_left()
+            self.done = not self.budget_left()
         if self.progress and not self.done:
             self.progress.write(self.campaign.summary().replace(
                 "seed: fresh", f"seed: {self.seed} (fresh)") + f"\n  units: {len(self.units)}; run "
@@ -305,13 +320,18 @@ class Search:
         if not self.done:
             steps.relax_references(self)
         self.finetune.setup()
-        self.finetune.catch_up()  # an iteration a kill interrupted
-        while not self.done and self._budget_left():
-            self.run_generation(self.generation)
-            self.generation += 1
-            self.done = not self._budget_left() or bool(until is not None and until(self))
-            self.checkpoint()
-            self.finetune.catch_up()
+
+    def step_generation(self, until: Callable[[Search], bool] | None = None) -> None:
+        """One generation, then its checkpoint; ``done`` when the budget is spent or ``until``
+        says so."""
+        self.run_generation(self.generation)
+        self.generation += 1
+        self.done = not self.budget_left() or bool(until is not None and until(self))
+        self.checkpoint()
+
+    def finish(self, report: bool = True) -> dict[str, Any]:
+        """After the last generation: the cascade's rescore, the verification, the pressure
+        scan and the report; returns the final checkpoint state."""
         if not self.done:
             self.done = True
             self.checkpoint()
@@ -325,7 +345,8 @@ class Search:
             self.write_report()
         return self.state_dict()
 
-    def _budget_left(self) -> bool:
+    def budget_left(self) -> bool:
+        """Generations and relaxations are left and a unit is still active."""
         c = self.campaign
         if c.generations is not None and self.generation >= c.generations:
             return False

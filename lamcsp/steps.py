@@ -37,9 +37,11 @@ class FinetuneStep:
     rates what the search found, the oracle labels the selection, the model is fine-tuned, and
     the search goes on with it (re-scoring and re-relaxing its best hits)."""
 
-    def __init__(self, search: Search):
+    def __init__(self, search: Search, trainer: Any = None):
         self.s = search
         self.loop: Any = None
+        self.trainer = trainer  # None: the one campaign.model implies (setup)
+        self._verification: Any = None  # of the iteration under way (begin_iteration)
 
     def setup(self) -> None:
         """The fine-tune loop of ``campaign.finetune`` (``run/finetune``); on ``--resume`` its
@@ -54,8 +56,10 @@ class FinetuneStep:
         from lamcsp.trainers import CHGNetTrainer, DeePMDTrainer
 
         m = self.s.campaign.model
-        if m.backend == "chgnet":
-            trainer: Any = CHGNetTrainer(m.path or m.options.get("version", "0.3.0"), epochs=spec.epochs,
+        if self.trainer is not None:  # a campaign set's shared training (its spec names the head)
+            trainer: Any = self.trainer
+        elif m.backend == "chgnet":
+            trainer = CHGNetTrainer(m.path or m.options.get("version", "0.3.0"), epochs=spec.epochs,
                                          learning_rate=spec.learning_rate, diversity=spec.diversity,
                                          trusted=bool(m.options.get("trusted", False)))
         elif m.backend == "deepmd":  # a .pt checkpoint: parse_campaign checks it
@@ -90,8 +94,23 @@ class FinetuneStep:
         while ft.iteration < due and not ft.done:
             self.iteration()
 
+    def due(self) -> bool:
+        """An iteration is due by the search's generation (``finetune.every``) and the loop
+        has not stopped."""
+        ft = self.loop
+        every = self.s.campaign.finetune.every
+        return ft is not None and not ft.done and ft.iteration < self.s.generation // every
+
     def iteration(self) -> None:
-        """One iteration. With ``verify.each_iteration``, the oracle first verifies the best
+        """One iteration: :meth:`begin_iteration`, the loop's training, :meth:`end_iteration`."""
+        self.end_iteration(self.loop.train(self.begin_iteration()))
+
+    def begin_iteration(self) -> Any:
+        """The first half of an iteration (see below): verify, rate, select, label; returns the
+        loop's :class:`~lamcsp.finetune.IterationResult` without models (a campaign set trains
+        them for all its campaigns at once, then calls :meth:`end_iteration`).
+
+        One iteration. With ``verify.each_iteration``, the oracle first verifies the best
         structures of the model in use (the pretrained model's, at the first); the loop stops
         only when that verification's answer (the oracle's lowest) is the last iteration's and
         the model's top-1 is it (and the committee agrees). Then the committee rates every unit's
@@ -119,8 +138,16 @@ class FinetuneStep:
         fps = [e.fingerprint for e in self.s.deduper.describe(structures)]
         width = max((len(f) for f in fps), default=0)
         fingerprints = np.array([np.pad(f, (0, width - len(f))) for f in fps]) if fps else None
-        result = ft.step(structures, enthalpy, sources, fingerprints=fingerprints, pressures=pressures,
-                         near_minimum=near, free=free, ranking_stable=stable)
+        result = ft.label(structures, enthalpy, sources, fingerprints=fingerprints, pressures=pressures,
+                          near_minimum=near, free=free, ranking_stable=stable)
+        self._verification = verification
+        return result
+
+    def end_iteration(self, result: Any, **extra: Any) -> None:
+        """The second half: go on with the models trained (re-score, re-relax), write the
+        iteration's log entry (with ``extra``) and the checkpoint."""
+        ft = self.loop
+        verification = self._verification
         if self.s.progress:
             self.s.progress.write(
                 f"fine-tune iteration {result.iteration}: accurate {result.fractions['accurate']:.2f}, "
@@ -133,7 +160,7 @@ class FinetuneStep:
             self.s.use_model(m.replace(**ft.trainer.spec(result.models[0]), options={}))
             ft.executor = self.s.executor
             self.rescore(result.iteration)
-        ft.finish(result, verification=verification)
+        ft.finish(result, verification=verification, **extra)
         if result.models:
             self.s.checkpoint()  # the units' best and patience under the new model
 

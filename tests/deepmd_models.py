@@ -38,9 +38,10 @@ DPA2 = {
 
 
 def emt_frames(n: int, seed: int, a0: float = 3.8, strain: float = 0.03, rattle: float = 0.1,
-               cells: tuple[tuple[int, int, int], ...] = ((1, 1, 1), (2, 1, 1), (2, 2, 1), (2, 2, 2))) -> list[Any]:
-    """``n`` random Cu-Au fcc-based cells (1-8 atoms), strained and rattled, labelled by EMT
-    (energy, forces, stress as single-point results)."""
+               cells: tuple[tuple[int, int, int], ...] = ((1, 1, 1), (2, 1, 1), (2, 2, 1), (2, 2, 2)),
+               elements: tuple[str, ...] | list[str] = tuple(TYPE_MAP)) -> list[Any]:
+    """``n`` random fcc-based cells (1-8 atoms) of ``elements`` (Cu-Au unless told), strained
+    and rattled, labelled by EMT (energy, forces, stress as single-point results)."""
     from ase.build import bulk
     from ase.calculators.emt import EMT
     from ase.calculators.singlepoint import SinglePointCalculator
@@ -49,7 +50,7 @@ def emt_frames(n: int, seed: int, a0: float = 3.8, strain: float = 0.03, rattle:
     out = []
     for i in range(n):
         a = bulk("Cu", "fcc", a=a0).repeat(cells[i % len(cells)])
-        a.set_chemical_symbols(rng.choice(TYPE_MAP, len(a)).tolist())
+        a.set_chemical_symbols(rng.choice(list(elements), len(a)).tolist())
         a.set_cell(a.cell.array @ (np.eye(3) + rng.normal(0.0, strain, (3, 3))), scale_atoms=True)
         a.rattle(rattle, seed=int(rng.integers(2**31)))
         a.calc = EMT()
