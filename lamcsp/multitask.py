@@ -41,7 +41,7 @@ from lamcsp.log import stage
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MultitaskDeePMDTrainer", "head_name", "model_prob", "multitask_input"]
+__all__ = ["MultitaskDeePMDTrainer", "head_name", "latest_checkpoint", "model_prob", "multitask_input"]
 
 #: DeePMD-kit's name of a single-head model's only branch (``finetune_head`` of a new head)
 SINGLE_HEAD = "Default"
@@ -147,7 +147,7 @@ def multitask_input(
     }
 
 
-def _latest_checkpoint(work: Path) -> Path | None:
+def latest_checkpoint(work: Path) -> Path | None:
     """DeePMD-kit's last whole periodic checkpoint in ``work`` (``model.ckpt-N.pt``, largest N
     that loads: DeePMD-kit writes it in place, so a kill can leave the newest one cut short)."""
     import torch
@@ -268,7 +268,7 @@ class MultitaskDeePMDTrainer:
                 progress.step(detail=f"member {k} trained before")
                 continue
             work.mkdir(parents=True, exist_ok=True)
-            restart = _latest_checkpoint(work)
+            restart = latest_checkpoint(work)
             if restart is not None:  # killed during training: DeePMD-kit's own restart
                 log.info("member %d: restarting from %s", k, restart.name)
                 _dp(["train", "input.json", "--restart", restart.name], work, work / "train.log", env)
@@ -283,7 +283,7 @@ class MultitaskDeePMDTrainer:
                 source = parent if parent is not None else self.model
                 _dp(["train", "input.json", "--finetune", str(source), "--use-pretrain-script"], work,
                     work / "train.log", env)
-            last = _latest_checkpoint(work)
+            last = latest_checkpoint(work)
             if last is None:
                 raise SetupError("finetune", f"dp --pt train wrote no checkpoint in {work}")
             tmp = work / "model.pt.tmp"

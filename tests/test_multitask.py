@@ -22,7 +22,7 @@ from deepmd_models import DPA2, LOSS, LR, emt_frames
 from lamcsp.relax.state import from_structures
 
 from lamcsp.errors import SetupError
-from lamcsp.multitask import MultitaskDeePMDTrainer, head_name, model_prob, multitask_input
+from lamcsp.multitask import MultitaskDeePMDTrainer, head_name, latest_checkpoint, model_prob, multitask_input
 from lamcsp.potentials.deepmd import DeePMDPotential, checkpoint_heads, finetune, train, write_frames
 
 pytestmark = pytest.mark.slow
@@ -149,7 +149,9 @@ def test_campaign_set_shares_one_training_and_resumes_a_kill_without_relabelling
     p = _lamcsp(*args, cwd=tmp_path, env={"LAMCSP_ORACLE_COUNT": str(count)})
     work = tmp_path / "set" / "shared" / "iter-000" / "member-0"
     deadline = time.time() + 120
-    while p.poll() is None and time.time() < deadline and not list(work.glob("model.ckpt-*.pt")):
+    # killed once a whole periodic checkpoint is on disk (one DeePMD-kit is still writing would
+    # not load, and the resume would rightly train from the start)
+    while p.poll() is None and time.time() < deadline and latest_checkpoint(work) is None:
         time.sleep(0.2)
     assert p.poll() is None, p.communicate()
     os.killpg(p.pid, signal.SIGKILL)
