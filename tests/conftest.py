@@ -2,19 +2,10 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
-# pytest-xdist (pyproject's addopts): the cores shared by its workers, at most 2 threads each
-_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-torch.set_num_threads(max(1, min(2, torch.get_num_threads() // _WORKERS)))
-
-
-def pytest_xdist_auto_num_workers(config):
-    """``-n auto``: a worker per core, at most 4 (each may hold several models in memory)."""
-    return max(1, min(4, os.cpu_count() or 1))
+torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
 from helpers import EPS_AR, SIG_AR  # noqa: E402
 
