@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import abc
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
+import numpy as np
 import torch
 
 from lamcsp.errors import SetupError
@@ -133,3 +134,40 @@ def energy_forces_stress(
         "forces": (-grad_r).detach().to(state.dtype),
         "stress": (grad_e / volume[:, None, None]).detach().to(state.dtype),
     }
+
+
+def unevaluable(pos: np.ndarray, numbers: np.ndarray, cells: np.ndarray, counts: np.ndarray,
+                covered: Collection[int], model_id: str) -> list[str | None]:
+    """Why each structure of a batch cannot be evaluated, or None: empty, non-finite positions or
+    cell, a singular cell, a collapsed one (under 0.5 Å³ per atom, which also keeps a neighbour
+    search bounded), or an element the model does not cover (atomic numbers ``covered``). What a
+    batched backend checks before its graph, so that one such structure fails alone (NaN results
+    with the reason) and never stops the batch.
+
+    Args:
+        pos: (N, 3) positions of all atoms; ``numbers`` (N,) their atomic numbers.
+        cells: (S, 3, 3) cells; ``counts`` (S,) atoms per structure.
+    """
+    n_sys = len(counts)
+    sys_of_atom = np.repeat(np.arange(n_sys), counts)
+    finite = np.isfinite(cells).reshape(n_sys, -1).all(1)
+    finite &= np.bincount(sys_of_atom, ~np.isfinite(pos).all(1), minlength=n_sys) == 0
+    vol = np.abs(np.linalg.det(np.where(np.isfinite(cells), cells, 0.0)))
+    known = np.zeros(max(int(numbers.max(initial=0)), max(covered, default=0)) + 1, dtype=bool)
+    known[list(covered)] = True
+    outside = ~known[np.clip(numbers, 0, None)]
+    n_out = np.bincount(sys_of_atom, outside, minlength=n_sys)
+    errors: list[str | None] = [None] * n_sys
+    for s in np.nonzero((counts == 0) | ~finite | ~(vol > 0.5 * np.maximum(counts, 1)) | (n_out > 0))[0]:
+        if counts[s] == 0:
+            errors[s] = "empty structure"
+        elif not finite[s]:
+            errors[s] = "non-finite positions or cell"
+        elif not vol[s] > 1e-6:
+            errors[s] = f"singular cell (volume {vol[s]:.3g} Å³)"
+        elif vol[s] / counts[s] < 0.5:
+            errors[s] = f"collapsed cell ({vol[s] / counts[s]:.3g} Å³ per atom)"
+        else:
+            bad = sorted({int(z) for z in numbers[sys_of_atom == s][outside[sys_of_atom == s]]})
+            errors[s] = f"element(s) Z={bad} not covered by {model_id}"
+    return errors

@@ -40,7 +40,7 @@ import torch
 
 from lamcsp.errors import SetupError
 from lamcsp.kernels.chgnet_graph import GraphArrays, build_graph
-from lamcsp.potentials.base import Output, Potential, energy_forces_stress
+from lamcsp.potentials.base import Output, Potential, energy_forces_stress, unevaluable
 from lamcsp.relax.state import BatchedState, select
 
 #: CHGNet's stress unit: its GPa value is ``(1/V) dE/dε`` in eV/Å³ times this.
@@ -232,30 +232,9 @@ class CHGNetPotential(Potential):
     def _screen(
         self, pos: np.ndarray, numbers: np.ndarray, cells: np.ndarray, counts: np.ndarray
     ) -> list[str | None]:
-        """Reasons a structure cannot be evaluated, found before building its graph."""
-        n_sys = len(counts)
-        sys_of_atom = np.repeat(np.arange(n_sys), counts)
-        finite = np.isfinite(cells).reshape(n_sys, -1).all(1)
-        finite &= np.bincount(sys_of_atom, ~np.isfinite(pos).all(1), minlength=n_sys) == 0
-        vol = np.abs(np.linalg.det(np.where(np.isfinite(cells), cells, 0.0)))
-        bad_z = (numbers < 1) | (numbers > self.n_elements)
-        n_bad_z = np.bincount(sys_of_atom, bad_z, minlength=n_sys)
-        errors: list[str | None] = [None] * n_sys
-        for s in np.nonzero((counts == 0) | ~finite | ~(vol > 0.5 * np.maximum(counts, 1)) | (n_bad_z > 0))[
-            0
-        ]:
-            if counts[s] == 0:
-                errors[s] = "empty structure"
-            elif not finite[s]:
-                errors[s] = "non-finite positions or cell"
-            elif not vol[s] > 1e-6:
-                errors[s] = f"singular cell (volume {vol[s]:.3g} Å³)"
-            elif vol[s] / counts[s] < 0.5:
-                errors[s] = f"collapsed cell ({vol[s] / counts[s]:.3g} Å³ per atom)"
-            else:
-                bad = sorted({int(z) for z in numbers[sys_of_atom == s] if z < 1 or z > self.n_elements})
-                errors[s] = f"element(s) Z={bad} not covered by {self.model_id} (Z 1..{self.n_elements})"
-        return errors
+        """Reasons a structure cannot be evaluated, found before building its graph (CHGNet covers
+        Z 1..n_elements)."""
+        return unevaluable(pos, numbers, cells, counts, range(1, self.n_elements + 1), self.model_id)
 
     def _build_chgnet(self, pos: np.ndarray, cells: np.ndarray, counts: np.ndarray) -> GraphArrays:
         """The batch's graphs from CHGNet's own per-structure graph code (reference path)."""

@@ -56,7 +56,7 @@ import torch
 from lamcsp.errors import SetupError
 from lamcsp.extras import MACE_INSTALL
 from lamcsp.kernels.chgnet_graph import neighbor_pairs
-from lamcsp.potentials.base import Output, Potential
+from lamcsp.potentials.base import Output, Potential, unevaluable
 from lamcsp.potentials.deepmd import split_spec
 from lamcsp.relax.state import BatchedState, select
 
@@ -218,25 +218,7 @@ class MACEPotential(Potential):
     def _screen(self, pos: np.ndarray, numbers: np.ndarray, cells: np.ndarray,
                 counts: np.ndarray) -> list[str | None]:
         """Reasons a structure cannot be evaluated (found before the neighbour search)."""
-        n_sys = len(counts)
-        sys_of_atom = np.repeat(np.arange(n_sys), counts)
-        finite = np.isfinite(cells).reshape(n_sys, -1).all(1)
-        finite &= np.bincount(sys_of_atom, ~np.isfinite(pos).all(1), minlength=n_sys) == 0
-        vol = np.abs(np.linalg.det(np.where(np.isfinite(cells), cells, 0.0)))
-        outside = self._index.numpy()[np.clip(numbers, 0, 118)] < 0
-        n_out = np.bincount(sys_of_atom, outside, minlength=n_sys)
-        errors: list[str | None] = [None] * n_sys
-        for s in range(n_sys):
-            if counts[s] == 0:
-                errors[s] = "empty structure"
-            elif not finite[s]:
-                errors[s] = "non-finite positions or cell"
-            elif not vol[s] > 0.5 * counts[s]:  # also keeps the neighbour search bounded
-                errors[s] = f"collapsed or singular cell ({vol[s] / counts[s]:.3g} Å³ per atom)"
-            elif n_out[s]:
-                bad = sorted({int(z) for z in numbers[sys_of_atom == s][outside[sys_of_atom == s]]})
-                errors[s] = f"element(s) Z={bad} not covered by {self.model_id}"
-        return errors
+        return unevaluable(pos, numbers, cells, counts, self.numbers, self.model_id)
 
     def batch_data(self, state: BatchedState) -> dict[str, torch.Tensor]:
         """MACE's batched input dictionary of ``state`` (every system evaluable), on the model's

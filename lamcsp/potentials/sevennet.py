@@ -45,7 +45,7 @@ import torch
 from lamcsp.errors import SetupError
 from lamcsp.extras import SEVENNET_INSTALL as INSTALL_HINT
 from lamcsp.kernels.chgnet_graph import build_graph
-from lamcsp.potentials.base import Output, Potential
+from lamcsp.potentials.base import Output, Potential, unevaluable
 from lamcsp.relax.state import BatchedState
 
 #: the pretrained checkpoints shipped inside the sevenn 0.13 wheel: name -> sevenn._const entry
@@ -232,30 +232,7 @@ class SevenNetPotential(Potential):
     def _screen(self, pos: np.ndarray, numbers: np.ndarray, cells: np.ndarray,
                 counts: np.ndarray) -> list[str | None]:
         """Reasons a structure cannot be evaluated, found before its edges are built."""
-        n_sys = len(counts)
-        sys_of_atom = np.repeat(np.arange(n_sys), counts)
-        finite = np.isfinite(cells).reshape(n_sys, -1).all(1)
-        finite &= np.bincount(sys_of_atom, ~np.isfinite(pos).all(1), minlength=n_sys) == 0
-        vol = np.abs(np.linalg.det(np.where(np.isfinite(cells), cells, 0.0)))
-        known = np.zeros(max(int(numbers.max(initial=0)), max(self._numbers)) + 1, dtype=bool)
-        known[list(self._numbers)] = True
-        n_bad_z = np.bincount(sys_of_atom, ~known[np.clip(numbers, 0, None)], minlength=n_sys)
-        errors: list[str | None] = [None] * n_sys
-        bad = (counts == 0) | ~finite | ~(vol > 0.5 * np.maximum(counts, 1)) | (n_bad_z > 0)
-        for s in np.nonzero(bad)[0]:
-            if counts[s] == 0:
-                errors[s] = "empty structure"
-            elif not finite[s]:
-                errors[s] = "non-finite positions or cell"
-            elif not vol[s] > 1e-6:
-                errors[s] = f"singular cell (volume {vol[s]:.3g} Å³)"
-            elif vol[s] / counts[s] < 0.5:
-                errors[s] = f"collapsed cell ({vol[s] / counts[s]:.3g} Å³ per atom)"
-            else:
-                z = sorted({int(v) for v in numbers[sys_of_atom == s]
-                            if not (0 <= v < len(known) and known[v])})
-                errors[s] = f"element(s) Z={z} not covered by {self.model_id}"
-        return errors
+        return unevaluable(pos, numbers, cells, counts, self._numbers, self.model_id)
 
     def _edges(self, pos: np.ndarray, cells: np.ndarray, counts: np.ndarray,
                good: list[int], errors: list[str | None]) -> tuple[list[int], Any]:
