@@ -144,6 +144,35 @@ def run_lamcsp(structures, args, optimizer: str) -> dict[str, Any]:
 _FIRE_LOG = re.compile(r"^\S+:\s+(\d+)\s+\S+\s+(\S+)\s+(\S+)\s*$")
 
 
+def _timed(fn, timings: dict[str, float], key: str, counts: dict[str, int] | None = None):
+    """``fn`` wrapped to add its wall time to ``timings[key]`` (and one to ``counts["calls"]``
+    per call when ``counts`` is given), without changing what it does."""
+    def wrapped(*a, **kw):
+        t = time.perf_counter()
+        try:
+            return fn(*a, **kw)
+        finally:
+            timings[key] += time.perf_counter() - t
+            if counts is not None:
+                counts["calls"] += 1
+    return wrapped
+
+
+def _one_at_a_time_result(records: list[dict], t_start: float, c_start: float, calls: int,
+                          timings: dict[str, float], settings: dict[str, Any]) -> dict[str, Any]:
+    """The result of a reference run that relaxed one structure at a time through an ASE
+    calculator (every calculator call is one model call and one evaluation)."""
+    return {
+        "wall_s": time.perf_counter() - t_start,
+        "cpu_s": time.process_time() - c_start,
+        "model_calls": calls,
+        "evaluations": calls,
+        "records": records,
+        "timings": {"calculator": dict(timings)},
+        "settings": settings,
+    }
+
+
 def run_structopt(structures, args) -> dict[str, Any]:
     from chgnet.model import StructOptimizer
 
@@ -156,25 +185,8 @@ def run_structopt(structures, args) -> dict[str, Any]:
     # call (structure conversion + graph + predict_graph), predict_graph() the model part
     timings = {"calculate": 0.0, "predict_graph": 0.0}
     counts = {"calls": 0}
-    orig_calculate, orig_predict = calc.calculate, calc.model.predict_graph
-
-    def calculate(*a, **kw):
-        t = time.perf_counter()
-        try:
-            return orig_calculate(*a, **kw)
-        finally:
-            timings["calculate"] += time.perf_counter() - t
-            counts["calls"] += 1
-
-    def predict_graph(*a, **kw):
-        t = time.perf_counter()
-        try:
-            return orig_predict(*a, **kw)
-        finally:
-            timings["predict_graph"] += time.perf_counter() - t
-
-    calc.calculate = calculate
-    calc.model.predict_graph = predict_graph
+    calc.calculate = _timed(calc.calculate, timings, "calculate", counts)
+    calc.model.predict_graph = _timed(calc.model.predict_graph, timings, "predict_graph")
 
     records = []
     t_start, c_start = time.perf_counter(), time.process_time()
@@ -200,16 +212,8 @@ def run_structopt(structures, args) -> dict[str, Any]:
             "converged" if converged else "max_steps", fmax,
             wall_s=dt, model_calls=counts["calls"] - calls_before,
         ))
-    wall, cpu = time.perf_counter() - t_start, time.process_time() - c_start
-    return {
-        "wall_s": wall,
-        "cpu_s": cpu,
-        "model_calls": counts["calls"],
-        "evaluations": counts["calls"],
-        "records": records,
-        "timings": {"calculator": dict(timings)},
-        "settings": {"optimizer": "ase FIRE", "filter": "FrechetCellFilter"},
-    }
+    return _one_at_a_time_result(records, t_start, c_start, counts["calls"], timings,
+                                 {"optimizer": "ase FIRE", "filter": "FrechetCellFilter"})
 
 
 # --------------------------------------------------------------------------------------
@@ -258,17 +262,7 @@ def run_ase_fire(structures, args) -> dict[str, Any]:
     calc = _ase_calculator(args)
     timings = {"calculate": 0.0}
     counts = {"calls": 0}
-    orig_calculate = calc.calculate
-
-    def calculate(*a, **kw):
-        t = time.perf_counter()
-        try:
-            return orig_calculate(*a, **kw)
-        finally:
-            timings["calculate"] += time.perf_counter() - t
-            counts["calls"] += 1
-
-    calc.calculate = calculate
+    calc.calculate = _timed(calc.calculate, timings, "calculate", counts)
     records = []
     t_start, c_start = time.perf_counter(), time.process_time()
     for i, atoms0 in enumerate(structures):
@@ -293,17 +287,9 @@ def run_ase_fire(structures, args) -> dict[str, Any]:
             atoms, i, energy, converged, opt.nsteps, failed or ("converged" if converged else "max_steps"),
             fmax, wall_s=dt, model_calls=counts["calls"] - calls_before,
         ))
-    wall, cpu = time.perf_counter() - t_start, time.process_time() - c_start
-    return {
-        "wall_s": wall,
-        "cpu_s": cpu,
-        "model_calls": counts["calls"],
-        "evaluations": counts["calls"],
-        "records": records,
-        "timings": {"calculator": dict(timings)},
-        "settings": {"optimizer": "ase FIRE", "filter": "FrechetCellFilter",
-                     "calculator": type(calc).__name__},
-    }
+    return _one_at_a_time_result(records, t_start, c_start, counts["calls"], timings,
+                                 {"optimizer": "ase FIRE", "filter": "FrechetCellFilter",
+                                  "calculator": type(calc).__name__})
 
 
 # --------------------------------------------------------------------------------------

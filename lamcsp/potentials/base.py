@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import abc
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import numpy as np
@@ -171,3 +171,35 @@ def unevaluable(pos: np.ndarray, numbers: np.ndarray, cells: np.ndarray, counts:
             bad = sorted({int(z) for z in numbers[sys_of_atom == s][outside[sys_of_atom == s]]})
             errors[s] = f"element(s) Z={bad} not covered by {model_id}"
     return errors
+
+
+def assemble_outputs(state: BatchedState, result: Output | None, good: Sequence[int],
+                     errors: list[str | None]) -> Output:
+    """A batched backend's full-batch outputs from the model's outputs on the evaluable systems.
+
+    ``result`` holds the outputs of the systems ``good`` (in that order; None when none was
+    evaluated); the others, and every system with an ``errors`` reason, get NaN energy, forces
+    and stress. Everything is on the state's device and dtype, and ``out["errors"]`` is
+    ``errors`` (one reason or None per system). Shared by the CHGNet, SevenNet and MACE backends.
+    """
+    dev, dt = state.device, state.dtype
+    if result is not None and len(good) == state.n_systems:
+        out: Output = {k: result[k].to(device=dev, dtype=dt) for k in ("energy", "forces", "stress")}
+    else:
+        nan = float("nan")
+        out = {"energy": torch.full((state.n_systems,), nan, dtype=dt, device=dev),
+               "forces": torch.full((state.n_atoms, 3), nan, dtype=dt, device=dev),
+               "stress": torch.full((state.n_systems, 3, 3), nan, dtype=dt, device=dev)}
+        if result is not None:
+            g = torch.as_tensor(list(good), device=dev, dtype=torch.long)
+            out["energy"][g] = result["energy"].to(device=dev, dtype=dt)
+            out["stress"][g] = result["stress"].to(device=dev, dtype=dt)
+            out["forces"][torch.isin(state.system_idx, g)] = result["forces"].to(device=dev, dtype=dt)
+    failed = [s for s, e in enumerate(errors) if e is not None]
+    if failed:
+        f = torch.as_tensor(failed, device=dev, dtype=torch.long)
+        out["energy"][f] = float("nan")
+        out["stress"][f] = float("nan")
+        out["forces"][torch.isin(state.system_idx, f)] = float("nan")
+    out["errors"] = errors
+    return out

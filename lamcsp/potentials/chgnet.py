@@ -40,7 +40,7 @@ import torch
 
 from lamcsp.errors import SetupError
 from lamcsp.kernels.chgnet_graph import GraphArrays, build_graph
-from lamcsp.potentials.base import Output, Potential, energy_forces_stress, unevaluable
+from lamcsp.potentials.base import Output, Potential, assemble_outputs, energy_forces_stress, unevaluable
 from lamcsp.relax.state import BatchedState, select
 
 #: CHGNet's stress unit: its GPa value is ``(1/V) dE/dε`` in eV/Å³ times this.
@@ -405,7 +405,7 @@ class CHGNetPotential(Potential):
             graph = None
         self._tick("graph", time.perf_counter() - t0)
         if graph is None:
-            return self._assemble(state, None, good, errors)
+            return assemble_outputs(state, None, good, errors)
 
         t1 = time.perf_counter()
         sub = (state if len(good) == n_sys else select(state, good)).to(self.device)
@@ -415,34 +415,4 @@ class CHGNetPotential(Potential):
         self._tick("model", time.perf_counter() - t1)
         for k in torch.nonzero(~torch.isfinite(result["energy"])).flatten().tolist():
             errors[good[k]] = "non-finite energy (overlapping atoms?)"
-        return self._assemble(state, result, good, errors)
-
-    @staticmethod
-    def _assemble(
-        state: BatchedState, result: Output | None, good: list[int], errors: list[str | None]
-    ) -> Output:
-        """Full-batch outputs on the state's device and dtype; NaN for failed systems."""
-        dev, dt = state.device, state.dtype
-        if result is not None and len(good) == state.n_systems:
-            out = {k: result[k].to(device=dev, dtype=dt) for k in ("energy", "forces", "stress")}
-        else:
-            nan = float("nan")
-            out = {
-                "energy": torch.full((state.n_systems,), nan, dtype=dt, device=dev),
-                "forces": torch.full((state.n_atoms, 3), nan, dtype=dt, device=dev),
-                "stress": torch.full((state.n_systems, 3, 3), nan, dtype=dt, device=dev),
-            }
-            if result is not None:
-                g = torch.as_tensor(good, device=dev, dtype=torch.long)
-                out["energy"][g] = result["energy"].to(device=dev, dtype=dt)
-                out["stress"][g] = result["stress"].to(device=dev, dtype=dt)
-                atoms = torch.isin(state.system_idx, g)
-                out["forces"][atoms] = result["forces"].to(device=dev, dtype=dt)
-        failed = [s for s, e in enumerate(errors) if e is not None]
-        if failed:
-            f = torch.as_tensor(failed, device=dev, dtype=torch.long)
-            out["energy"][f] = float("nan")
-            out["stress"][f] = float("nan")
-            out["forces"][torch.isin(state.system_idx, f)] = float("nan")
-        out["errors"] = errors
-        return out
+        return assemble_outputs(state, result, good, errors)

@@ -56,7 +56,7 @@ import torch
 from lamcsp.errors import SetupError
 from lamcsp.extras import MACE_INSTALL
 from lamcsp.kernels.chgnet_graph import neighbor_pairs
-from lamcsp.potentials.base import Output, Potential, unevaluable
+from lamcsp.potentials.base import Output, Potential, assemble_outputs, unevaluable
 from lamcsp.potentials.deepmd import split_spec
 from lamcsp.relax.state import BatchedState, select
 
@@ -285,29 +285,4 @@ class MACEPotential(Potential):
             result = {k: torch.cat([p[k] for p in parts]) for k in ("energy", "forces", "stress")}
             for k in torch.nonzero(~torch.isfinite(result["energy"])).flatten().tolist():
                 errors[good[k]] = "non-finite energy (overlapping atoms?)"
-        return _assemble(state, result, good, errors)
-
-
-def _assemble(state: BatchedState, result: Output | None, good: list[int],
-              errors: list[str | None]) -> Output:
-    """Full-batch outputs on the state's device and dtype; NaN for the systems that failed."""
-    dev, dt = state.device, state.dtype
-    nan = float("nan")
-    out: Output = {
-        "energy": torch.full((state.n_systems,), nan, dtype=dt, device=dev),
-        "forces": torch.full((state.n_atoms, 3), nan, dtype=dt, device=dev),
-        "stress": torch.full((state.n_systems, 3, 3), nan, dtype=dt, device=dev),
-    }
-    if result is not None:
-        g = torch.as_tensor(good, device=dev, dtype=torch.long)
-        out["energy"][g] = result["energy"].to(dev, dt)
-        out["stress"][g] = result["stress"].to(dev, dt)
-        out["forces"][torch.isin(state.system_idx, g)] = result["forces"].to(dev, dt)
-    failed = [s for s, e in enumerate(errors) if e is not None]
-    if failed:
-        f = torch.as_tensor(failed, device=dev, dtype=torch.long)
-        out["energy"][f] = nan
-        out["stress"][f] = nan
-        out["forces"][torch.isin(state.system_idx, f)] = nan
-    out["errors"] = errors
-    return out
+        return assemble_outputs(state, result, good, errors)

@@ -45,7 +45,7 @@ import torch
 from lamcsp.errors import SetupError
 from lamcsp.extras import SEVENNET_INSTALL as INSTALL_HINT
 from lamcsp.kernels.chgnet_graph import build_graph
-from lamcsp.potentials.base import Output, Potential, unevaluable
+from lamcsp.potentials.base import Output, Potential, assemble_outputs, unevaluable
 from lamcsp.relax.state import BatchedState
 
 #: the pretrained checkpoints shipped inside the sevenn 0.13 wheel: name -> sevenn._const entry
@@ -273,13 +273,13 @@ class SevenNetPotential(Potential):
                                   errors)
         self._tick("graph", time.perf_counter() - t0)
         if graph is None:
-            return _assemble(state, None, good, errors)
+            return assemble_outputs(state, None, good, errors)
         t1 = time.perf_counter()
         result = self._evaluate(pos, numbers, cells, counts, good, graph)
         self._tick("model", time.perf_counter() - t1)
         for k in torch.nonzero(~torch.isfinite(result["energy"])).flatten().tolist():
             errors[good[k]] = "non-finite energy (overlapping atoms?)"
-        return _assemble(state, result, good, errors)
+        return assemble_outputs(state, result, good, errors)
 
     def _evaluate(self, pos: np.ndarray, numbers: np.ndarray, cells: np.ndarray, counts: np.ndarray,
                   good: list[int], graph: Any) -> Output:
@@ -321,29 +321,3 @@ class SevenNetPotential(Potential):
             stress[:, a, b] = stress[:, b, a] = -voigt[:, k]
         return {"energy": out[KEY.PRED_TOTAL_ENERGY].detach().reshape(n_good),
                 "forces": out[KEY.PRED_FORCE].detach(), "stress": stress}
-
-
-def _assemble(state: BatchedState, result: Output | None, good: list[int],
-              errors: list[str | None]) -> Output:
-    """Full-batch outputs on the state's device and dtype; NaN for failed systems."""
-    dev, dt = state.device, state.dtype
-    if result is not None and len(good) == state.n_systems:
-        out: Output = {k: result[k].to(device=dev, dtype=dt) for k in ("energy", "forces", "stress")}
-    else:
-        nan = float("nan")
-        out = {"energy": torch.full((state.n_systems,), nan, dtype=dt, device=dev),
-               "forces": torch.full((state.n_atoms, 3), nan, dtype=dt, device=dev),
-               "stress": torch.full((state.n_systems, 3, 3), nan, dtype=dt, device=dev)}
-        if result is not None:
-            g = torch.as_tensor(good, device=dev, dtype=torch.long)
-            out["energy"][g] = result["energy"].to(device=dev, dtype=dt)
-            out["stress"][g] = result["stress"].to(device=dev, dtype=dt)
-            out["forces"][torch.isin(state.system_idx, g)] = result["forces"].to(device=dev, dtype=dt)
-    failed = [s for s, e in enumerate(errors) if e is not None]
-    if failed:
-        f = torch.as_tensor(failed, device=dev, dtype=torch.long)
-        out["energy"][f] = float("nan")
-        out["stress"][f] = float("nan")
-        out["forces"][torch.isin(state.system_idx, f)] = float("nan")
-    out["errors"] = errors
-    return out
