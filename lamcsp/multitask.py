@@ -248,7 +248,7 @@ class MultitaskDeePMDTrainer:
         parent k). ``counts``: frames per head (``model_prob``; default: folders per head)."""
         import json
 
-        from lamcsp.potentials.deepmd import _dp, checkpoint_params
+        from lamcsp.potentials.deepmd import checkpoint_params, run_dp
 
         unknown = sorted(set(data) - set(self.start))
         if unknown:
@@ -271,7 +271,7 @@ class MultitaskDeePMDTrainer:
             restart = latest_checkpoint(work)
             if restart is not None:  # killed during training: DeePMD-kit's own restart
                 log.info("member %d: restarting from %s", k, restart.name)
-                _dp(["train", "input.json", "--restart", restart.name], work, work / "train.log", env)
+                run_dp(["train", "input.json", "--restart", restart.name], work, work / "train.log", env)
             else:
                 parent = Path(parents[k]) if parents else None
                 if parent is not None and "model_dict" not in checkpoint_params(parent):
@@ -281,7 +281,7 @@ class MultitaskDeePMDTrainer:
                 tmp.write_text(json.dumps(config, indent=1))
                 os.replace(tmp, work / "input.json")
                 source = parent if parent is not None else self.model
-                _dp(["train", "input.json", "--finetune", str(source), "--use-pretrain-script"], work,
+                run_dp(["train", "input.json", "--finetune", str(source), "--use-pretrain-script"], work,
                     work / "train.log", env)
             last = latest_checkpoint(work)
             if last is None:
