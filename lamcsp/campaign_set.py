@@ -40,13 +40,15 @@ SUMMARY = "summary.json"
 
 
 class HeadView:
-    """What one campaign's fine-tune loop sees of the set's training: the backend and the model
-    section of its head of a member (``train`` is the set's, not the loop's)."""
+    """What one campaign's fine-tune loop sees of the set's training: the backend, the model
+    section of its head of a member (``train`` is the set's, not the loop's) and the set's
+    folder ``root`` (its registry stores the shared members relative, so a moved set resumes)."""
 
-    def __init__(self, shared: Any, head: str | None):
+    def __init__(self, shared: Any, head: str | None, root: Path):
         self.shared = shared
         self.head = head
         self.backend = shared.backend
+        self.root = root
 
     def train(self, *args: Any, **kwargs: Any) -> list[str]:
         raise SetupError("finetune", "a campaign of a set is trained by the set (CampaignSet.iteration)")
@@ -99,7 +101,7 @@ class CampaignSet:
                 steps=steps or max(c.finetune.steps for c in campaigns),
                 learning_rate=(spec.learning_rate, spec.learning_rate / 100),
                 keep_pretrained=keep_pretrained, save_every=max(1, (steps or spec.steps) // 4))
-            views = {c.name: HeadView(self.trainer, self.heads[c.name]) for c in campaigns}
+            views = {c.name: HeadView(self.trainer, self.heads[c.name], self.root) for c in campaigns}
         elif model.backend == "chgnet":
             from lamcsp.trainers import CHGNetTrainer
 
@@ -108,7 +110,7 @@ class CampaignSet:
                                          epochs=spec.epochs, learning_rate=spec.learning_rate,
                                          diversity=spec.diversity,
                                          trusted=bool(model.options.get("trusted", False)))
-            views = {c.name: HeadView(self.trainer, None) for c in campaigns}
+            views = {c.name: HeadView(self.trainer, None, self.root) for c in campaigns}
         else:
             raise SetupError("model.backend", f"a campaign set fine-tunes deepmd (a head per campaign) or "
                                               f"chgnet (one shared model), not {model.backend}")

@@ -271,6 +271,15 @@ class MultitaskDeePMDTrainer:
             restart = latest_checkpoint(work)
             if restart is not None:  # killed during training: DeePMD-kit's own restart
                 log.info("member %d: restarting from %s", k, restart.name)
+                # the data folders where they are now (the set may have moved since input.json)
+                config = json.loads((work / "input.json").read_text())
+                for head, systems in data.items():
+                    if head in config["training"]["data_dict"] and systems:
+                        config["training"]["data_dict"][head]["training_data"]["systems"] = [
+                            str(Path(p).resolve()) for p in systems]
+                tmp = work / "input.json.tmp"
+                tmp.write_text(json.dumps(config, indent=1))
+                os.replace(tmp, work / "input.json")
                 run_dp(["train", "input.json", "--restart", restart.name], work, work / "train.log", env)
             else:
                 parent = Path(parents[k]) if parents else None
