@@ -122,3 +122,43 @@ def test_chgnet_set_on_two_ranks_shares_one_model_and_one_reference_fit_and_resu
         db = ase.db.connect(str(tmp_path / "moved" / name / "results.db"), use_lock_file=False)
         assert db.count() == n_rows[name]
     assert not root.exists()
+
+
+def _parsed(name: str, shared: dict | None, base: Path):
+    raw = _campaign(name)
+    if shared is not None:
+        raw["finetune"]["shared"] = shared
+    return parse_campaign(raw, source=f"{name}.yaml", base_dir=str(base))
+
+
+def test_set_options_from_yaml_agree_across_the_set_or_name_field_and_file(tmp_path):
+    """``finetune.shared``: weights from every campaign (or none: label counts), one kept
+    pretrained head (its folders relative to the campaign file) given by one campaign or the
+    same by several; mixed weights, differing kept heads and options in a campaign run alone
+    are one-paragraph errors naming the field and the files."""
+    npy = tmp_path / "pre" / "sys0"
+    npy.mkdir(parents=True)
+    (npy / "type.raw").write_text("0\n")
+    keep = {"head": "kept", "data": ["pre/sys0"], "weight": 0.5}
+    a = _parsed("CuAu", {"weight": 3.0, "keep_pretrained": keep}, tmp_path)
+    b = _parsed("CuNi", {"weight": 1.0}, tmp_path)
+    weights, kept = shared_options([a, b], ["a.yaml", "b.yaml"])
+    assert weights == {"CuAu": 3.0, "CuNi": 1.0}
+    assert kept.head == "kept" and kept.data == (str(npy),) and kept.weight == 0.5
+    assert shared_options([_parsed("CuAu", None, tmp_path), _parsed("CuNi", None, tmp_path)], ["a", "b"]) == (None, None)
+
+    with pytest.raises(SetupError) as e:
+        shared_options([a, _parsed("CuNi", None, tmp_path)], ["a.yaml", "b.yaml"])
+    assert e.value.field == "finetune.shared.weight" and "a.yaml" in e.value.message and "b.yaml" in e.value.message
+    other = _parsed("CuNi", {"weight": 1.0, "keep_pretrained": {**keep, "head": "other"}}, tmp_path)
+    with pytest.raises(SetupError) as e:
+        shared_options([a, other], ["a.yaml", "b.yaml"])
+    assert e.value.field == "finetune.shared.keep_pretrained" and "b.yaml" in e.value.message
+    with pytest.raises(SetupError) as e:
+        shared_options([_parsed("CuAu", {"keep_pretrained": keep}, tmp_path), _parsed("CuNi", None, tmp_path)],
+                       ["a.yaml", "b.yaml"])
+    assert e.value.field == "finetune.shared.keep_pretrained.weight"
+    with pytest.raises(SetupError) as e:
+        check_alone(a, "a.yaml")
+    assert e.value.field == "finetune.shared" and "a.yaml" in e.value.message and "\n" not in str(e.value)
+    check_alone(_parsed("CuAu", None, tmp_path), "a.yaml")
