@@ -17,7 +17,14 @@ generations and, when every campaign whose loop goes on has reached its next ite
    (:meth:`FinetuneStep.end_iteration`; its rows' ``model_id`` is ``deepmd:model.pt@HEAD``).
 
 The set writes ``RUNSET/summary.json`` (labels per system, each head's error against the
-oracle before and after every iteration). Serial only: under MPI, run the campaigns apart.
+oracle before and after every iteration).
+
+Under MPI (``mpiexec -n N lamcsp search A.yaml B.yaml --shared-finetune -o RUNSET``) the
+campaigns share one :class:`~lamcsp.mpi.MPIExecutor`: each relaxes, rates and labels through
+its own view of it (:class:`~lamcsp.mpi.CampaignExecutor`, the campaign's model and relax
+settings), and the workers keep the models they loaded by spec, so going from one campaign's
+generation to the next campaign's reloads nothing. The shared training itself runs on rank 0
+(DeePMD-kit's ``dp`` as a child process, CHGNet's trainer in it) while the workers wait.
 """
 
 from __future__ import annotations
@@ -34,19 +41,75 @@ from lamcsp.errors import SetupError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CampaignSet", "SUMMARY"]
+__all__ = ["CampaignSet", "SUMMARY", "check_alone", "shared_options"]
 
 SUMMARY = "summary.json"
 
 
-class HeadView:
-    """What one campaign's fine-tune loop sees of the set's training: the backend and the model
-    section of its head of a member (``train`` is the set's, not the loop's)."""
+def shared_options(campaigns: Sequence[Any], sources: Sequence[str]) -> tuple[dict[str, float] | None, Any]:
+    """The set's options from its campaigns' ``finetune.shared`` sections: the weight of each
+    campaign's head (by campaign name; ``None``: from the label counts) and the kept pretrained
+    head (a :class:`~lamcsp.campaign.loop.KeepPretrainedSpec`, or ``None``).
 
-    def __init__(self, shared: Any, head: str | None):
+    Raises:
+        SetupError: weights given by some campaigns and not others, kept heads that differ
+            between campaigns, or a kept head's weight without the campaigns' (each names the
+            field and the files).
+    """
+    shared = {c.name: c.finetune.shared for c in campaigns}
+    where = dict(zip((c.name for c in campaigns), sources))
+    weighted = [n for n, sh in shared.items() if sh is not None and sh.weight is not None]
+    weights = None
+    if weighted:
+        missing = [where[n] for n in shared if n not in weighted]
+        if missing:
+            raise SetupError("finetune.shared.weight",
+                             f"given in {', '.join(where[n] for n in weighted)} but not in "
+                             f"{', '.join(missing)}; a set's heads are weighted all by the campaigns' "
+                             "weights or all by their label counts: give one in every campaign or in none")
+        weights = {n: float(shared[n].weight) for n in weighted}
+    kept = {n: sh.keep_pretrained for n, sh in shared.items()
+            if sh is not None and sh.keep_pretrained is not None}
+    keep = None
+    if kept:
+        first = next(iter(kept))
+        other = [n for n, k in kept.items() if k != kept[first]]
+        if other:
+            raise SetupError("finetune.shared.keep_pretrained",
+                             f"{where[first]} and {where[other[0]]} keep different pretrained heads "
+                             "(head, data or weight); a set keeps one: give the same section in both, or in "
+                             "one only")
+        keep = kept[first]
+        if keep.weight is not None and weights is None:
+            raise SetupError("finetune.shared.keep_pretrained.weight",
+                             f"given in {where[first]}, but the campaigns' heads are weighted by their label "
+                             "counts; give finetune.shared.weight in every campaign too, or leave this null "
+                             "(the kept head then gets the mean of the counts)")
+    return weights, keep
+
+
+def check_alone(campaign: Any, source: str) -> None:
+    """A campaign run alone has no ``finetune.shared`` options (they are a set's).
+
+    Raises:
+        SetupError: it has some (names the field and ``source``).
+    """
+    if campaign.finetune.shared is not None:
+        raise SetupError("finetune.shared", f"{source} runs alone, but finetune.shared holds the options "
+                                            "of a campaign set (lamcsp search A.yaml B.yaml "
+                                            "--shared-finetune -o RUNSET); remove it, or run it in a set")
+
+
+class HeadView:
+    """What one campaign's fine-tune loop sees of the set's training: the backend, the model
+    section of its head of a member (``train`` is the set's, not the loop's) and the set's
+    folder ``root`` (its registry stores the shared members relative, so a moved set resumes)."""
+
+    def __init__(self, shared: Any, head: str | None, root: Path):
         self.shared = shared
         self.head = head
         self.backend = shared.backend
+        self.root = root
 
     def train(self, *args: Any, **kwargs: Any) -> list[str]:
         raise SetupError("finetune", "a campaign of a set is trained by the set (CampaignSet.iteration)")
@@ -58,6 +121,9 @@ class HeadView:
 class CampaignSet:
     """Campaigns run together with shared fine-tune iterations (see the module docstring).
 
+    The set's options come from its campaigns' ``finetune.shared`` sections
+    (:func:`shared_options`): each head's ``model_prob`` weight, and the pretrained head kept.
+
     Args:
         campaigns: the campaigns (distinct names: their run directories and heads).
         run_dir: the set's folder (``RUNSET``).
@@ -65,13 +131,16 @@ class CampaignSet:
         progress: as :class:`lamcsp.search.Search`'s.
         steps: DeePMD-kit training steps per shared iteration (default: the largest
             ``finetune.steps`` of the campaigns).
-        keep_pretrained: ``(head, deepmd/npy folders)``: a head kept on pretraining data
-            (:class:`~lamcsp.multitask.MultitaskDeePMDTrainer`).
+        sources: the campaigns' files, named in errors (default: the campaigns' names).
+        executor: the one executor every campaign's work runs on (an
+            :class:`~lamcsp.mpi.MPIExecutor`: each campaign gets a view with its own model,
+            :class:`~lamcsp.mpi.CampaignExecutor`); default: each campaign its own serial one.
+        potentials: campaign name -> its model loaded here (the MPI coordinator's, on the CPU).
     """
 
     def __init__(self, campaigns: Sequence[Any], run_dir: str | os.PathLike, *, resume: bool = False,
-                 progress: Any = None, steps: int | None = None,
-                 keep_pretrained: tuple[str, Sequence[str]] | None = None):
+                 progress: Any = None, steps: int | None = None, sources: Sequence[str] | None = None,
+                 executor: Any = None, potentials: dict[str, Any] | None = None):
         from lamcsp.multitask import head_name
         from lamcsp.search import Search
 
@@ -89,34 +158,57 @@ class CampaignSet:
                                                  f"{', '.join(off)} has none (finetune.enabled: false)")
         self.root = Path(run_dir).absolute()
         self.heads = {c.name: head_name(c.name) for c in campaigns}
+        weights, keep = shared_options(campaigns, sources or names)
         model = campaigns[0].model
+        if keep is not None and keep.head in self.heads.values():
+            raise SetupError("finetune.shared.keep_pretrained.head",
+                             f"{keep.head!r} is the head of a campaign of the set; name the kept head "
+                             "otherwise")
         if model.backend == "deepmd":
             from lamcsp.multitask import MultitaskDeePMDTrainer
 
             spec = campaigns[0].finetune
+            prob = None
+            if weights is not None:
+                prob = {self.heads[n]: w for n, w in weights.items()}
+                if keep is not None and keep.weight is not None:
+                    prob[keep.head] = keep.weight
             self.trainer: Any = MultitaskDeePMDTrainer(
                 model.path, {self.heads[c.name]: c.model.head for c in campaigns},
                 steps=steps or max(c.finetune.steps for c in campaigns),
-                learning_rate=(spec.learning_rate, spec.learning_rate / 100),
-                keep_pretrained=keep_pretrained, save_every=max(1, (steps or spec.steps) // 4))
-            views = {c.name: HeadView(self.trainer, self.heads[c.name]) for c in campaigns}
+                learning_rate=(spec.learning_rate, spec.learning_rate / 100), prob=prob,
+                keep_pretrained=(keep.head, list(keep.data)) if keep is not None else None,
+                save_every=max(1, (steps or spec.steps) // 4))
+            views = {c.name: HeadView(self.trainer, self.heads[c.name], self.root) for c in campaigns}
         elif model.backend == "chgnet":
             from lamcsp.trainers import CHGNetTrainer
+
+            given = [f"{src}: finetune.shared.{key}" for c, src in zip(campaigns, sources or names)
+                     for key in ("weight", "keep_pretrained")
+                     if c.finetune.shared is not None and getattr(c.finetune.shared, key) is not None]
+            if given:  # one model on all labels: no heads to weigh or keep
+                raise SetupError("finetune.shared", "a CHGNet set fine-tunes one model on every campaign's "
+                                                    f"labels (no heads to weigh or keep); remove "
+                                                    f"{', '.join(given)}")
 
             spec = campaigns[0].finetune
             self.trainer = CHGNetTrainer(model.path or model.options.get("version", "0.3.0"),
                                          epochs=spec.epochs, learning_rate=spec.learning_rate,
                                          diversity=spec.diversity,
                                          trusted=bool(model.options.get("trusted", False)))
-            views = {c.name: HeadView(self.trainer, None) for c in campaigns}
+            views = {c.name: HeadView(self.trainer, None, self.root) for c in campaigns}
         else:
             raise SetupError("model.backend", f"a campaign set fine-tunes deepmd (a head per campaign) or "
                                               f"chgnet (one shared model), not {model.backend}")
         self.members = max(c.finetune.committee for c in campaigns)
         if not resume:
             self.root.mkdir(parents=True, exist_ok=True)
+        self.executor = executor
+        potentials = potentials or {}
         self.searches = [Search(c, self.root / c.name, resume=resume, progress=progress,
-                                trainer=views[c.name]) for c in campaigns]
+                                trainer=views[c.name], potential=potentials.get(c.name),
+                                executor=executor.view(c) if executor is not None else None)
+                         for c in campaigns]
 
     # -- the loop ---------------------------------------------------------------------------
 

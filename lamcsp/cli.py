@@ -392,7 +392,10 @@ def cmd_search(args: argparse.Namespace) -> int:
         return worker_main(comm)
     executor = MPIExecutor(comm) if comm is not None else None
     try:  # under MPI, whatever happens on rank 0, the workers are stopped
+        from lamcsp.campaign_set import check_alone
+
         campaign = load_campaign(args.campaign[0])
+        check_alone(campaign, args.campaign[0])
         potential = None
         if executor is not None:
             executor.configure(campaign)
@@ -413,25 +416,46 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def _search_set(args: argparse.Namespace, comm: Any) -> int:
-    """``lamcsp search A.yaml B.yaml --shared-finetune -o RUNSET`` (:mod:`lamcsp.campaign_set`)."""
+    """``lamcsp search A.yaml B.yaml --shared-finetune -o RUNSET`` (:mod:`lamcsp.campaign_set`),
+    serially or under MPI (one executor that the campaigns share; the training on rank 0)."""
     from pathlib import Path
 
     from lamcsp.campaign import load_campaign
     from lamcsp.campaign_set import SUMMARY, CampaignSet
+    from lamcsp.parallel import MPIExecutor, worker_main
 
-    if not args.shared_finetune:
-        raise SetupError("campaign", "several campaigns run together only as a set sharing their fine-tune "
-                                     "iterations: add --shared-finetune (or run them one by one)")
-    if args.output is None:
-        raise SetupError("--output", "a campaign set needs -o RUNSET (its campaigns go to RUNSET/<name>)")
-    if args.db is not None:
-        raise SetupError("--db", "a campaign set keeps one database per campaign in RUNSET/<name>; leave "
-                                 "--db out")
-    if comm is not None and comm.Get_size() > 1:
-        raise SetupError("mpiexec", "a campaign set runs serially; run it without mpiexec (or its campaigns "
-                                    "apart under MPI)")
-    campaigns = [load_campaign(path) for path in args.campaign]
-    summary = CampaignSet(campaigns, args.output, resume=args.resume).run()
+    if comm is not None and comm.Get_rank() != 0:
+        return worker_main(comm)
+    executor = MPIExecutor(comm) if comm is not None else None
+    try:  # under MPI, whatever happens on rank 0, the workers are stopped
+        if not args.shared_finetune:
+            raise SetupError("campaign", "several campaigns run together only as a set sharing their "
+                                         "fine-tune iterations: add --shared-finetune (or run them apart)")
+        if args.output is None:
+            raise SetupError("--output", "a campaign set needs -o RUNSET (its campaigns go to RUNSET/<name>)")
+        if args.db is not None:
+            raise SetupError("--db", "a campaign set keeps one database per campaign in RUNSET/<name>; leave "
+                                     "--db out")
+        campaigns = [load_campaign(path) for path in args.campaign]
+        potentials = None
+        if executor is not None:
+            from lamcsp.potentials.registry import load_model
+
+            executor.configure(campaigns[0])  # the ranks' settings (parallel.*): the first campaign's
+            # the coordinator needs each model's id and element list, not its speed: on the CPU
+            loaded: dict[str, Any] = {}  # one per distinct model (a set's campaigns share one)
+            potentials = {}
+            for c in campaigns:
+                cpu = c.model.replace(device="cpu")
+                key = cpu.model_dump_json()
+                if key not in loaded:
+                    loaded[key] = load_model(cpu)
+                potentials[c.name] = loaded[key]
+        summary = CampaignSet(campaigns, args.output, resume=args.resume, sources=list(args.campaign),
+                              executor=executor, potentials=potentials).run()
+    finally:
+        if executor is not None:
+            executor.close()
     for name, entry in summary["campaigns"].items():
         print(f"campaign {name!r}: {entry.get('labels', 0)} labels, head {entry['head']}, report in "
               f"{Path(entry['run']) / 'report' / 'report.html'}")

@@ -118,6 +118,8 @@ class FinetuneLoop:
             they take.
         progress: a line writer for the labelling's progress (default: ``INFO`` on this
             module's logger).
+        base: the outermost folder that moves with the run (:class:`ModelRegistry`; a campaign
+            set's folder, whose shared members the registry then stores relative).
     """
 
     def __init__(
@@ -138,12 +140,13 @@ class FinetuneLoop:
         max_iterations: int = FinetuneSpec.default_of("max_iterations"),
         max_energy: float | None = FinetuneSpec.default_of("max_energy"),
         progress: Callable[[str], None] | None = None,
+        base: str | os.PathLike | None = None,
     ):
         from lamcsp.oracle import Journal, oracle_id
 
         self.root = Path(root).absolute()
         self.data = Dataset(self.root / "data", type_map)
-        self.registry = ModelRegistry(self.root / "models.json")
+        self.registry = ModelRegistry(self.root / "models.json", base=base)
         self.labels = Journal(self.root / "labels.jsonl")
         self.executor = executor
         self.oracle = dict(oracle)

@@ -70,14 +70,24 @@ class Dataset:
 class ModelRegistry:
     """The models of one chemical system (``run/finetune/models.json``): per iteration the
     committee's model files, the parent, the data it was trained on, and its errors against the
-    oracle on that iteration's labels. Paths are stored relative to the registry's folder (a
-    moved run folder resumes) and returned absolute."""
+    oracle on that iteration's labels. Paths inside ``base`` are stored relative to the
+    registry's folder (``../../shared/...`` for a campaign set's shared members) and returned
+    absolute, so a moved run folder (or set folder) resumes; paths outside it (a user's model)
+    are kept as given.
+
+    Args:
+        path: the registry file (``run/finetune/models.json``).
+        base: the outermost folder that moves with the run: the run's registry folder
+            (default), or a campaign set's folder, which holds the members every campaign
+            shares.
+    """
 
     PATHS = ("models", "parent", "data")
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, base: str | os.PathLike | None = None):
         self.path = Path(path)
         self.root = self.path.parent.absolute()
+        self.base = Path(base).absolute() if base is not None else self.root
         self.entries: list[dict[str, Any]] = json.loads(self.path.read_text()) if self.path.is_file() else []
 
     def _map(self, entry: dict[str, Any], fn: Callable[[str], str]) -> dict[str, Any]:
@@ -89,13 +99,16 @@ class ModelRegistry:
 
     def _relative(self, path: str) -> str:
         p = Path(path)
+        if not p.is_absolute():
+            return path
         try:
-            return p.absolute().relative_to(self.root).as_posix() if p.is_absolute() else path
+            p.relative_to(self.base)
         except ValueError:  # outside the run (a user's model): kept as given
             return path
+        return Path(os.path.relpath(p, self.root)).as_posix()
 
     def _absolute(self, path: str) -> str:
-        return path if Path(path).is_absolute() else str(self.root / path)
+        return path if Path(path).is_absolute() else os.path.normpath(self.root / path)
 
     def add(self, entry: dict[str, Any]) -> None:
         entry = self._map(entry, self._relative)

@@ -277,6 +277,10 @@ class MPIExecutor:
             raise RuntimeError("MPIExecutor.set_model before configure(campaign)")
         self.task = Task(self.task.target, {**self.task.spec, "model": model.model_dump()})
 
+    def view(self, campaign: Any) -> CampaignExecutor:
+        """An executor for one campaign of a set on these ranks (:class:`CampaignExecutor`)."""
+        return CampaignExecutor(self, campaign)
+
     def evaluate(self, structures: Sequence[Atoms], pressures: Sequence[float],
                  labels: Sequence[str] | None = None, model: Any = None) -> list[SinglePoint]:
         from lamcsp.relax.relaxer import SinglePoint
@@ -413,3 +417,40 @@ class MPIExecutor:
         # a worker that said goodbye has received everything sent to it; sends to one that did
         # not answer in time are left to MPI_Finalize
         self._sends = [r for r in self._sends if not r.Test()]
+
+
+class CampaignExecutor:
+    """One campaign's :class:`~lamcsp.parallel.Executor` on an :class:`MPIExecutor` that several
+    campaigns share (a campaign set, :mod:`lamcsp.campaign_set`): its own relaxation task (its
+    model, or its head of the shared model, and its relax settings) on the shared ranks. Going
+    from one campaign to another sends the other task; the workers keep built tasks
+    (:class:`~lamcsp.parallel.TaskCache`) and loaded models (:func:`~lamcsp.parallel.cached_model`)
+    by spec, so that costs no reload. ``close`` leaves the shared executor to its owner."""
+
+    def __init__(self, shared: MPIExecutor, campaign: Any):
+        self.shared = shared
+        self.task = relax_task(campaign)
+
+    def _use(self) -> MPIExecutor:
+        self.shared.task = self.task
+        return self.shared
+
+    def set_model(self, model: Any, potential: Potential | None = None) -> None:
+        self._use().set_model(model, potential)
+        self.task = self.shared.task
+
+    def relax(self, structures: Sequence[Atoms], pressures: Sequence[float],
+              on_result: Callable[[int, RelaxResult], None] | None = None,
+              labels: Sequence[str] | None = None, max_steps: int | None = None) -> list[RelaxResult]:
+        return self._use().relax(structures, pressures, on_result, labels, max_steps)
+
+    def evaluate(self, structures: Sequence[Atoms], pressures: Sequence[float],
+                 labels: Sequence[str] | None = None, model: Any = None) -> list[SinglePoint]:
+        return self._use().evaluate(structures, pressures, labels, model)
+
+    def map(self, task: Task, items: Sequence[Any], on_result: Callable[[int, Any], None] | None = None,
+            labels: Sequence[str] | None = None) -> list[Any]:
+        return self.shared.map(task, items, on_result, labels)
+
+    def close(self) -> None:
+        pass

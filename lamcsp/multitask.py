@@ -177,7 +177,8 @@ class MultitaskDeePMDTrainer:
             head; required for a multi-head model, ``"RANDOM"`` for a fresh fitting net).
         steps: training steps per iteration (all heads together).
         learning_rate: start and stop learning rates.
-        prob: head -> weight per step (default: the label counts, :func:`model_prob`).
+        prob: head -> weight per step (default: the label counts, :func:`model_prob`); the
+            kept pretrained head's weight is the mean of the others' unless given here.
         keep_pretrained: ``(head, systems)``: one more head named ``head``, started from the
             pretrained head of that name (``Default`` for a single-head model's) and trained on
             ``systems`` (``deepmd/npy`` folders of the pretraining data), kept against
@@ -224,11 +225,15 @@ class MultitaskDeePMDTrainer:
         """The ``input.json`` of one member: all heads with data (``counts``: frames per head)."""
         data = {h: list(s) for h, s in data.items() if s}
         prob_counts = {h: int(counts.get(h, 0)) for h in data}
+        given = {h: self.prob[h] for h in data if h in self.prob} if self.prob else None
         if self.keep_pretrained:
             name, systems = self.keep_pretrained
             data[name] = [Path(p) for p in systems]
+            # unless weighted, the kept head gets the mean of the campaigns' weights (counts)
             prob_counts[name] = max(1, sum(prob_counts.values()) // max(1, len(prob_counts)))
-        prob = model_prob(prob_counts, {h: self.prob[h] for h in data} if self.prob else None)
+            if given is not None:
+                given[name] = self.prob.get(name, sum(given.values()) / max(1, len(given)))
+        prob = model_prob(prob_counts, given)
         if parent:  # every head in the parent resumes; a new one gets a fresh fitting net
             start: dict[str, str | None] = {}
         else:
@@ -248,7 +253,7 @@ class MultitaskDeePMDTrainer:
         parent k). ``counts``: frames per head (``model_prob``; default: folders per head)."""
         import json
 
-        from lamcsp.potentials.deepmd import _dp, checkpoint_params
+        from lamcsp.potentials.deepmd import checkpoint_params, run_dp
 
         unknown = sorted(set(data) - set(self.start))
         if unknown:
@@ -271,7 +276,16 @@ class MultitaskDeePMDTrainer:
             restart = latest_checkpoint(work)
             if restart is not None:  # killed during training: DeePMD-kit's own restart
                 log.info("member %d: restarting from %s", k, restart.name)
-                _dp(["train", "input.json", "--restart", restart.name], work, work / "train.log", env)
+                # the data folders where they are now (the set may have moved since input.json)
+                config = json.loads((work / "input.json").read_text())
+                for head, systems in data.items():
+                    if head in config["training"]["data_dict"] and systems:
+                        config["training"]["data_dict"][head]["training_data"]["systems"] = [
+                            str(Path(p).resolve()) for p in systems]
+                tmp = work / "input.json.tmp"
+                tmp.write_text(json.dumps(config, indent=1))
+                os.replace(tmp, work / "input.json")
+                run_dp(["train", "input.json", "--restart", restart.name], work, work / "train.log", env)
             else:
                 parent = Path(parents[k]) if parents else None
                 if parent is not None and "model_dict" not in checkpoint_params(parent):
@@ -281,7 +295,7 @@ class MultitaskDeePMDTrainer:
                 tmp.write_text(json.dumps(config, indent=1))
                 os.replace(tmp, work / "input.json")
                 source = parent if parent is not None else self.model
-                _dp(["train", "input.json", "--finetune", str(source), "--use-pretrain-script"], work,
+                run_dp(["train", "input.json", "--finetune", str(source), "--use-pretrain-script"], work,
                     work / "train.log", env)
             last = latest_checkpoint(work)
             if last is None:

@@ -161,19 +161,39 @@ def worker_device(requested: str, worker: WorkerInfo) -> str:
     return requested
 
 
+#: models a worker process keeps loaded, by spec (:func:`cached_model`)
+_MODELS: dict[str, Any] = {}
+
+
+def cached_model(model: Any) -> Potential:
+    """The potential of ``model`` (a campaign ``model`` section), loaded once per process and
+    kept (the ``MAX_TASKS`` most recently used): a relaxation task and a single-point task of
+    the same model share it, and a campaign set's workers, which go from one campaign's model
+    (head) to another's every generation, load each once."""
+    from lamcsp.potentials.registry import load_model
+
+    key = json.dumps(model.model_dump(), sort_keys=True, default=str)
+    potential = _MODELS.pop(key, None)
+    if potential is None:
+        potential = load_model(model)
+    _MODELS[key] = potential  # the most recently used last
+    while len(_MODELS) > MAX_TASKS:
+        del _MODELS[next(iter(_MODELS))]
+    return potential
+
+
 def _worker_potential(spec: dict[str, Any], worker: WorkerInfo) -> Potential:
     """The model of a task spec on the worker's device (its ``model``: a campaign ``model``
-    section as a dict; ``threads``: torch threads on a CPU, or null)."""
+    section as a dict; ``threads``: torch threads on a CPU, or null), :func:`cached_model`."""
     import torch
 
     from lamcsp.campaign import ModelSpec
-    from lamcsp.potentials.registry import load_model
 
     model = ModelSpec(**spec["model"])
     model = model.replace(device=worker_device(model.device, worker))
     if not model.device.startswith("cuda"):
         torch.set_num_threads(cpu_threads(spec.get("threads"), worker.local_size))
-    return load_model(model)
+    return cached_model(model)
 
 
 class RelaxTask:

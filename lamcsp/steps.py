@@ -78,7 +78,8 @@ class FinetuneStep:
             self.s.paths.finetune, elements, self.s.executor, spec.oracle, trainer, member,
             members=spec.committee, lo=spec.trust_lo, hi=spec.trust_hi, window=spec.window,
             max_labels=spec.max_labels, conv_accuracy=spec.conv_accuracy,
-            max_iterations=spec.max_iterations or 10**9, max_energy=spec.max_energy, progress=self.s.say)
+            max_iterations=spec.max_iterations or 10**9, max_energy=spec.max_energy, progress=self.s.say,
+            base=self.trainer.root if self.trainer is not None else None)
         latest = self.loop.registry.latest(before=self.loop.iteration)
         if latest:
             self.s.use_model(m.replace(**trainer.spec(latest["models"][0]), options={}))

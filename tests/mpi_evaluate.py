@@ -1,5 +1,6 @@
 """Single points through ``MPIExecutor.evaluate`` under ``mpiexec``: with the campaign's model,
-with another model section (a committee member), and after ``set_model``; rank 0 writes the
+with another model section (a committee member), and after ``set_model``; through two
+campaigns' views of the one executor (a campaign set), each with its own model; rank 0 writes the
 results and the structures to argv[1]."""
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from lamcsp.parallel import Executor, MPIExecutor, mpi_world, worker_main
 CAMPAIGN = {"name": "ar", "system": {"composition": "Ar"},
             "model": {"backend": "lj", "device": "cpu", "options": {"epsilon": 0.0104, "sigma": 3.4}}}
 OTHER = {"epsilon": 0.0150, "sigma": 3.3}
+THIRD = {"epsilon": 0.0120, "sigma": 3.5}
 
 if __name__ == "__main__":
     comm = mpi_world()
@@ -38,6 +40,13 @@ if __name__ == "__main__":
         ex.set_model(other)
         out["after_set_model"] = [p.to_dict() for p in ex.evaluate(cells, pressures)]
         out["relaxed"] = [r.enthalpy_per_atom for r in ex.relax(cells, pressures, max_steps=0)]
+        # a campaign set: one executor, a view per campaign with its own model, interleaved
+        a = ex.view(campaign)
+        b = ex.view(parse_campaign({**CAMPAIGN, "name": "b", "model": {**CAMPAIGN["model"], "options": OTHER}}))
+        out["views"] = [[r.enthalpy_per_atom for r in v.relax(cells, pressures, max_steps=0)] for v in (a, b, a)]
+        b.set_model(campaign.model.replace(options=THIRD))  # b's fine-tune: a keeps its own
+        out["views_after"] = [[p.enthalpy_per_atom for p in v.evaluate(cells, pressures)] for v in (b, a)]
+        out["views_protocol"] = isinstance(a, Executor)
     finally:
         ex.close()
     out["cells"] = [atoms_to_dict(a) for a in cells]

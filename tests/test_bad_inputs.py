@@ -93,6 +93,29 @@ CAMPAIGNS: dict[str, tuple[bytes | str, str]] = {
                         "system.references.Cu"),
 }
 
+#: a campaign of a set (CHGNet: nothing is loaded before the set's options are checked)
+SET_MEMBER = "name: {name}\nsystem: {{composition: Cu}}\nmodel: {{backend: chgnet, device: cpu}}\n" \
+             "finetune: {{enabled: true, shared: {shared}}}\n"
+#: a campaign set's bad options: files (name -> its finetune.shared) and what the message must name
+SETS: dict[str, tuple[dict[str, str], str]] = {
+    "weight given by one only": ({"wa": "{weight: 2}", "wb": "null"}, "finetune.shared.weight"),
+    "kept heads differ": ({"ka": "{keep_pretrained: {head: h1, data: [npy]}}",
+                           "kb": "{keep_pretrained: {head: h2, data: [npy]}}"}, "finetune.shared.keep_pretrained"),
+    "kept head weighted, campaigns not": ({"ja": "{keep_pretrained: {data: [npy], weight: 1}}", "jb": "null"},
+                                          "finetune.shared.keep_pretrained.weight"),
+    "weights in a chgnet set": ({"ca": "{weight: 1}", "cb": "{weight: 2}"}, "finetune.shared"),
+}
+CAMPAIGNS.update({
+    "shared_weight_negative.yaml": (GOOD + "finetune: {shared: {weight: -1}}\n", "finetune.shared.weight"),
+    "shared_unknown_key.yaml": (GOOD + "finetune: {shared: {wieght: 1}}\n", "finetune.shared.wieght"),
+    "shared_keep_no_data.yaml": (GOOD + "finetune: {shared: {keep_pretrained: {head: p}}}\n",
+                                 "finetune.shared.keep_pretrained.data"),
+    "shared_keep_missing_folder.yaml": (GOOD + "finetune: {shared: {keep_pretrained: {data: [nosuch]}}}\n",
+                                        "finetune.shared.keep_pretrained.data"),
+    "shared_keep_random_head.yaml": (GOOD + "finetune: {shared: {keep_pretrained: {head: RANDOM, data: [npy]}}}\n",
+                                     "finetune.shared.keep_pretrained.head"),
+})
+
 #: structure file name -> (content, what the message must name) for `lamcsp relax`
 STRUCTURES: dict[str, tuple[str, str]] = {
     "nan.extxyz": (f"2\n{CELL}\nCu 0 0 0\nCu nan 1.8 1.8\n", "nan.extxyz"),
@@ -140,6 +163,16 @@ def _cases(base: Path, run: Path) -> list[tuple[str, list[str], str, Path | None
         cases.append((name, ["validate", name], named, None))
     (base / "adir").mkdir()
     (base / "afile").write_text("x")
+    (base / "npy").mkdir()  # a deepmd/npy folder (the kept head's data)
+    (base / "npy" / "type.raw").write_text("0\n")
+    for what, (files, named) in SETS.items():
+        for name, shared in files.items():
+            (base / f"{name}.yaml").write_text(SET_MEMBER.format(name=name, shared=shared))
+        cases.append((f"set: {what}", ["search", *(f"{n}.yaml" for n in files), "--shared-finetune", "-o",
+                                       f"set_{next(iter(files))}", "--quiet"], named, None))
+    (base / "alone.yaml").write_text(SET_MEMBER.format(name="alone", shared="{weight: 1}"))
+    cases.append(("set options in a campaign alone", ["search", "alone.yaml", "-o", "alone_run", "--quiet"],
+                  "finetune.shared", None))
     (base / "good.yaml").write_text(GOOD)
     cases += [("campaign is a folder", ["validate", "adir"], "adir", None),
               ("campaign missing", ["validate", "nosuch.yaml"], "nosuch.yaml", None)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import ase.io
 import numpy as np
@@ -286,6 +287,35 @@ def test_loop_bookkeeping_with_mocked_oracle_and_trainer(tmp_path):
     assert len(trainer.calls) == 3
     log = json.loads((tmp_path / "ft" / "iterations.json").read_text())
     assert [e["iteration"] for e in log] == list(range(len(log))) and log[0]["failed"][0]["error"] == "oracle crashed"
+
+
+def test_registry_stores_a_sets_shared_members_relative_so_a_moved_set_resumes(tmp_path):
+    """A campaign of a set registers members that live beside its run (``SET/shared/...``):
+    stored relative to the registry's folder (``../../shared/...``), they resolve in the set's
+    new place after ``mv``; a model outside the set (the user's) stays as given."""
+    import shutil
+
+    from lamcsp.finetune_data import ModelRegistry
+
+    root = tmp_path / "set"
+    member = root / "shared" / "iter-000" / "member-0" / "model.pt"
+    member.parent.mkdir(parents=True)
+    member.write_bytes(b"x")
+    user = tmp_path / "pretrained.pt"
+    reg = ModelRegistry(root / "CuAu" / "finetune" / "models.json", base=root)
+    reg.add({"iteration": 0, "models": [str(member)], "parent": [str(user)],
+             "data": [str(root / "CuAu" / "finetune" / "data" / "iter-000" / "npy" / "x")]})
+    stored = json.loads(reg.path.read_text())[0]
+    assert stored["models"] == ["../../shared/iter-000/member-0/model.pt"]
+    assert stored["parent"] == [str(user)] and stored["data"] == ["data/iter-000/npy/x"]
+    shutil.move(root, tmp_path / "moved")
+    got = ModelRegistry(tmp_path / "moved" / "CuAu" / "finetune" / "models.json", base=tmp_path / "moved").latest()
+    assert got["models"] == [str(tmp_path / "moved" / "shared" / "iter-000" / "member-0" / "model.pt")]
+    assert Path(got["models"][0]).is_file() and got["parent"] == [str(user)]
+    # without a base (a campaign alone), a path outside its folder is kept absolute as before
+    alone = ModelRegistry(tmp_path / "run" / "finetune" / "models.json")
+    alone.add({"iteration": 0, "models": [str(member)]})
+    assert json.loads(alone.path.read_text())[0]["models"] == [str(member)]
 
 
 @pytest.mark.slow

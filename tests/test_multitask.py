@@ -133,8 +133,10 @@ def test_campaign_set_shares_one_training_and_resumes_a_kill_without_relabelling
     trains one two-head model (killed with -9, the whole process group, while DeePMD-kit
     trains), and ``--resume`` restarts DeePMD-kit from its checkpoint without asking the oracle
     again; then each campaign searches with its own head (rows say so) and the set's summary
-    lists labels and errors per head."""
-    for name in SYSTEMS:
+    lists labels and errors per head. The campaigns weigh their heads 3 : 1 and keep the
+    pretrained head on pretraining data (``finetune.shared``)."""
+    kept = [str(p) for p in sorted((pretrained.parent.parent / "data").iterdir())][:2]  # pretraining data
+    for name, weight in zip(SYSTEMS, (3.0, 1.0)):
         camp = {"name": name, "seed": 3,
                 "system": {"composition": name, "formula_units": "1", "pressures": [0.0]},
                 "population": 3, "generations": 2, "stop": {"patience": None},
@@ -142,7 +144,8 @@ def test_campaign_set_shares_one_training_and_resumes_a_kill_without_relabelling
                 "relax": {"fmax": 0.1, "max_steps": 60},
                 "verify": {"enabled": False},
                 "finetune": {"enabled": True, "every": 1, "max_iterations": 1, "committee": 2, "steps": 20,
-                             "max_labels": 4, "rerelax": 1, "oracle": {"calculator": "counting_oracle:CountingEMT"}}}
+                             "max_labels": 4, "rerelax": 1, "oracle": {"calculator": "counting_oracle:CountingEMT"},
+                             "shared": {"weight": weight, "keep_pretrained": {"head": "pre", "data": kept, "weight": 1.0}}}}
         (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(camp))
     count = tmp_path / "n"
     args = ("search", "CuAu.yaml", "NiAl.yaml", "--shared-finetune", "-o", "set")
@@ -164,7 +167,11 @@ def test_campaign_set_shares_one_training_and_resumes_a_kill_without_relabelling
     assert p.returncode == 0, err
     assert count.read_text().count("\n") == labelled  # nothing labelled again
     assert "Resuming from model.ckpt-" in (work / "train.log").read_text()  # DeePMD-kit's restart
-    assert checkpoint_heads(work / "model.pt") == list(SYSTEMS)
+    assert checkpoint_heads(work / "model.pt") == [*SYSTEMS, "pre"]
+    # the YAML's weights (finetune.shared): 3 : 1 and the kept pretrained head's 1
+    cfg = json.loads((work / "input.json").read_text())
+    assert cfg["training"]["model_prob"] == pytest.approx({"CuAu": 0.6, "NiAl": 0.2, "pre": 0.2})
+    assert cfg["training"]["data_dict"]["pre"]["training_data"]["systems"] == kept
     summary = json.loads((tmp_path / "set" / "summary.json").read_text())
     for name in SYSTEMS:
         run = tmp_path / "set" / name

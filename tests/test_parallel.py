@@ -272,7 +272,8 @@ def test_both_executors_implement_the_whole_protocol():
 def test_single_points_on_two_ranks_equal_the_serial_ones_for_any_model(tmp_path):
     """``evaluate`` through MPI with the campaign's model, with another model section (how the
     fine-tune loop's committee members are evaluated) and after ``set_model`` (its model
-    switch) equals the serial executor's; and ``relax`` follows ``set_model`` too."""
+    switch) equals the serial executor's; and ``relax`` follows ``set_model`` too; a campaign
+    set's per-campaign views (:class:`lamcsp.mpi.CampaignExecutor`) keep their own models."""
     from lamcsp.relax.relaxer import atoms_from_dict
 
     sys.path.insert(0, str(TESTS))
@@ -304,3 +305,13 @@ def test_single_points_on_two_ranks_equal_the_serial_ones_for_any_model(tmp_path
     ex.set_model(other)
     assert [p.enthalpy for p in ex.evaluate(cells, res["pressures"])] == pytest.approx(
         [p.enthalpy for p in member], rel=1e-12)
+    # a campaign set's views of the one executor: each relaxes with its own model, interleaved,
+    # and one view's model switch (its fine-tune) leaves the other's alone
+    h_own, h_member = [p.enthalpy_per_atom for p in own], [p.enthalpy_per_atom for p in member]
+    h_third = [p.enthalpy_per_atom for p in ex.evaluate(cells, res["pressures"],
+                                                        model=model.replace(options=mpi_evaluate.THIRD))]
+    assert res["views_protocol"] and h_third != pytest.approx(h_member)
+    for got, want in zip(res["views"], (h_own, h_member, h_own)):
+        assert got == pytest.approx(want, rel=1e-12)
+    assert res["views_after"][0] == pytest.approx(h_third, rel=1e-12)
+    assert res["views_after"][1] == pytest.approx(h_own, rel=1e-12)

@@ -4,13 +4,85 @@ oracle's check of the answer, the cascade's last stage)."""
 
 from __future__ import annotations
 
+import os
+import re
 from typing import Any, Literal
 
-from pydantic import field_validator, model_validator
+from pydantic import ValidationInfo, field_validator, model_validator
 
 from lamcsp.campaign import forms
 from lamcsp.campaign.base import Int, Section, field, invalid
 from lamcsp.campaign.sections import ModelSpec
+
+#: what a head may be called (a key of DeePMD-kit's input and of ``@HEAD``; RANDOM is reserved)
+_HEAD_RE = re.compile(r"^[A-Za-z0-9_]+$")
+
+
+class KeepPretrainedSpec(Section):
+    """A campaign set's extra head kept on pretraining data (DeePMD-kit's recipe against
+    forgetting): trained with the campaigns' heads on `data` (a piece of the pretraining set),
+    so the shared descriptor does not drift away from what it knew. DeePMD-kit only; give the
+    same section in every campaign of the set that gives one."""
+
+    head: str = field("pretrained", type="name (letters, digits, _)",
+                      doc="the kept head's name: for a multi-head model, the pretrained head it continues; "
+                          "for a single-head model any name (it starts from the model's only head)")
+    data: tuple[str, ...] = field(type="list of folders (required)",
+                                  doc="`deepmd/npy` system folders of pretraining data (relative to the "
+                                      "campaign file); at least one")
+    weight: float | None = field(type="number > 0 or null", gt=0,
+                                 doc="its share of the training steps, as `finetune.shared.weight` (null: "
+                                     "the mean of the campaigns' weights, or of their label counts)")
+
+    @field_validator("head")
+    @classmethod
+    def _head(cls, head: str) -> str:
+        if not _HEAD_RE.match(head) or head == "RANDOM":
+            raise invalid(f"{head!r} cannot name a head; use letters, digits and _ (not RANDOM)")
+        return head
+
+    @field_validator("data", mode="before")
+    @classmethod
+    def _folders(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, (list, tuple)) or not value \
+                or not all(isinstance(v, str) and v for v in value):
+            raise invalid(f"must be a non-empty list of deepmd/npy folders, got {value!r}")
+        base_dir = (info.context or {}).get("base_dir")
+        if base_dir is None:
+            return tuple(value)
+        out = []
+        for v in value:
+            full = os.path.normpath(os.path.join(base_dir, os.path.expanduser(v)))
+            if not os.path.isfile(os.path.join(full, "type.raw")):
+                raise invalid(f"{full} is not a deepmd/npy system folder (no type.raw); give folders "
+                              "relative to the campaign file")
+            out.append(full)
+        return tuple(out)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _needs_data(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "data" not in data:
+            raise invalid("missing; give the deepmd/npy folders the kept head trains on", "data")
+        return data
+
+
+class SharedSpec(Section):
+    """A campaign's options as one of a campaign set (`lamcsp search A.yaml B.yaml
+    --shared-finetune`); an error in a campaign run alone. The
+    set reads them from all its campaigns: values that must be one for the set (the kept
+    pretrained head) must agree where given, and weights are given by every campaign or by
+    none."""
+
+    weight: float | None = field(type="number > 0 or null", gt=0,
+                                 doc="this campaign's head's share of the shared training's steps "
+                                     "(DeePMD-kit `model_prob`, normalised over the set; null in every "
+                                     "campaign: from the label counts, so every frame is seen about equally "
+                                     "often)")
+    keep_pretrained: KeepPretrainedSpec | None = field(
+        type="section or null", doc="a head kept on pretraining data against forgetting (null: none)")
 
 
 class FinetuneSpec(Section):
@@ -63,6 +135,10 @@ class FinetuneSpec(Section):
             "of the labels), `seeds` (the same labels, other seeds), `fresh_head` (a freshly "
             "initialised readout / fitting net per member; DeePMD-kit: `--model-branch RANDOM`); "
             "all use seeds 1..K (`benchmarks/committee_diversity.py` measures them)")
+    shared: SharedSpec | None = field(
+        type="section or null",
+        doc="options of a campaign set sharing its fine-tune iterations (`--shared-finetune`): "
+            "`weight`, `keep_pretrained`; an error in a campaign run alone (null: the set's defaults)")
 
     @field_validator("oracle", mode="before")
     @classmethod

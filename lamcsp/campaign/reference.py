@@ -80,7 +80,25 @@ def campaign_reference() -> str:
     for key, cls in SECTIONS.items():
         title = "`generators`: each entry" if key == "generators[]" else f"`{key}`"
         lines += ["", f"## {title}", "", " ".join((cls.__doc__ or "").split()), "", *_table(cls)]
+        for sub, nested in _nested(key, cls):
+            lines += ["", f"### `{sub}`", "", " ".join((nested.__doc__ or "").split()), "", *_table(nested)]
     return "\n".join(lines) + "\n"
+
+
+def _nested(key: str, cls: type[BaseModel]) -> list[tuple[str, type[BaseModel]]]:
+    """The sections inside ``cls`` that are no top-level section of their own
+    (``finetune.shared``, ``finetune.shared.keep_pretrained``), by dotted key, depth first."""
+    from lamcsp.campaign.translate import _model_in
+
+    out: list[tuple[str, type[BaseModel]]] = []
+    for name, info in cls.model_fields.items():
+        annotation = info.annotation
+        args = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
+        for arg in args:
+            nested = _model_in(arg)
+            if nested is not None and nested not in SECTIONS.values():
+                out += [(f"{key}.{name}", nested), *_nested(f"{key}.{name}", nested)]
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

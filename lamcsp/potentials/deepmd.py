@@ -303,9 +303,19 @@ def write_frames(frames: Sequence[Any], out_dir: str | os.PathLike, type_map: Se
     return sorted(p.resolve() for p in out.iterdir() if (p / "type.raw").is_file())
 
 
-def _dp(args: list[str], cwd: Path, log: Path, env: dict[str, str] | None = None) -> None:
-    """Run ``dp --pt ARGS`` in ``cwd``, output to ``log``; a failure is a SetupError quoting
-    the end of the log."""
+def run_dp(args: list[str], cwd: Path, log: Path, env: dict[str, str] | None = None) -> None:
+    """Run DeePMD-kit's command line, ``dp --pt ARGS``, in ``cwd`` and wait for it (``dp`` on
+    the ``PATH``, else ``python -m deepmd.main`` of this interpreter).
+
+    Args:
+        args: the arguments after ``--pt`` (``["train", "input.json", "--finetune", ...]``).
+        cwd: the working directory (DeePMD-kit writes its checkpoints there).
+        log: the file its output and errors are appended to.
+        env: its environment (default: this process's).
+
+    Raises:
+        SetupError: ``dp`` exited non-zero; the message quotes the end of ``log``.
+    """
     exe = shutil.which("dp")
     cmd = [exe] if exe else [sys.executable, "-m", "deepmd.main"]
     with open(log, "a") as fh:
@@ -423,9 +433,9 @@ def train(config: dict[str, Any], workdir: str | os.PathLike, *, extra: Sequence
     env = dict(os.environ)
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)
-    _dp(["train", "input.json", *extra], work, work / "train.log", env)
+    run_dp(["train", "input.json", *extra], work, work / "train.log", env)
     # frozen under a temporary name and moved into place: a model.pth is always a whole one
-    _dp(["freeze", "-o", "model.tmp.pth", *(["--head", freeze_head] if freeze_head else [])], work,
+    run_dp(["freeze", "-o", "model.tmp.pth", *(["--head", freeze_head] if freeze_head else [])], work,
         work / "freeze.log", env)
     os.replace(work / "model.tmp.pth", work / "model.pth")
     return work / "model.pth"
