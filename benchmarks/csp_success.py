@@ -76,6 +76,13 @@ Methods (each a campaign's ``generators``; the rest of the campaign is lamcsp's 
   generator on the rest;
 * ``pso``: CALYPSO-style particle swarm alone (with its own share of random structures);
 * ``ga``: the genetic generator (USPEX-style heredity, lattice mutation, permutation).
+* ``METHOD_cascade`` (any lamcsp method, e.g. ``lamcsp_cascade``): the model cascade, the method's
+  search with ``--model`` and then a ``rescore:`` stage that re-relaxes its ``--cascade-top-k``
+  lowest distinct structures (and all within ``--cascade-window`` of its lowest) with
+  ``--cascade-model`` (default SevenNet-0). The run is judged on the cascade's answer: the target
+  among the 5 lowest distinct rescored structures by the cascade model's enthalpy, against the
+  target relaxed with the cascade model (``refs_<model>/``); the search model's own verdict is
+  kept in the record's ``search`` entry. Not with ``--stop-at-match`` (the search must finish).
 
 Every run keeps its lamcsp run directory under ``--out``/runs and writes its record as soon as
 it ends, so a rerun skips finished runs and resumes an interrupted one (``lamcsp search
@@ -294,6 +301,9 @@ def relax_reference(target: Target, potential: Any, relax: Any, cache: Path) -> 
 
 def method_generators(method: str) -> list[dict[str, Any]] | None:
     """The ``generators`` list of a method's campaign (``None``: lamcsp's default)."""
+    cascade = re.fullmatch(r"(lamcsp\w*)_cascade", method)
+    if cascade:  # the method's search, then the cascade's rescore stage (set by campaign_for)
+        return method_generators(cascade.group(1))
     if method == "lamcsp":
         return None
     if method == "lamcsp_plain":
@@ -344,6 +354,19 @@ def method_generators(method: str) -> list[dict[str, Any]] | None:
 def campaign_for(target: Target, method: str, seed: int, args: argparse.Namespace) -> Any:
     from lamcsp.campaign import parse_campaign
 
+    raw = _campaign_raw(target, method, seed, args)
+    return parse_campaign(raw, source=f"benchmark campaign {raw['name']}")
+
+
+def _campaign_raw(target: Target, method: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    """A method's campaign as plain data (see :func:`campaign_for`)."""
+    cascade = re.fullmatch(r"(lamcsp\w*)_cascade", method)
+    if cascade:
+        raw = _campaign_raw(target, cascade.group(1), seed, args)
+        raw["name"] = f"{target.id}-{method}-s{seed}"
+        raw["rescore"] = {"model": _model_section(args, args.cascade_model), "top_k": args.cascade_top_k,
+                          "window": args.cascade_window}
+        return raw
     fu = target.formula_units
     system: dict[str, Any] = {"composition": target.composition,
                               "formula_units": fu if args.formula_units == "same" else f"1-{fu}",
@@ -379,7 +402,7 @@ def campaign_for(target: Target, method: str, seed: int, args: argparse.Namespac
                     for g in Campaign().generators] + [{**tpl, "share": 0.25}]
     if gens is not None:
         raw["generators"] = gens
-    return parse_campaign(raw, source=f"benchmark campaign {raw['name']}")
+    return raw
 
 
 def generators_of(campaign: Any) -> list[dict[str, Any]]:
@@ -405,8 +428,9 @@ def stale_records(tasks: Sequence[tuple[Target, str, int]], out: Path, args: arg
     return stale
 
 
-def _model_section(args: argparse.Namespace) -> dict[str, Any]:
-    backend, _, rest = args.model.partition(":")
+def _model_section(args: argparse.Namespace, spec: str | None = None) -> dict[str, Any]:
+    """The campaign ``model`` section of ``spec`` (default ``--model``) on ``--device``."""
+    backend, _, rest = (spec or args.model).partition(":")
     section: dict[str, Any] = {"backend": backend, "device": args.device}
     if rest:
         if backend == "chgnet" and (re.fullmatch(r"\d+\.\d+\.\d+", rest) or rest == "r2scan"):
@@ -538,6 +562,63 @@ def evaluate(run_dir: Path, ref: Reference, until: float | None = None) -> dict[
     return rec
 
 
+def evaluate_cascade(run_dir: Path, ref: Reference) -> dict[str, Any]:
+    """The cascade's verdict on a finished run: its rescore rows (``role=verify``,
+    ``stage=rescore``) ranked by the cascade model's enthalpy, judged against ``ref`` (the target
+    relaxed with the cascade model) by the same rule as :func:`evaluate`."""
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    from lamcsp.store import ResultStore, result_ok
+
+    store = ResultStore(run_dir)
+    rows = [r for r in store.rows(role="verify", include_data=False)
+            if r.get("stage") == "rescore" and result_ok(r)]
+    structures = {int(r.id): AseAtomsAdaptor.get_structure(r.toatoms()) for r in rows}
+    symmetrised: dict[int, Any] = {}
+
+    def sym_of(r: Any) -> Any:
+        if int(r.id) not in symmetrised:
+            symmetrised[int(r.id)] = symmetrized(structures[int(r.id)])
+        return symmetrised[int(r.id)]
+
+    unique, n_below = distinct_lowest(sorted(rows, key=lambda r: r.enthalpy_per_atom), sym_of,
+                                      ref.enthalpy_per_atom - BELOW_TOL)
+    top = unique[:TOP_K]
+    def is_target(r: Any) -> bool:
+        return ref.matches(structures[int(r.id)], float(r.enthalpy_per_atom), symmetrize=lambda _: sym_of(r))
+
+    hit = [i for i, r in enumerate(top) if is_target(r)]
+    rescored = any(is_target(r) for r in rows)
+    best = unique[0].enthalpy_per_atom if unique else math.nan
+    reason = None
+    if not hit:
+        reason = ("model_prefers_other" if n_below >= TOP_K else "found_not_top5" if rescored
+                  else "not_rescored")
+    return {"success": bool(hit), "rank": hit[0] + 1 if hit else None, "rescored": len(rows),
+            "best_enthalpy_per_atom": best,
+            "energy_distance": best - ref.enthalpy_per_atom if unique else None,
+            "n_below_reference": n_below, "top_spacegroups": [int(r.spacegroup) for r in top],
+            "reason": reason}
+
+
+def judge(run_dir: Path, method: str, ref: Reference, args: argparse.Namespace) -> dict[str, Any]:
+    """:func:`evaluate`; for a cascade method the verdict is the cascade's
+    (:func:`evaluate_cascade`), the search model's kept under ``search``."""
+    rec = evaluate(run_dir, ref)
+    if not method.endswith("_cascade"):
+        return rec
+    cascade = evaluate_cascade(run_dir, args.cascade_refs[ref_id(run_dir)])
+    keys = ("success", "rank", "best_enthalpy_per_atom", "energy_distance", "n_below_reference",
+            "top_spacegroups", "reason")
+    return {**rec, "search": {k: rec[k] for k in keys}, **{k: cascade[k] for k in keys},
+            "rescored": cascade["rescored"], "cascade_model": args.cascade_model}
+
+
+def ref_id(run_dir: Path) -> str:
+    """The target id of a run folder (``runs/<target>/<method>-s<seed>``)."""
+    return run_dir.parent.name
+
+
 def run_one(target: Target, method: str, seed: int, ref: Reference, potential: Any,
             args: argparse.Namespace, out: Path) -> dict[str, Any]:
     from pymatgen.io.ase import AseAtomsAdaptor
@@ -556,7 +637,7 @@ def run_one(target: Target, method: str, seed: int, ref: Reference, potential: A
             shutil.rmtree(run_dir)
         elif args.rescore:
             # judge the finished run again from its database, with the current rule
-            rec = {**rec, **evaluate(run_dir, ref), "rescored": True}
+            rec = {**rec, **judge(run_dir, method, ref, args), "rejudged": True}
             _write_json(record_path, rec)
             return rec
         else:
@@ -585,7 +666,7 @@ def run_one(target: Target, method: str, seed: int, ref: Reference, potential: A
     _write_json(meta, {**json.loads(meta.read_text()), "elapsed": elapsed})
     rec = {"target": target.id, "formula": target.formula, "nsites": target.nsites,
            "spacegroup": target.spacegroup, "method": method, "seed": seed,
-           "generators": generators_of(campaign), **evaluate(run_dir, ref), "seconds": elapsed,
+           "generators": generators_of(campaign), **judge(run_dir, method, ref, args), "seconds": elapsed,
            "stopped_at_match": bool(args.stop_at_match), "resumed": resume}
     _write_json(record_path, rec)
     return rec
@@ -884,6 +965,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rescore", action="store_true",
                     help="judge runs that already have a record again from their databases (after a "
                          "change of the success rule), rewriting the records")
+    ap.add_argument("--cascade-model", default="sevennet:7net-0",
+                    help="the rescore model of METHOD_cascade methods, as --model (default "
+                         "sevennet:7net-0)")
+    ap.add_argument("--cascade-top-k", type=int, default=10,
+                    help="structures per run the cascade model re-relaxes, the search model's lowest "
+                         "first (default 10)")
+    ap.add_argument("--cascade-window", type=float, default=0.05,
+                    help="eV/atom: every unique structure this close to the search's lowest is "
+                         "re-relaxed too (default 0.05)")
     ap.add_argument("--jobs", type=int, default=1,
                     help="runs at a time, each in its own process with its own model (default 1); on "
                          "a GPU they share it, on a CPU they share the cores")
@@ -901,6 +991,10 @@ def main(argv: list[str] | None = None) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     for m in methods:
         method_generators(m)
+    cascades = [m for m in methods if m.endswith("_cascade")]
+    if cascades and args.stop_at_match:
+        raise SystemExit(f"--stop-at-match: the cascade methods ({', '.join(cascades)}) judge the search's "
+                         "end; run them without it")
     targets = select(load_targets(args.targets), args.subset)
     if not targets:
         raise SystemExit("no targets selected")
@@ -922,6 +1016,14 @@ def main(argv: list[str] | None = None) -> int:
     # every reference first (cached in refs/), so that parallel workers share them
     refs = {t.id: relax_reference(t, potential, campaign0.relax, out / "refs" / f"{t.id}.json")
             for t in targets}
+    args.cascade_refs = {}
+    if cascades:  # the targets relaxed with the cascade model too (refs_<name>/, as model_agreement.py)
+        cascade_potential = load_model(campaign_for(targets[0], cascades[0], seeds[0], args).rescore.model)
+        folder = out / f"refs_{args.cascade_model.partition(':')[2] or args.cascade_model}"
+        folder.mkdir(parents=True, exist_ok=True)
+        args.cascade_refs = {t.id: relax_reference(t, cascade_potential, campaign0.relax,
+                                                   folder / f"{t.id}.json") for t in targets}
+        del cascade_potential
     # seeds outermost, so that an interrupted benchmark has every target for the first seeds
     tasks = [(t, m, s) for s in seeds for t in targets for m in methods]
     if args.collect:

@@ -226,3 +226,32 @@ def test_search_origins_accounts_for_every_relaxation_of_the_smoke_runs(smoke):
             sum(1 for r in recs if r["relaxations_to_match"])
     assert set(got["random"]["origins"]) == {"random"}
     assert {"random", "pso/new"} <= set(got["lamcsp"]["origins"])  # the default mix's two sources
+
+
+def test_a_cascade_run_is_judged_on_its_rescore_rows(tmp_path):
+    """``lamcsp_cascade``: the search, then the rescore stage; the record's verdict comes from the
+    rescore rows against the target relaxed with the cascade model. With EMT as both models
+    (AlAg, EMT's elements) the rescore re-relaxes minima in place, so the cascade's verdict,
+    ranking and energy distance equal the search's own (kept under ``search``), and the search's
+    lowest unique structures are among the rescored rows."""
+    import ase.db
+
+    cmd = [sys.executable, str(SCRIPT), "--subset", "ids:mp-1228901", "--model", "emt", "--budget", "24",
+           "--seeds", "1", "--population", "12", "--methods", "lamcsp_cascade", "--cascade-model", "emt",
+           "--cascade-top-k", "4", "--out", str(tmp_path)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"})
+    assert res.returncode == 0, res.stdout + res.stderr
+    run = tmp_path / "runs" / "mp-1228901" / "lamcsp_cascade-s1"
+    rec = json.loads((run / "bench_record.json").read_text())
+    assert rec["search"]["success"] and rec["success"] and rec["rank"] == rec["search"]["rank"] == 1
+    assert rec["energy_distance"] == pytest.approx(rec["search"]["energy_distance"], abs=1e-3)
+    db = ase.db.connect(str(run / "results.db"))
+    rescored = [r for r in db.select(role="verify") if r.get("stage") == "rescore"]
+    assert rec["rescored"] == len(rescored) >= 4
+    lowest = sorted((r for r in db.select(role="search", unique=True)), key=lambda r: r.enthalpy_per_atom)
+    assert {r.of for r in rescored} >= {r.id for r in lowest[:4]}
+    assert (tmp_path / "refs_emt" / "mp-1228901.json").exists()  # the target relaxed by the cascade model
+    # a cascade needs the search's end
+    res = subprocess.run([*cmd, "--stop-at-match"], capture_output=True, text=True, timeout=600)
+    assert res.returncode != 0 and "--stop-at-match" in res.stderr
