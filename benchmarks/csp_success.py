@@ -594,7 +594,7 @@ def evaluate_cascade(run_dir: Path, ref: Reference) -> dict[str, Any]:
     if not hit:
         reason = ("model_prefers_other" if n_below >= TOP_K else "found_not_top5" if rescored
                   else "not_rescored")
-    return {"success": bool(hit), "rank": hit[0] + 1 if hit else None, "rescored": len(rows),
+    return {"success": bool(hit), "rank": hit[0] + 1 if hit else None, "cascade_rows": len(rows),
             "best_enthalpy_per_atom": best,
             "energy_distance": best - ref.enthalpy_per_atom if unique else None,
             "n_below_reference": n_below, "top_spacegroups": [int(r.spacegroup) for r in top],
@@ -611,7 +611,7 @@ def judge(run_dir: Path, method: str, ref: Reference, args: argparse.Namespace) 
     keys = ("success", "rank", "best_enthalpy_per_atom", "energy_distance", "n_below_reference",
             "top_spacegroups", "reason")
     return {**rec, "search": {k: rec[k] for k in keys}, **{k: cascade[k] for k in keys},
-            "rescored": cascade["rescored"], "cascade_model": args.cascade_model}
+            "cascade_rows": cascade["cascade_rows"], "cascade_model": args.cascade_model}
 
 
 def ref_id(run_dir: Path) -> str:
@@ -637,7 +637,7 @@ def run_one(target: Target, method: str, seed: int, ref: Reference, potential: A
             shutil.rmtree(run_dir)
         elif args.rescore:
             # judge the finished run again from its database, with the current rule
-            rec = {**rec, **judge(run_dir, method, ref, args), "rejudged": True}
+            rec = {**rec, **judge(run_dir, method, ref, args), "rescored": True}
             _write_json(record_path, rec)
             return rec
         else:

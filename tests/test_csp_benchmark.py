@@ -248,7 +248,7 @@ def test_a_cascade_run_is_judged_on_its_rescore_rows(tmp_path):
     assert rec["energy_distance"] == pytest.approx(rec["search"]["energy_distance"], abs=1e-3)
     db = ase.db.connect(str(run / "results.db"))
     rescored = [r for r in db.select(role="verify") if r.get("stage") == "rescore"]
-    assert rec["rescored"] == len(rescored) >= 4
+    assert rec["cascade_rows"] == len(rescored) >= 4
     lowest = sorted((r for r in db.select(role="search", unique=True)), key=lambda r: r.enthalpy_per_atom)
     assert {r.of for r in rescored} >= {r.id for r in lowest[:4]}
     assert (tmp_path / "refs_emt" / "mp-1228901.json").exists()  # the target relaxed by the cascade model
