@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+import shutil
+import sys
+from pathlib import Path
+
 import numpy as np
+import pytest
 from ase import Atoms
 from ase.build import bulk
 
 EPS_AR, SIG_AR = 0.0104, 3.4
+
+
+def mpiexec() -> str:
+    """The ``mpiexec`` beside this Python (the mpich wheel's) or on PATH; skips the test
+    without one or without mpi4py."""
+    beside = Path(sys.executable).parent / "mpiexec"
+    found = str(beside) if beside.exists() else shutil.which("mpiexec")
+    if found is None:
+        pytest.skip("no mpiexec (pip install lamcsp[mpi])")
+    pytest.importorskip("mpi4py")
+    return found
 
 
 def rattled_fcc(n_rep=(2, 2, 1), a=5.6, rattle=0.1, strain=(1.02, 0.97, 1.0), seed=1) -> Atoms:

@@ -18,6 +18,7 @@ import ase.io
 import numpy as np
 import pytest
 import yaml
+from helpers import mpiexec
 
 from lamcsp.campaign import parse_campaign
 from lamcsp.campaign_set import check_alone, shared_options
@@ -26,15 +27,6 @@ from lamcsp.errors import SetupError
 TESTS = Path(__file__).resolve().parent
 #: two systems that share Cu, so one element reference is fit on both systems' frames
 SYSTEMS = ("CuAu", "CuNi")
-
-
-def _mpiexec() -> str:
-    beside = Path(sys.executable).parent / "mpiexec"
-    found = str(beside) if beside.exists() else shutil.which("mpiexec")
-    if found is None:
-        pytest.skip("no mpiexec (pip install lamcsp[mpi])")
-    pytest.importorskip("mpi4py")
-    return found
 
 
 def _env() -> dict[str, str]:
@@ -68,7 +60,7 @@ def test_chgnet_set_on_two_ranks_shares_one_model_and_one_reference_fit_and_resu
         (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(_campaign(name)))
     args = [sys.executable, "-m", "lamcsp", "search", *(f"{n}.yaml" for n in SYSTEMS), "--shared-finetune",
             "-o", "set", "--quiet"]
-    r = subprocess.run([_mpiexec(), "-n", "2", *args], cwd=tmp_path, capture_output=True, text=True, env=_env(),
+    r = subprocess.run([mpiexec(), "-n", "2", *args], cwd=tmp_path, capture_output=True, text=True, env=_env(),
                        timeout=300)
     assert r.returncode == 0, r.stderr
     root = tmp_path / "set"

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import yaml
 from ase.build import bulk
+from helpers import mpiexec
 from lamcsp.relax.relaxer import Relaxer, RelaxResult
 
 from lamcsp.errors import SetupError
@@ -40,15 +41,6 @@ CAMPAIGN = {
 }
 
 
-def _mpiexec() -> str:
-    beside = Path(sys.executable).parent / "mpiexec"
-    found = str(beside) if beside.exists() else shutil.which("mpiexec")
-    if found is None:
-        pytest.skip("no mpiexec (pip install lamcsp[mpi])")
-    pytest.importorskip("mpi4py")
-    return found
-
-
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LAMCSP_FAULT", "PMI_", "OMPI_"))}
     env.update({"OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
@@ -60,7 +52,7 @@ def _env(**extra: str) -> dict[str, str]:
 def _search(campaign: Path, out: Path, ranks: int, *extra: str, env: dict | None = None):
     cmd = [sys.executable, "-m", "lamcsp", "search", str(campaign), "--output", str(out), "--quiet", *extra]
     if ranks > 1:
-        cmd = [_mpiexec(), "-n", str(ranks), *cmd]
+        cmd = [mpiexec(), "-n", str(ranks), *cmd]
     return subprocess.run(cmd, capture_output=True, text=True, env=env or _env(), timeout=600)
 
 
@@ -175,7 +167,7 @@ def test_killed_worker_names_its_rank_and_structures_and_resume_finishes(serial_
 
 def _map(tmp_path: Path, spec: dict, batch: int = 0) -> dict:
     out = tmp_path / "map.json"
-    proc = subprocess.run([_mpiexec(), "-n", "2", sys.executable, str(TESTS / "mpi_map.py"), str(out),
+    proc = subprocess.run([mpiexec(), "-n", "2", sys.executable, str(TESTS / "mpi_map.py"), str(out),
                            json.dumps(spec), str(batch)], capture_output=True, text=True, env=_env(), timeout=300)
     assert proc.returncode == 0, proc.stderr
     return json.loads(out.read_text())
@@ -205,7 +197,7 @@ def test_oracle_labels_run_on_every_rank_and_equal_the_serial_labels(tmp_path):
     from lamcsp.relax.relaxer import atoms_from_dict
 
     out = tmp_path / "labels.json"
-    proc = subprocess.run([_mpiexec(), "-n", "2", sys.executable, str(TESTS / "mpi_label.py"), str(out)],
+    proc = subprocess.run([mpiexec(), "-n", "2", sys.executable, str(TESTS / "mpi_label.py"), str(out)],
                           capture_output=True, text=True, env=_env(), timeout=300)
     assert proc.returncode == 0, proc.stderr
     res = json.loads(out.read_text())
@@ -230,7 +222,7 @@ def test_lamcsp_verify_on_two_ranks_verifies_what_the_serial_run_verifies(tmp_pa
     serial = subprocess.run([sys.executable, "-m", "lamcsp", args[0], str(tmp_path / "a"), *args[1:]],
                             capture_output=True, text=True, env=_env(), timeout=600)
     assert serial.returncode == 0, serial.stderr
-    mpi = subprocess.run([_mpiexec(), "-n", "2", sys.executable, "-m", "lamcsp", args[0], str(tmp_path / "b"),
+    mpi = subprocess.run([mpiexec(), "-n", "2", sys.executable, "-m", "lamcsp", args[0], str(tmp_path / "b"),
                           *args[1:]], capture_output=True, text=True, env=_env(), timeout=600)
     assert mpi.returncode == 0, mpi.stderr
 
@@ -284,7 +276,7 @@ def test_single_points_on_two_ranks_equal_the_serial_ones_for_any_model(tmp_path
     from lamcsp.campaign import parse_campaign
 
     out = tmp_path / "sp.json"
-    proc = subprocess.run([_mpiexec(), "-n", "2", sys.executable, str(TESTS / "mpi_evaluate.py"), str(out)],
+    proc = subprocess.run([mpiexec(), "-n", "2", sys.executable, str(TESTS / "mpi_evaluate.py"), str(out)],
                           capture_output=True, text=True, env=_env(), timeout=300)
     assert proc.returncode == 0, proc.stderr
     res = json.loads(out.read_text())
