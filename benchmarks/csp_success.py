@@ -483,11 +483,41 @@ def in_search_order(rows: Sequence[Any]) -> list[Any]:
     return sorted(rows, key=lambda r: (r.generation, r.get("order", -1), r.unit, r.candidate))
 
 
+class Ranked:
+    """Relaxed rows judged against a reference: each row's structure and symmetrised structure
+    made once, the distinct lowest (:func:`distinct_lowest`) and the reference matcher.
+
+    Attributes:
+        unique: the distinct structures, lowest first; ``top`` the first ``TOP_K`` of them.
+        n_below: how many distinct structures lie more than ``BELOW_TOL`` under the reference.
+    """
+
+    def __init__(self, rows: Sequence[Any], ref: Reference):
+        from pymatgen.io.ase import AseAtomsAdaptor
+
+        self.ref = ref
+        self.structures = {int(r.id): AseAtomsAdaptor.get_structure(r.toatoms()) for r in rows}
+        self._sym: dict[int, Any] = {}
+        lowest_first = sorted(rows, key=lambda r: r.enthalpy_per_atom)
+        below = ref.enthalpy_per_atom - BELOW_TOL
+        self.unique, self.n_below = distinct_lowest(lowest_first, self.sym_of, below)
+        self.top = self.unique[:TOP_K]
+
+    def sym_of(self, r: Any) -> Any:
+        if int(r.id) not in self._sym:
+            self._sym[int(r.id)] = symmetrized(self.structures[int(r.id)])
+        return self._sym[int(r.id)]
+
+    def is_target(self, r: Any) -> bool:
+        """Row ``r`` (one of the rows given) is the reference structure."""
+        return self.ref.matches(self.structures[int(r.id)], float(r.enthalpy_per_atom),
+                                symmetrize=lambda _: self.sym_of(r))
+
+
 def evaluate(run_dir: Path, ref: Reference, until: float | None = None) -> dict[str, Any]:
     """Success, first match, energy distance and failure reason of a finished (or stopped) run;
     with ``until`` (seconds), of what it had stored that many seconds after its start."""
     from ase.db.core import T2000, YEAR
-    from pymatgen.io.ase import AseAtomsAdaptor
 
     from lamcsp.store import ResultStore, result_ok
 
@@ -498,26 +528,12 @@ def evaluate(run_dir: Path, ref: Reference, until: float | None = None) -> dict[
     if until is not None and start is not None:
         rows = [r for r in rows if r.ctime * YEAR + T2000 - start <= until]
     ok = [r for r in rows if result_ok(r)]
-    # each row's structure and symmetrised structure are made once, for both walks below
-    structures: dict[int, Any] = {int(r.id): AseAtomsAdaptor.get_structure(r.toatoms()) for r in ok}
-    symmetrised: dict[int, Any] = {}
-
-    def sym_of(r: Any) -> Any:
-        if int(r.id) not in symmetrised:
-            symmetrised[int(r.id)] = symmetrized(structures[int(r.id)])
-        return symmetrised[int(r.id)]
-
-    unique, n_below = distinct_lowest(sorted(ok, key=lambda r: r.enthalpy_per_atom), sym_of,
-                                      ref.enthalpy_per_atom - BELOW_TOL)
-    top = unique[:TOP_K]
-
-    def match(r: Any) -> bool:
-        return ref.matches(structures[int(r.id)], float(r.enthalpy_per_atom), symmetrize=lambda _: sym_of(r))
-
+    ranked = Ranked(ok, ref)
+    unique, n_below, top, match = ranked.unique, ranked.n_below, ranked.top, ranked.is_target
     top_match = [i for i, r in enumerate(top) if match(r)]
     first = None
     for n, r in enumerate(rows, start=1):
-        if int(r.id) in structures and match(r):
+        if int(r.id) in ranked.structures and match(r):
             first = (n, r)
             break
     # model steps: each relaxation's steps + 1, and every generation's prescreen (single points
@@ -566,29 +582,16 @@ def evaluate_cascade(run_dir: Path, ref: Reference) -> dict[str, Any]:
     """The cascade's verdict on a finished run: its rescore rows (``role=verify``,
     ``stage=rescore``) ranked by the cascade model's enthalpy, judged against ``ref`` (the target
     relaxed with the cascade model) by the same rule as :func:`evaluate`."""
-    from pymatgen.io.ase import AseAtomsAdaptor
 
     from lamcsp.store import ResultStore, result_ok
 
     store = ResultStore(run_dir)
     rows = [r for r in store.rows(role="verify", include_data=False)
             if r.get("stage") == "rescore" and result_ok(r)]
-    structures = {int(r.id): AseAtomsAdaptor.get_structure(r.toatoms()) for r in rows}
-    symmetrised: dict[int, Any] = {}
-
-    def sym_of(r: Any) -> Any:
-        if int(r.id) not in symmetrised:
-            symmetrised[int(r.id)] = symmetrized(structures[int(r.id)])
-        return symmetrised[int(r.id)]
-
-    unique, n_below = distinct_lowest(sorted(rows, key=lambda r: r.enthalpy_per_atom), sym_of,
-                                      ref.enthalpy_per_atom - BELOW_TOL)
-    top = unique[:TOP_K]
-    def is_target(r: Any) -> bool:
-        return ref.matches(structures[int(r.id)], float(r.enthalpy_per_atom), symmetrize=lambda _: sym_of(r))
-
-    hit = [i for i, r in enumerate(top) if is_target(r)]
-    rescored = any(is_target(r) for r in rows)
+    ranked = Ranked(rows, ref)
+    unique, n_below, top = ranked.unique, ranked.n_below, ranked.top
+    hit = [i for i, r in enumerate(top) if ranked.is_target(r)]
+    rescored = any(ranked.is_target(r) for r in rows)
     best = unique[0].enthalpy_per_atom if unique else math.nan
     reason = None
     if not hit:
