@@ -83,6 +83,10 @@ Methods (each a campaign's ``generators``; the rest of the campaign is lamcsp's 
   among the 5 lowest distinct rescored structures by the cascade model's enthalpy, against the
   target relaxed with the cascade model (``refs_<model>/``); the search model's own verdict is
   kept in the record's ``search`` entry. Not with ``--stop-at-match`` (the search must finish).
+  To rescore finished cascade runs with another model without searching again, copy their run
+  folders to a new ``--out`` (with ``refs/``), delete their ``bench_record.json`` and run with the
+  new ``--cascade-model``: each run resumes a finished search, so only the rescore stage runs
+  (its rows sit beside the first model's, and each model is judged on its own rows).
 
 Every run keeps its lamcsp run directory under ``--out``/runs and writes its record as soon as
 it ends, so a rerun skips finished runs and resumes an interrupted one (``lamcsp search
@@ -578,16 +582,17 @@ def evaluate(run_dir: Path, ref: Reference, until: float | None = None) -> dict[
     return rec
 
 
-def evaluate_cascade(run_dir: Path, ref: Reference) -> dict[str, Any]:
-    """The cascade's verdict on a finished run: its rescore rows (``role=verify``,
-    ``stage=rescore``) ranked by the cascade model's enthalpy, judged against ``ref`` (the target
-    relaxed with the cascade model) by the same rule as :func:`evaluate`."""
+def evaluate_cascade(run_dir: Path, ref: Reference, oracle: str) -> dict[str, Any]:
+    """The cascade's verdict on a finished run: the rescore rows of the cascade model (``role=verify``,
+    ``stage=rescore``, ``oracle`` = ``oracle``; a run rescored by several models keeps each one's
+    rows) ranked by the cascade model's enthalpy, judged against ``ref`` (the target relaxed with
+    the cascade model) by the same rule as :func:`evaluate`."""
 
     from lamcsp.store import ResultStore, result_ok
 
     store = ResultStore(run_dir)
     rows = [r for r in store.rows(role="verify", include_data=False)
-            if r.get("stage") == "rescore" and result_ok(r)]
+            if r.get("stage") == "rescore" and r.get("oracle") == oracle and result_ok(r)]
     ranked = Ranked(rows, ref)
     unique, n_below, top = ranked.unique, ranked.n_below, ranked.top
     hit = [i for i, r in enumerate(top) if ranked.is_target(r)]
@@ -610,7 +615,7 @@ def judge(run_dir: Path, method: str, ref: Reference, args: argparse.Namespace) 
     rec = evaluate(run_dir, ref)
     if not method.endswith("_cascade"):
         return rec
-    cascade = evaluate_cascade(run_dir, args.cascade_refs[ref_id(run_dir)])
+    cascade = evaluate_cascade(run_dir, args.cascade_refs[ref_id(run_dir)], args.cascade_oracle)
     keys = ("success", "rank", "best_enthalpy_per_atom", "energy_distance", "n_below_reference",
             "top_spacegroups", "reason")
     return {**rec, "search": {k: rec[k] for k in keys}, **{k: cascade[k] for k in keys},
@@ -1021,7 +1026,10 @@ def main(argv: list[str] | None = None) -> int:
             for t in targets}
     args.cascade_refs = {}
     if cascades:  # the targets relaxed with the cascade model too (refs_<name>/, as model_agreement.py)
+        from lamcsp.rescore import rescore_id
+
         cascade_potential = load_model(campaign_for(targets[0], cascades[0], seeds[0], args).rescore.model)
+        args.cascade_oracle = rescore_id(cascade_potential.model_id)
         folder = out / f"refs_{args.cascade_model.partition(':')[2] or args.cascade_model}"
         folder.mkdir(parents=True, exist_ok=True)
         args.cascade_refs = {t.id: relax_reference(t, cascade_potential, campaign0.relax,
