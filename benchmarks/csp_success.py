@@ -382,6 +382,8 @@ def _campaign_raw(target: Target, method: str, seed: int, args: argparse.Namespa
         "name": f"{target.id}-{method}-s{seed}", "seed": seed, "system": system,
         "population": args.population, "generations": None, "max_relaxations": args.budget,
         "stop": {"patience": None}, "model": _model_section(args), "report": {"top_n": TOP_K},
+        # the search model alone (the ``_cascade`` methods add their rescore stage)
+        "rescore": {"model": None},
         # the baselines relax every structure they draw (AIRSS, PyXtal); lamcsp's methods keep
         # its default similarity screen before relaxation
         "dedupe": {"before_relax": False} if baseline else {},

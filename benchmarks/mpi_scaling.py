@@ -73,6 +73,7 @@ def _campaign(system: str, population: int = 12, threads: int = 1, backend: str 
         "population": population, "generations": 1, "stop": {"patience": None},
         "model": {"backend": backend, "device": "cpu"},
         "parallel": {"threads": threads},
+        "rescore": {"model": None},  # the search's own work: no cascade stage
     })
 
 

@@ -75,9 +75,9 @@ def check_campaign(campaign: Any) -> None:
     """Every package the campaign's features need is installed, else a :class:`SetupError`
     naming the field and the extra to install (before any work)."""
     _check_model(campaign.model, "model")
-    rescore = getattr(campaign, "rescore", None)
-    if rescore is not None and rescore.model is not None:
-        _check_model(rescore.model, "rescore.model")
+    rescore = getattr(campaign, "rescore_model", None)
+    if rescore is not None and not campaign.rescore_is_default:  # the default steps aside (Search.begin)
+        _check_model(rescore, "rescore.model")
     if campaign.finetune.enabled:
         check_oracle_packages(campaign.finetune.oracle, "finetune.oracle")
         require("dpdata", "finetune.enabled", "the fine-tune loop", "`pip install dpdata`")

@@ -159,6 +159,8 @@ class Search:
         self.generation = 0
         self.spent = 0
         self.done = False
+        #: the cascade's rescore stage runs at the end (off where the default model cannot run the system)
+        self.cascade = campaign.rescore_model is not None
         self.warned: set[tuple[int, str]] = set()
         self.finetune = steps.FinetuneStep(self, trainer)
         self.verification = steps.Verification(self)
@@ -300,9 +302,19 @@ class Search:
 
         elements = sorted({el for u in self.units for el in u.composition})
         self.potential.check_numbers([atomic_numbers[el] for el in elements], field="model")
-        if self.campaign.rescore.model is not None:  # the cascade's model runs this system: before any work
-            self.verification.rescore_potential().check_numbers([atomic_numbers[el] for el in elements],
-                                                                field="rescore.model")
+        if self.cascade:  # the cascade's model runs this system: before any work
+            try:
+                self.verification.rescore_potential().check_numbers([atomic_numbers[el] for el in elements],
+                                                                    field="rescore.model")
+            except Exception as exc:  # noqa: BLE001 - the default cascade steps aside, a named model stops
+                if not self.campaign.rescore_is_default:
+                    raise
+                self.cascade = False  # the default cascade steps aside where its model cannot go
+                why = ("the sevenn package is missing; install lamcsp[sevennet] for it"
+                       if isinstance(exc, ImportError) else str(exc))
+                note = f"no rescore stage: the default rescore model (SevenNet-0) cannot run ({why})"
+                log.warning(note)
+                self.say(f"  {note}")
         self.prepare()
         state = read_checkpoint(self.paths.checkpoint) if self.resume else None
         if state is not None:
@@ -335,7 +347,7 @@ class Search:
         if not self.done:
             self.done = True
             self.checkpoint()
-        cascade = self.campaign.rescore.model is not None
+        cascade = self.cascade
         if cascade:  # a second model re-ranks the best (nothing twice on --resume)
             self.verification.rescore()
         if self.campaign.verify_enabled:  # the answer, checked by the oracle (nothing twice on --resume)

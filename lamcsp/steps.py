@@ -350,7 +350,7 @@ class Verification:
         if self._rescore is None:
             from lamcsp.potentials.registry import load_model
 
-            self._rescore = load_model(self.s.campaign.rescore.model)
+            self._rescore = load_model(self.s.campaign.rescore_model)
         return self._rescore
 
     def rescore(self) -> None:

@@ -91,3 +91,52 @@ def test_a_resumed_cascade_repeats_nothing(cascade):
     Search(parse_campaign(CAMPAIGN), run, resume=True, progress=False).run()
     after = sorted((r.key, round(r.enthalpy_per_atom, 9)) for r in ResultStore(run).rows())
     assert after == before and len(before) > 0
+
+
+# ------------------------------------------------------------------------- the default cascade
+
+
+def test_the_default_cascade_rescores_a_pretrained_chgnet_search_only():
+    """No ``rescore.model``: SevenNet-0 rescores a pretrained CHGNet search (the measured
+    default), not a model of the user's own, not the fine-tune loop, not where null turns it off."""
+    from lamcsp.campaign.schema import DEFAULT_RESCORE_MODEL
+
+    base = {"name": "d", "system": {"composition": "Cu"}, "generations": 1}
+    default = parse_campaign(base)
+    assert default.rescore_is_default
+    assert default.rescore_model.backend == DEFAULT_RESCORE_MODEL["backend"] == "sevennet"
+    assert parse_campaign(default.to_dict()) == default  # the copy of a run reads back the same
+    assert "the default cascade" in default.summary()
+    off = parse_campaign({**base, "rescore": {"model": None}})
+    assert off.rescore_model is None and "rescore" not in off.summary()
+    own = parse_campaign({**base, "model": {"backend": "lj", "options": {"epsilon": 0.4, "sigma": 2.3}}})
+    assert own.rescore_model is None
+    named = parse_campaign({**base, "rescore": {"model": {"backend": "emt"}}})
+    assert not named.rescore_is_default and named.rescore_model.backend == "emt"
+    looped = parse_campaign({**base, "finetune": {"enabled": True, "oracle": "emt"}})
+    assert looped.rescore_model is None
+
+
+def test_the_default_cascade_steps_aside_where_its_model_cannot_go(tmp_path):
+    """SevenNet-0 has no polonium: a default campaign on Po searches and reports without the
+    rescore stage, and says why; a rescore model the campaign names stops it instead."""
+    import io
+
+    from lamcsp.errors import SetupError
+    from lamcsp.potentials.registry import load_model
+
+    raw = {"name": "po", "seed": 1, "system": {"composition": "Po", "formula_units": "1-2"},
+           "generators": [{"name": "random", "share": 1.0}], "population": 3, "generations": 1,
+           "stop": {"patience": None}, "relax": {"fmax": 0.05, "max_steps": 60}}
+    campaign = parse_campaign(raw)
+    assert campaign.rescore_is_default
+    lj = load_model(parse_campaign({**raw, "model": {"backend": "lj", "device": "cpu",
+                                                      "options": {"epsilon": 0.2, "sigma": 3.0}}}).model)
+    out = io.StringIO()
+    Search(campaign, tmp_path / "run", potential=lj, progress=out).run()
+    assert "no rescore stage" in out.getvalue() and "Po" in out.getvalue()
+    store = ResultStore(tmp_path / "run")
+    assert store.rows(role="search") and not store.rows(role="verify")
+    named = parse_campaign({**raw, "rescore": {"model": {"backend": "sevennet", "name": "7net-0"}}})
+    with pytest.raises(SetupError, match="rescore.model"):
+        Search(named, tmp_path / "named", potential=lj, progress=False).run()

@@ -258,6 +258,11 @@ def test_quickstart_with_chgnet_finds_diamond_silicon(tmp_path):
     found = AseAtomsAdaptor.get_structure(db.get(id=best["db_id"]).toatoms())
     diamond = AseAtomsAdaptor.get_structure(bulk("Si", "diamond", 5.43))
     assert StructureMatcher().fit(found, diamond), f"lowest structure is space group {best['spacegroup']}"
+    # the default cascade: SevenNet-0 re-relaxed the best, and its answer is diamond too
+    answer = summary["cascade"]["answers"]["0"]["Si"]
+    assert answer["stage"] == "rescore" and "sevennet" in answer["by"]
+    rescored = AseAtomsAdaptor.get_structure(db.get(id=answer["verify_id"]).toatoms())
+    assert StructureMatcher().fit(rescored, diamond), f"the rescore's answer is space group {answer['spacegroup']}"
 
 
 def test_reference_files_replace_end_member_search_and_hull_matches_pymatgen(tmp_path):

@@ -34,6 +34,9 @@ DEFAULT_OVERSAMPLE = 4
 MAX_POPULATION = 100_000
 MAX_GENERATIONS = 1_000_000
 MAX_RELAXATIONS = 100_000_000
+#: the rescore model of a campaign that names none and searches with a pretrained CHGNet without
+#: the fine-tune loop: the cascade measured on the CSP benchmark (README, "Model cascade")
+DEFAULT_RESCORE_MODEL = {"backend": "sevennet", "name": "7net-0"}
 
 
 def _default_generators() -> tuple[GeneratorSpec, ...]:
@@ -131,6 +134,23 @@ class Campaign(Section):
         return self
 
     @property
+    def rescore_is_default(self) -> bool:
+        """The campaign names no ``rescore.model`` and its search model is a pretrained CHGNet
+        without the fine-tune loop, so the cascade's rescore model is
+        :data:`DEFAULT_RESCORE_MODEL`. A model of the user's own (a file, another backend, a
+        fine-tuned one) ranks alone unless ``rescore.model`` names a second one."""
+        return ("model" not in self.rescore.model_fields_set and self.model.backend == "chgnet"
+                and self.model.path is None and not self.finetune.enabled)
+
+    @property
+    def rescore_model(self) -> ModelSpec | None:
+        """The cascade's rescore model: ``rescore.model``, else the default one
+        (:attr:`rescore_is_default`), else None (no rescore stage)."""
+        if self.rescore_is_default:
+            return ModelSpec(**DEFAULT_RESCORE_MODEL)
+        return self.rescore.model
+
+    @property
     def verify_enabled(self) -> bool:
         """Whether the answer is verified (``verify.enabled``, or by default with the loop)."""
         return self.finetune.enabled if self.verify.enabled is None else self.verify.enabled
@@ -148,7 +168,10 @@ class Campaign(Section):
     def to_dict(self) -> dict[str, Any]:
         """Plain data (YAML-ready) that :func:`~lamcsp.campaign.parse_campaign` reads back into an
         equal campaign."""
-        return _plain(self.model_dump())
+        d = _plain(self.model_dump())
+        if self.rescore_is_default:  # left out, as in the file: read back, it is the default again
+            del d["rescore"]["model"]
+        return d
 
     def summary(self) -> str:
         """A few lines saying what the campaign will do."""
@@ -174,14 +197,16 @@ class Campaign(Section):
             f"fmax {self.relax.fmax:g} eV/Å, {self.relax.max_steps} steps",
             f"  seed: {self.seed if self.seed is not None else 'fresh'}; output: {self.output_dir}",
             *([self._finetune_line()] if self.finetune.enabled else []),
-            *([self._rescore_line()] if self.rescore.model is not None else []),
+            *([self._rescore_line()] if self.rescore_model is not None else []),
             *([self._verify_line()] if self.verify_enabled else []),
         ])
 
     def _rescore_line(self) -> str:
         r = self.rescore
         return (f"  rescore: the top {r.top_k} per composition and pressure (and all within {r.window:g} "
-                f"eV/atom of the hull) re-relaxed by {_model_text(r.model)} at the end"
+                f"eV/atom of the hull) re-relaxed by {_model_text(self.rescore_model)} at the end"
+                + (" (the default cascade; `rescore: {model: null}` turns it off)" if self.rescore_is_default
+                   else "")
                 + (", then verified from its ranking" if self.verify_enabled else ""))
 
     def _verify_line(self) -> str:
