@@ -584,17 +584,34 @@ def evaluate(run_dir: Path, ref: Reference, until: float | None = None) -> dict[
     return rec
 
 
-def evaluate_cascade(run_dir: Path, ref: Reference, oracle: str) -> dict[str, Any]:
+def evaluate_cascade(run_dir: Path, ref: Reference, oracle: str, *, top_k: int | None = None,
+                     window: float | None = None) -> dict[str, Any]:
     """The cascade's verdict on a finished run: the rescore rows of the cascade model (``role=verify``,
     ``stage=rescore``, ``oracle`` = ``oracle``; a run rescored by several models keeps each one's
     rows) ranked by the cascade model's enthalpy, judged against ``ref`` (the target relaxed with
-    the cascade model) by the same rule as :func:`evaluate`."""
+    the cascade model) by the same rule as :func:`evaluate`.
+
+    ``top_k`` and ``window`` replay a smaller pick on the rows already there: only the rows of the
+    search's ``top_k`` lowest distinct structures and of those within ``window`` eV/atom of its
+    lowest count, as if the stage had re-relaxed only those (``--replay-window``; the benchmark's
+    runs have one composition and one pressure).
+    ``rescore_seconds`` is the stage's wall time, from the rows' creation times (the last rescore
+    row against the last search row)."""
+    from ase.db.core import YEAR
 
     from lamcsp.store import ResultStore, result_ok
 
     store = ResultStore(run_dir)
     rows = [r for r in store.rows(role="verify", include_data=False)
             if r.get("stage") == "rescore" and r.get("oracle") == oracle and result_ok(r)]
+    search = store.rows(role="search", include_data=False)
+    seconds = (max(r.ctime for r in rows) - max(r.ctime for r in search)) * YEAR if rows and search else 0.0
+    if window is not None:
+        hits = sorted((r for r in search if r.get("unique") and result_ok(r)),
+                      key=lambda r: (r.enthalpy_per_atom, r.id))
+        keep = {r.id for r in hits[:top_k]}
+        keep |= {r.id for r in hits if r.enthalpy_per_atom - hits[0].enthalpy_per_atom <= window}
+        rows = [r for r in rows if int(r.get("of")) in keep]
     ranked = Ranked(rows, ref)
     unique, n_below, top = ranked.unique, ranked.n_below, ranked.top
     hit = [i for i, r in enumerate(top) if ranked.is_target(r)]
@@ -608,20 +625,92 @@ def evaluate_cascade(run_dir: Path, ref: Reference, oracle: str) -> dict[str, An
             "best_enthalpy_per_atom": best,
             "energy_distance": best - ref.enthalpy_per_atom if unique else None,
             "n_below_reference": n_below, "top_spacegroups": [int(r.spacegroup) for r in top],
-            "reason": reason}
+            "reason": reason, "rescore_seconds": seconds}
 
 
 def judge(run_dir: Path, method: str, ref: Reference, args: argparse.Namespace) -> dict[str, Any]:
     """:func:`evaluate`; for a cascade method the verdict is the cascade's
-    (:func:`evaluate_cascade`), the search model's kept under ``search``."""
+    (:func:`evaluate_cascade`), the search model's kept under ``search`` (and, with
+    ``--replay-window``, a smaller pick's under ``replay``)."""
     rec = evaluate(run_dir, ref)
     if not method.endswith("_cascade"):
         return rec
-    cascade = evaluate_cascade(run_dir, args.cascade_refs[ref_id(run_dir)], args.cascade_oracle)
+    cref = args.cascade_refs[ref_id(run_dir)]
+    cascade = evaluate_cascade(run_dir, cref, args.cascade_oracle)
     keys = ("success", "rank", "best_enthalpy_per_atom", "energy_distance", "n_below_reference",
             "top_spacegroups", "reason")
-    return {**rec, "search": {k: rec[k] for k in keys}, **{k: cascade[k] for k in keys},
-            "cascade_rows": cascade["cascade_rows"], "cascade_model": args.cascade_model}
+    out = {**rec, "search": {k: rec[k] for k in keys}, **{k: cascade[k] for k in keys},
+           "cascade_rows": cascade["cascade_rows"], "rescore_seconds": cascade["rescore_seconds"],
+           "cascade_model": args.cascade_model}
+    if getattr(args, "replay_window", None) is not None:
+        replay = evaluate_cascade(run_dir, cref, args.cascade_oracle, top_k=args.cascade_top_k,
+                                  window=args.replay_window)
+        out["replay"] = {"window": args.replay_window, "top_k": args.cascade_top_k,
+                         **{k: replay[k] for k in ("success", "rank", "reason", "cascade_rows")}}
+    return out
+
+
+def cascade_pairs(records: list[dict[str, Any]], methods: Sequence[str]) -> dict[str, Any]:
+    """Per cascade method, the same runs judged twice: on the search model's own ranking
+    (``search``) and on the cascade's; the targets gained and lost, the rescore stage's share of
+    the wall time and, where recorded, the replayed smaller pick's hits."""
+    out: dict[str, Any] = {}
+    for m in methods:
+        rs = [r for r in records if r["method"] == m and "search" in r]
+        if not m.endswith("_cascade") or not rs:
+            continue
+
+        def count(judged: Sequence[dict[str, Any]]) -> dict[str, int]:
+            return {"hits": sum(bool(j["success"]) for j in judged),
+                    "rank1": sum(bool(j["success"]) and j["rank"] == 1 for j in judged),
+                    "model_prefers_other": sum(j["reason"] == "model_prefers_other" for j in judged)}
+
+        seconds = sum(r["seconds"] for r in rs)
+        rescore = sum(r.get("rescore_seconds", 0.0) for r in rs)
+        doc: dict[str, Any] = {
+            "runs": len(rs), "cascade_model": rs[0].get("cascade_model"),
+            "search": count([r["search"] for r in rs]), "cascade": count(rs),
+            "gained": sorted(f"{r['formula']} s{r['seed']}" for r in rs
+                            if r["success"] and not r["search"]["success"]),
+            "lost": sorted(f"{r['formula']} s{r['seed']}" for r in rs
+                          if r["search"]["success"] and not r["success"]),
+            "seconds": seconds, "rescore_seconds": rescore,
+            "rescore_share": rescore / seconds if seconds else None,
+            "cascade_rows": sum(r.get("cascade_rows", 0) for r in rs)}
+        replays = [r["replay"] for r in rs if "replay" in r]
+        if replays:
+            doc["replay"] = {"window": replays[0]["window"], "top_k": replays[0]["top_k"],
+                             **count(replays),
+                             "cascade_rows": sum(x["cascade_rows"] for x in replays)}
+        out[m] = doc
+    return out
+
+
+def print_cascade_pairs(records: list[dict[str, Any]], pairs: dict[str, Any]) -> None:
+    """Per cascade run, the search model's verdict beside the cascade's; then the counts."""
+    def verdict(j: dict[str, Any]) -> str:
+        return f"hit r{j['rank']}" if j["success"] else f"miss {j['reason']}"
+
+    for m, doc in pairs.items():
+        print(f"\n{m}: the search model's ranking against the cascade's ({doc['cascade_model']}), "
+              "same runs")
+        for r in sorted((r for r in records if r["method"] == m and "search" in r),
+                        key=lambda r: (r["seed"], r["target"])):
+            print(f"  {r['target']:12s} {r['formula']:10s} s{r['seed']}  search {verdict(r['search']):28s} "
+                  f"cascade {verdict(r):28s} rows {r.get('cascade_rows', 0):4d}  "
+                  f"rescore {r.get('rescore_seconds', 0.0):5.0f} of {r['seconds']:5.0f} s"
+                  + (f"  replay {verdict(r['replay'])}" if "replay" in r else ""))
+        for name in ("search", "cascade", "replay"):
+            if name in doc:
+                c = doc[name]
+                extra = (f" (window {c['window']:g}, top {c['top_k']}, {c['cascade_rows']} rows)"
+                         if name == "replay" else "")
+                print(f"  {name:8s} top-5 hits {c['hits']}/{doc['runs']}, rank 1 {c['rank1']}, "
+                      f"model_prefers_other {c['model_prefers_other']}{extra}")
+        share = doc["rescore_share"]
+        print(f"  gained {', '.join(doc['gained']) or '-'}; lost {', '.join(doc['lost']) or '-'}; "
+              f"rescore {doc['rescore_seconds']:.0f} of {doc['seconds']:.0f} s "
+              f"({_fmt(share and 100 * share, '.0f')}%), {doc['cascade_rows']} structures")
 
 
 def ref_id(run_dir: Path) -> str:
@@ -984,6 +1073,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cascade-window", type=float, default=0.05,
                     help="eV/atom: every unique structure this close to the search's lowest is "
                          "re-relaxed too (default 0.05)")
+    ap.add_argument("--replay-window", type=float, default=None,
+                    help="cascade methods: judge each run also on the rows a smaller rescore window "
+                         "(eV/atom, with --cascade-top-k) would have picked, from the rows stored "
+                         "(record key `replay`; with --rescore, on finished runs)")
     ap.add_argument("--jobs", type=int, default=1,
                     help="runs at a time, each in its own process with its own model (default 1); on "
                          "a GPU they share it, on a CPU they share the cores")
@@ -1091,6 +1184,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print_table(records, summary, methods, targets, seeds)
     print_costs(summary)
+    summary["cascade_pairs"] = cascade_pairs(records, methods)
+    print_cascade_pairs(records, summary["cascade_pairs"])
     if excluded:
         print(f"per-run ratios and wins/losses leave out {len(excluded)} targets where the model puts "
               f"another structure under the reference (--stop-at-match): {', '.join(excluded)}")

@@ -252,6 +252,18 @@ def test_a_cascade_run_is_judged_on_its_rescore_rows(tmp_path):
     lowest = sorted((r for r in db.select(role="search", unique=True)), key=lambda r: r.enthalpy_per_atom)
     assert {r.of for r in rescored} >= {r.id for r in lowest[:4]}
     assert (tmp_path / "refs_emt" / "mp-1228901.json").exists()  # the target relaxed by the cascade model
+    summary = json.loads((tmp_path / "csp_success.json").read_text())["summary"]
+    pairs = summary["cascade_pairs"]["lamcsp_cascade"]
+    assert pairs["search"]["hits"] == pairs["cascade"]["hits"] == 1 and pairs["cascade_rows"] == len(rescored)
+    assert 0 <= pairs["rescore_seconds"] < pairs["seconds"] == rec["seconds"]
+    # judged again with a replayed pick of the search's lowest alone: one rescored row counts
+    res = subprocess.run([*cmd[:-4], "--cascade-top-k", "1", "--replay-window", "0", "--rescore",
+                          "--out", str(tmp_path)], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"})
+    assert res.returncode == 0, res.stdout + res.stderr
+    replay = json.loads((run / "bench_record.json").read_text())["replay"]
+    assert replay["cascade_rows"] == 1 and replay["success"] and replay["rank"] == 1
+    assert "replay   top-5 hits 1/1" in res.stdout
     # a cascade needs the search's end
     res = subprocess.run([*cmd, "--stop-at-match"], capture_output=True, text=True, timeout=600)
     assert res.returncode != 0 and "--stop-at-match" in res.stderr
