@@ -260,7 +260,7 @@ class Search:
         for key in new:
             if key in RESUMABLE_CHANGES:
                 continue
-            if _canonical(old.get(key)) != _canonical(new[key]):
+            if _canonical(old.get(key), key) != _canonical(new[key], key):
                 raise SetupError(key, f"differs from the run being resumed in {self.run_dir} "
                                       f"(was {old.get(key)!r}); only {', '.join(RESUMABLE_CHANGES)} may "
                                       "change on --resume")
@@ -480,7 +480,9 @@ class Search:
 # --------------------------------------------------------------------------------- helpers
 
 
-def _canonical(value: Any) -> Any:
+def _canonical(value: Any, key: str | None = None) -> Any:
+    if key == "rescore" and isinstance(value, dict) and "model" in value and value["model"] is None:
+        return {"model": None}  # no rescore stage: its other settings change nothing
     if isinstance(value, dict):
         return {k: _canonical(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

@@ -140,3 +140,21 @@ def test_the_default_cascade_steps_aside_where_its_model_cannot_go(tmp_path):
     named = parse_campaign({**raw, "rescore": {"model": {"backend": "sevennet", "name": "7net-0"}}})
     with pytest.raises(SetupError, match="rescore.model"):
         Search(named, tmp_path / "named", potential=lj, progress=False).run()
+
+
+def test_resume_compares_the_rescore_stage_not_the_settings_of_an_absent_one(tmp_path):
+    """A run without a rescore stage resumes whatever its (unused) rescore settings say, and
+    refuses a campaign that adds a rescore model: that would change the run's answer."""
+    from lamcsp.errors import SetupError
+
+    raw = {**CAMPAIGN, "generations": 1, "population": 3, "rescore": {"model": None}}
+    raw.pop("verify")
+    run = tmp_path / "run"
+    Search(parse_campaign(raw), run, progress=False).run()
+    rows = len(ResultStore(run).rows())
+    settings = parse_campaign({**raw, "rescore": {"model": None, "top_k": 3, "window": 0.0}})
+    Search(settings, run, resume=True, progress=False).run()
+    assert len(ResultStore(run).rows()) == rows
+    with pytest.raises(SetupError, match="rescore"):
+        Search(parse_campaign({**raw, "rescore": {"model": {"backend": "emt"}}}), run, resume=True,
+               progress=False)
