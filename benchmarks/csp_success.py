@@ -596,7 +596,8 @@ def evaluate_cascade(run_dir: Path, ref: Reference, oracle: str, *, top_k: int |
     lowest count, as if the stage had re-relaxed only those (``--replay-window``; the benchmark's
     runs have one composition and one pressure).
     ``rescore_seconds`` is the stage's wall time, from the rows' creation times (the last rescore
-    row against the last search row)."""
+    row against the last search row); :func:`judge` takes the clock's instead where the stage ran
+    alone on a finished search (``bench_run.json``)."""
     from ase.db.core import YEAR
 
     from lamcsp.store import ResultStore, result_ok
@@ -637,6 +638,10 @@ def judge(run_dir: Path, method: str, ref: Reference, args: argparse.Namespace) 
         return rec
     cref = args.cascade_refs[ref_id(run_dir)]
     cascade = evaluate_cascade(run_dir, cref, args.cascade_oracle)
+    meta = run_dir / "bench_run.json"
+    timed = json.loads(meta.read_text()).get("rescore_seconds") if meta.exists() else None
+    if timed is not None:  # the stage ran alone on a finished search: its own clock
+        cascade["rescore_seconds"] = timed
     keys = ("success", "rank", "best_enthalpy_per_atom", "energy_distance", "n_below_reference",
             "top_spacegroups", "reason")
     out = {**rec, "search": {k: rec[k] for k in keys}, **{k: cascade[k] for k in keys},
@@ -759,10 +764,16 @@ def run_one(target: Target, method: str, seed: int, ref: Reference, potential: A
         return any(ref.matches(AseAtomsAdaptor.get_structure(r.toatoms()), float(r.enthalpy_per_atom))
                    for r in rows)
 
+    from lamcsp.store import read_checkpoint
+
+    # a finished search resumed (by a cascade with another model): this call is its rescore stage
+    state = read_checkpoint(run_dir / "checkpoint.json") if resume else None
+    rescore_only = bool(state and state.get("done"))
     search = Search(campaign, run_dir, potential=potential, resume=resume, progress=False)
     search.run(until=found if args.stop_at_match else None, report=False)
     elapsed = prior + time.time() - t0
-    _write_json(meta, {**json.loads(meta.read_text()), "elapsed": elapsed})
+    stage = {"rescore_seconds": time.time() - t0} if rescore_only and method.endswith("_cascade") else {}
+    _write_json(meta, {**json.loads(meta.read_text()), "elapsed": elapsed, **stage})
     rec = {"target": target.id, "formula": target.formula, "nsites": target.nsites,
            "spacegroup": target.spacegroup, "method": method, "seed": seed,
            "generators": generators_of(campaign), **judge(run_dir, method, ref, args), "seconds": elapsed,
