@@ -51,6 +51,8 @@ class Fingerprinted:
     _structure: Structure | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
     _reduced: dict[bool, Structure] = dataclasses.field(default_factory=dict, init=False, repr=False,
                                                         compare=False)
+    _cells: dict[bool, tuple[np.ndarray, np.ndarray, np.ndarray]] = dataclasses.field(
+        default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.numbers = np.asarray(self.numbers, dtype=np.int64).reshape(-1)
@@ -81,9 +83,13 @@ class Fingerprinted:
         return self._reduced[primitive]
 
     def reduced_cell(self, primitive: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """:meth:`reduced` as plain arrays ``(lattice (3, 3), numbers (m,), frac (m, 3))``."""
-        r = self.reduced(primitive)
-        return r.lattice.matrix, np.asarray(r.atomic_numbers, dtype=np.int64), r.frac_coords
+        """:meth:`reduced` as plain arrays ``(lattice (3, 3), numbers (m,), frac (m, 3))``, made
+        once (pymatgen builds ``frac_coords`` from the sites on every call)."""
+        if primitive not in self._cells:
+            r = self.reduced(primitive)
+            self._cells[primitive] = (r.lattice.matrix, np.asarray(r.atomic_numbers, dtype=np.int64),
+                                      r.frac_coords)
+        return self._cells[primitive]
 
     def has_reduced(self, primitive: bool = True) -> bool:
         """Whether :meth:`reduced` is computed (or was given, :meth:`give_reduced_cell`)."""
@@ -95,6 +101,8 @@ class Fingerprinted:
         worker reduced it)."""
         from pymatgen.core import Lattice, Structure
 
+        self._cells[primitive] = (np.asarray(lattice, dtype=float), np.asarray(numbers, dtype=np.int64),
+                                  np.asarray(frac, dtype=float))
         self._reduced[primitive] = Structure(Lattice(np.asarray(lattice, dtype=float)),
                                              np.asarray(numbers).tolist(), np.asarray(frac, dtype=float))
 

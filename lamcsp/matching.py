@@ -16,13 +16,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from lamcsp.parallel import Task, WorkerInfo
 
 if TYPE_CHECKING:
     from lamcsp.generators.dedupe import Deduper, Fingerprinted
     from lamcsp.generators.dedupe_pairs import Question
 
-__all__ = ["PAIRS_PER_TASK", "ExecutorConfirm", "MatchTask", "ReduceTask", "confirm_for", "match_task"]
+__all__ = ["CELLS_KEPT", "PAIRS_PER_TASK", "ExecutorConfirm", "MatchTask", "ReduceTask", "confirm_for",
+           "match_task"]
+
+#: reduced cells a worker keeps built (a few kB each)
+CELLS_KEPT = 5000
 
 #: matcher pairs per map item: a ``fit`` takes about a millisecond on these cells, so a few
 #: hundred make an item whose messaging is small beside its work
@@ -53,16 +59,30 @@ class MatchTask:
 
         self.deduper = Deduper(matcher_options=spec["matcher_options"])
         self.primitive = bool(spec["matcher_options"].get("primitive_cell", True))
+        self._cells: dict[bytes, Fingerprinted] = {}
+
+    def cell(self, c: dict[str, Any]) -> Fingerprinted:
+        """The entry of a plain cell, kept (the ``CELLS_KEPT`` most recent): a cell comes in
+        many items, and building its pymatgen structure was a quarter of a worker's time."""
+        from lamcsp.generators.dedupe import Fingerprinted
+
+        key = b"".join(np.ascontiguousarray(c[k]).tobytes() for k in ("lattice", "numbers", "frac"))
+        key += bytes([c["reduced"]])
+        entry = self._cells.pop(key, None)
+        if entry is None:
+            entry = (Fingerprinted.from_reduced_cell(c["lattice"], c["numbers"], c["frac"], self.primitive)
+                     if c["reduced"] else Fingerprinted(c["numbers"], c["frac"], c["lattice"], []))
+        self._cells[key] = entry  # the most recently used last
+        while len(self._cells) > CELLS_KEPT:
+            del self._cells[next(iter(self._cells))]
+        return entry
 
     def __call__(self, items: Sequence[dict[str, Any]], emit: Any) -> None:
-        from lamcsp.generators.dedupe import Fingerprinted
         from lamcsp.generators.dedupe_pairs import InProcess
 
         ask = InProcess(self.deduper.matches)
         for j, item in enumerate(items):
-            cells = [Fingerprinted.from_reduced_cell(c["lattice"], c["numbers"], c["frac"], self.primitive)
-                     if c["reduced"] else Fingerprinted(c["numbers"], c["frac"], c["lattice"], [])
-                     for c in item["cells"]]
+            cells = [self.cell(c) for c in item["cells"]]
             questions = [(cells[e], [cells[c] for c in cs]) for e, cs in item["questions"]]
             emit(j, ask(questions, bool(item["stop"])))
 
