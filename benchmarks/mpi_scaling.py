@@ -31,7 +31,12 @@ Part 4, dedupe. The coordinator's dedupe stage alone (``lamcsp.stages.dedupe``'s
 random enthalpies, a fifth of the population strained 1 % copies of stored ones: lamcsp's
 ``Deduper`` (each entry's reduced cell computed once) against the same deduper calling
 pymatgen's ``StructureMatcher.fit`` on the plain structures (which reduces both on every call),
-in the same run, with the same answers required.
+and the same deduper with its matcher questions sent through an executor's ``map``
+(:class:`lamcsp.matching.ExecutorConfirm`): serially with the map timed apart (what is left is
+rank 0's part under MPI), and under ``mpiexec -n --dedupe-ranks``; in the same run, with the
+same answers required. Part 2's stand-in executor reports ``--workers`` worker processes, so
+the search sends dedupe's and the similarity screen's matcher questions through its ``map``
+(timed apart, as the workers' under MPI); ``--workers 0`` keeps them in-process.
 
 Usage::
 
