@@ -25,13 +25,19 @@ Part 3, equality. An analytic-potential campaign with the default generators, se
 drawn from per-candidate RNG streams wherever they are drawn, so the stored unique structures
 must be the same.
 
-Part 4, dedupe. The coordinator's dedupe stage alone (``lamcsp.stages.dedupe``'s calls:
-``Deduper.unique`` within a population of ``--dedupe-population`` results, then
-``Deduper.against`` the ``--seen`` structures stored), on symmetric random structures with
+Part 4, dedupe (``benchmarks/mpi_scaling_dedupe.py``). The coordinator's dedupe stage alone
+(``lamcsp.stages.dedupe``'s calls: ``Deduper.unique`` within a population of
+``--dedupe-population`` results, then ``Deduper.against`` the ``--seen`` structures stored), on
+symmetric random structures with
 random enthalpies, a fifth of the population strained 1 % copies of stored ones: lamcsp's
 ``Deduper`` (each entry's reduced cell computed once) against the same deduper calling
 pymatgen's ``StructureMatcher.fit`` on the plain structures (which reduces both on every call),
-in the same run, with the same answers required.
+and the same deduper with its matcher questions sent through an executor's ``map``
+(:class:`lamcsp.matching.ExecutorConfirm`): serially with the map timed apart (what is left is
+rank 0's part under MPI), and under ``mpiexec -n --dedupe-ranks``; in the same run, with the
+same answers required. Part 2's stand-in executor reports ``--workers`` worker processes, so
+the search sends dedupe's and the similarity screen's matcher questions through its ``map``
+(timed apart, as the workers' under MPI); ``--workers 0`` keeps them in-process.
 
 Usage::
 
@@ -229,11 +235,19 @@ class InstantExecutor:
     """An executor (lamcsp.parallel.Executor) whose relaxation is the candidate itself with a
     random energy, and whose single points are random energies (coordinator timing)."""
 
-    def __init__(self, seed: int = 0):
+    def __init__(self, seed: int = 0, workers: int = 64):
         self.rng = np.random.default_rng(seed)
         self.seconds = 0.0
         self.task_seconds = 0.0  # in map(): work the workers do under MPI
+        self.matcher_seconds = 0.0  # of which dedupe's matcher questions (lamcsp.matching)
         self._tasks: Any = None
+        self._workers = workers
+
+    @property
+    def workers(self) -> int:
+        """As many as the modelled cluster's (0: map's tasks count as the coordinator's,
+        and dedupe asks its matcher in-process)."""
+        return self._workers
 
     def evaluate(self, structures: Any, pressures: Any, labels: Any = None, model: Any = None) -> list[Any]:
         from lamcsp.relax.relaxer import SinglePoint
@@ -256,6 +270,8 @@ class InstantExecutor:
             return self._tasks.map(task, items, on_result, labels)
         finally:
             self.task_seconds += time.perf_counter() - t0
+            if task.target.startswith("lamcsp.matching:"):
+                self.matcher_seconds += time.perf_counter() - t0
 
     def set_model(self, model: Any, potential: Any = None) -> None:
         pass
@@ -327,7 +343,8 @@ def coordinator(args: argparse.Namespace) -> list[dict[str, Any]]:
             shutil.copy(db, tmp / f"store-{n}.db")
             camp = _campaign(args.system, population=pop, backend="lj")
             lj = load_potential("lj", device="cpu", epsilon=0.01, sigma=3.0)
-            search = Search(camp, tmp / f"run-{n}", potential=lj, executor=InstantExecutor(),
+            stand_in = InstantExecutor(workers=args.workers)
+            search = Search(camp, tmp / f"run-{n}", potential=lj, executor=stand_in,
                             progress=False, db_url=str(tmp / f"store-{n}.db"))
             search.prepare()
             for us in search.unit_states:  # what the unit has seen and stored before
@@ -348,7 +365,19 @@ def coordinator(args: argparse.Namespace) -> list[dict[str, Any]]:
             search.row_item = timed("store", search.row_item)  # type: ignore[method-assign]
             search.store.add_many = timed("store", search.store.add_many)  # type: ignore[method-assign]
             dedupe = stages.dedupe
-            stages.dedupe = timed("dedupe", dedupe)  # the stage, as run_generation calls it
+            ex = search.executor
+
+            def dedupe_timed(*a: Any, dedupe: Any = dedupe, ex: Any = ex, timers: Any = timers,
+                             **kw: Any) -> Any:
+                t0, m0 = time.perf_counter(), ex.task_seconds
+                try:
+                    return dedupe(*a, **kw)
+                finally:  # its matcher questions answered by map: the workers' under MPI
+                    timers["dedupe_tasks"] = timers.get("dedupe_tasks", 0.0) + ex.task_seconds - m0
+                    timers["dedupe"] += time.perf_counter() - t0 - (ex.task_seconds - m0)
+
+            stages.dedupe = dedupe_timed  # the stage, as run_generation calls it
+            calls0 = search.deduper.n_matcher_calls
             t0 = time.perf_counter()
             try:
                 search.run_generation(0)
@@ -360,11 +389,17 @@ def coordinator(args: argparse.Namespace) -> list[dict[str, Any]]:
             search.checkpoint()
             timers["checkpoint"] = time.perf_counter() - t1
             relax_stub = search.executor.seconds
-            drawn = search.executor.task_seconds  # the draws, inside propose: the workers' under MPI
-            timers["propose"] -= drawn
+            matched = timers.pop("dedupe_tasks", 0.0)
+            # in propose, the workers' under MPI: the draws, and the similarity screen's matcher
+            screened = search.executor.matcher_seconds - matched
+            drawn = search.executor.task_seconds - matched - screened
+            timers["propose"] -= drawn + screened
             row = {"population": pop, "store_rows": args.store_rows, "seen": len(pool),
-                   "total_s": total - relax_stub - drawn + timers["checkpoint"],
-                   **{f"{k}_s": v for k, v in timers.items()}, "draw_s": drawn}
+                   "workers": args.workers,
+                   "total_s": total - relax_stub - drawn - matched - screened + timers["checkpoint"],
+                   **{f"{k}_s": v for k, v in timers.items()}, "draw_s": drawn, "dedupe_matcher_s": matched,
+                   "screen_matcher_s": screened,
+                   "matcher_calls": search.deduper.n_matcher_calls - calls0}
             row["other_s"] = row["total_s"] - sum(timers.values())
             row["serial_s"] = row["total_s"] - timers["store"]  # store writes overlap relaxation
             if n:
@@ -374,69 +409,18 @@ def coordinator(args: argparse.Namespace) -> list[dict[str, Any]]:
             search.store.close() if hasattr(search.store, "close") else None
         print(f"\ncoordinator time per generation ({args.system}, store of {args.store_rows} rows)")
         print(f"{'population':>10} {'propose':>8} {'store':>8} {'dedupe':>8} {'ckpt':>6} {'other':>6} "
-              f"{'total':>8} {'serial':>8} {'draws*':>8}  (seconds; *on the workers under MPI)")
+              f"{'total':>8} {'serial':>8} {'draws*':>8} {'screen*':>8} {'dedupe*':>8} {'fits':>6}")
+        print(f"(seconds; *on the workers under MPI: the draws, the matcher of the similarity screen and "
+              f"of dedupe; stand-in workers {args.workers}; fits: dedupe's and the screen's)")
         for r in rows:
             print(f"{r['population']:>10} {r['propose_s']:>8.2f} {r['store_s']:>8.2f} {r['dedupe_s']:>8.2f} "
                   f"{r['checkpoint_s']:>6.2f} {r['other_s']:>6.2f} {r['total_s']:>8.2f} "
-                  f"{r['serial_s']:>8.2f} {r['draw_s']:>8.2f}")
+                  f"{r['serial_s']:>8.2f} {r['draw_s']:>8.2f} {r['screen_matcher_s']:>8.2f} "
+                  f"{r['dedupe_matcher_s']:>8.2f} "
+                  f"{r['matcher_calls']:>6}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return rows
-
-
-# ----------------------------------------------------------------------------- part 4: dedupe
-
-
-def dedupe_part(args: argparse.Namespace) -> dict[str, Any]:
-    from lamcsp.generators.dedupe import Deduper
-
-    class PlainFit(Deduper):
-        """The reference: pymatgen's fit on the plain structures (it reduces both every call)."""
-
-        def matches(self, a: Any, b: Any) -> bool:
-            return bool(self._get_matcher().fit(a.structure(), b.structure()))
-
-    pop, seen = args.dedupe_population, args.seen
-    pool = candidates(args.system, seen + pop, seed=7)
-    rng = np.random.default_rng(11)
-    stored_atoms, new_atoms = pool[:seen], pool[seen:]
-    e_stored = rng.normal(-3.0, 0.3, seen)
-    e_new = rng.normal(-3.0, 0.3, pop)
-    copies = rng.choice(seen, pop // 5, replace=False)
-    for j, i in enumerate(copies):  # a fifth: stored structures strained by 1 %, 0-3 meV/atom apart
-        a = stored_atoms[i].copy()
-        a.set_cell(a.cell.array @ (np.eye(3) + 0.01 * rng.uniform(-1, 1, (3, 3))), scale_atoms=True)
-        new_atoms[j] = a
-        e_new[j] = e_stored[i] + rng.uniform(0, 0.003)
-    rows = []
-    answers = []
-    for name, cls in (("pymatgen fit (reference)", PlainFit), ("lamcsp (reduced once)", Deduper)):
-        d = cls()
-        store = d.new_store()
-        store.extend(d.describe(stored_atoms, list(e_stored)))
-        t0 = time.perf_counter()
-        entries = d.describe(new_atoms, list(e_new))
-        t1 = time.perf_counter()
-        reps, dup = d.unique(entries)
-        t2 = time.perf_counter()
-        match = d.against([entries[r] for r in reps], store)
-        t3 = time.perf_counter()
-        answers.append((reps.tolist(), dup.tolist(), match.tolist()))
-        rows.append({"method": name, "describe_s": t1 - t0, "unique_s": t2 - t1, "against_s": t3 - t2,
-                     "total_s": t3 - t0, "matcher_calls": d.n_matcher_calls,
-                     "unique": int(len(reps)), "new": int((match < 0).sum())})
-    same = answers[0] == answers[1]
-    print(f"\ndedupe of {pop} results ({args.system}) against {seen} stored, {len(copies)} of them copies")
-    print(f"{'method':<26} {'describe':>9} {'unique':>8} {'against':>8} {'total':>8} {'fit calls':>9} "
-          f"{'unique':>7} {'new':>5}")
-    for r in rows:
-        print(f"{r['method']:<26} {r['describe_s']:>9.2f} {r['unique_s']:>8.2f} {r['against_s']:>8.2f} "
-              f"{r['total_s']:>8.2f} {r['matcher_calls']:>9} {r['unique']:>7} {r['new']:>5}")
-    print(f"same answers: {same}; speed-up {rows[0]['total_s'] / rows[1]['total_s']:.1f}x")
-    if not same:
-        raise SystemExit("the two dedupers disagree")
-    return {"system": args.system, "population": pop, "seen": seen, "copies": int(len(copies)),
-            "rows": rows, "same_answers": same}
 
 
 def main() -> None:
@@ -450,14 +434,26 @@ def main() -> None:
     ap.add_argument("--populations", default="1000,10000")
     ap.add_argument("--store-rows", type=int, default=100_000)
     ap.add_argument("--seen", type=int, default=2000, help="structures the unit has seen before")
-    ap.add_argument("--dedupe-population", type=int, default=1000, help="results deduped (part dedupe)")
+    ap.add_argument("--dedupe-population", type=int, default=1000,
+                    help="results deduped (part dedupe)")
+    ap.add_argument("--workers", type=int, default=64,
+                    help="workers the coordinator's stand-in executor reports "
+                         "(0: dedupe's matcher in-process)")
+    ap.add_argument("--dedupe-ranks", type=int, default=2,
+                    help="ranks of part dedupe's mpiexec run (0: none)")
     ap.add_argument("--relax-part", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--dedupe-mpi-part", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args()
     args.ranks = [int(x) for x in args.ranks.split(",")]
     args.populations = [int(x) for x in args.populations.split(",")]
     if args.relax_part:
         relax_part(args)
+        return
+    if args.dedupe_mpi_part:
+        from mpi_scaling_dedupe import dedupe_mpi_part
+
+        dedupe_mpi_part(args)
         return
     out = Path(args.out)
     data: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {}
@@ -470,6 +466,8 @@ def main() -> None:
     if args.part in ("all", "equality"):
         data["equality"] = equality(args)
     if args.part in ("all", "dedupe"):
+        from mpi_scaling_dedupe import dedupe_part
+
         data["dedupe"] = dedupe_part(args)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(data, indent=1))

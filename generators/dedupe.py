@@ -12,7 +12,9 @@ Cheap test first, expensive test second (pymatgen's ``group_structures`` idea):
    ``energy_tol`` whatever the distance;
 4. **StructureMatcher.fit** on the candidate pairs only, closest first, each structure's
    reduced cell computed once (:meth:`Deduper.matches`; ``use_matcher=False`` takes the
-   fingerprint's word instead).
+   fingerprint's word instead). The pairs are asked in bulk through a
+   :class:`~lamcsp.generators.dedupe_pairs.Confirm`, here or on other processes
+   (:mod:`lamcsp.generators.dedupe_pairs`).
 
 Why relaxed structures bypass the threshold: two relaxations of one structure often end a few
 per cent apart in cell shape on a soft energy landscape. On the lowest 25 unique structures of
@@ -46,12 +48,18 @@ Distances, with the pair weights ``w_AB = N_A N_B / Σ N_A N_B`` of Oganov and V
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from lamcsp.generators.base import Candidate
+from lamcsp.generators.dedupe_pairs import Confirm, InProcess, representatives
+from lamcsp.generators.fingerprinted import (  # noqa: F401  (importable from here, as before)
+    CompositionKey,
+    Fingerprinted,
+    StoredStructures,
+    composition_key,
+)
 from lamcsp.kernels.fingerprints import (
     DEFAULT_LS,
     bcm_fingerprints,
@@ -63,151 +71,12 @@ from lamcsp.kernels.fingerprints import (
 
 from lamcsp.errors import SetupError
 
-if TYPE_CHECKING:
-    from pymatgen.core import Structure
-
 DEFAULT_SIM_THRESHOLD = {"bcm": 0.04, "ov": 0.05}
 _DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {
     "bcm": {"ls": DEFAULT_LS, "cutoff": 5.0},
     "ov": {"r_max": 6.0, "delta": 0.08, "sigma": 0.03},
 }
 _METRIC = {"bcm": "euclidean", "ov": "cosine"}
-
-CompositionKey = tuple[tuple[int, int], ...]
-
-
-def composition_key(numbers: Sequence[int]) -> CompositionKey:
-    """Reduced composition as sorted ``((Z, count / gcd), ...)``: equal for a cell and its supercells."""
-    z, n = np.unique(np.asarray(numbers, dtype=np.int64), return_counts=True)
-    g = math.gcd(*(int(x) for x in n)) if len(n) else 1
-    return tuple((int(a), int(b) // g) for a, b in zip(z, n))
-
-
-@dataclasses.dataclass
-class Fingerprinted:
-    """One structure as dedupe sees it (plain data).
-
-    Attributes:
-        numbers: atomic numbers ``(n,)``.
-        frac: fractional coordinates ``(n, 3)``.
-        lattice: lattice vectors as rows ``(3, 3)``, Å.
-        fingerprint: ``(d,)``, computed over the structure's own elements.
-        energy: enthalpy per atom, eV, or ``None`` if unknown.
-    """
-
-    numbers: np.ndarray
-    frac: np.ndarray
-    lattice: np.ndarray
-    fingerprint: np.ndarray
-    energy: float | None = None
-    _structure: Structure | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
-    _reduced: dict[bool, Structure] = dataclasses.field(default_factory=dict, init=False, repr=False,
-                                                        compare=False)
-
-    def __post_init__(self) -> None:
-        self.numbers = np.asarray(self.numbers, dtype=np.int64).reshape(-1)
-        self.frac = np.asarray(self.frac, dtype=float).reshape(-1, 3)
-        self.lattice = np.asarray(self.lattice, dtype=float).reshape(3, 3)
-        self.fingerprint = np.asarray(self.fingerprint, dtype=float).reshape(-1)
-        self.energy = None if self.energy is None else float(self.energy)
-
-    @property
-    def key(self) -> CompositionKey:
-        return composition_key(self.numbers.tolist())
-
-    def structure(self) -> Structure:
-        """The pymatgen ``Structure`` (built once, on first use)."""
-        if self._structure is None:
-            from pymatgen.core import Lattice, Structure
-
-            self._structure = Structure(Lattice(self.lattice), self.numbers.tolist(), self.frac)
-        return self._structure
-
-    def reduced(self, primitive: bool = True) -> Structure:
-        """The structure as ``StructureMatcher`` reduces it before every comparison (Niggli cell,
-        then the primitive cell when ``primitive``), computed once: dedupe compares an entry
-        with many others, and the reduction was most of each ``fit``."""
-        if primitive not in self._reduced:
-            s = self.structure().get_reduced_structure(reduction_algo="niggli")
-            self._reduced[primitive] = s.get_primitive_structure() if primitive else s
-        return self._reduced[primitive]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "numbers": self.numbers.tolist(),
-            "frac": self.frac.tolist(),
-            "lattice": self.lattice.tolist(),
-            "fingerprint": self.fingerprint.tolist(),
-            "energy": self.energy,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Fingerprinted:
-        return cls(np.asarray(d["numbers"]), np.asarray(d["frac"]), np.asarray(d["lattice"]),
-                   np.asarray(d["fingerprint"]), d.get("energy"))
-
-
-class StoredStructures:
-    """What is already stored, with fingerprints, grouped by reduced composition.
-
-    ``append``/``extend`` add entries without recomputing any fingerprint; the stacked
-    fingerprint matrix of a composition is rebuilt lazily after it grew.
-
-    Args:
-        signature: the fingerprint settings the entries were made with
-            (:attr:`Deduper.signature`); :meth:`Deduper.against` refuses a store made with
-            other settings. ``None``: not checked.
-        entries: initial entries.
-    """
-
-    def __init__(self, signature: dict[str, Any] | None = None, entries: Sequence[Fingerprinted] = ()):
-        self.signature = signature
-        self.entries: list[Fingerprinted] = []
-        self._groups: dict[CompositionKey, list[int]] = {}
-        self._stacked: dict[CompositionKey, np.ndarray] = {}
-        self.extend(entries)
-
-    def __len__(self) -> int:
-        return len(self.entries)
-
-    def append(self, entry: Fingerprinted) -> int:
-        """Add one entry; returns its index."""
-        if not isinstance(entry, Fingerprinted):
-            raise SetupError(
-                "stored", f"entries must be Fingerprinted (from Deduper.describe), got {type(entry).__name__}"
-            )
-        self.entries.append(entry)
-        self._groups.setdefault(entry.key, []).append(len(self.entries) - 1)
-        return len(self.entries) - 1
-
-    def extend(self, entries: Sequence[Fingerprinted]) -> None:
-        for e in entries:
-            self.append(e)
-
-    def replace(self, index: int, entry: Fingerprinted) -> None:
-        """Put ``entry`` in the place of entry ``index`` (same composition: a lower-enthalpy
-        copy of the same structure becomes its representative)."""
-        if entry.key != self.entries[index].key:
-            raise SetupError("stored", "a replacement must have the composition of the entry it replaces")
-        self.entries[index] = entry
-        self._stacked.pop(entry.key, None)
-
-    def group(self, key: CompositionKey) -> tuple[np.ndarray, np.ndarray]:
-        """Indices ``(k,)`` and stacked fingerprints ``(k, d)`` of the entries of one composition."""
-        idx = self._groups.get(key, [])
-        f = self._stacked.get(key)
-        if f is None or len(f) != len(idx):
-            f = np.stack([self.entries[i].fingerprint for i in idx]) if idx else np.zeros((0, 0))
-            self._stacked[key] = f
-        return np.asarray(idx, dtype=np.int64), f
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"signature": self.signature, "entries": [e.to_dict() for e in self.entries]}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> StoredStructures:
-        return cls(d.get("signature"), [Fingerprinted.from_dict(e) for e in d.get("entries", [])])
-
 
 class Deduper:
     """Finds duplicate structures: composition, then fingerprint distance, then StructureMatcher.
@@ -323,17 +192,20 @@ class Deduper:
     # -- deduplicating ----------------------------------------------------------------------
 
     def unique(
-        self, items: Sequence[Any], energies: Sequence[float | None] | None = None
+        self, items: Sequence[Any], energies: Sequence[float | None] | None = None,
+        confirm: Confirm | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Duplicates within one population.
 
         Items are taken in order of enthalpy where every item has one (lowest first, so the
         lowest-enthalpy copy is the one kept), otherwise in the given order; each is compared
-        with the representatives found before it.
+        with the representatives found before it
+        (:func:`~lamcsp.generators.dedupe_pairs.representatives`).
 
         Args:
             items: as :meth:`describe`.
             energies: enthalpy per atom of each item, eV.
+            confirm: answers the matcher's questions (default: :meth:`matches` here).
 
         Returns:
             ``(unique_indices, duplicate_of)``: the indices of the representatives, ascending;
@@ -351,34 +223,42 @@ class Deduper:
         groups: dict[CompositionKey, list[int]] = {}
         for k in order:
             groups.setdefault(entries[k].key, []).append(int(k))
+        seq: list[int] = []  # the groups one after the other: one greedy pass over all of them
+        cands: list[list[int]] = []
         for members in groups.values():
-            if len(members) < 2:
-                continue
             F = np.stack([entries[k].fingerprint for k in members])
             D = fingerprint_distance_matrix(F, self._weights(entries[members[0]]), _METRIC[self.fingerprint])
             E = _energies([entries[k] for k in members])
-            reps: list[int] = []  # positions in `members`
-            for a in range(len(members)):
-                self.n_fingerprint_pairs += len(reps)
-                match = self._first_match(entries[members[a]], [entries[members[r]] for r in reps],
-                                          D[a, reps] if reps else np.zeros(0), E[reps])
-                if match < 0:
-                    reps.append(a)
-                else:
-                    dup[members[a]] = members[reps[match]]
+            self.n_fingerprint_pairs += len(members) * (len(members) - 1) // 2
+            start = len(seq)
+            for a, k in enumerate(members):
+                cands.append([start + int(b) for b in self._close(entries[k], D[a, :a], E[:a])])
+            seq.extend(members)
+        confirm = confirm or InProcess(self.matches)
+
+        def ask(asks: list[tuple[int, list[int]]], stop: bool) -> list[list[bool]]:
+            questions = [(entries[seq[a]], [entries[seq[b]] for b in bs]) for a, bs in asks]
+            return self._confirm(confirm, questions, stop)
+
+        status = representatives(cands, ask, confirm.speculative and self.use_matcher)
+        for a, s in enumerate(status):
+            if s >= 0:
+                dup[seq[a]] = seq[s]
         return np.flatnonzero(dup < 0), dup
 
     def against(
         self, items: Sequence[Any], stored: StoredStructures | Sequence[Fingerprinted],
-        energies: Sequence[float | None] | None = None,
+        energies: Sequence[float | None] | None = None, confirm: Confirm | None = None,
     ) -> np.ndarray:
-        """Duplicates of a population among what is stored.
+        """Duplicates of a population among what is stored: each item's candidates, closest
+        first, until one matches (one question per item, all asked together).
 
         Args:
             items: as :meth:`describe` (pass the ``Fingerprinted`` entries to avoid
                 recomputing fingerprints).
             stored: a :class:`StoredStructures`, or a list of ``Fingerprinted``.
             energies: enthalpy per atom of each item, eV.
+            confirm: answers the matcher's questions (default: :meth:`matches` here).
 
         Returns:
             ``(n,)`` ints: the index of the stored entry each item duplicates, or ``-1``.
@@ -396,6 +276,8 @@ class Deduper:
         by_key: dict[CompositionKey, list[int]] = {}
         for k, e in enumerate(entries):
             by_key.setdefault(e.key, []).append(k)
+        questions: list[tuple[Fingerprinted, list[Fingerprinted]]] = []
+        owners: list[tuple[int, np.ndarray]] = []  # the item, and the stored index of each candidate
         for key, members in by_key.items():
             idx, G = stored.group(key)
             if len(idx) == 0:
@@ -406,9 +288,14 @@ class Deduper:
             others = [stored.entries[i] for i in idx]
             E = _energies(others)
             for a, k in enumerate(members):
-                match = self._first_match(entries[k], others, D[a], E)
-                if match >= 0:
-                    out[k] = idx[match]
+                close = self._close(entries[k], D[a], E)
+                if len(close):
+                    questions.append((entries[k], [others[c] for c in close]))
+                    owners.append((k, idx[close]))
+        answers = self._confirm(confirm or InProcess(self.matches), questions, True)
+        for (k, ids), ans in zip(owners, answers):
+            if ans and ans[-1]:
+                out[k] = ids[len(ans) - 1]
         return out
 
     def fingerprint_distance(self, a: Fingerprinted, b: Fingerprinted) -> float:
@@ -430,10 +317,10 @@ class Deduper:
         w = np.repeat(w, per_pair)
         return w / per_pair if self.fingerprint == "bcm" else w
 
-    def _first_match(self, entry: Fingerprinted, others: Sequence[Fingerprinted], dist: np.ndarray,
-                     energies: np.ndarray) -> int:
-        """Index in ``others`` of the closest one that passes every test, or -1 (``energies``:
-        the others' enthalpies per atom, NaN where unknown)."""
+    def _close(self, entry: Fingerprinted, dist: np.ndarray, energies: np.ndarray) -> np.ndarray:
+        """Indices of the others (``dist``: their fingerprint distances to ``entry``;
+        ``energies``: their enthalpies per atom, NaN where unknown) that pass the cheap tests,
+        closest first: the matcher's candidates."""
         close = dist < self.sim_threshold
         if self.energy_tol is not None and entry.energy is not None:
             de = np.abs(energies - entry.energy)  # NaN (unknown) compares False both ways
@@ -444,13 +331,16 @@ class Deduper:
                 # than the threshold: see the module docstring)
                 close |= de <= self.energy_tol
         close = np.flatnonzero(close)
-        for c in close[np.argsort(dist[close], kind="stable")]:
-            if not self.use_matcher:
-                return int(c)
-            self.n_matcher_calls += 1
-            if self.matches(others[c], entry):
-                return int(c)
-        return -1
+        return close[np.argsort(dist[close], kind="stable")]
+
+    def _confirm(self, confirm: Confirm, questions: list[tuple[Fingerprinted, list[Fingerprinted]]],
+                 stop: bool) -> list[list[bool]]:
+        """The answers of ``confirm``; without the matcher, the fingerprint's word (yes)."""
+        if not self.use_matcher:
+            return [[True] if stop else [True] * len(c) for _, c in questions]
+        answers = confirm(questions, stop)
+        self.n_matcher_calls += sum(len(x) for x in answers)
+        return answers
 
     def matches(self, a: Fingerprinted, b: Fingerprinted) -> bool:
         """``StructureMatcher.fit(a, b)`` with each entry's reduced cell computed once

@@ -294,6 +294,11 @@ class MPIExecutor:
     def slots(self) -> list[int]:
         return ([0] if self.coordinator_relaxes else []) + list(range(1, self.size))
 
+    @property
+    def workers(self) -> int:
+        """The worker processes (rank 0's runs in a child process, not the coordinator's)."""
+        return len(self.slots)
+
     def relax(self, structures: Sequence[Atoms], pressures: Sequence[float],
               on_result: Callable[[int, RelaxResult], None] | None = None,
               labels: Sequence[str] | None = None, max_steps: int | None = None) -> list[RelaxResult]:
@@ -451,6 +456,10 @@ class CampaignExecutor:
     def map(self, task: Task, items: Sequence[Any], on_result: Callable[[int, Any], None] | None = None,
             labels: Sequence[str] | None = None) -> list[Any]:
         return self.shared.map(task, items, on_result, labels)
+
+    @property
+    def workers(self) -> int:
+        return self.shared.workers
 
     def close(self) -> None:
         pass

@@ -14,6 +14,9 @@ never asks which it has:
   plain-data spec) over plain-data items, ``on_result(index, result)`` as each result arrives
   (oracle labels, verification);
 * ``set_model(model, potential)``: go on with another model (the fine-tune loop's);
+* ``workers``: the processes beside the caller's that run ``map``'s tasks (0: they run in
+  the calling process), which tells a caller whether farming work out frees it (dedupe's
+  matcher questions, :mod:`lamcsp.matching`);
 * ``close()``.
 
 ``relax`` and ``evaluate`` are tasks on top of ``map`` (:class:`RelaxTask`,
@@ -95,6 +98,9 @@ class Executor(Protocol):
             labels: Sequence[str] | None = None) -> list[Any]: ...
 
     def set_model(self, model: Any, potential: Potential | None = None) -> None: ...
+
+    @property
+    def workers(self) -> int: ...
 
     def close(self) -> None: ...
 
@@ -357,6 +363,11 @@ class SerialExecutor:
 
         run(list(items), emit)
         return out
+
+    @property
+    def workers(self) -> int:
+        """0: tasks run in this process."""
+        return 0
 
     def close(self) -> None:
         pass

@@ -72,14 +72,18 @@ class SimilarityScreen:
         if us.seen is not None and items:
             us.seen.extend(self.deduper.describe(self.at_unit_volume(us, items)))
 
-    def new(self, us: UnitState, cands: list[Candidate]) -> list[bool]:
+    def new(self, us: UnitState, cands: list[Candidate], executor: Any = None) -> list[bool]:
         """Which of ``cands`` are new: no duplicate among the earlier ones of the list or what
-        the unit has seen."""
+        the unit has seen. The matcher's questions go through ``executor`` where its tasks run
+        on workers (:func:`lamcsp.matching.confirm_for`)."""
+        from lamcsp.matching import confirm_for
+
         if us.seen is None or not cands:
             return [True] * len(cands)
+        confirm = confirm_for(executor, self.deduper) if executor is not None else None
         entries = self.deduper.describe(self.at_unit_volume(us, cands))
-        _, dup = self.deduper.unique(entries)
-        known = self.deduper.against(entries, us.seen)
+        _, dup = self.deduper.unique(entries, confirm=confirm)
+        known = self.deduper.against(entries, us.seen, confirm=confirm)
         return [bool(d < 0 and k < 0) for d, k in zip(dup, known)]
 
 
@@ -95,7 +99,7 @@ def top_up(us: UnitState, g: int, cands: list[Candidate], keep: np.ndarray,
     from lamcsp.draws import DrawRequest, draw
 
     ok = [bool(k) for k in keep]
-    new = similarity.new(us, [c for c, k in zip(cands, ok) if k])
+    new = similarity.new(us, [c for c, k in zip(cands, ok) if k], executor)
     it = iter(new)
     ok = [k and next(it) for k in ok]
     us.screened += sum(1 for c, k in zip(cands, keep) if k) - sum(ok)
@@ -113,7 +117,7 @@ def top_up(us: UnitState, g: int, cands: list[Candidate], keep: np.ndarray,
         for c in extra:
             c.generator = "random"
         kept = [c for c, f in zip(extra, fit) if f]
-        fresh = similarity.new(us, [c for c, k in zip(cands, ok) if k] + kept)[sum(ok):]
+        fresh = similarity.new(us, [c for c, k in zip(cands, ok) if k] + kept, executor)[sum(ok):]
         us.screened += len(kept) - sum(fresh)
         for c, f in zip(extra, fit):
             cands.append(c)
@@ -178,7 +182,7 @@ def prescreen(us: UnitState, g: int, cands: list[Candidate], keep: Sequence[bool
             # so a candidate bound for a structure already relaxed (a swarm move near its
             # leader, most often) shows it here, at a few steps' cost instead of a relaxation
             live = sorted((k for k in todo if math.isfinite(h[k])), key=lambda k: h[k])
-            fresh = similarity.new(us, [cands[k] for k in live])
+            fresh = similarity.new(us, [cands[k] for k in live], executor)
             for k, f in zip(live, fresh):
                 if not f:
                     ok[k] = False

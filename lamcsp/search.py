@@ -56,6 +56,7 @@ import numpy as np
 from lamcsp import stages, steps
 from lamcsp.errors import SetupError
 from lamcsp.faults import fault
+from lamcsp.matching import confirm_for
 from lamcsp.parallel import SerialExecutor
 from lamcsp.stages import RowBuffer, SimilarityScreen, UnitState, candidate_key, oversample_of, screen
 from lamcsp.store import RunDir, h_now, result_ok
@@ -432,6 +433,7 @@ class Search:
         results, row_ids = stages.relax_and_store(todo, g, self.store, self.executor, self.row_item)
         self.spent += len(todo)
         updates: dict[int, dict[str, Any]] = {}
+        confirm = confirm_for(self.executor, self.deduper)  # the matcher on the workers, if any
         for us in self.unit_states:
             idx = [i for i in range(len(todo)) if todo[i][0] is us]
             if not idx:
@@ -439,7 +441,7 @@ class Search:
                     stages.update_best(us, [], self.campaign)
                 continue
             mine = [results[i] for i in idx]
-            stages.dedupe(us, mine, [row_ids[i] for i in idx], updates, self.deduper, self.store)
+            stages.dedupe(us, mine, [row_ids[i] for i in idx], updates, self.deduper, self.store, confirm)
             stages.tell(us, [(todo[i][1], todo[i][2]) for i in idx], mine, self.similarity, self.campaign)
         with self.store.transaction():
             for rid, kv in sorted(updates.items()):

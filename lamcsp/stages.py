@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     from lamcsp.campaign import Campaign
     from lamcsp.generators.base import Candidate, GenerationContext, Generator
     from lamcsp.generators.dedupe import Deduper, StoredStructures
+    from lamcsp.generators.dedupe_pairs import Confirm
     from lamcsp.relax.relaxer import RelaxResult
     from lamcsp.store import ResultStore
 
@@ -356,11 +357,13 @@ def _check_same_start(row: Any, cand: Candidate, key: str) -> None:
 
 
 def dedupe(us: UnitState, results: list[RelaxResult], rows: list[int | None],
-           updates: dict[int, dict[str, Any]], deduper: Deduper, store: ResultStore) -> None:
+           updates: dict[int, dict[str, Any]], deduper: Deduper, store: ResultStore,
+           confirm: Confirm | None = None) -> None:
     """Dedupe one unit's results of a generation (row ids ``rows``) within the generation and
     against the unit's unique structures (``us.stored``; a lower new copy replaces the stored
     representative). The rows' new flags go to ``updates`` (row id -> key values), written by
-    the caller in one transaction."""
+    the caller in one transaction. ``confirm`` answers the matcher's questions (on the
+    workers: :func:`lamcsp.matching.confirm_for`; default: here)."""
     ok = [j for j, r in enumerate(results) if result_ok(r)]
     for j in range(len(results)):
         if j not in ok:
@@ -369,8 +372,8 @@ def dedupe(us: UnitState, results: list[RelaxResult], rows: list[int | None],
         return
     energies = [float(results[j].enthalpy_per_atom) for j in ok]
     entries = deduper.describe([results[j].atoms for j in ok], energies)
-    reps, dup = deduper.unique(entries)
-    match = deduper.against([entries[r] for r in reps], us.stored)
+    reps, dup = deduper.unique(entries, confirm=confirm)
+    match = deduper.against([entries[r] for r in reps], us.stored, confirm=confirm)
     final: dict[int, int] = {}  # position in `ok` -> row id it stands for
     for r, m in zip(reps, match):
         rid = rows[ok[r]]

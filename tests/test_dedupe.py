@@ -197,3 +197,75 @@ def test_matches_with_cached_reduced_cells_equals_pymatgens_fit(options):
             want.append(bool(ref.fit(AseAtomsAdaptor.get_structure(atoms[i]), AseAtomsAdaptor.get_structure(atoms[j]))))
     assert got == want
     assert 20 < sum(want) < len(want) - 20  # both answers well represented
+
+
+def relaxed_population():
+    """48 relaxed structures (rattled copies of 8 polymorphs, supercells among them) whose
+    enthalpies all lie within ``energy_tol`` of each other, so the matcher decides every pair;
+    10 stored ones."""
+    items, labels = _population(1)
+    items = [a.copy() for a in items + items[:8]]
+    for k, a in enumerate(items):
+        a.rattle(0.005, seed=k)
+    rng = np.random.default_rng(0)
+    base = {name: rng.normal(-4.0, 0.002) for name in sorted(set(labels))}
+    energies = [base[labels[k % len(labels)]] + rng.uniform(0, 0.004) for k in range(len(items))]
+    return items[10:], energies[10:], items[:10], energies[:10]
+
+
+def dedupe_answers(confirm_of=None):
+    """``(duplicate_of, stored match, matcher calls)`` of :func:`relaxed_population`, the questions
+    answered by ``confirm_of(deduper)`` (``None``: in-process)."""
+    items, energies, stored, e_stored = relaxed_population()
+    d = Deduper()
+    confirm = confirm_of(d) if confirm_of is not None else None
+    store = d.new_store()
+    store.extend(d.describe(stored, e_stored))
+    entries = d.describe(items, energies)
+    reps, dup = d.unique(entries, confirm=confirm)
+    match = d.against([entries[r] for r in reps], store, confirm=confirm)
+    return {"duplicate_of": dup.tolist(), "match": match.tolist(), "calls": d.n_matcher_calls}
+
+
+def test_matcher_questions_answered_elsewhere_give_the_same_duplicates():
+    """The matcher's questions asked in bulk (speculative rounds, as for the workers) and
+    answered through an executor's map, from reduced cells sent as arrays: the same
+    representatives and stored matches as the in-process pass, which asks only what it needs."""
+    from lamcsp.generators.dedupe_pairs import InProcess
+
+    from lamcsp.matching import ExecutorConfirm
+    from lamcsp.parallel import SerialExecutor
+
+    want = dedupe_answers()
+    assert 3 < sum(d < 0 for d in want["duplicate_of"]) < 30  # duplicates and polymorphs
+    assert 0 < sum(m >= 0 for m in want["match"])
+
+    class Speculative(InProcess):
+        speculative = True
+
+    spec = dedupe_answers(lambda d: Speculative(d.matches))
+    mapped = dedupe_answers(lambda d: ExecutorConfirm(SerialExecutor(None), d, pairs_per_task=16))
+    for got in (spec, mapped):
+        assert got["duplicate_of"] == want["duplicate_of"] and got["match"] == want["match"]
+    assert mapped["calls"] == spec["calls"] >= want["calls"]
+
+
+def test_matcher_questions_on_two_ranks_give_the_same_duplicates(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from helpers import mpiexec
+
+    tests = Path(__file__).resolve().parent
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LAMCSP_FAULT", "PMI_", "OMPI_"))}
+    env.update({"OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
+                "PYTHONPATH": os.pathsep.join([str(tests), env.get("PYTHONPATH", "")])})
+    out = tmp_path / "dedupe.json"
+    proc = subprocess.run([mpiexec(), "-n", "2", sys.executable, str(tests / "mpi_dedupe.py"), str(out)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    got, want = json.loads(out.read_text()), dedupe_answers()
+    assert got["duplicate_of"] == want["duplicate_of"] and got["match"] == want["match"]

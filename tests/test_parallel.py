@@ -259,6 +259,8 @@ def test_both_executors_implement_the_whole_protocol():
     assert isinstance(SerialExecutor(None), Executor)
     for name in ("relax", "evaluate", "map", "set_model", "close"):
         assert callable(getattr(MPIExecutor, name))
+    assert SerialExecutor(None).workers == 0  # its tasks run in the caller's process
+    assert isinstance(MPIExecutor.workers, property)
 
 
 def test_single_points_on_two_ranks_equal_the_serial_ones_for_any_model(tmp_path):
