@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import numpy as np
 
 from lamcsp import stages, steps
+from lamcsp.campaign.schema import comparable
 from lamcsp.errors import SetupError
 from lamcsp.faults import fault
 from lamcsp.matching import confirm_for
@@ -261,7 +262,7 @@ class Search:
         for key in new:
             if key in RESUMABLE_CHANGES:
                 continue
-            if _canonical(old.get(key), key) != _canonical(new[key], key):
+            if comparable(old.get(key), key) != comparable(new[key], key):
                 raise SetupError(key, f"differs from the run being resumed in {self.run_dir} "
                                       f"(was {old.get(key)!r}); only {', '.join(RESUMABLE_CHANGES)} may "
                                       "change on --resume")
@@ -480,18 +481,6 @@ class Search:
 
 
 # --------------------------------------------------------------------------------- helpers
-
-
-def _canonical(value: Any, key: str | None = None) -> Any:
-    if key == "rescore" and isinstance(value, dict) and "model" in value and value["model"] is None:
-        return {"model": None}  # no rescore stage: its other settings change nothing
-    if isinstance(value, dict):
-        return {k: _canonical(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_canonical(v) for v in value]
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value
 
 
 def run_search(campaign: Campaign, run_dir: str | Path | None = None, **kwargs: Any) -> Search:

@@ -254,3 +254,17 @@ def _int_text(values: tuple[int, ...]) -> str:
     if len(values) > 2 and list(values) == list(range(values[0], values[-1] + 1)):
         return f"{values[0]}-{values[-1]}"
     return ",".join(str(v) for v in values)
+
+
+def comparable(value: Any, key: str | None = None) -> Any:
+    """A campaign key's plain value as ``--resume`` compares it (``key``: the top-level key):
+    integral floats as ints, and a rescore section without a model as just that."""
+    if key == "rescore" and isinstance(value, dict) and "model" in value and value["model"] is None:
+        return {"model": None}  # no rescore stage: its other settings change nothing
+    if isinstance(value, dict):
+        return {k: comparable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [comparable(v) for v in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
