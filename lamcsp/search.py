@@ -349,11 +349,10 @@ class Search:
         if not self.done:
             self.done = True
             self.checkpoint()
-        cascade = self.cascade
-        if cascade:  # a second model re-ranks the best (nothing twice on --resume)
+        if self.cascade:  # a second model re-ranks the best (nothing twice on --resume)
             self.verification.rescore()
         if self.campaign.verify_enabled:  # the answer, checked by the oracle (nothing twice on --resume)
-            self.verification.run("end", after_rescore=cascade)
+            self.verification.run("end", after_rescore=self.cascade)
         if report:
             steps.pressure_scan(self)
             self.write_report()

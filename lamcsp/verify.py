@@ -271,7 +271,9 @@ def verify_run(run_dir: str | Path, *, oracle: str | None = None, top_k: int | N
                max_steps: int | None = None, executor: Any = None,
                progress: Callable[[str], None] | None = None) -> dict[str, Comparison]:
     """``lamcsp verify RUN``: the verification stage on a finished (or stopped) run, with its
-    campaign's oracle and settings or the ones given; then the report is written again.
+    campaign's oracle and settings or the ones given; then the report is written again. On a
+    run with a rescore stage (the model cascade) the oracle picks from the rescore model's
+    ranking (the latest rescore model's, where there were several), as at a search's end.
 
     Raises:
         SetupError: not a run directory, no oracle, or an oracle that cannot run here.
@@ -312,6 +314,11 @@ def verify_run(run_dir: str | Path, *, oracle: str | None = None, top_k: int | N
     rows: list[Any] = store.rows(role="search", unique=True, include_data=False)
     pairs = [(units[int(row.get("unit", -1))], row) for row in rows if int(row.get("unit", -1)) in units]
     hits = hits_of(pairs, campaign.system.elements)
+    rescore = store.rows(role="verify", stage="rescore", include_data=False)
+    if rescore:  # a cascade's run: the oracle checks the rescore model's ranking, as at the search's end
+        from lamcsp.rescore import rescored_hits
+
+        hits = rescored_hits(hits, store, str(max(rescore, key=lambda r: r.ctime).oracle))
     models = sorted({str(row.get("model_now", row.get("model_id"))) for _, row in pairs})
     out = run_verification(hits, settings, store=store, executor=executor or SerialExecutor(None),
                            run_dir=run_dir, stage="lamcsp verify", model_id=", ".join(models),

@@ -6,6 +6,7 @@ resumed run repeats nothing."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 from ase.calculators.emt import EMT
@@ -158,3 +159,36 @@ def test_resume_compares_the_rescore_stage_not_the_settings_of_an_absent_one(tmp
     with pytest.raises(SetupError, match="rescore"):
         Search(parse_campaign({**raw, "rescore": {"model": {"backend": "emt"}}}), run, resume=True,
                progress=False)
+
+
+def test_lamcsp_verify_on_a_cascade_run_picks_from_the_rescore_ranking(cascade, tmp_path):
+    """``lamcsp verify RUN --top-k 2`` on a finished cascade run: the oracle checks the rescore
+    model's two lowest of every unit (its own enthalpies), not the search model's. In a copy of
+    the run the oracle's rows are dropped and the rescore model is made to put the search
+    model's lowest of every unit last, so the two rankings' top 2 differ."""
+    import shutil
+
+    import ase.db
+
+    from lamcsp.verify import verify_run
+
+    run = tmp_path / "copy"
+    shutil.copytree(cascade[0], run)
+    db = ase.db.connect(str(run / "results.db"))
+    db.delete([r.id for r in db.select(role="verify") if r.get("stage") != "rescore"])
+    lowest = {}
+    for r in db.select(role="search", unique=True):
+        if not r.status.startswith("failed") and r.enthalpy_per_atom < lowest.get(r.unit, (math.inf,))[0]:
+            lowest[r.unit] = (r.enthalpy_per_atom, r.id)
+    for r in db.select(role="verify", stage="rescore"):
+        if int(r.of) == lowest[r.unit][1]:
+            db.update(r.id, enthalpy_per_atom=100.0)
+    verify_run(run, oracle="emt", top_k=2, window=0.0)
+    store = ResultStore(run)
+    per_unit: dict[int, list] = {}
+    for r in store.rows(role="verify", stage="rescore"):
+        per_unit.setdefault(int(r.unit), []).append(r)
+    want = {int(r.of) for rs in per_unit.values()
+            for r in sorted(rs, key=lambda r: (r.enthalpy_per_atom, int(r.of)))[:2]}
+    checked = {int(r.of) for r in store.rows(role="verify") if r.get("stage") != "rescore"}
+    assert checked == want and not {i for _, i in lowest.values()} & checked
