@@ -84,9 +84,11 @@ Methods (each a campaign's ``generators``; the rest of the campaign is lamcsp's 
   target relaxed with the cascade model (``refs_<model>/``); the search model's own verdict is
   kept in the record's ``search`` entry. Not with ``--stop-at-match`` (the search must finish).
   To rescore finished cascade runs with another model without searching again, copy their run
-  folders to a new ``--out`` (with ``refs/``), delete their ``bench_record.json`` and run with the
-  new ``--cascade-model``: each run resumes a finished search, so only the rescore stage runs
-  (its rows sit beside the first model's, and each model is judged on its own rows).
+  folders to a new ``--out`` (with ``refs/``), delete their ``bench_record.json``, set the new
+  model as ``rescore.model`` in each copied ``campaign.yaml`` (``--resume`` refuses a changed
+  rescore stage otherwise) and run with the new ``--cascade-model``: each run resumes a finished
+  search, so only the rescore stage runs (its rows sit beside the first model's, and each model
+  is judged on its own rows).
 
 Every run keeps its lamcsp run directory under ``--out``/runs and writes its record as soon as
 it ends, so a rerun skips finished runs and resumes an interrupted one (``lamcsp search
