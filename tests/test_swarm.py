@@ -125,3 +125,31 @@ def test_swarm_reaches_ground_state_faster_than_random(relaxer):
     # generator's own draws (pso: 2 runs) or the search's per-candidate streams (pso: 1 run)
     assert found["pso"] > found["random"], (mean, found)
     assert mean["pso"] < mean["random"], (mean, found)
+
+
+@pytest.mark.parametrize("reseed", [False, True])
+def test_move_into_a_held_basin_reseeds_the_particle(relaxer, reseed):
+    """``reseed_duplicates``: a particle whose move relaxes back into its own best leaves the
+    swarm at the next generation, and its move goes to a new random structure; without the
+    option it stays and counts one wasted move."""
+    ctx = _context()
+    pso = ParticleSwarm(reseed_duplicates=reseed, swarm_size=100)
+    rng = np.random.default_rng(3)
+    cands = pso.propose(8, rng, ctx)
+    res = relaxer.relax([c.to_atoms() for c in cands])
+    ctx.population = [Evaluated(c, Candidate.from_atoms(r.atoms), r.enthalpy_per_atom, not r.failed)
+                      for c, r in zip(cands, res)]
+    pso.observe(ctx.population)
+    ranked = sorted((q for q in pso.particles if q.best_x is not None), key=lambda q: q.best_h)
+    # not the best (which always stays), and a best no better particle holds (else it is
+    # re-seeded as a duplicate whatever the option)
+    p = next(q for i, q in enumerate(ranked) if i > 0 and not any(pso._same(q, b) for b in ranked[:i]))
+    back = from_vector(pso._candidate_of(p.template), p.best_x)
+    move = pso._tag(Candidate.from_dict(back.to_dict()), p.pid)  # p's move, relaxed back to its best
+    ctx.population = ctx.population + [Evaluated(move, back, p.best_h + 0.01)]
+    out = pso.propose(8, rng, ctx)
+    assert (p.pid in [q.pid for q in pso.particles]) is not reseed
+    assert p.stagnant == (pso.stagnation if reseed else 1)
+    assert len(out) == 8
+    if reseed:  # nothing of p's is proposed: its move went to a new random structure
+        assert all(c.origin["particle"] != p.pid for c in out)
