@@ -73,6 +73,8 @@ Methods (each a campaign's ``generators``; the rest of the campaign is lamcsp's 
 * ``lamcsp_dupreseed``: lamcsp's default mix, the swarm with ``reseed_duplicates`` (a particle
   whose move relaxes into a basin the swarm holds is re-seeded at once, its moves going to new,
   prescreened random structures);
+* ``lamcsp_redraw``: lamcsp's default mix, the swarm with ``migration: redraw`` (a particle
+  migrating into its leader's template starts anywhere in it, not at the leader's best);
 * ``template``: the template generator alone (substitution into known structures; leave-one-out:
   the templates are ``--templates``, by default the MP-20 list, without the target);
 * ``lamcsp_template``: lamcsp's default mix on three quarters of the population, the template
@@ -136,7 +138,7 @@ DEFAULT_TARGETS = HERE / "data" / "mp20_small.json"
 #: the CI smoke run: three small, quick targets (rocksalt AgBr, hexagonal CrN and AlAg)
 SMOKE_IDS = ("mp-23231", "mp-1183691", "mp-1228901")
 METHODS = ("lamcsp", "lamcsp_plain", "lamcsp_prior", "lamcsp_mp", "lamcsp_template", "lamcsp_prescreen",
-           "lamcsp_dupreseed",
+           "lamcsp_dupreseed", "lamcsp_redraw",
            "random_prescreen", "random", "random_p1", "random_screen", "random_prior", "random_mp",
            "template", "pso", "ga")
 
@@ -339,12 +341,12 @@ def method_generators(method: str) -> list[dict[str, Any]] | None:
         if kind == "lamcsp_oversample":
             swarm["options"] = {"oversample": k}
         return [ranked, swarm]
-    if method == "lamcsp_dupreseed":
+    if method in ("lamcsp_dupreseed", "lamcsp_redraw"):
         from lamcsp.campaign import DEFAULT_OVERSAMPLE
 
+        change = {"reseed_duplicates": True} if method == "lamcsp_dupreseed" else {"migration": "redraw"}
         return [{"name": "random", "share": 0.5, "options": {"oversample": DEFAULT_OVERSAMPLE}},
-                {"name": "pso", "share": 0.5, "options": {"oversample": DEFAULT_OVERSAMPLE,
-                                                          "reseed_duplicates": True}}]
+                {"name": "pso", "share": 0.5, "options": {"oversample": DEFAULT_OVERSAMPLE, **change}}]
     if method in ("lamcsp_mp", "random_mp"):
         from lamcsp.generators.symmetric import MP_PRIOR
 

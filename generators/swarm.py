@@ -25,7 +25,11 @@ are taken by minimum image (fractional coordinates are periodic), velocities are
   and best position plus a random velocity of up to ``v_max`` (a tenth of it, relative, on the
   lattice). The swarm thus gathers in the templates of good structures, where the PSO update
   proper applies; this is our reading of PSO in symmetry-reduced coordinates, where CALYPSO
-  itself differences Cartesian coordinates.
+  itself differences Cartesian coordinates. With ``migration="redraw"`` a migrating particle
+  instead starts afresh in the leader's template: the leader's lattice within 5 %, its free
+  coordinates drawn uniformly, no personal best (a symmetry-constrained random draw in a
+  template that holds a good structure; a migration that starts at the leader's best mostly
+  relaxes back onto it).
 * Lamarckian: after relaxation, the relaxed structure, projected onto the template, becomes
   the particle's position.
 * A leader (``x = p_best = l_best``) would not move; it gets a small Gaussian turbulence
@@ -102,6 +106,8 @@ class ParticleSwarm:
             (the dedupe default when ``None``).
         clone_probability: chance a re-seeded particle spawns in the global best's template.
         random_options: options of the symmetric random generator it draws new structures from.
+        migration: ``"leader"`` (a migrating particle starts at its leader's best) or
+            ``"redraw"`` (anywhere in the leader's template, see the module doc).
         reseed_duplicates: re-seed a particle at once when a move relaxes into a structure the
             swarm holds, and fill re-seeded particles' moves with new random structures (see
             the module doc).
@@ -134,6 +140,7 @@ class ParticleSwarm:
         random_options: dict[str, Any] | None = None,
         oversample: int = 1,
         reseed_duplicates: bool = False,
+        migration: str = "leader",
     ):
         if not 0.0 <= pso_ratio <= 1.0:
             raise SetupError("pso_ratio", f"must be within [0, 1], got {pso_ratio}")
@@ -160,6 +167,9 @@ class ParticleSwarm:
         if not isinstance(reseed_duplicates, bool):
             raise SetupError("reseed_duplicates", f"must be true or false, got {reseed_duplicates!r}")
         self.reseed_duplicates = reseed_duplicates
+        if migration not in ("leader", "redraw"):
+            raise SetupError("migration", f"unknown migration {migration!r}; use leader or redraw")
+        self.migration = migration
         self.particles: list[Particle] = []
         self.generation = 0
         self.next_pid = 0
@@ -392,6 +402,10 @@ class ParticleSwarm:
         assert p.best_x is not None  # only particles with a best are moved
         if leader is not None and template_key(leader.template) != template_key(p.template):
             assert leader.best_x is not None
+            if self.migration == "redraw":
+                drawn = self._redraw_in(leader, p, rng, context)
+                if drawn is not None:
+                    return drawn
             p.template = dict(leader.template)
             p.x = leader.best_x.copy()
             p.best_x, p.best_h, p.best_fp = leader.best_x.copy(), leader.best_h, leader.best_fp
@@ -431,6 +445,30 @@ class ParticleSwarm:
                                "leader": None if leader is None else leader.pid}
                 return cand
         p.stagnant += 1
+        return None
+
+    def _redraw_in(self, leader: Particle, p: Particle, rng: np.random.Generator,
+                   context: GenerationContext) -> Candidate | None:
+        """``migration="redraw"``: ``p`` starts afresh in ``leader``'s template (its lattice
+        within 5 %, free coordinates uniform, no personal best); ``None`` when no draw passes
+        the distance screen (the particle then migrates to the leader's best)."""
+        from lamcsp.generators.symmetric import from_vector
+
+        assert leader.best_x is not None
+        template = self._candidate_of(leader.template)
+        n_lat = self._n_lattice(leader.template)
+        for _ in range(8):
+            x = leader.best_x.copy()
+            x[:n_lat] *= 1.0 + rng.normal(0.0, 0.05, n_lat)
+            x[n_lat:] = rng.random(x.size - n_lat)
+            x = clamp_vector(template, x)
+            cand = from_vector(template, x)
+            if passes_distances(cand, context):
+                p.template = dict(leader.template)
+                p.x, p.v = x, np.zeros_like(x)
+                p.best_x, p.best_h, p.best_fp = None, float("inf"), None
+                cand.origin = {**cand.origin, "operator": "pso-redraw", "leader": leader.pid}
+                return cand
         return None
 
     def _reseed(

@@ -153,3 +153,34 @@ def test_move_into_a_held_basin_reseeds_the_particle(relaxer, reseed):
     assert len(out) == 8
     if reseed:  # nothing of p's is proposed: its move went to a new random structure
         assert all(c.origin["particle"] != p.pid for c in out)
+
+
+@pytest.mark.parametrize("migration", ["leader", "redraw"])
+def test_migration_starts_at_the_leader_or_anywhere_in_its_template(relaxer, migration):
+    """A particle whose leader has another template migrates into it: ``leader`` starts it at
+    the leader's best, ``redraw`` draws it afresh in that template with no personal best."""
+    ctx = _context()
+    pso = ParticleSwarm(mode="global", migration=migration, swarm_size=100)
+    rng = np.random.default_rng(7)
+    cands = pso.propose(8, rng, ctx)
+    res = relaxer.relax([c.to_atoms() for c in cands])
+    pso.observe([Evaluated(c, Candidate.from_atoms(r.atoms), r.enthalpy_per_atom, not r.failed)
+                 for c, r in zip(cands, res)])
+    pso.pending.clear()
+    ranked = sorted((q for q in pso.particles if q.best_x is not None), key=lambda q: q.best_h)
+    leader = ranked[0]
+    p = next(q for q in ranked[1:] if q.template["spacegroup"] != leader.template["spacegroup"])
+    c = pso._move(p, rng, ctx)
+    assert c is not None and c.spacegroup == leader.template["spacegroup"]
+    assert p.template["wyckoffs"] == leader.template["wyckoffs"]
+    if migration == "leader":
+        assert c.origin["operator"] == "pso-migrate"
+        assert np.allclose(p.best_x, leader.best_x)
+    else:
+        assert c.origin["operator"] == "pso-redraw" and p.best_x is None
+        n_lat = pso._n_lattice(leader.template)
+        assert np.allclose(p.x[:n_lat], leader.best_x[:n_lat], rtol=0.3)
+        d = p.x[n_lat:] - leader.best_x[n_lat:]
+        assert d.size == 0 or np.abs(d - np.round(d)).max() > 0.05  # not the leader's coordinates
+    with pytest.raises(Exception, match="migration"):
+        ParticleSwarm(migration="nearest")
