@@ -86,9 +86,10 @@ from lamcsp.errors import SetupError
 class ParticleSwarm:
     """CALYPSO's particle swarm as a :class:`~lamcsp.generators.base.Generator` (see module doc).
 
-    Over 300 lines, on purpose: its methods (observe, move, migrate, clone, re-seed, trim) all
-    read and change the one swarm state (particles, pending proposals, the generation), and a
-    third of the class is the documented, checked options; the pure geometry is in
+    Over 300 lines (and its module over 500), on purpose: its methods (observe, move, migrate,
+    redraw, clone, re-seed, trim) all read and change the one swarm state (particles, pending
+    proposals, the generation), and a third of the class is the documented, checked options,
+    whose measured outcomes the module doc records; the pure geometry is in
     :mod:`lamcsp.generators.swarm_space`.
 
     Args:
