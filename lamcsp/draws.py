@@ -6,9 +6,12 @@ coordinator holds. Candidate ``k`` of stream ``i`` of unit ``u`` in generation `
 own RNG (:func:`lamcsp.units.candidate_rng`), so any worker can draw it, and the
 minimum-distance screen (:func:`lamcsp.stages.screen`) runs there too. :func:`draw` sends a
 generation's requests through the executor's ``map`` (one :class:`DrawTask` per generator and
-options): on one rank they run in-process, under MPI on every worker while the coordinator
-waits for the results. The same seed gives the same candidates on any number of ranks and in
-any batching.
+options): on one rank they run in-process, under MPI on every worker. Since they depend on
+nothing a generation returns, the search draws generation g+1's random share while g relaxes
+(:func:`draw_ahead`, an :class:`Ahead` whose jobs go to the executor's ``relax(..., then=)``):
+under MPI the workers that finish relaxing draw while the others still relax, and
+:func:`draw` takes those candidates instead of drawing them again. The same seed gives the
+same candidates on any number of ranks, in any batching, drawn ahead or not.
 """
 
 from __future__ import annotations
@@ -19,12 +22,15 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from lamcsp.errors import SetupError
-from lamcsp.parallel import Task, WorkerInfo
+from lamcsp.parallel import Job, Task, WorkerInfo
 
 if TYPE_CHECKING:
+    from lamcsp.campaign import Campaign
     from lamcsp.generators.base import Candidate, GenerationContext
+    from lamcsp.stages import UnitState
 
-__all__ = ["DrawRequest", "DrawTask", "Drawn", "draw", "draw_task", "proposals", "sampler_for"]
+__all__ = ["Ahead", "DrawRequest", "DrawTask", "Drawn", "draw", "draw_ahead", "draw_task", "proposals",
+           "sampler_for", "sampler_requests", "wanted_counts"]
 
 
 @dataclasses.dataclass
@@ -110,18 +116,34 @@ class DrawTask:
             emit(j, {"candidate": None if c is None else c.to_dict(), "keep": keep, "error": None})
 
 
-def draw(requests: Sequence[DrawRequest], executor: Any) -> list[Drawn]:
+def draw(requests: Sequence[DrawRequest], executor: Any, ahead: Ahead | None = None) -> list[Drawn]:
     """The candidates of ``requests``, drawn through ``executor.map`` (one call per generator
-    and options), in request order."""
-    from lamcsp.generators.base import Candidate
+    and options), in request order; those ``ahead`` already holds (the same request, drawn
+    while the previous generation relaxed) are taken from it."""
+    out: list[Drawn | None] = [None] * len(requests)
+    if ahead is not None:
+        for r, req in enumerate(requests):
+            out[r] = ahead.take(req)
+    todo = [r for r in range(len(requests)) if out[r] is None]
+    jobs, owners = _jobs([requests[r] for r in todo])
+    for job in jobs:
+        job.results = executor.map(job.task, job.items, labels=job.labels)
+    for r, d in zip(todo, _collect(len(todo), jobs, owners)):
+        out[r] = d
+    return [d for d in out if d is not None]
 
+
+def _jobs(requests: Sequence[DrawRequest]) -> tuple[list[Job], list[list[int]]]:
+    """The draws of ``requests`` as executor jobs, one per generator and options, and the
+    request of each job's items."""
     groups: dict[str, list[int]] = {}
     tasks: dict[str, Task] = {}
     for r, req in enumerate(requests):
         task = draw_task(req.generator, req.options)
         groups.setdefault(task.key, []).append(r)
         tasks[task.key] = task
-    out: list[Drawn] = [Drawn([], []) for _ in requests]
+    jobs: list[Job] = []
+    owners: list[list[int]] = []
     for key, members in groups.items():
         items, owner = [], []
         for r in members:
@@ -131,8 +153,18 @@ def draw(requests: Sequence[DrawRequest], executor: Any) -> list[Drawn]:
                 items.append({"context": plain, "seed": req.seed, "key": [*req.stream, *req.index, j]})
                 owner.append(r)
         labels = [f"draw {requests[r].generator} {item['key']}" for r, item in zip(owner, items)]
-        results = executor.map(tasks[key], items, labels=labels)
-        for r, res in zip(owner, results):
+        jobs.append(Job(tasks[key], items, labels))
+        owners.append(owner)
+    return jobs, owners
+
+
+def _collect(n: int, jobs: Sequence[Job], owners: Sequence[Sequence[int]]) -> list[Drawn]:
+    """The :class:`Drawn` of each of ``n`` requests from its jobs' results."""
+    from lamcsp.generators.base import Candidate
+
+    out: list[Drawn] = [Drawn([], []) for _ in range(n)]
+    for job, owner in zip(jobs, owners):
+        for r, res in zip(owner, job.results):
             d = out[r]
             if res["error"] is not None and d.error is None:
                 d.error = SetupError(*res["error"])
@@ -140,6 +172,82 @@ def draw(requests: Sequence[DrawRequest], executor: Any) -> list[Drawn]:
             d.candidates.append(cand)
             d.keep.append(bool(res["keep"]))
     return out
+
+
+class Ahead:
+    """Draws made ahead of their generation: the random share of generation g+1 is drawn while
+    g relaxes (the ``jobs`` go to the executor's ``relax(..., then=jobs)``), then
+    :func:`draw` takes each request it holds instead of drawing it again. A request it holds
+    gives the same candidates either way (each comes from its own stream); one it does not
+    hold (a unit that changed, a generation that never came) is drawn as usual."""
+
+    def __init__(self, requests: Sequence[DrawRequest]):
+        self.requests = list(requests)
+        self.jobs, self._owners = _jobs(self.requests)
+        self._drawn: dict[bytes, Drawn] | None = None
+
+    def take(self, request: DrawRequest) -> Drawn | None:
+        """The candidates drawn ahead for ``request`` (``None``: not drawn ahead, or not yet)."""
+        if self._drawn is None:
+            if any(len(job.results) != len(job.items) for job in self.jobs):
+                return None  # the relaxations stopped before these ran
+            drawn = _collect(len(self.requests), self.jobs, self._owners)
+            self._drawn = {_identity(r): d for r, d in zip(self.requests, drawn)}
+        return self._drawn.pop(_identity(request), None)
+
+
+def _identity(req: DrawRequest) -> bytes:
+    """What makes two requests draw the same candidates."""
+    return pickle.dumps((draw_task(req.generator, req.options).key, _plain_context(req.context), req.seed,
+                         tuple(req.stream), tuple(req.index), int(req.n)))
+
+
+def wanted_counts(us: UnitState, campaign: Campaign) -> list[int]:
+    """How many candidates each of a unit's generators proposes (its share of the population,
+    times its oversampling)."""
+    from lamcsp.screens import oversample_of
+    from lamcsp.units import generator_counts
+
+    counts = generator_counts([s for _, s, _ in us.generators], campaign.population)
+    return [n * oversample_of(gen) for (_, _, gen), n in zip(us.generators, counts)]
+
+
+def sampler_requests(active: Sequence[UnitState], g: int, campaign: Campaign,
+                     seed: int) -> list[tuple[UnitState, int, DrawRequest]]:
+    """The draws of generation ``g``'s samplers (the random share) for the units ``active``:
+    ``(unit, generator index, request)``."""
+    from lamcsp.generators.base import is_sampler
+
+    out = []
+    for us in active:
+        for gi, ((name, _, gen), n) in enumerate(zip(us.generators, wanted_counts(us, campaign))):
+            options = _spec_options(campaign, gi, name)
+            if n > 0 and is_sampler(gen) and options is not None:
+                out.append((us, gi, DrawRequest(name, options, us.context, seed, (us.unit.index, gi, g), n)))
+    return out
+
+
+def draw_ahead(unit_states: Sequence[UnitState], g: int, campaign: Campaign, seed: int, *,
+               spent: int) -> Ahead | None:
+    """Generation ``g``'s random share (the samplers' draws of the units active now), to be
+    drawn while ``g - 1`` relaxes (``relax_and_store(..., then=ahead.jobs)``) and taken by
+    :func:`lamcsp.stages.propose` (``ahead=``). It depends on nothing ``g - 1`` returns: each
+    candidate has its own stream (:func:`lamcsp.units.candidate_rng`), so the candidates are
+    the ones :func:`~lamcsp.stages.propose` would draw. ``None`` where ``g`` will not run (the
+    last generation, or the relaxation budget spent by ``spent``) or has no sampler."""
+    if campaign.generations is not None and g >= campaign.generations:
+        return None
+    if campaign.max_relaxations is not None and spent >= campaign.max_relaxations:
+        return None
+    requests = sampler_requests([us for us in unit_states if us.active], g, campaign, seed)
+    return Ahead([r for *_, r in requests]) if requests else None
+
+
+def _spec_options(campaign: Campaign, gi: int, name: str) -> dict[str, Any] | None:
+    """The options of the campaign's generator ``gi`` (from which a worker builds its own
+    copy), or ``None`` where the unit's generator ``gi`` is not the campaign's (a test's)."""
+    specs = campaign.generators
+    return dict(specs[gi].options) if gi < len(specs) and specs[gi].name == name else None
 
 
 def sampler_for(executor: Any, context: GenerationContext, seed: int, stream: tuple[int, int, int],

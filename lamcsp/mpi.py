@@ -25,6 +25,7 @@ from lamcsp.parallel import (
     BATCHES_PER_WORKER,
     POLL,
     PREFETCH,
+    Job,
     Task,
     TaskCache,
     WorkerInfo,
@@ -301,7 +302,8 @@ class MPIExecutor:
 
     def relax(self, structures: Sequence[Atoms], pressures: Sequence[float],
               on_result: Callable[[int, RelaxResult], None] | None = None,
-              labels: Sequence[str] | None = None, max_steps: int | None = None) -> list[RelaxResult]:
+              labels: Sequence[str] | None = None, max_steps: int | None = None,
+              then: Sequence[Job] = ()) -> list[RelaxResult]:
         from lamcsp.relax.relaxer import RelaxResult
 
         if self.task is None:
@@ -317,26 +319,38 @@ class MPIExecutor:
             if on_result is not None:
                 on_result(i, results[i])
 
-        self.map(task, _items(structures, pressures), got, labels=labels)
+        outs = self._run([(task, _items(structures, pressures), got, labels)]
+                         + [(job.task, job.items, None, job.labels) for job in then])
+        for job, out in zip(then, outs[1:]):
+            job.results = out
         return results
 
     def map(self, task: Task, items: Sequence[Any], on_result: Callable[[int, Any], None] | None = None,
             labels: Sequence[str] | None = None) -> list[Any]:
+        return self._run([(task, items, on_result, labels)])[0]
+
+    def _run(self, jobs: Sequence[tuple[Task, Sequence[Any], Callable[[int, Any], None] | None,
+                                        Sequence[str] | None]]) -> list[list[Any]]:
+        """Every job's items over the workers, the jobs' batches dealt out in order (a later
+        job's go to the workers the earlier ones leave idle); each job's results in item
+        order."""
         from mpi4py import MPI
 
-        n = len(items)
-        out: list[Any] = [None] * n
-        if n == 0:
-            return out
+        outs: list[list[Any]] = [[None] * len(items) for _, items, _, _ in jobs]
+        if not any(outs):
+            return outs
         slots = self.slots
         if not slots:
             raise SetupError("parallel.coordinator_relaxes", "false on a single rank leaves no worker; "
                                                              "run on two or more ranks, or set it true")
         if 0 in slots and self._local is None:
             self._local = LocalWorker(self._info)
-        bs = self.batch_size or max(1, math.ceil(n / (BATCHES_PER_WORKER * len(slots))))
-        batches = deque(list(range(s, min(n, s + bs))) for s in range(0, n, bs))
-        index: dict[int, list[int]] = {}
+        batches: deque[tuple[int, list[int]]] = deque()
+        for jn, (_, items, _, _) in enumerate(jobs):
+            n = len(items)
+            bs = self.batch_size or max(1, math.ceil(n / (BATCHES_PER_WORKER * len(slots))))
+            batches.extend((jn, list(range(s, min(n, s + bs)))) for s in range(0, n, bs))
+        index: dict[int, tuple[int, list[int]]] = {}
         held: dict[int, dict[int, set[int]]] = {s: {} for s in slots}
         status = MPI.Status()
         next_bid = 0
@@ -344,9 +358,10 @@ class MPIExecutor:
         def dispatch(slot: int, hold: int = PREFETCH) -> None:
             nonlocal next_bid
             while batches and len(held[slot]) < hold:
-                idx = batches.popleft()
+                jn, idx = batches.popleft()
+                task, items = jobs[jn][0], jobs[jn][1]
                 bid, next_bid = next_bid, next_bid + 1
-                index[bid], held[slot][bid] = idx, set(idx)
+                index[bid], held[slot][bid] = (jn, idx), set(idx)
                 msg = ("run", bid, task.target, task.spec, [items[i] for i in idx])
                 if slot == 0:
                     assert self._local is not None
@@ -357,17 +372,22 @@ class MPIExecutor:
         def handle(slot: int, msg: tuple[Any, ...]) -> None:
             kind, bid = msg[0], msg[1]
             if kind == "result":
-                i = index[bid][msg[2]]
+                jn, idx = index[bid]
+                i = idx[msg[2]]
                 held[slot][bid].discard(i)
-                out[i] = msg[3]
+                outs[jn][i] = msg[3]
+                on_result = jobs[jn][2]
                 if on_result is not None:
                     on_result(i, msg[3])
             elif kind == "done":
                 held[slot].pop(bid, None)
                 dispatch(slot)
             elif kind in ("error", "died"):
-                names = [str(labels[i]) if labels is not None else f"item {i}"
-                         for b in sorted(held[slot]) for i in sorted(held[slot][b])]
+                names = []
+                for b in sorted(held[slot]):
+                    labels = jobs[index[b][0]][3]
+                    names += [str(labels[i]) if labels is not None else f"item {i}"
+                              for i in sorted(held[slot][b])]
                 what = f"raised {msg[2]}" if kind == "error" else f"died ({msg[2]})"
                 raise WorkerError(slot, names, f"the relax worker of rank {slot} {what} while it held "
                                   f"{', '.join(names) or 'no structure'}",
@@ -396,7 +416,7 @@ class MPIExecutor:
                 self._local.conn.poll(POLL)
             else:
                 time.sleep(POLL)
-        return out
+        return outs
 
     def close(self) -> None:
         """Stop every worker (their children too) and wait for them to say goodbye."""
@@ -446,8 +466,9 @@ class CampaignExecutor:
 
     def relax(self, structures: Sequence[Atoms], pressures: Sequence[float],
               on_result: Callable[[int, RelaxResult], None] | None = None,
-              labels: Sequence[str] | None = None, max_steps: int | None = None) -> list[RelaxResult]:
-        return self._use().relax(structures, pressures, on_result, labels, max_steps)
+              labels: Sequence[str] | None = None, max_steps: int | None = None,
+              then: Sequence[Job] = ()) -> list[RelaxResult]:
+        return self._use().relax(structures, pressures, on_result, labels, max_steps, then)
 
     def evaluate(self, structures: Sequence[Atoms], pressures: Sequence[float],
                  labels: Sequence[str] | None = None, model: Any = None) -> list[SinglePoint]:

@@ -4,8 +4,10 @@ The seam is the :class:`Executor` protocol, which both :class:`SerialExecutor` a
 :class:`MPIExecutor` implement whole, and :func:`make_executor` the one factory; the search
 never asks which it has:
 
-* ``relax(structures, pressures, on_result, labels, max_steps)``: relaxations with the model in
-  use (``max_steps``: other than the campaign's, e.g. the funnel's quench);
+* ``relax(structures, pressures, on_result, labels, max_steps, then)``: relaxations with the
+  model in use (``max_steps``: other than the campaign's, e.g. the funnel's quench); ``then``:
+  :class:`Job` s dealt out after the relaxations' batches, to the workers they leave idle (the
+  search draws the next generation's random share so, while this one relaxes);
 * ``evaluate(structures, pressures, labels, model)``: single points
   (:class:`~lamcsp.relax.relaxer.SinglePoint`) with the model in use or another ``model``
   section (a committee member): the energy prescreen, the fine-tune loop's rescoring and its
@@ -89,7 +91,8 @@ class Executor(Protocol):
 
     def relax(self, structures: Sequence[Atoms], pressures: Sequence[float],
               on_result: Callable[[int, RelaxResult], None] | None = None,
-              labels: Sequence[str] | None = None, max_steps: int | None = None) -> list[RelaxResult]: ...
+              labels: Sequence[str] | None = None, max_steps: int | None = None,
+              then: Sequence[Job] = ()) -> list[RelaxResult]: ...
 
     def evaluate(self, structures: Sequence[Atoms], pressures: Sequence[float],
                  labels: Sequence[str] | None = None, model: Any = None) -> list[SinglePoint]: ...
@@ -121,6 +124,19 @@ class Task:
     @property
     def key(self) -> str:
         return self.target + json.dumps(self.spec, sort_keys=True, default=str)
+
+
+@dataclasses.dataclass
+class Job:
+    """A :class:`Task` over plain-data items, run after a ``relax`` call's own batches (its
+    ``then``): under MPI the workers that finish relaxing take its batches while the others
+    still relax; serially it runs after the relaxations. ``results`` holds the task's results
+    in item order once ``relax`` returns."""
+
+    task: Task
+    items: list[Any]
+    labels: list[str] | None = None
+    results: list[Any] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -340,16 +356,20 @@ class SerialExecutor:
 
     def relax(self, structures: Sequence[Atoms], pressures: Sequence[float],
               on_result: Callable[[int, RelaxResult], None] | None = None,
-              labels: Sequence[str] | None = None, max_steps: int | None = None) -> list[RelaxResult]:
+              labels: Sequence[str] | None = None, max_steps: int | None = None,
+              then: Sequence[Job] = ()) -> list[RelaxResult]:
         if self.relaxer is None:
             raise RuntimeError("this SerialExecutor has no potential to relax with")
         full = self.relaxer.max_steps
         if max_steps is not None:  # e.g. 0: one model call each, the starts' enthalpies (the prescreen)
             self.relaxer.max_steps = int(max_steps)
         try:
-            return self.relaxer.relax(list(structures), list(pressures), on_result=on_result)
+            out = self.relaxer.relax(list(structures), list(pressures), on_result=on_result)
         finally:
             self.relaxer.max_steps = full
+        for job in then:  # nothing runs beside the relaxations here: after them
+            job.results = self.map(job.task, job.items, labels=job.labels)
+        return out
 
     def map(self, task: Task, items: Sequence[Any], on_result: Callable[[int, Any], None] | None = None,
             labels: Sequence[str] | None = None) -> list[Any]:

@@ -66,6 +66,7 @@ from lamcsp.units import SearchUnit, generator_counts, search_units, unit_rng, v
 if TYPE_CHECKING:
 
     from lamcsp.campaign import Campaign
+    from lamcsp.draws import Ahead
     from lamcsp.generators.base import Candidate
     from lamcsp.potentials.base import Potential
     from lamcsp.relax.relaxer import RelaxResult
@@ -164,6 +165,8 @@ class Search:
         #: the cascade's rescore stage runs at the end (off where the default model cannot run the system)
         self.cascade = campaign.rescore_model is not None
         self.warned: set[tuple[int, str]] = set()
+        #: the next generation's random share, drawn while this one relaxes (stages.draw_ahead)
+        self.ahead: Ahead | None = None
         self.finetune = steps.FinetuneStep(self, trainer)
         self.verification = steps.Verification(self)
 
@@ -417,8 +420,10 @@ class Search:
     # -- one generation -------------------------------------------------------------------
     def propose(self, g: int) -> list[tuple[UnitState, int, Candidate]]:
         """Generation ``g``'s candidates to relax (:func:`lamcsp.stages.propose`)."""
+        ahead, self.ahead = self.ahead, None
         return stages.propose(self.unit_states, g, self.campaign, self.seed, spent=self.spent,
-                              executor=self.executor, similarity=self.similarity, warn=self._warn)
+                              executor=self.executor, similarity=self.similarity, warn=self._warn,
+                              ahead=ahead)
 
     def _warn(self, us: UnitState, name: str, exc: SetupError, g: int) -> None:
         if (us.unit.index, name) not in self.warned:
@@ -427,10 +432,15 @@ class Search:
                         f"({exc.field}: {exc.message})")
 
     def run_generation(self, g: int) -> None:
-        """One generation: propose (screens, prescreen) -> relax and store -> dedupe -> tell
-        (:mod:`lamcsp.stages`); the dedupe flags of all units in one transaction."""
+        """One generation: propose (screens, prescreen) -> relax and store, drawing the next
+        generation's random share meanwhile -> dedupe -> tell (:mod:`lamcsp.stages`); the dedupe
+        flags of all units in one transaction."""
         todo = self.propose(g)
-        results, row_ids = stages.relax_and_store(todo, g, self.store, self.executor, self.row_item)
+        ahead = stages.draw_ahead(self.unit_states, g + 1, self.campaign, self.seed,
+                                  spent=self.spent + len(todo))
+        results, row_ids = stages.relax_and_store(todo, g, self.store, self.executor, self.row_item,
+                                                  then=ahead.jobs if ahead is not None else ())
+        self.ahead = ahead
         self.spent += len(todo)
         updates: dict[int, dict[str, Any]] = {}
         confirm = confirm_for(self.executor, self.deduper)  # the matcher on the workers, if any

@@ -11,7 +11,8 @@
                the unit has seen (dedupe.before_relax), topped up with new random structures
     prescreen  oversampling generators: single points (or the funnel's quench) through the
                executor; the lowest starts fill the population
-    relax      the executor, results stored as they arrive (RowBuffer)
+    relax      the executor, results stored as they arrive (RowBuffer); the workers it leaves
+               idle draw the next generation's random share meanwhile (draw_ahead)
     dedupe     per unit, within the generation and against the unit's unique structures
     tell       the relaxed population, counters and the seen structures (what the generators
                read next generation); best enthalpy and patience
@@ -32,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lamcsp.draws import draw_ahead  # noqa: F401 - a stage, importable from here
 from lamcsp.errors import SetupError
 from lamcsp.faults import fault
 
@@ -46,20 +48,23 @@ from lamcsp.screens import (  # noqa: F401
     top_up,
 )
 from lamcsp.store import result_ok
-from lamcsp.units import SearchUnit, candidate_rng, generator_counts, unit_rng
+from lamcsp.units import SearchUnit, candidate_rng, unit_rng
 
 if TYPE_CHECKING:
 
     from lamcsp.campaign import Campaign
+    from lamcsp.draws import Ahead
     from lamcsp.generators.base import Candidate, GenerationContext, Generator
     from lamcsp.generators.dedupe import Deduper, StoredStructures
     from lamcsp.generators.dedupe_pairs import Confirm
+    from lamcsp.parallel import Job
     from lamcsp.relax.relaxer import RelaxResult
     from lamcsp.store import ResultStore
 
 __all__ = ["SAMPLE_STREAM", "TOP_UP_ROUNDS", "TOP_UP_STREAM", "RowBuffer", "SimilarityScreen", "UnitState",
-           "candidate_key", "dedupe", "deduper_for", "new_unit_state", "oversample_of", "prescreen",
-           "propose", "relax_and_store", "screen", "tell", "tell_not_relaxed", "top_up", "update_best"]
+           "candidate_key", "dedupe", "deduper_for", "draw_ahead", "new_unit_state", "oversample_of",
+           "prescreen", "propose", "relax_and_store", "screen", "tell", "tell_not_relaxed", "top_up",
+           "update_best"]
 
 #: the first candidate-index prefix of the draws a generator asks for (``context.sample``):
 #: call ``c`` of generator ``i`` draws from ``(unit, i, generation, SAMPLE_STREAM + c, j)``
@@ -150,37 +155,33 @@ def new_unit_state(unit: SearchUnit, campaign: Campaign, deduper: Deduper) -> Un
 
 def propose(unit_states: Sequence[UnitState], g: int, campaign: Campaign, seed: int, *, spent: int,
             executor: Any, similarity: SimilarityScreen,
-            warn: Callable[[UnitState, str, SetupError, int], None] | None = None) -> list[Proposed]:
+            warn: Callable[[UnitState, str, SetupError, int], None] | None = None,
+            ahead: Ahead | None = None) -> list[Proposed]:
     """Every active unit's candidates of generation ``g`` that pass the screens (and the energy
     prescreen), as ``(unit, candidate index, candidate)``, within the relaxation budget
     (``spent`` relaxations so far); lowest start enthalpy first where the prescreen has it.
     Generators are told which of their candidates will not be relaxed, and why
     (:func:`tell_not_relaxed`); ``us.owners`` maps each candidate to its generator for
-    :func:`tell`.
+    :func:`tell`. ``ahead``: the samplers' draws made while the last generation relaxed
+    (:func:`draw_ahead`).
 
     Raises:
         SetupError: no generator of any unit could build a structure.
     """
-    from lamcsp.draws import DrawRequest, draw, sampler_for
-    from lamcsp.generators.base import is_sampler
+    from lamcsp.draws import draw, sampler_for, sampler_requests, wanted_counts
 
-    pop = campaign.population
     out: list[Proposed] = []
     errors: list[tuple[UnitState, str, SetupError]] = []
     proposed: list[tuple[UnitState, list[Candidate], list[int | None], list[str | None]]] = []
     # the samplers' candidates first, all units' in one go through the executor (the workers
-    # draw and screen them, each from its own stream); the other generators propose here
+    # draw and screen them, each from its own stream; or drawn ahead, while g - 1 relaxed); the
+    # other generators propose here
     active = [us for us in unit_states if us.active]
-    wanted = {us.unit.index: [n * oversample_of(gen) for (_, _, gen), n in zip(
-        us.generators, generator_counts([s for _, s, _ in us.generators], pop))] for us in active}
-    requests = [(us, gi, DrawRequest(name, _spec_options(campaign, gi, name), us.context, seed,
-                                     (us.unit.index, gi, g), n))
-                for us in active
-                for gi, ((name, _, gen), n) in enumerate(zip(us.generators, wanted[us.unit.index]))
-                if n > 0 and is_sampler(gen) and _spec_options(campaign, gi, name) is not None]
+    wanted = {us.unit.index: wanted_counts(us, campaign) for us in active}
+    requests = sampler_requests(active, g, campaign, seed)
     for us in active:
         us.context.generation = g
-    results = draw([r for *_, r in requests], executor)
+    results = draw([r for *_, r in requests], executor, ahead)
     drawn = {(us.unit.index, gi): d for (us, gi, _), d in zip(requests, results)}
     for us in active:
         cands: list[Candidate] = []
@@ -261,13 +262,6 @@ def propose(unit_states: Sequence[UnitState], g: int, campaign: Campaign, seed: 
     return out
 
 
-def _spec_options(campaign: Campaign, gi: int, name: str) -> dict[str, Any] | None:
-    """The options of the campaign's generator ``gi`` (from which a worker builds its own
-    copy), or ``None`` where the unit's generator ``gi`` is not the campaign's (a test's)."""
-    specs = campaign.generators
-    return dict(specs[gi].options) if gi < len(specs) and specs[gi].name == name else None
-
-
 def tell_not_relaxed(proposed: list[tuple[UnitState, list[Candidate], list[int | None], list[str | None]]],
                      out: list[Proposed]) -> None:
     """Tell each generator which of its candidates will not be relaxed, and why (an
@@ -290,11 +284,14 @@ def tell_not_relaxed(proposed: list[tuple[UnitState, list[Candidate], list[int |
 
 
 def relax_and_store(todo: Sequence[Proposed], g: int, store: ResultStore, executor: Any,
-                    row_item: Callable[..., dict[str, Any]]) -> tuple[list[RelaxResult], list[int]]:
+                    row_item: Callable[..., dict[str, Any]],
+                    then: Sequence[Job] = ()) -> tuple[list[RelaxResult], list[int]]:
     """Relax generation ``g``'s candidates through the executor and store each result as it
     arrives (:class:`RowBuffer`; ``row_item(result, key, **kw)`` makes its row). A candidate
     already stored under its key (relaxed before an interruption) is read back, not relaxed
-    again. Returns the results and their row ids, in the order of ``todo``."""
+    again. ``then``: jobs for the workers the relaxations leave idle (the next generation's
+    draws, :func:`draw_ahead`). Returns the results and their row ids, in the order of
+    ``todo``."""
     from lamcsp.relax.relaxer import atoms_to_dict
     from lamcsp.store import result_of_row
 
@@ -323,11 +320,11 @@ def relax_and_store(todo: Sequence[Proposed], g: int, store: ResultStore, execut
         for i2, rid in buffer.ready():
             row_ids[i2] = rid
 
-    if pending:
+    if pending or then:
         try:
             executor.relax([todo[i][2].to_atoms() for i in pending],
                            [todo[i][0].unit.pressure_gpa for i in pending], on_result=store_one,
-                           labels=[keys[i] for i in pending])
+                           labels=[keys[i] for i in pending], then=then)
         finally:  # what arrived is stored, also when a worker failed
             for i, rid in buffer.flush():
                 row_ids[i] = rid

@@ -1,5 +1,6 @@
 """Single points through ``MPIExecutor.evaluate`` under ``mpiexec``: with the campaign's model,
-with another model section (a committee member), and after ``set_model``; through two
+with another model section (a committee member), and after ``set_model``; a relax call with a
+job behind it (``then``); through two
 campaigns' views of the one executor (a campaign set), each with its own model; rank 0 writes the
 results and the structures to argv[1]."""
 
@@ -12,7 +13,7 @@ from ase.build import bulk
 from lamcsp.relax.relaxer import atoms_to_dict
 
 from lamcsp.campaign import parse_campaign
-from lamcsp.parallel import Executor, MPIExecutor, mpi_world, worker_main
+from lamcsp.parallel import Executor, Job, MPIExecutor, Task, mpi_world, worker_main
 
 CAMPAIGN = {"name": "ar", "system": {"composition": "Ar"},
             "model": {"backend": "lj", "device": "cpu", "options": {"epsilon": 0.0104, "sigma": 3.4}}}
@@ -40,6 +41,10 @@ if __name__ == "__main__":
         ex.set_model(other)
         out["after_set_model"] = [p.to_dict() for p in ex.evaluate(cells, pressures)]
         out["relaxed"] = [r.enthalpy_per_atom for r in ex.relax(cells, pressures, max_steps=0)]
+        # other work dealt out behind the relaxations (how the next generation's draws go)
+        job = Job(Task("mpi_tasks:Square", {}), [{"x": x} for x in range(40)])
+        out["relaxed_then"] = [r.enthalpy_per_atom for r in ex.relax(cells, pressures, max_steps=0, then=[job])]
+        out["then"] = job.results
         # a campaign set: one executor, a view per campaign with its own model, interleaved
         a = ex.view(campaign)
         b = ex.view(parse_campaign({**CAMPAIGN, "name": "b", "model": {**CAMPAIGN["model"], "options": OTHER}}))

@@ -139,3 +139,56 @@ def test_a_campaigns_random_share_is_drawn_per_candidate(tmp_path, population):
         assert np.allclose(np.asarray(r.data["candidate"]["frac"]), want.frac)
         assert np.allclose(np.asarray(r.data["candidate"]["lattice"]), want.lattice)
     assert len(rows) >= population - 2
+
+
+def test_the_next_generations_random_share_is_drawn_while_this_one_relaxes(tmp_path, monkeypatch):
+    """Draw-ahead (lamcsp.draws.draw_ahead): generation g+1's random candidates are drawn by the
+    relax call of generation g (its ``then``), propose draws none of them again, and the run
+    stores exactly what a run that draws each generation's share in propose stores."""
+    import lamcsp.search as search_mod
+    from lamcsp.campaign import parse_campaign
+    from lamcsp.parallel import SerialExecutor
+    from lamcsp.search import Search
+
+    spec = {"name": "arkr", "seed": 5, "system": {"composition": "ArKr", "formula_units": [1, 2]},
+            "population": 8, "generations": 3, "stop": {"patience": None},
+            "model": {"backend": "lj", "options": {"epsilon": {"Ar-Ar": 0.0104, "Kr-Kr": 0.014, "Ar-Kr": 0.012},
+                                                   "sigma": {"Ar-Ar": 3.4, "Kr-Kr": 3.6, "Ar-Kr": 3.5}}},
+            "relax": {"fmax": 0.02, "max_steps": 200}}
+    where: list[tuple[str, int]] = []  # (where a draw job ran, its items)
+    relaxing = [False]
+    real_map, real_relax = SerialExecutor.map, SerialExecutor.relax
+
+    def map_(self, task, items, on_result=None, labels=None):
+        if task.target == "lamcsp.draws:DrawTask":
+            where.append(("relax" if relaxing[0] else "propose", len(items)))
+        return real_map(self, task, items, on_result, labels)
+
+    def relax_(self, *a, **kw):
+        relaxing[0] = True
+        try:
+            return real_relax(self, *a, **kw)
+        finally:
+            relaxing[0] = False
+
+    monkeypatch.setattr(SerialExecutor, "map", map_)
+    monkeypatch.setattr(SerialExecutor, "relax", relax_)
+
+    def rows(run):
+        s = Search(parse_campaign(spec), tmp_path / run, progress=False)
+        s.run(report=False)
+        return sorted((r.key, r.generator, round(r.enthalpy_per_atom, 8), bool(r.unique))
+                      for r in s.store.rows(role="search"))
+
+    ahead = rows("ahead")
+    # the default mix: the random share's draws of generation 0 in propose, of 1 and 2 while
+    # the generation before relaxes; the swarm's new particles (context.sample) in propose
+    drawn_ahead = [n for w, n in where if w == "relax"]
+    assert len(drawn_ahead) == 2 and all(n == 4 * 4 for n in drawn_ahead), where  # half of 8, x4 oversampled
+    in_propose = len([w for w, _ in where if w == "propose"])
+    where.clear()
+    monkeypatch.setattr(search_mod.stages, "draw_ahead", lambda *a, **kw: None)
+    plain = rows("plain")
+    assert not [w for w, _ in where if w == "relax"]
+    assert len([w for w, _ in where if w == "propose"]) == in_propose + 2  # the two drawn ahead before
+    assert plain == ahead and len(ahead) == 3 * 8

@@ -266,7 +266,8 @@ def test_both_executors_implement_the_whole_protocol():
 def test_single_points_on_two_ranks_equal_the_serial_ones_for_any_model(tmp_path):
     """``evaluate`` through MPI with the campaign's model, with another model section (how the
     fine-tune loop's committee members are evaluated) and after ``set_model`` (its model
-    switch) equals the serial executor's; and ``relax`` follows ``set_model`` too; a campaign
+    switch) equals the serial executor's; and ``relax`` follows ``set_model`` too, also with a
+    job behind its relaxations (``then``), whose results come back whole; a campaign
     set's per-campaign views (:class:`lamcsp.mpi.CampaignExecutor`) keep their own models."""
     from lamcsp.relax.relaxer import atoms_from_dict
 
@@ -296,6 +297,9 @@ def test_single_points_on_two_ranks_equal_the_serial_ones_for_any_model(tmp_path
         for d, p in zip(got, serial):
             np.testing.assert_allclose(np.reshape(d["forces"], (-1, 3)), p.forces, atol=1e-12)
     assert res["relaxed"] == pytest.approx([p.enthalpy_per_atom for p in member], rel=1e-12)
+    # a job behind the relaxations (relax's ``then``) changes none of them and runs whole
+    assert res["relaxed_then"] == pytest.approx(res["relaxed"], rel=1e-12)
+    assert [o["y"] for o in res["then"]] == [x * x for x in range(40)]
     ex.set_model(other)
     assert [p.enthalpy for p in ex.evaluate(cells, res["pressures"])] == pytest.approx(
         [p.enthalpy for p in member], rel=1e-12)
