@@ -1,13 +1,13 @@
 """Fault injection for the crash-safety tests: ``LAMCSP_FAULT=POINT:N`` kills this process with
 SIGKILL the N-th time it reaches ``POINT`` (1 when ``:N`` is left out).
 
-Points: ``relaxed`` (a relaxation finished, before it is stored), ``store-write`` (inside the
-transaction that writes a row, before it commits), ``dedupe-write`` (inside the transaction of a
-generation's duplicate flags, after its first update), ``checkpoint-write`` (the new checkpoint
-is written to its temporary file but not yet moved over the old one), ``worker-relaxed`` (a
-parallel relax worker sent a result). With ``LAMCSP_FAULT_RANK=R`` only the processes of MPI rank
-R (``LAMCSP_RANK``, set in relax workers) count. Without ``LAMCSP_FAULT``, :func:`fault` does
-nothing.
+Points: ``relaxed`` (a relaxation finished, before it is journaled), ``store-write`` (inside
+the transaction that writes a row, before it commits), ``dedupe-write`` (inside the transaction
+that writes a generation's rows with their dedupe flags, after each row), ``checkpoint-write``
+(the new checkpoint is written to its temporary file but not yet moved over the old one),
+``worker-relaxed`` (a parallel relax worker sent a result). With ``LAMCSP_FAULT_RANK=R`` only
+the processes of MPI rank R (``LAMCSP_RANK``, set in relax workers) count. Without
+``LAMCSP_FAULT``, :func:`fault` does nothing.
 """
 
 from __future__ import annotations

@@ -303,7 +303,7 @@ class MPIExecutor:
     def relax(self, structures: Sequence[Atoms], pressures: Sequence[float],
               on_result: Callable[[int, RelaxResult], None] | None = None,
               labels: Sequence[str] | None = None, max_steps: int | None = None,
-              then: Sequence[Job] = ()) -> list[RelaxResult]:
+              then: Sequence[Job] = (), meanwhile: Callable[[], None] | None = None) -> list[RelaxResult]:
         from lamcsp.relax.relaxer import RelaxResult
 
         if self.task is None:
@@ -320,7 +320,7 @@ class MPIExecutor:
                 on_result(i, results[i])
 
         outs = self._run([(task, _items(structures, pressures), got, labels)]
-                         + [(job.task, job.items, None, job.labels) for job in then])
+                         + [(job.task, job.items, None, job.labels) for job in then], meanwhile)
         for job, out in zip(then, outs[1:]):
             job.results = out
         return results
@@ -330,14 +330,17 @@ class MPIExecutor:
         return self._run([(task, items, on_result, labels)])[0]
 
     def _run(self, jobs: Sequence[tuple[Task, Sequence[Any], Callable[[int, Any], None] | None,
-                                        Sequence[str] | None]]) -> list[list[Any]]:
+                                        Sequence[str] | None]],
+             meanwhile: Callable[[], None] | None = None) -> list[list[Any]]:
         """Every job's items over the workers, the jobs' batches dealt out in order (a later
         job's go to the workers the earlier ones leave idle); each job's results in item
-        order."""
+        order. ``meanwhile`` runs here once the first batches are out."""
         from mpi4py import MPI
 
         outs: list[list[Any]] = [[None] * len(items) for _, items, _, _ in jobs]
         if not any(outs):
+            if meanwhile is not None:
+                meanwhile()
             return outs
         slots = self.slots
         if not slots:
@@ -396,6 +399,8 @@ class MPIExecutor:
         for hold in range(1, PREFETCH + 1):  # round robin: every worker starts before any holds two
             for s in slots:
                 dispatch(s, hold)
+        if meanwhile is not None:  # the workers are busy: the caller's own work now
+            meanwhile()
         while any(held[s] for s in slots):
             busy = False
             while self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=_TAG, status=status):
@@ -467,8 +472,8 @@ class CampaignExecutor:
     def relax(self, structures: Sequence[Atoms], pressures: Sequence[float],
               on_result: Callable[[int, RelaxResult], None] | None = None,
               labels: Sequence[str] | None = None, max_steps: int | None = None,
-              then: Sequence[Job] = ()) -> list[RelaxResult]:
-        return self._use().relax(structures, pressures, on_result, labels, max_steps, then)
+              then: Sequence[Job] = (), meanwhile: Callable[[], None] | None = None) -> list[RelaxResult]:
+        return self._use().relax(structures, pressures, on_result, labels, max_steps, then, meanwhile)
 
     def evaluate(self, structures: Sequence[Atoms], pressures: Sequence[float],
                  labels: Sequence[str] | None = None, model: Any = None) -> list[SinglePoint]:

@@ -7,7 +7,10 @@ never asks which it has:
 * ``relax(structures, pressures, on_result, labels, max_steps, then)``: relaxations with the
   model in use (``max_steps``: other than the campaign's, e.g. the funnel's quench); ``then``:
   :class:`Job` s dealt out after the relaxations' batches, to the workers they leave idle (the
-  search draws the next generation's random share so, while this one relaxes);
+  search draws the next generation's random share so, while this one relaxes); ``meanwhile``:
+  the caller's own work, run once in its process while the workers relax (under MPI once the
+  first batches are out; serially before the relaxations): the search writes the last
+  generation's rows then;
 * ``evaluate(structures, pressures, labels, model)``: single points
   (:class:`~lamcsp.relax.relaxer.SinglePoint`) with the model in use or another ``model``
   section (a committee member): the energy prescreen, the fine-tune loop's rescoring and its
@@ -35,7 +38,7 @@ MPI (``mpiexec -n N lamcsp search campaign.yaml``, or ``srun``):
 * Work goes out in batches (``parallel.batch_size``; default: about two per worker and
   call). Each worker holds at most two batches (one running, one waiting), and gets the next
   when it finishes one, so fast workers take more and a slow one never stalls the others.
-* Results stream back one structure at a time and are stored as they arrive.
+* Results stream back one structure at a time; the search journals each as it arrives.
 * A worker that raises, or dies, stops the campaign with :class:`~lamcsp.errors.WorkerError`
   naming the rank and the structures it held; every result stored so far stays, and
   ``--resume`` (under MPI or not) continues from the last checkpoint.
@@ -92,7 +95,7 @@ class Executor(Protocol):
     def relax(self, structures: Sequence[Atoms], pressures: Sequence[float],
               on_result: Callable[[int, RelaxResult], None] | None = None,
               labels: Sequence[str] | None = None, max_steps: int | None = None,
-              then: Sequence[Job] = ()) -> list[RelaxResult]: ...
+              then: Sequence[Job] = (), meanwhile: Callable[[], None] | None = None) -> list[RelaxResult]: ...
 
     def evaluate(self, structures: Sequence[Atoms], pressures: Sequence[float],
                  labels: Sequence[str] | None = None, model: Any = None) -> list[SinglePoint]: ...
@@ -357,7 +360,9 @@ class SerialExecutor:
     def relax(self, structures: Sequence[Atoms], pressures: Sequence[float],
               on_result: Callable[[int, RelaxResult], None] | None = None,
               labels: Sequence[str] | None = None, max_steps: int | None = None,
-              then: Sequence[Job] = ()) -> list[RelaxResult]:
+              then: Sequence[Job] = (), meanwhile: Callable[[], None] | None = None) -> list[RelaxResult]:
+        if meanwhile is not None:  # nothing runs beside the caller here: first
+            meanwhile()
         if self.relaxer is None:
             raise RuntimeError("this SerialExecutor has no potential to relax with")
         full = self.relaxer.max_steps

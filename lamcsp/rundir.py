@@ -24,8 +24,10 @@ class RunDir:
 
     ``results.db`` (the ASE database, unless a URL is given), ``campaign.yaml`` (the campaign
     with its seed, written at the start and checked by ``--resume``), ``checkpoint.json`` (the
-    search state after every generation), ``finetune/`` (the fine-tune loop's data, models and
-    log), ``verify/<oracle id>/<row key>.jsonl`` (oracle journals) and ``report/``.
+    search state after every generation), ``generation-<g>.journal`` (the results of generation
+    ``g`` until its rows are written, :mod:`lamcsp.inflight`), ``finetune/`` (the fine-tune
+    loop's data, models and log), ``verify/<oracle id>/<row key>.jsonl`` (oracle journals) and
+    ``report/``.
     """
 
     root: Path
@@ -55,6 +57,10 @@ class RunDir:
     def database(self) -> Path:
         """``database.json``: the database URL (no password) and run id of a ``--db`` run."""
         return self.root / self.DATABASE
+
+    def inflight(self, generation: int) -> Path:
+        """The results of generation ``generation`` until its rows are written."""
+        return self.root / f"generation-{int(generation)}.journal"
 
     @property
     def lock(self) -> Path:

@@ -5,10 +5,13 @@ generation is the stages of :mod:`lamcsp.stages`, for all active units together:
 
     propose -> screen (minimum distances; similarity to what the unit has seen, topped up)
     -> prescreen (oversampling generators: single points or the funnel's quench)
-    -> relax (through the executor, lamcsp.parallel; results stored as they arrive)
-    -> dedupe (per unit; the flags of all units in one transaction)
+    -> relax (through the executor, lamcsp.parallel; each result journaled as it arrives,
+       lamcsp.inflight; the next generation's random share drawn meanwhile)
+    -> dedupe (per unit)
     -> tell (populations, counters, seen structures, best enthalpies and patience)
-    -> checkpoint (atomic)
+    -> write (the generation's rows, each with its dedupe flags, in one transaction; while the
+       next generation relaxes, Search.flush_rows)
+    -> checkpoint (atomic, after the rows)
 
 :class:`Search` strings them together (:meth:`Search.run_generation`), and runs the steps
 around the loop: the reference structures, the fine-tune iterations, the verification, the
@@ -28,10 +31,11 @@ generation, the relaxations spent, and per unit the best-enthalpy history, the p
 the generators' ``state_dict()`` and the database ids of its stored representatives. Rows are
 keyed ``u{unit}-g{generation}-c{candidate}``. ``--resume`` reads the checkpoint, rebuilds the
 populations and representatives from the database, and re-runs the generation that was
-interrupted: the same candidates are proposed again; those already in the database are read
-back, not relaxed again (so no stored relaxation is lost and none is stored twice); the rest
-are relaxed; deduplication is recomputed (idempotent). A kill between the dedupe transaction
-and the checkpoint leaves rows whose flags the rerun writes again, unchanged.
+interrupted: the same candidates are proposed again; those already in the database or in the
+generation's journal are read back, not relaxed again (so no relaxation that arrived is lost
+and none is stored twice); the rest are relaxed; deduplication is recomputed (idempotent). A
+kill between the generation's transaction and the checkpoint leaves rows that the rerun reads
+back, with the flags it computes again.
 
 After the loop: with ``verify`` on (by default whenever the fine-tune loop runs), the oracle
 verifies the model's best structures of every unit (:mod:`lamcsp.verify`, rows ``role=verify``);
@@ -43,6 +47,7 @@ for the enthalpy-vs-pressure report; then the report is written.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -56,11 +61,11 @@ import numpy as np
 from lamcsp import stages, steps
 from lamcsp.campaign.schema import comparable
 from lamcsp.errors import SetupError
-from lamcsp.faults import fault
+from lamcsp.inflight import GenerationJournal
 from lamcsp.matching import confirm_for
 from lamcsp.parallel import SerialExecutor
-from lamcsp.stages import RowBuffer, SimilarityScreen, UnitState, candidate_key, oversample_of, screen
-from lamcsp.store import RunDir, h_now, result_ok
+from lamcsp.stages import SimilarityScreen, UnitState, candidate_key, oversample_of, screen
+from lamcsp.store import RunDir, h_now, plain, result_ok
 from lamcsp.units import SearchUnit, generator_counts, search_units, unit_rng, variable_compositions
 
 if TYPE_CHECKING:
@@ -167,6 +172,10 @@ class Search:
         self.warned: set[tuple[int, str]] = set()
         #: the next generation's random share, drawn while this one relaxes (stages.draw_ahead)
         self.ahead: Ahead | None = None
+        #: the last generation's results, dedupe flags and journal, until flush_rows writes them
+        self.unwritten: tuple[stages.Relaxed, dict[int, dict[str, Any]], GenerationJournal] | None = None
+        #: the checkpoint state after the last generation, until its rows are written
+        self._unsaved: dict[str, Any] | None = None
         self.finetune = steps.FinetuneStep(self, trainer)
         self.verification = steps.Verification(self)
 
@@ -285,7 +294,14 @@ class Search:
         from lamcsp.store import hold_run
 
         with hold_run(self.paths):  # `lamcsp status` sees a process holding the run
-            return self._run(until, report)
+            try:
+                return self._run(until, report)
+            except BaseException:  # a worker failed, or a kill signal: what was deduped goes in
+                try:
+                    self.flush_rows()
+                except Exception:  # noqa: BLE001 - the first error is the one to report
+                    log.debug("rows of the last generation left in its journal", exc_info=True)
+                raise
 
     def _run(self, until: Callable[[Search], bool] | None, report: bool) -> dict[str, Any]:
         self.begin()
@@ -340,15 +356,45 @@ class Search:
 
     def step_generation(self, until: Callable[[Search], bool] | None = None) -> None:
         """One generation, then its checkpoint; ``done`` when the budget is spent or ``until``
-        says so."""
+        says so. The generation's rows and the checkpoint are written while the next generation
+        relaxes (:meth:`flush_rows`), or now where nothing follows that could: the last
+        generation, a fine-tune iteration due, or ``until`` (which reads the store)."""
         self.run_generation(self.generation)
         self.generation += 1
+        if until is not None:
+            self._write_rows()
         self.done = not self.budget_left() or bool(until is not None and until(self))
-        self.checkpoint()
+        self._unsaved = json.loads(json.dumps(plain(self.state_dict())))  # as it is now
+        if self.unwritten is None or self.done or self.finetune.due():
+            self.flush_rows()
+
+    def flush_rows(self) -> None:
+        """Write the last generation's rows, each with its dedupe flags, then its checkpoint,
+        where they wait (:func:`lamcsp.stages.write_rows`; the next generation's relax call
+        does it while the workers relax)."""
+        from lamcsp.store import write_checkpoint
+
+        ids = self._write_rows()
+        state, self._unsaved = self._unsaved, None
+        if state is not None:
+            for d in state["units"]:
+                d["stored_rows"] = [ids.get(r, r) for r in d["stored_rows"]]
+            write_checkpoint(self.paths.checkpoint, state)
+
+    def _write_rows(self) -> dict[int, int]:
+        """The rows of the generation that waits, written; placeholder -> row id."""
+        if self.unwritten is None:
+            return {}
+        relaxed, updates, journal = self.unwritten
+        ids = stages.write_rows(self.store, relaxed, updates, self.unit_states)
+        self.unwritten = None  # only now: a failed write leaves them waiting (and no checkpoint)
+        journal.clear()
+        return ids
 
     def finish(self, report: bool = True) -> dict[str, Any]:
         """After the last generation: the cascade's rescore, the verification, the pressure
         scan and the report; returns the final checkpoint state."""
+        self.flush_rows()
         if not self.done:
             self.done = True
             self.checkpoint()
@@ -375,9 +421,10 @@ class Search:
                 "units": [u.to_dict() for u in self.unit_states]}
 
     def checkpoint(self) -> None:
-        """Write the checkpoint of the state now (atomically)."""
+        """Write the rows that wait and the checkpoint of the state now (atomically)."""
         from lamcsp.store import write_checkpoint
 
+        self.flush_rows()
         write_checkpoint(self.paths.checkpoint, self.state_dict())
 
     def _restore(self, state: dict[str, Any]) -> None:
@@ -432,14 +479,17 @@ class Search:
                         f"({exc.field}: {exc.message})")
 
     def run_generation(self, g: int) -> None:
-        """One generation: propose (screens, prescreen) -> relax and store, drawing the next
-        generation's random share meanwhile -> dedupe -> tell (:mod:`lamcsp.stages`); the dedupe
-        flags of all units in one transaction."""
+        """One generation: propose (screens, prescreen) -> relax, each result journaled as it
+        arrives, the next generation's random share drawn and the last generation's rows
+        written meanwhile -> dedupe -> tell (:mod:`lamcsp.stages`). Its own rows wait, with
+        their dedupe flags, for :meth:`flush_rows`."""
         todo = self.propose(g)
         ahead = stages.draw_ahead(self.unit_states, g + 1, self.campaign, self.seed,
                                   spent=self.spent + len(todo))
-        results, row_ids = stages.relax_and_store(todo, g, self.store, self.executor, self.row_item,
-                                                  then=ahead.jobs if ahead is not None else ())
+        journal = GenerationJournal(self.paths.inflight(g), g)
+        relaxed = stages.relax_and_store(todo, g, self.store, self.executor, self.row_item, journal,
+                                         then=ahead.jobs if ahead is not None else (),
+                                         meanwhile=self.flush_rows)
         self.ahead = ahead
         self.spent += len(todo)
         updates: dict[int, dict[str, Any]] = {}
@@ -450,13 +500,11 @@ class Search:
                 if us.active:
                     stages.update_best(us, [], self.campaign)
                 continue
-            mine = [results[i] for i in idx]
-            stages.dedupe(us, mine, [row_ids[i] for i in idx], updates, self.deduper, self.store, confirm)
+            mine = [relaxed.results[i] for i in idx]
+            rows = [relaxed.rows[i] for i in idx]
+            stages.dedupe(us, mine, rows, updates, self.deduper, self.store, confirm)
             stages.tell(us, [(todo[i][1], todo[i][2]) for i in idx], mine, self.similarity, self.campaign)
-        with self.store.transaction():
-            for rid, kv in sorted(updates.items()):
-                self.store.update(rid, **kv)
-                fault("dedupe-write")
+        self.unwritten = (relaxed, updates, journal)  # written by flush_rows
         if self.progress:
             n_unique = {us.unit.index: len(us.stored_rows) for us in self.unit_states}
             self.progress.generation(g, self.campaign.generations, self.unit_states, n_unique, self.spent)
@@ -500,6 +548,6 @@ def run_search(campaign: Campaign, run_dir: str | Path | None = None, **kwargs: 
 
 
 # re-exported: the units (lamcsp.units) and the stages' helpers (lamcsp.stages) lived here before
-__all__ = ["RowBuffer", "Search", "SearchUnit", "SerialExecutor", "UnitState", "candidate_key",
+__all__ = ["Search", "SearchUnit", "SerialExecutor", "UnitState", "candidate_key",
            "generator_counts", "oversample_of", "run_search", "screen", "search_units", "unit_rng",
            "variable_compositions"]

@@ -11,11 +11,14 @@
                the unit has seen (dedupe.before_relax), topped up with new random structures
     prescreen  oversampling generators: single points (or the funnel's quench) through the
                executor; the lowest starts fill the population
-    relax      the executor, results stored as they arrive (RowBuffer); the workers it leaves
-               idle draw the next generation's random share meanwhile (draw_ahead)
+    relax      the executor, each result journaled as it arrives (lamcsp.inflight); the
+               workers it leaves idle draw the next generation's random share meanwhile
+               (draw_ahead)
     dedupe     per unit, within the generation and against the unit's unique structures
     tell       the relaxed population, counters and the seen structures (what the generators
                read next generation); best enthalpy and patience
+    write      the generation's rows, each with its dedupe flags, in one transaction
+               (write_rows); then the journal goes
 
 Each stage is a function (or the small :class:`SimilarityScreen`) of a unit's
 :class:`UnitState`, the campaign and the parts it uses (deduper, executor, store), so a test or
@@ -27,7 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -57,14 +59,15 @@ if TYPE_CHECKING:
     from lamcsp.generators.base import Candidate, GenerationContext, Generator
     from lamcsp.generators.dedupe import Deduper, StoredStructures
     from lamcsp.generators.dedupe_pairs import Confirm
+    from lamcsp.inflight import GenerationJournal
     from lamcsp.parallel import Job
     from lamcsp.relax.relaxer import RelaxResult
     from lamcsp.store import ResultStore
 
-__all__ = ["SAMPLE_STREAM", "TOP_UP_ROUNDS", "TOP_UP_STREAM", "RowBuffer", "SimilarityScreen", "UnitState",
+__all__ = ["SAMPLE_STREAM", "TOP_UP_ROUNDS", "TOP_UP_STREAM", "Relaxed", "SimilarityScreen", "UnitState",
            "candidate_key", "dedupe", "deduper_for", "draw_ahead", "new_unit_state", "oversample_of",
-           "prescreen", "propose", "relax_and_store", "screen", "tell", "tell_not_relaxed", "top_up",
-           "update_best"]
+           "pending", "prescreen", "propose", "relax_and_store", "screen", "tell", "tell_not_relaxed",
+           "top_up", "update_best", "write_rows"]
 
 #: the first candidate-index prefix of the draws a generator asks for (``context.sample``):
 #: call ``c`` of generator ``i`` draws from ``(unit, i, generation, SAMPLE_STREAM + c, j)``
@@ -283,59 +286,126 @@ def tell_not_relaxed(proposed: list[tuple[UnitState, list[Candidate], list[int |
 # --------------------------------------------------------------------------------- relax
 
 
+@dataclasses.dataclass
+class Relaxed:
+    """A generation's relaxations (:func:`relax_and_store`), in the order of its candidates:
+    each result, its row (the row id where it is stored already, else the placeholder
+    :func:`pending` until :func:`write_rows` writes it) and, for the rows not yet stored, what
+    :meth:`~lamcsp.store.ResultStore.add` needs (``items``, by position)."""
+
+    results: list[RelaxResult]
+    rows: list[int]
+    items: dict[int, dict[str, Any]]
+
+
+def pending(i: int) -> int:
+    """The placeholder row id of the generation's ``i``-th result until its row is written
+    (negative: real row ids start at 1)."""
+    return -(i + 1)
+
+
 def relax_and_store(todo: Sequence[Proposed], g: int, store: ResultStore, executor: Any,
-                    row_item: Callable[..., dict[str, Any]],
-                    then: Sequence[Job] = ()) -> tuple[list[RelaxResult], list[int]]:
-    """Relax generation ``g``'s candidates through the executor and store each result as it
-    arrives (:class:`RowBuffer`; ``row_item(result, key, **kw)`` makes its row). A candidate
-    already stored under its key (relaxed before an interruption) is read back, not relaxed
-    again. ``then``: jobs for the workers the relaxations leave idle (the next generation's
-    draws, :func:`draw_ahead`). Returns the results and their row ids, in the order of
-    ``todo``."""
-    from lamcsp.relax.relaxer import atoms_to_dict
-    from lamcsp.store import result_of_row
+                    row_item: Callable[..., dict[str, Any]], journal: GenerationJournal,
+                    then: Sequence[Job] = (), meanwhile: Callable[[], None] | None = None) -> Relaxed:
+    """Relax generation ``g``'s candidates through the executor; each result goes to the
+    ``journal`` as it arrives (:mod:`lamcsp.inflight`; ``row_item(result, key, **kw)`` makes
+    its row), and :func:`write_rows` writes the rows with their dedupe flags. A candidate whose
+    result is stored or journaled already (relaxed before an interruption) is read back, not
+    relaxed again. ``then``: jobs for the workers the relaxations leave idle (the next
+    generation's draws, :func:`draw_ahead`); ``meanwhile``: the caller's work while the
+    workers relax (the last generation's rows), run whether or not anything is relaxed."""
+    from ase.db.core import now
+
+    from lamcsp.relax.relaxer import RelaxResult, atoms_to_dict
+    from lamcsp.store import plain, result_of_row
 
     keys = [candidate_key(us.unit.index, g, k) for us, k, _ in todo]
     stored = {r.key: r for r in store.rows(role="search", generation=g)}
-    results: list[Any] = [None] * len(todo)
-    row_ids: list[Any] = [None] * len(todo)
+    journaled = journal.read()
+    out = Relaxed([None] * len(todo), [pending(i) for i in range(len(todo))], {})  # type: ignore[list-item]
     for i, key in enumerate(keys):
-        if key in stored:  # relaxed before an interruption: read back, not relaxed again
-            _check_same_start(stored[key], todo[i][2], key)
-            results[i], row_ids[i] = result_of_row(stored[key]), int(stored[key].id)
-    buffer = RowBuffer(store)
-    pending = [i for i in range(len(todo)) if results[i] is None]
+        if key in stored:  # relaxed and written before an interruption
+            _check_same_start((stored[key].data or {}).get("candidate"), todo[i][2], key, g)
+            out.results[i], out.rows[i] = result_of_row(stored[key]), int(stored[key].id)
+        elif key in journaled:  # relaxed before an interruption, not written yet
+            rec = journaled[key]
+            _check_same_start(rec["item"]["data"].get("candidate"), todo[i][2], key, g)
+            out.results[i] = RelaxResult.from_dict(rec["result"])
+            out.items[i] = {**rec["item"], "result": out.results[i]}
+    todo_idx = [i for i in range(len(todo)) if out.results[i] is None]
 
     def store_one(j: int, result: RelaxResult) -> None:
         fault("relaxed")
-        i = pending[j]
+        i = todo_idx[j]
         us, k, cand = todo[i]
-        results[i] = result
+        out.results[i] = result
         data: dict[str, Any] = {"candidate": cand.to_dict()}
         if result.frames:  # relaxation-trajectory frames, for the fine-tune loop
             data["frames"] = [atoms_to_dict(a) for a in result.frames]
-        buffer.add(i, row_item(result, keys[i], role="search", generation=g, generator=cand.generator,
-                               unit=us.unit.index, candidate=k, deduped=False, data=data,
-                               extra={"order": i, "prescreen_calls": us.prescreen_calls.get(g, 0)}))
-        for i2, rid in buffer.ready():
-            row_ids[i2] = rid
+        item = row_item(result, keys[i], role="search", generation=g, generator=cand.generator,
+                        unit=us.unit.index, candidate=k, data=data,
+                        extra={"order": i, "prescreen_calls": us.prescreen_calls.get(g, 0)})
+        item["ctime"] = now()  # when it arrived, not when the generation's rows are written
+        out.items[i] = item
+        journal.add(keys[i], {"result": result.to_dict(),
+                              "item": plain({k: v for k, v in item.items() if k != "result"})})
 
-    if pending or then:
+    if todo_idx or then:
         try:
-            executor.relax([todo[i][2].to_atoms() for i in pending],
-                           [todo[i][0].unit.pressure_gpa for i in pending], on_result=store_one,
-                           labels=[keys[i] for i in pending], then=then)
-        finally:  # what arrived is stored, also when a worker failed
-            for i, rid in buffer.flush():
-                row_ids[i] = rid
-    return results, row_ids
+            executor.relax([todo[i][2].to_atoms() for i in todo_idx],
+                           [todo[i][0].unit.pressure_gpa for i in todo_idx], on_result=store_one,
+                           labels=[keys[i] for i in todo_idx], then=then, meanwhile=meanwhile)
+        finally:  # what arrived is on the disk, also when a worker failed
+            journal.close()
+    elif meanwhile is not None:
+        meanwhile()
+    return out
 
 
-def _check_same_start(row: Any, cand: Candidate, key: str) -> None:
-    """A row read back on ``--resume`` must hold the candidate proposed again under its key: a
-    generation interrupted under a lamcsp that drew candidates differently (before the
-    per-candidate streams of :mod:`lamcsp.draws`) cannot be finished by this one."""
-    was = (row.data or {}).get("candidate")
+def write_rows(store: ResultStore, relaxed: Relaxed, updates: dict[int, dict[str, Any]],
+               unit_states: Sequence[UnitState]) -> dict[int, int]:
+    """Write a generation's rows, each with its dedupe flags (``updates``: row or placeholder
+    -> key values, from :func:`dedupe`), and the new flags of rows stored before (a
+    representative that a lower copy replaced), in one transaction; then the placeholders in
+    the units' ``stored_rows`` become the row ids (returned: placeholder -> row id). The
+    representatives are written first, so that their duplicates can name their ids."""
+    ids: dict[int, int] = {}
+    order = sorted(relaxed.items)
+    later = [i for i in order if updates.get(pending(i), {}).get("duplicate_of", 0) < 0]
+    first = [i for i in order if i not in set(later)]
+
+    def flagged(i: int) -> dict[str, Any]:
+        kv = dict(updates.get(pending(i), {}))
+        item = dict(relaxed.items[i])
+        dup = int(kv.pop("duplicate_of", 0))
+        item["unique"] = bool(kv.pop("unique", item["unique"]))
+        item["duplicate_of"] = ids[dup] if dup < 0 else dup
+        item["extra"] = {**item["extra"], **kv}
+        return item
+
+    with store.transaction():
+        for part in (first, later):
+            if part:
+                written = store.add_many([flagged(i) for i in part])
+                ids.update((pending(i), rid) for i, rid in zip(part, written))
+                for _ in part:
+                    fault("dedupe-write")
+        for rid, kv in sorted(updates.items()):
+            if rid > 0:  # stored before: a replaced representative, or a row read back on --resume
+                dup = kv.get("duplicate_of")
+                store.update(rid, **({**kv, "duplicate_of": ids[dup]} if dup is not None and dup < 0 else kv))
+    for i, rid in ids.items():
+        relaxed.rows[-i - 1] = rid
+    for us in unit_states:
+        us.stored_rows = [ids.get(r, r) for r in us.stored_rows]
+    return ids
+
+
+def _check_same_start(was: dict[str, Any] | None, cand: Candidate, key: str, g: int) -> None:
+    """A result read back on ``--resume`` (``was``: the candidate stored with it) must hold the
+    candidate proposed again under its key: a generation interrupted under a lamcsp that drew
+    candidates differently (before the per-candidate streams of :mod:`lamcsp.draws`) cannot be
+    finished by this one."""
     if was is None:
         return
     # loose: a funnel's quench, run again in other batches, may move a start by rounding
@@ -343,7 +413,7 @@ def _check_same_start(row: Any, cand: Candidate, key: str) -> None:
             and np.allclose(was["lattice"], cand.lattice, atol=1e-3)
             and np.allclose(was["frac"], cand.frac, atol=1e-3))
     if not same:
-        raise SetupError("--resume", f"row {key} of generation {row.generation} holds another structure "
+        raise SetupError("--resume", f"row {key} of generation {g} holds another structure "
                                      "than the candidate proposed again under its key: that generation was "
                                      "interrupted under a lamcsp version that drew candidates differently. "
                                      "Finish the run with that version, or start a new run (nothing was "
@@ -443,48 +513,6 @@ def update_best(us: UnitState, results: Sequence[RelaxResult], campaign: Campaig
 
 
 # --------------------------------------------------------------------------------- helpers
-
-
-class RowBuffer:
-    """Relaxation results on their way to the store, written one transaction per batch.
-
-    A commit costs about as much as writing a whole row (the database's fsync), so results that
-    arrive close together are written together: the buffer is written when it holds ``rows``
-    results, or when its oldest result has waited ``seconds`` by the time another arrives, and
-    by :meth:`flush`. A kill loses at most what the buffer holds; those candidates are relaxed
-    again on ``--resume`` (a stored row is never lost, nor written twice). Measured in
-    ``benchmarks/mpi_scaling.py``.
-    """
-
-    def __init__(self, store: ResultStore, rows: int = 256, seconds: float = 2.0):
-        self.store = store
-        self.rows = rows
-        self.seconds = seconds
-        self._tags: list[Any] = []
-        self._items: list[dict[str, Any]] = []
-        self._since = 0.0
-
-    def add(self, tag: Any, item: dict[str, Any]) -> None:
-        """Queue one row (``item``: the arguments of :meth:`ResultStore.add`) under ``tag``."""
-        if not self._items:
-            self._since = time.monotonic()
-        self._tags.append(tag)
-        self._items.append(item)
-
-    def ready(self) -> list[tuple[Any, int]]:
-        """Write the queue if it is full or old enough; ``(tag, row id)`` of what was written."""
-        if len(self._items) >= self.rows or time.monotonic() - self._since >= self.seconds:
-            return self.flush()
-        return []
-
-    def flush(self) -> list[tuple[Any, int]]:
-        """Write the queue now (one transaction); ``(tag, row id)`` of what was written."""
-        if not self._items:
-            return []
-        ids = self.store.add_many(self._items)
-        out = list(zip(self._tags, ids))
-        self._tags, self._items = [], []
-        return out
 
 
 def candidate_key(unit: int, generation: int, candidate: int) -> str:

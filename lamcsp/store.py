@@ -254,7 +254,10 @@ class ResultStore:
         ids: list[int] = []
         try:
             if getattr(self.db, "connection", None) is not None:  # inside transaction(): caller commits
-                return [self._write(*r) for r in rows]
+                for r in rows:
+                    ids.append(self._write(*r))
+                    fault("store-write")
+                return ids
             with self.db:  # one transaction
                 for r in rows:
                     ids.append(self._write(*r))
@@ -271,8 +274,11 @@ class ResultStore:
 
     def _row(self, result: RelaxResult, *, key: str, generation: int, generator: str, model_id: str,
              spacegroup: int, unique: bool, duplicate_of: int | None, extra: dict[str, Any] | None = None,
-             data: dict[str, Any] | None = None) -> tuple[AtomsRow, dict[str, Any], dict[str, Any]]:
-        """The ASE row of one result, its key values and its data.
+             data: dict[str, Any] | None = None,
+             ctime: float | None = None) -> tuple[AtomsRow, dict[str, Any], dict[str, Any]]:
+        """The ASE row of one result, its key values and its data; ``ctime`` (ASE's unit,
+        ``ase.db.core.now()``): when the result arrived, where it is written later (the search
+        writes a generation's rows after its dedupe).
 
         The row is built directly, as ASE builds it from atoms with a single-point calculator
         (``calculator="unknown"``, energy, forces, Voigt stress), without ASE's calculator state
@@ -290,7 +296,7 @@ class ResultStore:
         dct.update(calculator="unknown", calculator_parameters={}, energy=float(result.energy),
                    forces=np.asarray(result.forces, dtype=float).reshape(len(atoms), 3), stress=stress)
         row = AtomsRow(dct)
-        row.ctime = now()
+        row.ctime = now() if ctime is None else float(ctime)
         row.user = os.getenv("USER")
         kvp: dict[str, Any] = {
             "key": key,

@@ -173,6 +173,69 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(ar_run, tmp_path, faults
     assert _state(run) == _state(ref)
 
 
+def test_a_kill_loses_no_result_that_arrived(ar_run, tmp_path):
+    """Results are journaled as they arrive (lamcsp.inflight): killed at the 13th relaxation of
+    generation 1, the 12 before it are in the journal, and --resume reads them back instead of
+    relaxing them again: their rows keep the time they arrived, before the kill."""
+    import time
+
+    from ase.db.core import T2000, YEAR
+
+    ref, camp, _ = ar_run
+    run = tmp_path / "run"
+    args = ["search", str(camp), "-o", str(run)]
+    killed = _lamcsp(*args, env={"LAMCSP_FAULT": "relaxed:13"}, check=False)  # generation 0 holds 8
+    assert killed.returncode == -9, killed.stderr
+    kill = time.time()
+    journal = [json.loads(line) for line in (run / "generation-1.journal").read_text().splitlines()]
+    assert len(journal) == 4 and {r["generation"] for r in journal} == {1}
+    db = ase.db.connect(str(run / "results.db"), use_lock_file=False)
+    assert db.count(role="search") == 8  # generation 0 written, with its flags; 1 still in flight
+    _lamcsp(*args, "--resume")
+    assert not list(run.glob("generation-*.journal"))
+    db = ase.db.connect(str(run / "results.db"), use_lock_file=False)
+    before = {r.key for r in db.select(role="search") if r.ctime * YEAR + T2000 < kill}
+    assert {r["key"] for r in journal} <= before and len(before) == 12
+    assert _state(run) == _state(ref)
+
+
+def test_each_row_is_written_once_with_its_dedupe_flags(tmp_path, monkeypatch):
+    """A generation's rows go to the store with their dedupe flags: no row of a generation is
+    updated afterwards; only a representative of an earlier generation that a lower copy
+    replaces gets new flags."""
+    from lamcsp.store import ResultStore, result_ok
+
+    updated: list[tuple[int, int]] = []  # (generation of the row, generation being written)
+    written_gen: dict[int, int] = {}
+    real_update, real_add_many = ResultStore.update, ResultStore.add_many
+
+    def add_many(self, items):
+        ids = real_add_many(self, items)
+        written_gen.update((rid, it["generation"]) for rid, it in zip(ids, items))
+        return ids
+
+    def update(self, row_id, **kv):
+        updated.append((written_gen[int(row_id)], max(written_gen.values())))
+        return real_update(self, row_id, **kv)
+
+    monkeypatch.setattr(ResultStore, "add_many", add_many)
+    monkeypatch.setattr(ResultStore, "update", update)
+    camp = parse_campaign({**AR_CAMPAIGN, "generations": 5, "population": 10})
+    s = Search(camp, tmp_path / "run", progress=False)
+    s.run(report=False)
+    rows = s.store.rows(role="search")
+    assert len(rows) == 50 and all(r.deduped for r in rows)
+    assert all(old < now for old, now in updated), updated
+    # the flags are the dedupe's: each unique row is a stored representative, each duplicate
+    # points at a row of the same formula with an enthalpy no lower
+    by_id = {r.id: r for r in rows}
+    assert {r.id for r in rows if r.unique} == set(s.unit_states[0].stored_rows)
+    for r in rows:
+        if result_ok(r) and not r.unique:
+            rep = by_id[r.duplicate_of]
+            assert rep.unique and rep.enthalpy_per_atom <= r.enthalpy_per_atom + 1e-9
+
+
 def test_multi_pressure_search_scans_polymorphs(tmp_path):
     data = {**AR_CAMPAIGN, "name": "ar-p", "generations": 2, "population": 6,
             "system": {"composition": "Ar", "formula_units": "1-2", "pressures": [0.0, 2.0]},

@@ -325,22 +325,26 @@ def test_rng_state_round_trip(tmp_path, bit_generator):
         rng_from_state({"bit_generator": "Nope"})
 
 
-def test_row_buffer_writes_when_full_old_or_flushed(tmp_path):
-    from lamcsp.stages import RowBuffer
+def test_generation_journal_keeps_what_arrived_through_a_kill_and_only_its_generation(tmp_path):
+    """The journal of the generation in flight (lamcsp.inflight): every result added is read
+    back by a new journal (a resumed process), also without a sync; a line cut off by a kill
+    and another generation's lines are left out; clear() removes it."""
+    from lamcsp.inflight import GenerationJournal
 
-    store = ResultStore(tmp_path)
-    args = dict(generation=0, generator="random", model_id="m", spacegroup=225, unique=False,
-                duplicate_of=None)
-    buf = RowBuffer(store, rows=3, seconds=3600.0)
-    got = []
+    path = tmp_path / "generation.journal"
+    j = GenerationJournal(path, 3, rows=100, seconds=3600.0)  # no sync while it runs
     for i in range(4):
-        buf.add(i, dict(result=make_result(-1.0 - i), key=f"g0-c{i}", **args))
-        got += buf.ready()
-        assert store.count() == (3 if i >= 2 else 0)  # written at the third, not before
-    assert [t for t, _ in got] == [0, 1, 2]
-    got += buf.flush()
-    assert [t for t, _ in got] == [0, 1, 2, 3] and store.count() == 4
-    assert {store.rows(id=rid)[0].key for _, rid in got} == {f"g0-c{i}" for i in range(4)}
-    old = RowBuffer(store, rows=100, seconds=0.0)  # every result is old enough at once
-    old.add("x", dict(result=make_result(), key="g1-c0", **args))
-    assert [t for t, _ in old.ready()] == ["x"] and store.count() == 5
+        r = make_result(-1.0 - i)
+        j.add(f"u0-g3-c{i}", {"result": r.to_dict(), "item": {"order": i}})
+    # no close: a killed process leaves what it flushed
+    back = GenerationJournal(path, 3).read()
+    assert sorted(back) == [f"u0-g3-c{i}" for i in range(4)]
+    assert [back[f"u0-g3-c{i}"]["result"]["enthalpy"] for i in range(4)] == [
+        make_result(-1.0 - i).to_dict()["enthalpy"] for i in range(4)]
+    with path.open("ab") as fh:  # a kill inside a write, then a stale line of generation 2
+        fh.write(b'{"generation": 3, "key": "u0-g3-c9", "rec')
+        fh.write(b'\n{"generation": 2, "key": "u0-g2-c0", "record": {}}\n')
+    assert sorted(GenerationJournal(path, 3).read()) == [f"u0-g3-c{i}" for i in range(4)]
+    assert sorted(GenerationJournal(path, 2).read()) == ["u0-g2-c0"]
+    j.clear()
+    assert not path.exists() and GenerationJournal(path, 3).read() == {}
