@@ -64,8 +64,9 @@ from lamcsp.errors import SetupError
 from lamcsp.inflight import GenerationJournal
 from lamcsp.matching import confirm_for
 from lamcsp.parallel import SerialExecutor
+from lamcsp.resume import restore
 from lamcsp.stages import SimilarityScreen, UnitState, candidate_key, oversample_of, screen
-from lamcsp.store import RunDir, h_now, plain, result_ok
+from lamcsp.store import RunDir, plain
 from lamcsp.units import SearchUnit, generator_counts, search_units, unit_rng, variable_compositions
 
 if TYPE_CHECKING:
@@ -121,6 +122,13 @@ class Progress:
 
 class Search:
     """A campaign run in ``run_dir`` (see the module docstring).
+
+    Its length (under 400 lines) is the run's wiring, not its work: it owns the parts of a run
+    (store, executor, model in use, units, the generation waiting to be written, the
+    checkpoint) and the order of the steps. Every stage of a generation is a function of
+    :mod:`lamcsp.stages` (and :mod:`lamcsp.draws`, :mod:`lamcsp.screens`), every step around
+    the loop one of :mod:`lamcsp.steps`, resuming :func:`lamcsp.resume.restore`; a change to
+    any of them leaves this class alone.
 
     Args:
         campaign: the validated campaign.
@@ -340,7 +348,7 @@ class Search:
         state = read_checkpoint(self.paths.checkpoint) if self.resume else None
         if state is not None:
             try:
-                self._restore(state)
+                restore(self, state)
             except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
                 raise SetupError(str(self.paths.checkpoint), f"the checkpoint does not hold a search "
                                  f"state this campaign can resume ({type(exc).__name__}: {exc})") from None
@@ -426,43 +434,6 @@ class Search:
 
         self.flush_rows()
         write_checkpoint(self.paths.checkpoint, self.state_dict())
-
-    def _restore(self, state: dict[str, Any]) -> None:
-        """Back to the state after the last completed generation (see the module docstring)."""
-        from lamcsp.generators.base import Candidate, Evaluated
-
-        if len(state.get("units", [])) != len(self.unit_states):
-            raise SetupError("checkpoint", "the checkpoint does not match this campaign's units")
-        self.generation = int(state["generation"])
-        self.spent = int(state["spent"])
-        self.done = bool(state.get("done", False))
-        by_unit: dict[int, list[Any]] = {}
-        for row in self.store.rows(role="search"):
-            if row.generation < self.generation:
-                by_unit.setdefault(int(row.unit), []).append(row)
-        for us, d in zip(self.unit_states, state["units"]):
-            us.best = math.inf if d["best"] is None else float(d["best"])
-            us.history = [math.inf if h is None else float(h) for h in d["history"]]
-            us.stagnant, us.active = int(d["stagnant"]), bool(d["active"])
-            us.relaxed, us.failed = int(d["relaxed"]), int(d["failed"])
-            for (_, _, gen), gs in zip(us.generators, d["generators"]):
-                if gs is not None:
-                    gen.load_state_dict(gs)
-            rows = sorted(by_unit.get(us.unit.index, []), key=lambda r: (r.generation, r.candidate))
-            for row in rows:
-                ok = result_ok(row)
-                h = h_now(row) if ok else math.inf
-                us.context.population.append(Evaluated(
-                    Candidate.from_dict(row.data["candidate"]), Candidate.from_atoms(row.toatoms()), h, ok))
-            self.similarity.remember(us, [e.candidate for e in us.context.population]
-                                     + [e.relaxed for e in us.context.population if e.ok])
-            us.screened, us.note = int(d.get("screened", 0)), str(d.get("note", ""))
-            us.prescreened = int(d.get("prescreened", 0))
-            us.stored_rows = [int(i) for i in d["stored_rows"]]
-            if us.stored_rows:
-                rows = self.rows_by_id(us.stored_rows)
-                hs = [h_now(r) for r in rows]
-                us.stored.extend(self.deduper.describe([r.toatoms() for r in rows], hs))
 
     # -- one generation -------------------------------------------------------------------
     def propose(self, g: int) -> list[tuple[UnitState, int, Candidate]]:
