@@ -370,26 +370,28 @@ def write_rows(store: ResultStore, relaxed: Relaxed, updates: dict[int, dict[str
     the units' ``stored_rows`` become the row ids (returned: placeholder -> row id). The
     representatives are written first, so that their duplicates can name their ids."""
     ids: dict[int, int] = {}
-    order = sorted(relaxed.items)
-    later = [i for i in order if updates.get(pending(i), {}).get("duplicate_of", 0) < 0]
-    first = [i for i in order if i not in set(later)]
+
+    def target(i: int) -> int:  # the row (or placeholder) row i duplicates, 0 for none
+        return int(updates.get(pending(i), {}).get("duplicate_of", 0))
 
     def flagged(i: int) -> dict[str, Any]:
         kv = dict(updates.get(pending(i), {}))
         item = dict(relaxed.items[i])
         dup = int(kv.pop("duplicate_of", 0))
         item["unique"] = bool(kv.pop("unique", item["unique"]))
-        item["duplicate_of"] = ids[dup] if dup < 0 else dup
+        item["duplicate_of"] = ids.get(dup, 0) if dup < 0 else dup
         item["extra"] = {**item["extra"], **kv}
         return item
 
     with store.transaction():
-        for part in (first, later):
-            if part:
-                written = store.add_many([flagged(i) for i in part])
-                ids.update((pending(i), rid) for i, rid in zip(part, written))
-                for _ in part:
-                    fault("dedupe-write")
+        left = sorted(relaxed.items)
+        while left:  # rows whose representative has its id first (a chain takes more rounds)
+            part = [i for i in left if target(i) >= 0 or target(i) in ids] or left
+            written = store.add_many([flagged(i) for i in part])
+            ids.update((pending(i), rid) for i, rid in zip(part, written))
+            for _ in part:
+                fault("dedupe-write")
+            left = [i for i in left if pending(i) not in ids]
         for rid, kv in sorted(updates.items()):
             if rid > 0:  # stored before: a replaced representative, or a row read back on --resume
                 dup = kv.get("duplicate_of")

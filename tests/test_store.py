@@ -348,3 +348,32 @@ def test_generation_journal_keeps_what_arrived_through_a_kill_and_only_its_gener
     assert sorted(GenerationJournal(path, 2).read()) == ["u0-g2-c0"]
     j.clear()
     assert not path.exists() and GenerationJournal(path, 3).read() == {}
+
+
+def test_write_rows_names_each_duplicates_representative_by_its_new_id(tmp_path):
+    """stages.write_rows writes a generation's rows once each, with their flags: a duplicate
+    names its representative's row id, also through a chain of placeholders (a representative
+    that a lower copy of the same generation replaced), and the units' placeholders become ids."""
+    from types import SimpleNamespace
+
+    from lamcsp.stages import Relaxed, pending, write_rows
+    from lamcsp.store import row_item
+
+    store = ResultStore(tmp_path)
+    results = [make_result(-1.0 - 0.1 * i) for i in range(4)]
+    items = {i: row_item(r, f"u0-g0-c{i}", role="search", generation=0, generator="random", unit=0,
+                         model_id="m", candidate=i) for i, r in enumerate(results)}
+    relaxed = Relaxed(results, [pending(i) for i in range(4)], items)
+    flags = lambda dup: {"unique": dup == 0, "duplicate_of": dup, "deduped": True}  # noqa: E731
+    # 3 is the representative; 0 was replaced by it; 1 points at 0, 2 at 1: three rounds
+    updates = {pending(3): flags(0), pending(0): flags(pending(3)), pending(1): flags(pending(0)),
+               pending(2): flags(pending(1))}
+    unit = SimpleNamespace(stored_rows=[pending(3)])
+    ids = write_rows(store, relaxed, updates, [unit])
+    rows = {r.key: r for r in store.rows()}
+    assert len(rows) == 4 and relaxed.rows == [ids[pending(i)] for i in range(4)]
+    key_of = {r.id: k for k, r in rows.items()}
+    assert [key_of.get(rows[f"u0-g0-c{i}"].duplicate_of) for i in range(4)] == [
+        "u0-g0-c3", "u0-g0-c0", "u0-g0-c1", None]
+    assert [rows[f"u0-g0-c{i}"].unique for i in range(4)] == [False, False, False, True]
+    assert all(r.deduped for r in rows.values()) and unit.stored_rows == [rows["u0-g0-c3"].id]
